@@ -1,0 +1,25 @@
+"""ViViT in plain PyTorch, loading Hugging Face checkpoints unchanged."""
+
+from vivit_batch.model.config import VivitConfig
+from vivit_batch.model.loading import (
+    CheckpointError,
+    CheckpointInfo,
+    load_pretrained,
+    save_pretrained,
+)
+from vivit_batch.model.modeling import (
+    VideoClassifierOutput,
+    VivitForVideoClassification,
+    VivitModel,
+)
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "VideoClassifierOutput",
+    "VivitConfig",
+    "VivitForVideoClassification",
+    "VivitModel",
+    "load_pretrained",
+    "save_pretrained",
+]
