@@ -1,0 +1,86 @@
+"""The job on real clusters: `ray job submit` to a `ray start` head, and a CPU + GPU two-node
+cluster where each actor pool lands on the node it should."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from tests.checkpoints import make_checkpoint
+from tests.conftest import RAY
+from tests.media import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def job_inputs(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cluster")
+    make_checkpoint(directory / "checkpoint")
+    for i in range(3):
+        write_video(directory / f"v{i}.mp4", num_frames=20 + i, content="detailed")
+    (directory / "manifest.txt").write_text("v0.mp4\nv1.mp4\nv2.mp4\n")
+    return directory
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_job_on_the_cluster(ray_cluster, tmp_path, job_inputs):
+    output = tmp_path / "out"
+    result = subprocess.run(
+        [RAY, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(ROOT),
+         "--", sys.executable, "jobs/label_videos.py",
+         "--manifest", str(job_inputs / "manifest.txt"), "--output", str(output),
+         "--model", str(job_inputs / "checkpoint")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = ds.dataset(output).to_table()
+    assert sorted(table.column("uri").to_pylist()) == [str(job_inputs / f"v{i}.mp4")
+                                                       for i in range(3)]
+    assert set(table.column("status").to_pylist()) == {"ok"}
+
+
+MULTI_NODE_SCRIPT = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors, list_nodes
+from vivit_batch.cli import main
+
+directory, output = sys.argv[1], sys.argv[2]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0,
+                                                        "include_dashboard": True})
+gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+ray.init(address=cluster.address)
+code = main(["run", "--manifest", directory + "/manifest.txt", "--output", output,
+             "--model", directory + "/checkpoint", "--address", cluster.address])
+gpu_node_id = gpu_node.node_id
+placements = {}
+for actor in list_actors(detail=True, limit=1000):
+    name = actor.class_name
+    if "DecodeStage" in name or "InferenceStage" in name:
+        stage = "decode" if "DecodeStage" in name else "inference"
+        placements.setdefault(stage, set()).add("gpu" if actor.node_id == gpu_node_id else "cpu")
+print(json.dumps({"code": code, "placements": {k: sorted(v) for k, v in placements.items()}}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_decode_on_cpu_node_inference_on_gpu_node(tmp_path, job_inputs):
+    output = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", MULTI_NODE_SCRIPT, str(job_inputs), str(output)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["code"] == 0
+    assert outcome["placements"] == {"decode": ["cpu"], "inference": ["gpu"]}
+    assert ds.dataset(output).count_rows() == 3

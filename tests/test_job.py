@@ -1,0 +1,241 @@
+"""The labelling job end to end on a real Ray cluster: manifest -> Parquet, CLI and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from tests.checkpoints import make_checkpoint
+from tests.media import write_video
+from vivit_batch.cli import main
+from vivit_batch.inference import VideoClassifier
+from vivit_batch.model import load_pretrained
+from vivit_batch.sink import output_schema
+from vivit_batch.video import SamplingConfig, decode_video
+
+GOOD_VIDEOS = [  # name, encoder, size, frames
+    ("a.mp4", "libx264", (64, 48), 24),
+    ("b.mkv", "libx264", (48, 64), 30),
+    ("c.avi", "mpeg4", (80, 60), 20),
+    ("d.mov", "libx264", (96, 54), 40),
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("checkpoint")
+    make_checkpoint(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("videos")
+    made = {}
+    for name, codec, (width, height), frames in GOOD_VIDEOS:
+        made[name] = write_video(
+            directory / name,
+            codec=codec,
+            width=width,
+            height=height,
+            num_frames=frames,
+            content="detailed",
+        )
+    (directory / "notes.mp4").write_text("this is not a video\n")
+    made["notes.mp4"] = directory / "notes.mp4"
+    return made
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def run(manifest, output, model, *extra: str) -> int:
+    return main(
+        ["run", "--manifest", str(manifest), "--output", str(output), "--model", str(model), *extra]
+    )
+
+
+def read_rows(output: Path) -> pd.DataFrame:
+    return ds.dataset(output).to_table().to_pandas()
+
+
+def test_run_writes_one_row_per_entry_with_the_documented_schema(
+    ray_cluster, tmp_path, checkpoint, videos
+):
+    rows = [
+        {"uri": str(videos[name]), "video_id": f"vid-{i:03d}", "split": f"s{i % 2}", "weight": i}
+        for i, name in enumerate(videos)
+    ]
+    rows.append(
+        {
+            "uri": str(tmp_path / "missing.mp4"),
+            "video_id": "vid-missing",
+            "split": "s0",
+            "weight": 99,
+        }
+    )
+    manifest = write_csv(tmp_path / "manifest.csv", rows)
+    output = tmp_path / "out"
+
+    assert (
+        run(
+            manifest,
+            output,
+            checkpoint,
+            "--set",
+            "run.max_error_fraction=0.5",
+            "--set",
+            "model.top_k=3",
+        )
+        == 0
+    )
+
+    table = ds.dataset(output).to_table()
+    expected = output_schema(32)
+    assert table.schema.names[: len(expected)] == expected.names
+    for field in expected:
+        assert table.schema.field(field.name).type == field.type, field.name
+    assert table.schema.names[len(expected) :] == ["split", "weight"]
+
+    frame = table.to_pandas().set_index("video_id").sort_index()
+    assert sorted(frame.index) == sorted(r["video_id"] for r in rows)
+    assert frame.loc["vid-004", "error_code"] == "unreadable"
+    assert frame.loc["vid-missing", "error_code"] == "not_found"
+    assert "missing.mp4" in frame.loc["vid-missing", "error_message"]
+    ok = frame[frame.status == "ok"]
+    assert len(ok) == 4 and ok.error_code.isna().all()
+    assert (frame.loc["vid-000", ["width", "height"]] == [64, 48]).all()
+    assert frame.loc["vid-003", "split"] == "s1" and frame.loc["vid-003", "weight"] == 3
+    assert frame.loc[frame.status == "error", "embedding"].isna().all()
+    assert ok.topk_labels.map(len).eq(3).all()
+    assert (ok.label == ok.topk_labels.map(lambda x: x[0])).all()
+    assert ok.model_sha256.nunique() == 1 and ok.run_id.nunique() == 1
+
+    # DuckDB's glob sees only committed data files.
+    glob = f"{output}/**/*.parquet"
+    [(count,)] = duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall()
+    assert count == len(rows)
+
+    # The report says what happened.
+    [report_file] = (output / "_runs").glob("*.json")
+    report = json.loads(report_file.read_text())
+    assert report["counts"]["status"] == {"ok": 4, "error": 2}
+    assert report["counts"]["error_code"] == {"unreadable": 1, "not_found": 1}
+    assert report["model"]["weights_sha256"] == ok.model_sha256.iloc[0]
+    assert {"python", "torch", "ray", "av"} <= set(report["versions"])
+    assert report["throughput"]["clips"] == 4
+
+
+def test_predictions_match_the_stages_run_directly(ray_cluster, tmp_path, checkpoint, videos):
+    """The Ray wiring keeps each row's prediction with its video."""
+    good = [videos[name] for name, *_ in GOOD_VIDEOS]
+    manifest = write_csv(tmp_path / "m.csv", [{"uri": str(p)} for p in good])
+    assert run(manifest, tmp_path / "out", checkpoint, "--set", "resources.batch_size=3") == 0
+    frame = read_rows(tmp_path / "out").set_index("uri")
+
+    model = load_pretrained(checkpoint)
+    processor = model.checkpoint.processor
+    classifier = VideoClassifier(model, processor, top_k=5)
+    sampling = SamplingConfig(num_frames=4, frame_sample_rate=4)
+    for path in good:
+        clips = decode_video(str(path), sampling, processor).clips
+        [expected] = classifier.classify([clips])
+        row = frame.loc[str(path)]
+        assert list(row.topk_ids) == expected.label_ids
+        np.testing.assert_allclose(row.embedding, expected.embedding, atol=1e-5)
+
+
+def test_manifest_formats_and_relative_paths(ray_cluster, tmp_path, checkpoint, videos):
+    video_dir = videos["a.mp4"].parent
+    (video_dir / "list.txt").write_text("# videos\na.mp4\n\nb.mkv\n")
+    (video_dir / "list.jsonl").write_text(
+        json.dumps({"uri": "c.avi", "tag": {"k": 1}}) + "\n" + json.dumps({"uri": "d.mov"}) + "\n"
+    )
+    pa_table = pa.table({"uri": ["a.mp4"], "video_id": ["p1"], "meta": [[1, 2]]})
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa_table, video_dir / "list.parquet")
+    cases = {
+        "list.txt": {"a.mp4", "b.mkv"},
+        "list.jsonl": {"c.avi", "d.mov"},
+        "list.parquet": {"a.mp4"},
+    }
+    for manifest, names in cases.items():
+        output = tmp_path / manifest
+        assert run(video_dir / manifest, output, checkpoint) == 0, manifest
+        frame = read_rows(output)
+        assert set(frame.uri) == {str(video_dir / n) for n in names}
+        assert (frame.status == "ok").all()
+    assert read_rows(tmp_path / "list.parquet").meta.iloc[0].tolist() == [1, 2]
+
+    glob_output = tmp_path / "glob"
+    assert (
+        run(f"{video_dir}/*.mp4", glob_output, checkpoint, "--set", "run.max_error_fraction=0.5")
+        == 0
+    )
+    assert set(read_rows(glob_output).uri) == {
+        str(video_dir / "a.mp4"),
+        str(video_dir / "notes.mp4"),
+    }
+
+
+def test_labels_file_overrides_checkpoint_names(ray_cluster, tmp_path, checkpoint, videos):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"name {i}\n" for i in range(5)))
+    manifest = write_csv(tmp_path / "m.csv", [{"uri": str(videos["a.mp4"])}])
+    assert run(manifest, tmp_path / "out", checkpoint, "--set", f"model.labels={labels}") == 0
+    assert read_rows(tmp_path / "out").label.iloc[0].startswith("name ")
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            [{"uri": "a.mp4", "video_id": "x"}, {"uri": "b.mkv", "video_id": "x"}],
+            "duplicate video ids: video_id 'x' at line 3 (first at line 2)",
+        ),
+        ([{"path": "a.mp4"}], "no 'uri' column"),
+        ([{"uri": "a.mp4", "label": "cat"}], "columns that the output also writes: label"),
+    ],
+)
+def test_bad_manifest_exits_2_before_any_work(
+    ray_cluster, tmp_path, checkpoint, rows, message, capsys
+):
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    assert run(manifest, tmp_path / "out", checkpoint) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_manifest_and_bad_config_exit_2(ray_cluster, tmp_path, checkpoint, capsys):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("uri,video_id\n")
+    assert run(empty, tmp_path / "out", checkpoint) == 2
+    assert "has no rows" in capsys.readouterr().err
+
+    manifest = write_csv(tmp_path / "m.csv", [{"uri": "a.mp4"}])
+    assert run(manifest, tmp_path / "out", checkpoint, "--set", "sampling.num_frame=8") == 2
+    assert "did you mean 'sampling.num_frames'" in capsys.readouterr().err
+    assert run(manifest, tmp_path / "out", tmp_path / "no-model") == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_budget_exceeded_exits_3(ray_cluster, tmp_path, checkpoint, videos):
+    rows = [{"uri": str(videos["a.mp4"])}, {"uri": str(videos["notes.mp4"])}]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    assert run(manifest, tmp_path / "out", checkpoint, "--set", "run.max_error_fraction=0.25") == 3
+    assert len(read_rows(tmp_path / "out")) == 2  # the rows are still written

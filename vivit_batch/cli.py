@@ -1,0 +1,198 @@
+"""`vivit-batch run | validate | report | demo`.
+
+Exit codes: 0 run completed (per-video errors within the error budget), 2 bad configuration or
+manifest (nothing processed), 3 error budget exceeded, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
+from vivit_batch.model import CheckpointError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
+
+EPILOG = """\
+examples:
+  vivit-batch run --manifest videos.csv --output out/ --model google/vivit-b-16x2-kinetics400
+  vivit-batch run --manifest 's3://bucket/raw/' --output s3://bucket/labels/ \\
+      --model ./checkpoint --config configs/kinetics400-4x3.yaml --set resources.batch_size=4
+  vivit-batch report out/
+
+manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
+through), a text file of URIs, or a directory/glob/prefix of videos.
+exit codes: 0 done, 2 bad config or manifest, 3 too many per-video errors, 1 other failure.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.handler(args)
+    except (ConfigError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vivit-batch",
+        description="Label video datasets with ViViT on Ray: one Parquet row per video.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="label every video of a manifest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=config_reference(),
+    )
+    add_job_arguments(run)
+    run.set_defaults(handler=run_command)
+    validate = commands.add_parser(
+        "validate", help="check config, manifest and model, decode a few videos; write nothing"
+    )
+    add_job_arguments(validate)
+    validate.add_argument("--videos", type=int, default=3, help="videos to test-decode")
+    validate.set_defaults(handler=validate_command)
+    report = commands.add_parser("report", help="summarise an output dataset")
+    report.add_argument("output", help="the --output of earlier runs")
+    report.set_defaults(handler=report_command)
+    demo = commands.add_parser("demo", help="generate sample videos and label them offline")
+    demo.add_argument("--dir", default="demo-output", help="where samples and output go")
+    demo.add_argument("--videos", type=int, default=24)
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.set_defaults(handler=demo_command)
+    return parser
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", help="manifest file, or directory/glob/prefix of videos")
+    parser.add_argument("--output", help="output dataset directory (local or s3://)")
+    parser.add_argument("--model", help="hub repo id, checkpoint directory or weights file")
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set sampling.num_frames=16",
+    )
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join (default: RAY_ADDRESS, else embedded local Ray)",
+    )
+
+
+def config_reference() -> str:
+    lines = ["configuration keys (YAML sections, or --set section.key=value):"]
+    defaults = JobConfig().to_dict()
+    for key, kind in all_keys().items():
+        section, name = key.split(".")
+        kind_name = getattr(kind, "__name__", str(kind))
+        lines.append(f"  {key:<30} {kind_name:<14} default: {defaults[section][name]!r}")
+    return "\n".join(lines) + "\n\n" + EPILOG
+
+
+def config_from(args: argparse.Namespace) -> JobConfig:
+    return load_config(
+        args.config,
+        args.set,
+        manifest_uri=args.manifest,
+        output_uri=args.output,
+        model_source=args.model,
+    )
+
+
+def start_ray(address: str | None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}} if not address else None,
+        )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from vivit_batch import pipeline
+
+    config = config_from(args)
+    start_ray(args.address)
+    job = pipeline.prepare_job(config)
+    result = pipeline.run_job(job)
+    print_run_summary(result)
+    if not result.within_error_budget:
+        print(
+            f"error: {result.error_fraction:.1%} of videos failed, above "
+            f"run.max_error_fraction={config.run.max_error_fraction}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR_BUDGET
+    return EXIT_OK
+
+
+def print_run_summary(result) -> None:
+    report = result.report
+    counts = report["counts"]
+    speed = report["throughput"]
+    print(
+        f"\nrun {result.run_id}: {report['rows_written']} rows in {report['wall_seconds']:.1f} s "
+        f"({speed['clips_per_second']} clips/s)"
+    )
+    print(f"  status: {counts['status']}")
+    if counts["error_code"]:
+        print(f"  errors: {counts['error_code']}")
+    print(f"  output: {report['config']['output']['uri']}")
+    print(f"  report: {result.report_uri}")
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from vivit_batch import pipeline
+    from vivit_batch.stages import DecodeStage
+
+    config = config_from(args)
+    start_ray(args.address)
+    job = pipeline.prepare_job(config)
+    print(
+        f"config ok; model {config.model.source} (sha256 {job.checkpoint.weights_sha256[:12]}, "
+        f"{job.model_config.num_labels} labels); manifest {job.manifest.rows} rows"
+    )
+    sample = pipeline.read_manifest_dataset(config).limit(args.videos).to_arrow_refs()
+    import pyarrow as pa
+    import ray
+
+    from vivit_batch.manifest import base_directory, with_ids
+
+    rows = with_ids(pa.concat_tables(ray.get(sample)), base_directory(config.manifest))
+    decoded = DecodeStage(job.decode)(rows)
+    for row in decoded.select(["uri", "status", "error_code", "width", "height"]).to_pylist():
+        print(f"  {row['status']:<5} {row['uri']} {row['error_code'] or ''}")
+    return EXIT_OK
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from vivit_batch.report import summarise_output
+
+    print(summarise_output(args.output))
+    return EXIT_OK
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from vivit_batch.demo.run import run_demo
+
+    return run_demo(args.dir, args.videos, args.seed)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

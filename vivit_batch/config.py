@@ -1,0 +1,258 @@
+"""The job configuration: typed sections, read from YAML and `--set key=value`, validated once.
+
+Every key is `section.name`; the YAML file mirrors the sections. An unknown key is an error that
+suggests the closest valid one. `ConfigError` means "fix the configuration" (exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration or the manifest is wrong; nothing has been processed."""
+
+
+@dataclass(frozen=True)
+class ManifestSection:
+    uri: str = ""
+    """manifest file (csv/jsonl/parquet/txt), or a directory, glob or s3:// prefix of videos"""
+    format: str = "auto"
+    """auto (by extension), csv, jsonl, parquet, txt or videos (list a directory/prefix/glob)"""
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    uri: str = ""
+    """directory (local or s3://) of the Parquet dataset"""
+    rows_per_file: int = 5000
+    """upper bound on rows in one Parquet file"""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    source: str = ""
+    """hub repo id, local checkpoint directory, or weights file"""
+    revision: str | None = None
+    precision: str = "fp32"
+    """fp32, or bf16/fp16 autocast on CUDA"""
+    top_k: int = 5
+    labels: str | None = None
+    """file of class names, one per line in id order (or a JSON object id -> name)"""
+    normalization: str = "checkpoint"
+    """checkpoint: the preprocessor_config.json's rescale+normalise (Hugging Face's logits);
+    scenic: x/127.5 - 1, what the original ViViT was trained with"""
+
+
+@dataclass(frozen=True)
+class SamplingSection:
+    num_frames: int | None = None
+    """frames per clip; default: the checkpoint's num_frames"""
+    frame_sample_rate: int = 4
+    temporal_views: str = "center"
+    """center, uniform or random"""
+    num_temporal_views: int = 1
+    spatial_crops: str = "center"
+    """center or three"""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeSection:
+    threads: int = 1
+    """PyAV threads per decode actor"""
+    max_pixels: int | None = 7680 * 4320
+    max_duration_s: float | None = 6 * 3600
+    max_file_bytes: int | None = 50 * 2**30
+    timeout_s: float | None = 300
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    decode_actors: int | None = None
+    """default: the CPUs left after the inference actors, divided by decode.threads"""
+    inference_actors: int | None = None
+    """default: one per GPU; one on a CPU-only cluster"""
+    inference_cpus: int | None = None
+    """CPUs (torch threads) per CPU inference actor; default: half the cluster's CPUs"""
+    batch_size: int = 8
+    """videos per inference batch"""
+    decode_batch_size: int = 4
+    """videos per decode call (amortises Ray's per-call cost over small videos)"""
+    clips_per_forward: int = 8
+
+
+@dataclass(frozen=True)
+class RunSection:
+    max_error_fraction: float = 0.05
+    """above this share of error rows the run exits with code 3"""
+    run_id: str | None = None
+    """default: UTC time plus a random suffix"""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    manifest: ManifestSection = field(default_factory=ManifestSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    decode: DecodeSection = field(default_factory=DecodeSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "manifest.format": {"auto", "csv", "jsonl", "parquet", "txt", "videos"},
+    "model.precision": {"fp32", "bf16", "fp16"},
+    "model.normalization": {"checkpoint", "scenic"},
+    "sampling.temporal_views": {"center", "uniform", "random"},
+    "sampling.spatial_crops": {"center", "three"},
+}
+POSITIVE = {
+    "output.rows_per_file",
+    "model.top_k",
+    "sampling.num_frames",
+    "sampling.frame_sample_rate",
+    "sampling.num_temporal_views",
+    "decode.threads",
+    "decode.max_pixels",
+    "decode.max_duration_s",
+    "decode.max_file_bytes",
+    "decode.timeout_s",
+    "resources.decode_actors",
+    "resources.inference_actors",
+    "resources.inference_cpus",
+    "resources.batch_size",
+    "resources.decode_batch_size",
+    "resources.clips_per_forward",
+}
+
+
+def all_keys() -> dict[str, type]:
+    """Every valid `section.name` with its type."""
+    keys = {}
+    for section in dataclasses.fields(JobConfig):
+        hints = typing.get_type_hints(typing.get_type_hints(JobConfig)[section.name])
+        for name, kind in hints.items():
+            keys[f"{section.name}.{name}"] = kind
+    return keys
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: list[str] = (),
+    **flags: str | None,
+) -> JobConfig:
+    """YAML file, then `--set key=value` overrides, then explicit flags (e.g. manifest_uri=...)."""
+    values: dict[str, object] = {}
+    if config_file:
+        values.update(_flatten(_read_yaml(Path(config_file))))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.top_k=3")
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    flag_keys = {
+        "manifest_uri": "manifest.uri",
+        "output_uri": "output.uri",
+        "model_source": "model.source",
+    }
+    for flag, value in flags.items():
+        if value is not None:
+            values[flag_keys[flag]] = value
+    return build_config(values)
+
+
+def build_config(values: dict[str, object]) -> JobConfig:
+    """Validate flat `section.name` values into a JobConfig; every problem in one error."""
+    keys = all_keys()
+    problems = [_unknown_key_message(key, keys) for key in values if key not in keys]
+    typed = {}
+    for key, value in values.items():
+        if key in keys:
+            try:
+                typed[key] = _coerce(key, value, keys[key])
+            except ConfigError as error:
+                problems.append(str(error))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    sections = {}
+    for section in dataclasses.fields(JobConfig):
+        prefix = section.name + "."
+        chosen = {k[len(prefix) :]: v for k, v in typed.items() if k.startswith(prefix)}
+        sections[section.name] = dataclasses.replace(section.default_factory(), **chosen)
+    return JobConfig(**sections)
+
+
+def require_job_inputs(config: JobConfig) -> None:
+    missing = [
+        flag
+        for flag, value in (
+            ("--manifest", config.manifest.uri),
+            ("--output", config.output.uri),
+            ("--model", config.model.source),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (or set it in the --config file)")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections, got {data!r}")
+    return data
+
+
+def _flatten(data: dict) -> dict[str, object]:
+    flat = {}
+    for section, body in data.items():
+        if isinstance(body, dict):
+            flat.update({f"{section}.{name}": value for name, value in body.items()})
+        else:
+            flat[str(section)] = body
+    return flat
+
+
+def _unknown_key_message(key: str, keys: dict[str, type]) -> str:
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else "; run `vivit-batch run --help`"
+    return f"unknown key {key!r}{hint}"
+
+
+def _coerce(key: str, value: object, kind: type) -> object:
+    allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key} must be set")
+    base = next(t for t in allowed if t is not type(None))
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {base.__name__}, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key} must be one of {sorted(CHOICES[key])}, got {value!r}")
+    if key in POSITIVE and value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value!r}")
+    if key == "run.max_error_fraction" and not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be between 0 and 1, got {value!r}")
+    return value

@@ -1,0 +1,234 @@
+"""Manifests: which videos to label, their ids, and the columns that pass through to the output.
+
+A manifest is a CSV, JSONL, Parquet or text file (one URI per line) with a `uri` column and an
+optional `video_id`, or a directory, glob or prefix of videos. Relative URIs resolve against the
+manifest's location. `scan_manifest` checks a manifest in one streaming pass (run it in a Ray task:
+it holds only a set of id hashes, never the rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from vivit_batch.config import ConfigError, ManifestSection
+
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".ts",
+    ".mts",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+)
+FORMATS_BY_EXTENSION = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "txt",
+}
+MAX_LISTED_PROBLEMS = 10
+
+
+@dataclass
+class ManifestSummary:
+    rows: int = 0
+    columns: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def manifest_format(section: ManifestSection) -> str:
+    if section.format != "auto":
+        return section.format
+    uri = section.uri.rstrip("/")
+    if section.uri.endswith("/") or _is_glob(uri) or uri.endswith(VIDEO_EXTENSIONS):
+        return "videos"
+    extension = posixpath.splitext(uri)[1].lower()
+    if extension in FORMATS_BY_EXTENSION:
+        return FORMATS_BY_EXTENSION[extension]
+    filesystem, path = fsspec.core.url_to_fs(uri)
+    if filesystem.isdir(path):
+        return "videos"
+    raise ConfigError(
+        f"manifest {section.uri}: cannot tell its format from the extension; use .csv, .jsonl, "
+        ".parquet or .txt, a directory or glob of videos, or set manifest.format"
+    )
+
+
+def base_directory(section: ManifestSection) -> str:
+    """Where relative URIs in the manifest are resolved from."""
+    if manifest_format(section) == "videos":
+        return ""
+    uri = section.uri
+    if "://" not in uri:
+        uri = posixpath.abspath(uri)
+    return posixpath.dirname(uri)
+
+
+def resolve_uri(uri: str, base: str) -> str:
+    """Absolute form of a manifest URI: schemes kept, relative paths joined to `base`."""
+    uri = uri.strip()
+    if "://" in uri:
+        return uri
+    if uri.startswith("~"):
+        return posixpath.expanduser(uri)
+    if posixpath.isabs(uri) or not base:
+        return posixpath.abspath(uri)
+    joined = posixpath.join(base, uri)
+    return joined if "://" in joined else posixpath.normpath(joined)
+
+
+def video_id_for(uri: str) -> str:
+    """Stable id of a resolved URI when the manifest gives none."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:20]
+
+
+def with_ids(table: pa.Table, base: str) -> pa.Table:
+    """Resolve `uri` and fill `video_id` (string) for one block of manifest rows."""
+    uris = [resolve_uri(u, base) for u in table.column("uri").to_pylist()]
+    if "video_id" in table.column_names:
+        given = table.column("video_id").cast(pa.string()).to_pylist()
+        ids = [v or video_id_for(u) for v, u in zip(given, uris, strict=True)]
+        table = table.drop_columns(["video_id"])
+    else:
+        ids = [video_id_for(u) for u in uris]
+    uri_index = table.schema.get_field_index("uri")
+    table = table.set_column(uri_index, "uri", pa.array(uris, pa.string()))
+    return table.add_column(0, "video_id", pa.array(ids, pa.string()))
+
+
+def list_videos(uri: str) -> list[str]:
+    """Video files under a directory or prefix, or matching a glob; sorted, with schemes kept."""
+    filesystem, path = fsspec.core.url_to_fs(uri)
+    found = filesystem.glob(path) if _is_glob(path) else filesystem.find(path)
+    protocol = filesystem.protocol
+    protocol = protocol if isinstance(protocol, str) else protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    return sorted(prefix + p for p in found if p.lower().endswith(VIDEO_EXTENSIONS))
+
+
+def _is_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def scan_manifest(section: ManifestSection, reserved_columns: set[str]) -> ManifestSummary:
+    """One streaming pass: column checks, empty manifest, duplicate ids (with their rows)."""
+    fmt = manifest_format(section)
+    base = base_directory(section)
+    summary = ManifestSummary()
+    first_row_of: dict[bytes, int] = {}
+    duplicates = []
+    for offset, batch in _batches(section.uri, fmt):
+        if not summary.columns:
+            summary.columns = batch.column_names
+            summary.problems += _column_problems(section.uri, batch.column_names, reserved_columns)
+            if summary.problems:
+                return summary
+        ids = with_ids(pa.Table.from_batches([batch]), base).column("video_id").to_pylist()
+        for index, video_id in enumerate(ids):
+            key = hashlib.blake2b(video_id.encode(), digest_size=12).digest()
+            row = _row_label(fmt, offset + index)
+            if key in first_row_of:
+                duplicates.append(f"video_id {video_id!r} at {row} (first at {first_row_of[key]})")
+            else:
+                first_row_of[key] = row
+        summary.rows += len(ids)
+    if summary.rows == 0:
+        summary.problems.append(f"manifest {section.uri} has no rows: nothing to label")
+    if duplicates:
+        shown = "; ".join(duplicates[:MAX_LISTED_PROBLEMS])
+        more = len(duplicates) - MAX_LISTED_PROBLEMS
+        summary.problems.append(
+            f"manifest {section.uri} has {len(duplicates)} duplicate video ids: {shown}"
+            + (f"; and {more} more" if more > 0 else "")
+            + ". Each video_id must be unique (drop the repeats or give them distinct ids)"
+        )
+    return summary
+
+
+def _column_problems(uri: str, columns: list[str], reserved: set[str]) -> list[str]:
+    problems = []
+    if "uri" not in columns:
+        problems.append(f"manifest {uri} has no 'uri' column (columns: {', '.join(columns)})")
+    collisions = sorted(set(columns) & reserved)
+    if collisions:
+        problems.append(
+            f"manifest {uri} has columns that the output also writes: {', '.join(collisions)}; "
+            "rename them in the manifest"
+        )
+    return problems
+
+
+def _row_label(fmt: str, index: int) -> str:
+    if fmt == "csv":
+        return f"line {index + 2}"  # after the header
+    if fmt == "jsonl":
+        return f"line {index + 1}"
+    if fmt == "txt":
+        return f"entry {index + 1}"
+    return f"row {index}"
+
+
+def _batches(uri: str, fmt: str) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(row offset, batch) over the manifest, streamed."""
+    offset = 0
+    for batch in _record_batches(uri, fmt):
+        yield offset, batch
+        offset += batch.num_rows
+
+
+def _record_batches(uri: str, fmt: str) -> Iterator[pa.RecordBatch]:
+    if fmt == "videos":
+        uris = list_videos(uri)
+        yield pa.RecordBatch.from_pydict({"uri": pa.array(uris, pa.string())})
+        return
+    with fsspec.open(uri, "rb") as stream:
+        if fmt == "csv":
+            yield from pa_csv.open_csv(stream, convert_options=CSV_CONVERT)
+        elif fmt == "jsonl":
+            yield from pa_json.read_json(stream).to_batches()
+        elif fmt == "parquet":
+            yield from pq.ParquetFile(stream).iter_batches()
+        else:
+            for lines in _chunks(line.decode() for line in stream):
+                yield from drop_blank_lines(pa.table({"text": lines})).to_batches()
+
+
+def _chunks(lines: Iterator[str], size: int = 65536) -> Iterator[list[str]]:
+    chunk = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+CSV_CONVERT = pa_csv.ConvertOptions(column_types={"video_id": pa.string(), "uri": pa.string()})
+
+
+def drop_blank_lines(table: pa.Table) -> pa.Table:
+    """Text manifests read by Ray Data arrive as a `text` column of raw lines."""
+    lines = pc.utf8_trim_whitespace(table.column("text"))
+    keep = pc.and_(pc.not_equal(lines, ""), pc.invert(pc.starts_with(lines, "#")))
+    return pa.table({"uri": lines}).filter(keep)

@@ -1,0 +1,308 @@
+"""The Ray Data wiring: manifest blocks -> decode actors -> inference actors -> Parquet sink.
+
+`prepare_job` checks everything that can be checked before any work (config, checkpoint, labels,
+manifest) and raises `ConfigError`/`CheckpointError`; `run_job` then runs the pipeline and writes
+the run report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import secrets
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+import fsspec
+import ray
+
+from vivit_batch.config import ConfigError, JobConfig, require_job_inputs
+from vivit_batch.manifest import (
+    CSV_CONVERT,
+    ManifestSummary,
+    base_directory,
+    drop_blank_lines,
+    list_videos,
+    manifest_format,
+    scan_manifest,
+    with_ids,
+)
+from vivit_batch.model import CheckpointInfo, VivitConfig, load_pretrained
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.sink import RESERVED_COLUMNS, ParquetSink, output_schema, write_run_report
+from vivit_batch.stages import DecodeSettings, DecodeStage, InferenceSettings, InferenceStage
+from vivit_batch.video import DecodeLimits, SamplingConfig
+
+log = logging.getLogger("vivit_batch")
+
+# Reading the manifest, assigning ids and writing Parquet are light and short: they take no CPU
+# slot, so the decode and inference pools can have all of them.
+LIGHT_TASK = {"num_cpus": 0}
+# Some Ray Data steps (listing files for read_parquet) always ask for a whole CPU; the actor pools
+# leave this much unclaimed so they can run.
+RAY_DATA_HEADROOM_CPUS = 1.0
+
+
+@dataclass
+class PreparedJob:
+    config: JobConfig
+    checkpoint: CheckpointInfo
+    model_config: VivitConfig
+    decode: DecodeSettings
+    labels: dict[int, str]
+    manifest: ManifestSummary
+
+
+@dataclass
+class Resources:
+    """The actor pools. Threads are what the actors run; CPUs what they reserve in Ray."""
+
+    decode_actors: int
+    decode_threads: int
+    decode_cpus: float
+    inference_actors: int
+    inference_threads: int
+    inference_cpus: float
+    inference_gpus: float
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    report: dict
+    report_uri: str
+    error_fraction: float
+    within_error_budget: bool
+
+
+def prepare_job(config: JobConfig) -> PreparedJob:
+    """Everything checked before any work: raises ConfigError or CheckpointError."""
+    require_job_inputs(config)
+    model = load_pretrained(config.model.source, config.model.revision)
+    checkpoint = model.checkpoint
+    sampling = SamplingConfig(
+        num_frames=config.sampling.num_frames or model.config.num_frames,
+        frame_sample_rate=config.sampling.frame_sample_rate,
+        temporal_views=config.sampling.temporal_views,
+        num_temporal_views=config.sampling.num_temporal_views,
+        spatial_crops=config.sampling.spatial_crops,
+        seed=config.sampling.seed,
+    )
+    limits = DecodeLimits(
+        max_pixels=config.decode.max_pixels,
+        max_duration_s=config.decode.max_duration_s,
+        max_file_bytes=config.decode.max_file_bytes,
+        timeout_s=config.decode.timeout_s,
+    )
+    decode = DecodeSettings(
+        sampling, processor_for(config, checkpoint.processor), limits, threads=config.decode.threads
+    )
+    labels = read_labels(config.model.labels, model.config.num_labels) or model.config.id2label
+    manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS))
+    if manifest.problems:
+        raise ConfigError("\n".join(manifest.problems))
+    return PreparedJob(config, checkpoint, model.config, decode, labels, manifest)
+
+
+def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorConfig:
+    if config.model.normalization == "scenic":
+        return replace(
+            processor, do_rescale=True, rescale_factor=1 / 127.5, offset=True, do_normalize=False
+        )
+    return processor
+
+
+def read_labels(path: str | None, num_labels: int) -> dict[int, str] | None:
+    """Class names from a file: one per line in id order, or a JSON object {id: name}."""
+    if not path:
+        return None
+    try:
+        with fsspec.open(path, "r") as stream:
+            text = stream.read()
+    except FileNotFoundError as error:
+        raise ConfigError(f"model.labels: {path} does not exist") from error
+    if path.endswith(".json"):
+        labels = {int(k): str(v) for k, v in json.loads(text).items()}
+    else:
+        labels = dict(enumerate(line.strip() for line in text.splitlines() if line.strip()))
+    if sorted(labels) != list(range(num_labels)):
+        raise ConfigError(
+            f"model.labels: {path} names {len(labels)} classes, the model has {num_labels}"
+        )
+    return labels
+
+
+@ray.remote(**LIGHT_TASK)
+def _scan_manifest_task(section, reserved) -> ManifestSummary:
+    return scan_manifest(section, reserved)
+
+
+def plan_resources(config: JobConfig) -> Resources:
+    """Actor pools from the cluster's resources; explicit settings win.
+
+    Without GPUs, torch gets half the cores and decoding the other half. The pools' CPU
+    reservations are scaled to leave RAY_DATA_HEADROOM_CPUS free for Ray Data's own tasks.
+    """
+    cluster = ray.cluster_resources()
+    cpus, gpus = int(cluster.get("CPU", 1)), int(cluster.get("GPU", 0))
+    r = config.resources
+    decode_threads = config.decode.threads
+    inference_actors = r.inference_actors or max(1, gpus)
+    inference_threads = 1 if gpus else r.inference_cpus or max(1, cpus // 2)
+    inference_total = inference_actors * inference_threads
+    decode_actors = r.decode_actors or max(1, (cpus - inference_total) // decode_threads)
+    budget = cpus - RAY_DATA_HEADROOM_CPUS
+    if gpus:  # GPU actors keep a whole CPU each, so decoding fills the CPU nodes
+        inference_scale = 1.0
+        decode_scale = (budget - inference_total) / (decode_actors * decode_threads)
+    else:
+        inference_scale = decode_scale = budget / (inference_total + decode_actors * decode_threads)
+    return Resources(
+        decode_actors=decode_actors,
+        decode_threads=decode_threads,
+        decode_cpus=decode_threads * min(1.0, max(0.1, decode_scale)),
+        inference_actors=inference_actors,
+        inference_threads=inference_threads,
+        inference_cpus=inference_threads * min(1.0, max(0.1, inference_scale)),
+        inference_gpus=1.0 if gpus else 0.0,
+    )
+
+
+def build_dataset(job: PreparedJob, resources: Resources, run_id: str) -> ray.data.Dataset:
+    config = job.config
+    dataset = read_manifest_dataset(config)
+    dataset = dataset.map_batches(
+        with_ids,
+        fn_kwargs={"base": base_directory(config.manifest)},
+        batch_format="pyarrow",
+        **LIGHT_TASK,
+    )
+    dataset = dataset.map_batches(
+        DecodeStage,
+        fn_constructor_kwargs={"settings": replace(job.decode, threads=resources.decode_threads)},
+        compute=ray.data.ActorPoolStrategy(size=resources.decode_actors),
+        num_cpus=resources.decode_cpus,
+        batch_size=config.resources.decode_batch_size,
+        batch_format="pyarrow",
+    )
+    inference = InferenceSettings(
+        model_source=config.model.source,
+        revision=config.model.revision,
+        processor=job.decode.processor,
+        run_id=run_id,
+        top_k=config.model.top_k,
+        labels=job.labels,
+        precision=config.model.precision,
+        clips_per_forward=config.resources.clips_per_forward,
+        torch_threads=resources.inference_threads,
+    )
+    return dataset.map_batches(
+        InferenceStage,
+        fn_constructor_kwargs={"settings": inference},
+        compute=ray.data.ActorPoolStrategy(size=resources.inference_actors),
+        num_cpus=resources.inference_cpus,
+        num_gpus=resources.inference_gpus,
+        batch_size=config.resources.batch_size,
+        batch_format="pyarrow",
+    )
+
+
+def read_manifest_dataset(config: JobConfig) -> ray.data.Dataset:
+    section = config.manifest
+    fmt = manifest_format(section)
+    if fmt == "videos":
+        return ray.data.from_items([{"uri": u} for u in list_videos(section.uri)])
+    read = LIGHT_TASK
+    if fmt == "csv":
+        return ray.data.read_csv(section.uri, convert_options=CSV_CONVERT, **read)
+    if fmt == "jsonl":
+        return ray.data.read_json(section.uri, lines=True, **read)
+    if fmt == "parquet":
+        return ray.data.read_parquet(section.uri, **read)
+    return ray.data.read_text(section.uri, **read).map_batches(
+        drop_blank_lines, batch_format="pyarrow", **LIGHT_TASK
+    )
+
+
+def run_job(job: PreparedJob) -> RunResult:
+    config = job.config
+    run_id = config.run.run_id or new_run_id()
+    resources = plan_resources(config)
+    log.info("run %s: %d videos, %s", run_id, job.manifest.rows, resources)
+    sink = ParquetSink(
+        config.output.uri,
+        run_id,
+        output_schema(job.model_config.hidden_size),
+        config.output.rows_per_file,
+    )
+    started = time.time()
+    build_dataset(job, resources, run_id).write_datasink(sink, ray_remote_args=LIGHT_TASK)
+    wall = time.time() - started
+    stats = sink.stats
+    errors = stats.status.get("error", 0)
+    error_fraction = errors / stats.rows if stats.rows else 0.0
+    report = {
+        "run_id": run_id,
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "wall_seconds": round(wall, 3),
+        "config": config.to_dict(),
+        "model": {
+            "source": config.model.source,
+            "revision": config.model.revision,
+            "weights_sha256": job.checkpoint.weights_sha256,
+        },
+        "manifest_rows": job.manifest.rows,
+        "rows_written": stats.rows,
+        "counts": {"status": dict(stats.status), "error_code": dict(stats.error_codes)},
+        "error_fraction": error_fraction,
+        "max_error_fraction": config.run.max_error_fraction,
+        "throughput": throughput(stats, resources, wall),
+        "resources": vars(resources),
+        "files": stats.files,
+        "versions": versions(),
+    }
+    report_uri = write_run_report(config.output.uri, run_id, report)
+    return RunResult(
+        run_id, report, report_uri, error_fraction, error_fraction <= config.run.max_error_fraction
+    )
+
+
+def throughput(stats, resources: Resources, wall: float) -> dict:
+    """Clips per second end to end, and per stage from the time its actors were busy."""
+
+    def per_second(busy_seconds: float, actors: int) -> float | None:
+        return round(stats.clips * actors / busy_seconds, 3) if busy_seconds else None
+
+    return {
+        "clips": stats.clips,
+        "clips_per_second": round(stats.clips / wall, 3) if wall else None,
+        "decode_clips_per_second": per_second(stats.decode_seconds, resources.decode_actors),
+        "inference_clips_per_second": per_second(
+            stats.inference_seconds, resources.inference_actors
+        ),
+        "bytes_read": stats.bytes_read,
+    }
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def versions() -> dict:
+    import av
+    import torch
+
+    from vivit_batch import __version__
+
+    return {
+        "vivit_batch": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "av": av.__version__,
+        "host": platform.node(),
+        "pid": os.getpid(),
+    }

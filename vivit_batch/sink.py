@@ -1,0 +1,173 @@
+"""The output: its schema, the Parquet sink that commits whole files, and the run report.
+
+Each write task writes one file under a temporary name in `_tmp/` and then moves it into place
+(on S3 a single PUT is already atomic), so readers only ever see complete files. File names carry
+the run id and a digest of the video ids inside, so a retried task rewrites the same file instead
+of adding a second copy. Everything that is not data lives under `_`-prefixed names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data.block import BlockAccessor
+from ray.data.datasource import Datasink
+
+RUNS_DIR = "_runs"
+TMP_DIR = "_tmp"
+
+
+def output_schema(hidden_size: int) -> pa.Schema:
+    """The columns every output row has, in order (manifest columns follow them)."""
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("uri", pa.string()),
+            ("status", pa.string()),
+            ("error_code", pa.string()),
+            ("error_message", pa.string()),
+            ("label", pa.string()),
+            ("label_id", pa.int32()),
+            ("score", pa.float32()),
+            ("topk_labels", pa.list_(pa.string())),
+            ("topk_ids", pa.list_(pa.int32())),
+            ("topk_scores", pa.list_(pa.float32())),
+            ("embedding", pa.list_(pa.float32(), hidden_size)),
+            ("duration_s", pa.float64()),
+            ("fps", pa.float64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("num_frames", pa.int64()),
+            ("clip_start_s", pa.float64()),
+            ("clip_end_s", pa.float64()),
+            ("model", pa.string()),
+            ("model_sha256", pa.string()),
+            ("run_id", pa.string()),
+            ("processed_at", pa.timestamp("us", tz="UTC")),
+        ]
+    )
+
+
+RESERVED_COLUMNS = set(output_schema(1).names) - {"video_id", "uri"}
+
+
+@dataclass
+class WriteStats:
+    """What one write task committed, summed up on the driver for the run report."""
+
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+    status: Counter = field(default_factory=Counter)
+    error_codes: Counter = field(default_factory=Counter)
+    clips: int = 0
+    decode_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    bytes_read: int = 0
+
+    def add(self, other: WriteStats) -> None:
+        self.rows += other.rows
+        self.files += other.files
+        self.status.update(other.status)
+        self.error_codes.update(other.error_codes)
+        self.clips += other.clips
+        self.decode_seconds += other.decode_seconds
+        self.inference_seconds += other.inference_seconds
+        self.bytes_read += other.bytes_read
+
+
+class ParquetSink(Datasink):
+    def __init__(self, output_uri: str, run_id: str, schema: pa.Schema, rows_per_file: int):
+        self.output_uri = output_uri.rstrip("/")
+        self.run_id = run_id
+        self.schema = schema
+        self.rows_per_file = rows_per_file
+        self.stats = WriteStats()
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def on_write_start(self, schema: pa.Schema | None = None) -> None:
+        filesystem, path = fsspec.core.url_to_fs(self.output_uri)
+        filesystem.makedirs(path, exist_ok=True)
+
+    def write(self, blocks, ctx) -> WriteStats:
+        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return WriteStats()
+        table = pa.concat_tables(tables, promote_options="default")
+        stats = stats_of(table)
+        stats.files.append(self.commit(self.to_output_table(table)))
+        return stats
+
+    def on_write_complete(self, write_result) -> None:
+        for stats in write_result.write_returns:
+            self.stats.add(stats)
+
+    def to_output_table(self, table: pa.Table) -> pa.Table:
+        """Output columns in schema order, then the manifest's; internal `_` columns dropped."""
+        passthrough = [
+            n for n in table.column_names if n not in self.schema.names and not n.startswith("_")
+        ]
+        columns = [table.column(f.name).cast(f.type) for f in self.schema]
+        columns += [table.column(name) for name in passthrough]
+        return pa.Table.from_arrays(columns, names=self.schema.names + passthrough)
+
+    def commit(self, table: pa.Table) -> str:
+        """Write `table` so that it appears whole or not at all; return its final URI."""
+        ids = "\n".join(sorted(table.column("video_id").to_pylist()))
+        digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
+        final = f"{self.output_uri}/part-{self.run_id}-{digest}.parquet"
+        filesystem, final_path = fsspec.core.url_to_fs(final)
+        if _is_local(filesystem):
+            staging = posixpath.join(
+                posixpath.dirname(final_path), TMP_DIR, f"{uuid.uuid4().hex}.tmp"
+            )
+            filesystem.makedirs(posixpath.dirname(staging), exist_ok=True)
+            _write_parquet(filesystem, staging, table)
+            filesystem.mv(staging, final_path)
+        else:
+            _write_parquet(filesystem, final_path, table)
+        return final
+
+
+def stats_of(table: pa.Table) -> WriteStats:
+    status = table.column("status").to_pylist()
+    codes = [c for c in table.column("error_code").to_pylist() if c]
+    return WriteStats(
+        rows=table.num_rows,
+        status=Counter(status),
+        error_codes=Counter(codes),
+        clips=int(pa.compute.sum(table.column("_views")).as_py() or 0),
+        decode_seconds=float(pa.compute.sum(table.column("_decode_s")).as_py() or 0),
+        inference_seconds=float(pa.compute.sum(table.column("_inference_s")).as_py() or 0),
+        bytes_read=int(pa.compute.sum(table.column("_bytes_read")).as_py() or 0),
+    )
+
+
+def write_run_report(output_uri: str, run_id: str, report: dict) -> str:
+    uri = f"{output_uri.rstrip('/')}/{RUNS_DIR}/{run_id}.json"
+    filesystem, path = fsspec.core.url_to_fs(uri)
+    filesystem.makedirs(posixpath.dirname(path), exist_ok=True)
+    with filesystem.open(path, "w") as stream:
+        json.dump(report, stream, indent=2, default=str)
+    return uri
+
+
+def _write_parquet(filesystem, path: str, table: pa.Table) -> None:
+    with filesystem.open(path, "wb") as stream:
+        pq.write_table(table, stream, compression="zstd")
+
+
+def _is_local(filesystem) -> bool:
+    protocols = filesystem.protocol
+    return bool({"file", "local"} & set((protocols,) if isinstance(protocols, str) else protocols))

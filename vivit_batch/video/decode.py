@@ -1,0 +1,215 @@
+"""One video URI -> uint8 clips ready for the model plus the video's metadata, or a `VideoError`.
+
+Only the frames a clip needs are decoded: seek to the keyframe before the first one, decode
+forward, stop after the last one. Packets far from every sampled time are decoded with
+`skip_frame=NONREF`, so the decoder drops the ones no other frame refers to (most B-frames).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.storage import InputFile, open_input
+from vivit_batch.video.container import (
+    StreamInfo,
+    open_container,
+    probe_stream,
+    select_video_stream,
+)
+from vivit_batch.video.errors import ErrorCode, VideoError
+from vivit_batch.video.frames import ClipDecoder, Deadline
+from vivit_batch.video.sampling import SamplingConfig, frame_positions
+from vivit_batch.video.transform import FrameConverter, crop_views
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Caps on what one video may cost; None means no cap."""
+
+    max_pixels: int | None = 7680 * 4320
+    max_duration_s: float | None = 4 * 3600.0
+    max_file_bytes: int | None = 20 * 2**30
+    timeout_s: float | None = 120.0
+    """Soft deadline for the whole decode, checked between packets and frames."""
+
+
+@dataclass
+class VideoMetadata:
+    duration_s: float | None = None
+    fps: float | None = None
+    width: int | None = None
+    """Displayed width (after rotation)."""
+    height: int | None = None
+    num_frames: int | None = None
+    """Frame count from the header, else estimated from duration and frame rate."""
+    codec: str | None = None
+    clip_start_s: float | None = None
+    """Start of the span the views were sampled from, seconds from the first frame."""
+    clip_end_s: float | None = None
+    """Its end: a clip covers `num_frames * frame_sample_rate` frames, or the whole video."""
+    rotation: int = 0
+    """Degrees (counter-clockwise) the pictures were turned to display orientation."""
+    corrupt_frames: int = 0
+    """Packets that failed to decode or frames flagged corrupt, in a video that still gave clips."""
+    bytes_read: int | None = None
+
+
+@dataclass
+class DecodedVideo:
+    clips: np.ndarray
+    """uint8 (views, T, H, W, 3); views are temporal-major, then spatial crop."""
+    metadata: VideoMetadata
+
+
+def decode_video(
+    uri: str,
+    sampling: SamplingConfig,
+    processor: ProcessorConfig,
+    *,
+    video_id: str = "",
+    limits: DecodeLimits = DecodeLimits(),  # noqa: B008 (frozen, so sharing it is safe)
+    threads: int = 1,
+    storage_options: dict | None = None,
+) -> DecodedVideo:
+    """Decode the clips `sampling` asks for from `uri`, preprocessed as `processor` says.
+
+    Raises `VideoError` for anything wrong with the video or its storage; `threads` is the decoder
+    thread count (keep decode actors x threads within the cores).
+    """
+    if sampling.spatial_crops == "three" and not processor.do_center_crop:
+        raise ValueError(
+            "spatial_crops='three' needs a processor with a crop size (do_center_crop)"
+        )
+    deadline = Deadline(uri, limits.timeout_s)
+    try:
+        with open_input(uri, storage_options) as source:
+            _check_file_size(uri, source, limits)
+            with open_container(uri, source) as container:
+                video = _decode_container(
+                    uri, container, sampling, processor, video_id, limits, threads, deadline
+                )
+            video.metadata.bytes_read = source.bytes_fetched()
+            return video
+    except VideoError:
+        raise
+    except av.FFmpegError as error:
+        raise VideoError(
+            ErrorCode.DECODE_ERROR, uri, f"decoding failed ({error}); the file may be damaged"
+        ) from error
+    except OSError as error:
+        raise VideoError.from_storage(uri, error) from error
+
+
+def _decode_container(
+    uri: str,
+    container: av.container.InputContainer,
+    sampling: SamplingConfig,
+    processor: ProcessorConfig,
+    video_id: str,
+    limits: DecodeLimits,
+    threads: int,
+    deadline: Deadline,
+) -> DecodedVideo:
+    stream = select_video_stream(uri, container)
+    info = probe_stream(container, stream)
+    _check_limits(uri, info, limits)
+    stream.thread_type = "AUTO"
+    stream.thread_count = threads
+    decoder = ClipDecoder(container, stream, info, deadline)
+    converter = FrameConverter(processor)
+
+    # Unknown length: sample the first span; if the stream is shorter, the retry below fixes it.
+    frame_count = info.frame_count
+    positions = frame_positions(frame_count or sampling.span, sampling, video_id)
+    pictures = decoder.decode_at(info.times(positions), converter)
+    if decoder.ended_early:  # cut short, or the header overstates: sample what is there
+        frame_count = decoder.frames_until_end()
+        if info.frame_count and frame_count < min(sampling.num_frames, info.frame_count):
+            raise VideoError(
+                ErrorCode.DECODE_ERROR,
+                uri,
+                f"only {frame_count} of the {info.frame_count} frames the header announces are "
+                f"decodable ({decoder.corrupt} packets or frames failed); the file is cut "
+                "short or damaged",
+            )
+        positions = frame_positions(frame_count, sampling, video_id)
+        pictures = decoder.decode_at(info.times(positions), converter)
+    _check_corruption(uri, decoder)
+
+    turns = converter.turns
+    width, height = (info.height, info.width) if turns % 2 else (info.width, info.height)
+    fps = info.sampling_fps
+    span_end = positions.max() + sampling.frame_sample_rate
+    metadata = VideoMetadata(
+        duration_s=info.duration_s if frame_count == info.frame_count else frame_count / fps,
+        fps=info.fps,
+        width=width,
+        height=height,
+        num_frames=frame_count,
+        codec=info.codec,
+        clip_start_s=float(positions.min()) / fps,
+        clip_end_s=float(min(span_end, frame_count or span_end)) / fps,
+        rotation=turns * 90,
+        corrupt_frames=decoder.corrupt,
+    )
+    return DecodedVideo(_assemble(pictures, processor, sampling), metadata)
+
+
+def _assemble(
+    pictures: list[list[np.ndarray]], processor: ProcessorConfig, sampling: SamplingConfig
+) -> np.ndarray:
+    """(views, T, H, W, 3) from (temporal view, T) pictures: each view with its spatial crops."""
+    crops = sampling.num_spatial_crops
+    sample = crop_views(pictures[0][0], processor, sampling.spatial_crops)[0]
+    clips = np.empty((len(pictures) * crops, len(pictures[0]), *sample.shape), np.uint8)
+    for view, row in enumerate(pictures):
+        for step, picture in enumerate(row):
+            for crop, pixels in enumerate(crop_views(picture, processor, sampling.spatial_crops)):
+                clips[view * crops + crop, step] = pixels
+    return clips
+
+
+def _check_file_size(uri: str, source: InputFile, limits: DecodeLimits) -> None:
+    if limits.max_file_bytes is not None and source.size and source.size > limits.max_file_bytes:
+        raise VideoError(
+            ErrorCode.TOO_LARGE,
+            uri,
+            f"file is {source.size} bytes, above the max_file_bytes cap of "
+            f"{limits.max_file_bytes}; raise DecodeLimits.max_file_bytes to accept it",
+        )
+
+
+def _check_limits(uri: str, info: StreamInfo, limits: DecodeLimits) -> None:
+    pixels = info.width * info.height
+    if limits.max_pixels is not None and pixels > limits.max_pixels:
+        raise VideoError(
+            ErrorCode.TOO_LARGE,
+            uri,
+            f"frames are {info.width}x{info.height}, above the max_pixels cap of "
+            f"{limits.max_pixels}; raise DecodeLimits.max_pixels to accept it",
+        )
+    if (
+        limits.max_duration_s is not None
+        and info.duration_s is not None
+        and info.duration_s > limits.max_duration_s
+    ):
+        raise VideoError(
+            ErrorCode.TOO_LARGE,
+            uri,
+            f"video lasts {info.duration_s:.0f} s, above the max_duration_s cap of "
+            f"{limits.max_duration_s:g}; raise DecodeLimits.max_duration_s to accept it",
+        )
+
+
+def _check_corruption(uri: str, decoder: ClipDecoder) -> None:
+    if decoder.corrupt > decoder.decoded:
+        raise VideoError(
+            ErrorCode.DECODE_ERROR,
+            uri,
+            f"{decoder.corrupt} corrupt packets or frames against {decoder.decoded} good ones; "
+            "the video stream is too damaged to sample",
+        )

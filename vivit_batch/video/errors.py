@@ -1,0 +1,58 @@
+"""What can go wrong with one video, as a code the output table records and a message for people."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from vivit_batch.storage import StorageError
+
+
+class ErrorCode(str, Enum):
+    NOT_FOUND = "not_found"
+    PERMISSION_DENIED = "permission_denied"
+    UNREADABLE = "unreadable"
+    """Not a media file, or its header is damaged or truncated."""
+    NO_VIDEO_STREAM = "no_video_stream"
+    DECODE_ERROR = "decode_error"
+    TOO_LARGE = "too_large"
+    TIMEOUT = "timeout"
+    DECODE_CRASH = "decode_crash"
+    """The decoding process died (set by the pipeline, which sees the worker go)."""
+    STORAGE_ERROR = "storage_error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class VideoError(Exception):
+    """One video could not be turned into clips; `code` says why, the message says what to do."""
+
+    def __init__(self, code: ErrorCode | str, uri: str, detail: str):
+        self.code = ErrorCode(code)
+        self.uri = uri
+        self.detail = detail
+        super().__init__(f"{uri}: {detail}")
+
+    def __reduce__(self):
+        return type(self), (self.code, self.uri, self.detail)
+
+    @classmethod
+    def from_storage(cls, uri: str, error: BaseException) -> VideoError:
+        """The error for a failure to open or read `uri` from its storage."""
+        if isinstance(error, FileNotFoundError):
+            return cls(ErrorCode.NOT_FOUND, uri, "no such file; check the path in the manifest")
+        if isinstance(error, PermissionError):
+            return cls(
+                ErrorCode.PERMISSION_DENIED,
+                uri,
+                "access denied; grant this job read access to the file or its bucket",
+            )
+        if isinstance(error, IsADirectoryError):
+            return cls(ErrorCode.UNREADABLE, uri, "is a directory, not a video file")
+        described = error if isinstance(error, StorageError) else f"{type(error).__name__}: {error}"
+        return cls(
+            ErrorCode.STORAGE_ERROR,
+            uri,
+            f"could not read from storage ({described}); "
+            "check the storage options and connectivity, then retry",
+        )
