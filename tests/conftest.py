@@ -26,6 +26,14 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 os.environ.update(RAY_ENV)
+# Test S3 credentials for the moto server (tests/s3.py), exported before the Ray cluster starts
+# so that its workers inherit them; nothing may ever reach real AWS.
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "AKIATESTVIVITBATCH01",
+    "AWS_SECRET_ACCESS_KEY": "vivit-batch-secret-never-printed-8d1f0a",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+})
 
 
 @dataclass

@@ -165,19 +165,12 @@ def validate_command(args: argparse.Namespace) -> int:
     start_ray(args.address)
     job = pipeline.prepare_job(config)
     print(
-        f"config ok; model {config.model.source} (sha256 {job.checkpoint.weights_sha256[:12]}, "
-        f"{job.model_config.num_labels} labels); manifest {job.manifest.rows} rows"
+        f"config ok; model {config.model.source} ({job.model_config.num_labels} labels, "
+        f"weights sha256 {job.checkpoint.weights_sha256[:12]}); manifest {job.manifest.rows} rows"
     )
-    sample = pipeline.read_manifest_dataset(config).limit(args.videos).to_arrow_refs()
-    import pyarrow as pa
-    import ray
-
-    from vivit_batch.manifest import base_directory, with_ids
-
-    rows = with_ids(pa.concat_tables(ray.get(sample)), base_directory(config.manifest))
-    decoded = DecodeStage(job.decode)(rows)
-    for row in decoded.select(["uri", "status", "error_code", "width", "height"]).to_pylist():
-        print(f"  {row['status']:<5} {row['uri']} {row['error_code'] or ''}")
+    decoded = DecodeStage(job.decode)(pipeline.first_rows(job, args.videos))
+    for row in decoded.select(["uri", "status", "error_message"]).to_pylist():
+        print(f"  {row['status']:<5} {row['error_message'] or row['uri']}")
     return EXIT_OK
 
 

@@ -37,6 +37,23 @@ class OutputSection:
 
 
 @dataclass(frozen=True)
+class StorageSection:
+    """Remote storage (s3fs). Credentials come from the AWS environment variables, profile or
+    instance role, never from this file, so they cannot leak into the run report."""
+
+    endpoint_url: str | None = None
+    """S3-compatible endpoint (MinIO, Ceph, ...); default: AWS_ENDPOINT_URL or AWS itself"""
+    region: str | None = None
+    profile: str | None = None
+    anon: bool = False
+    """unsigned requests, for public buckets"""
+    max_attempts: int = 10
+    """attempts per request on throttling, 5xx, resets and timeouts (with backoff)"""
+    timeout_s: float = 60
+    """connect and read timeout per request"""
+
+
+@dataclass(frozen=True)
 class ModelSection:
     source: str = ""
     """hub repo id, local checkpoint directory, or weights file"""
@@ -101,6 +118,7 @@ class RunSection:
 class JobConfig:
     manifest: ManifestSection = field(default_factory=ManifestSection)
     output: OutputSection = field(default_factory=OutputSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     model: ModelSection = field(default_factory=ModelSection)
     sampling: SamplingSection = field(default_factory=SamplingSection)
     decode: DecodeSection = field(default_factory=DecodeSection)
@@ -134,6 +152,8 @@ POSITIVE = {
     "resources.inference_cpus",
     "resources.batch_size",
     "resources.decode_batch_size",
+    "storage.max_attempts",
+    "storage.timeout_s",
     "resources.clips_per_forward",
 }
 

@@ -13,13 +13,13 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from vivit_batch import storage
 from vivit_batch.config import ConfigError, ManifestSection
 
 VIDEO_EXTENSIONS = (
@@ -56,7 +56,7 @@ class ManifestSummary:
     problems: list[str] = field(default_factory=list)
 
 
-def manifest_format(section: ManifestSection) -> str:
+def manifest_format(section: ManifestSection, options: dict | None = None) -> str:
     if section.format != "auto":
         return section.format
     uri = section.uri.rstrip("/")
@@ -65,7 +65,7 @@ def manifest_format(section: ManifestSection) -> str:
     extension = posixpath.splitext(uri)[1].lower()
     if extension in FORMATS_BY_EXTENSION:
         return FORMATS_BY_EXTENSION[extension]
-    filesystem, path = fsspec.core.url_to_fs(uri)
+    filesystem, path = storage.filesystem(uri, options)
     if filesystem.isdir(path):
         return "videos"
     raise ConfigError(
@@ -74,9 +74,9 @@ def manifest_format(section: ManifestSection) -> str:
     )
 
 
-def base_directory(section: ManifestSection) -> str:
+def base_directory(section: ManifestSection, options: dict | None = None) -> str:
     """Where relative URIs in the manifest are resolved from."""
-    if manifest_format(section) == "videos":
+    if manifest_format(section, options) == "videos":
         return ""
     uri = section.uri
     if "://" not in uri:
@@ -116,13 +116,14 @@ def with_ids(table: pa.Table, base: str) -> pa.Table:
     return table.add_column(0, "video_id", pa.array(ids, pa.string()))
 
 
-def list_videos(uri: str) -> list[str]:
+def list_videos(uri: str, options: dict | None = None) -> list[str]:
     """Video files under a directory or prefix, or matching a glob; sorted, with schemes kept."""
-    filesystem, path = fsspec.core.url_to_fs(uri)
+    filesystem, path = storage.filesystem(uri, options)
     found = filesystem.glob(path) if _is_glob(path) else filesystem.find(path)
-    protocol = filesystem.protocol
-    protocol = protocol if isinstance(protocol, str) else protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    protocol = (
+        filesystem.protocol if isinstance(filesystem.protocol, str) else filesystem.protocol[0]
+    )
+    prefix = "" if storage.is_local(uri) else f"{protocol}://"
     return sorted(prefix + p for p in found if p.lower().endswith(VIDEO_EXTENSIONS))
 
 
@@ -130,14 +131,16 @@ def _is_glob(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
-def scan_manifest(section: ManifestSection, reserved_columns: set[str]) -> ManifestSummary:
+def scan_manifest(
+    section: ManifestSection, reserved_columns: set[str], options: dict | None = None
+) -> ManifestSummary:
     """One streaming pass: column checks, empty manifest, duplicate ids (with their rows)."""
-    fmt = manifest_format(section)
-    base = base_directory(section)
+    fmt = manifest_format(section, options)
+    base = base_directory(section, options)
     summary = ManifestSummary()
     first_row_of: dict[bytes, int] = {}
     duplicates = []
-    for offset, batch in _batches(section.uri, fmt):
+    for offset, batch in _batches(section.uri, fmt, options):
         if not summary.columns:
             summary.columns = batch.column_names
             summary.problems += _column_problems(section.uri, batch.column_names, reserved_columns)
@@ -188,20 +191,21 @@ def _row_label(fmt: str, index: int) -> str:
     return f"row {index}"
 
 
-def _batches(uri: str, fmt: str) -> Iterator[tuple[int, pa.RecordBatch]]:
+def _batches(uri: str, fmt: str, options: dict | None) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(row offset, batch) over the manifest, streamed."""
     offset = 0
-    for batch in _record_batches(uri, fmt):
+    for batch in _record_batches(uri, fmt, options):
         yield offset, batch
         offset += batch.num_rows
 
 
-def _record_batches(uri: str, fmt: str) -> Iterator[pa.RecordBatch]:
+def _record_batches(uri: str, fmt: str, options: dict | None) -> Iterator[pa.RecordBatch]:
     if fmt == "videos":
-        uris = list_videos(uri)
+        uris = list_videos(uri, options)
         yield pa.RecordBatch.from_pydict({"uri": pa.array(uris, pa.string())})
         return
-    with fsspec.open(uri, "rb") as stream:
+    filesystem, path = storage.filesystem(uri, options)
+    with filesystem.open(path, "rb") as stream:
         if fmt == "csv":
             yield from pa_csv.open_csv(stream, convert_options=CSV_CONVERT)
         elif fmt == "jsonl":

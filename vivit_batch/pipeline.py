@@ -7,6 +7,8 @@ the run report.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -16,9 +18,11 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-import fsspec
+import pyarrow as pa
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from vivit_batch import storage
 from vivit_batch.config import ConfigError, JobConfig, require_job_inputs
 from vivit_batch.manifest import (
     CSV_CONVERT,
@@ -67,6 +71,8 @@ class Resources:
     inference_threads: int
     inference_cpus: float
     inference_gpus: float
+    decode_nodes: list[str] = dataclasses.field(default_factory=list)
+    """CPU-only nodes that decode actors are placed on (when the cluster has GPU nodes)"""
 
 
 @dataclass
@@ -97,14 +103,21 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         max_file_bytes=config.decode.max_file_bytes,
         timeout_s=config.decode.timeout_s,
     )
+    options = storage_options(config)
     decode = DecodeSettings(
-        sampling, processor_for(config, checkpoint.processor), limits, threads=config.decode.threads
+        sampling,
+        processor_for(config, checkpoint.processor),
+        limits,
+        threads=config.decode.threads,
+        storage_options=options,
     )
-    labels = read_labels(config.model.labels, model.config.num_labels) or model.config.id2label
-    manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS))
+    labels = read_labels(config.model.labels, model.config.num_labels, options)
+    manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))
     if manifest.problems:
         raise ConfigError("\n".join(manifest.problems))
-    return PreparedJob(config, checkpoint, model.config, decode, labels, manifest)
+    return PreparedJob(
+        config, checkpoint, model.config, decode, labels or model.config.id2label, manifest
+    )
 
 
 def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorConfig:
@@ -115,12 +128,17 @@ def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorCon
     return processor
 
 
-def read_labels(path: str | None, num_labels: int) -> dict[int, str] | None:
+def storage_options(config: JobConfig) -> dict:
+    return storage.storage_options(**dataclasses.asdict(config.storage))
+
+
+def read_labels(path: str | None, num_labels: int, options: dict) -> dict[int, str] | None:
     """Class names from a file: one per line in id order, or a JSON object {id: name}."""
     if not path:
         return None
     try:
-        with fsspec.open(path, "r") as stream:
+        filesystem, file = storage.filesystem(path, options)
+        with filesystem.open(file, "r") as stream:
             text = stream.read()
     except FileNotFoundError as error:
         raise ConfigError(f"model.labels: {path} does not exist") from error
@@ -136,15 +154,17 @@ def read_labels(path: str | None, num_labels: int) -> dict[int, str] | None:
 
 
 @ray.remote(**LIGHT_TASK)
-def _scan_manifest_task(section, reserved) -> ManifestSummary:
-    return scan_manifest(section, reserved)
+def _scan_manifest_task(section, reserved, options) -> ManifestSummary:
+    return scan_manifest(section, reserved, options)
 
 
 def plan_resources(config: JobConfig) -> Resources:
     """Actor pools from the cluster's resources; explicit settings win.
 
-    Without GPUs, torch gets half the cores and decoding the other half. The pools' CPU
-    reservations are scaled to leave RAY_DATA_HEADROOM_CPUS free for Ray Data's own tasks.
+    Without GPUs, torch gets half the cores and decoding the other half. With GPUs, one
+    inference actor per GPU, and decoding on the CPU-only nodes if there are any (else on the
+    GPU nodes' spare cores). The pools' CPU reservations are scaled to leave
+    RAY_DATA_HEADROOM_CPUS free for Ray Data's own tasks.
     """
     cluster = ray.cluster_resources()
     cpus, gpus = int(cluster.get("CPU", 1)), int(cluster.get("GPU", 0))
@@ -153,11 +173,14 @@ def plan_resources(config: JobConfig) -> Resources:
     inference_actors = r.inference_actors or max(1, gpus)
     inference_threads = 1 if gpus else r.inference_cpus or max(1, cpus // 2)
     inference_total = inference_actors * inference_threads
-    decode_actors = r.decode_actors or max(1, (cpus - inference_total) // decode_threads)
+    cpu_nodes = cpu_only_nodes() if gpus else {}
+    decode_pool_cpus = sum(cpu_nodes.values()) or cpus - inference_total
+    decode_actors = r.decode_actors or max(1, int(decode_pool_cpus // decode_threads))
     budget = cpus - RAY_DATA_HEADROOM_CPUS
-    if gpus:  # GPU actors keep a whole CPU each, so decoding fills the CPU nodes
+    if gpus:  # GPU actors keep a whole CPU each
         inference_scale = 1.0
-        decode_scale = (budget - inference_total) / (decode_actors * decode_threads)
+        decode_budget = min(decode_pool_cpus, budget - inference_total)
+        decode_scale = decode_budget / (decode_actors * decode_threads)
     else:
         inference_scale = decode_scale = budget / (inference_total + decode_actors * decode_threads)
     return Resources(
@@ -168,7 +191,26 @@ def plan_resources(config: JobConfig) -> Resources:
         inference_threads=inference_threads,
         inference_cpus=inference_threads * min(1.0, max(0.1, inference_scale)),
         inference_gpus=1.0 if gpus else 0.0,
+        decode_nodes=sorted(cpu_nodes),
     )
+
+
+def cpu_only_nodes() -> dict[str, float]:
+    """Alive nodes with CPUs and no GPU: node id -> CPUs."""
+    return {
+        node["NodeID"]: node["Resources"]["CPU"]
+        for node in ray.nodes()
+        if node["Alive"] and node["Resources"].get("CPU") and not node["Resources"].get("GPU")
+    }
+
+
+def placement_on(nodes: list[str]):
+    """Ray remote args that spread successive actors over `nodes` (soft: they may go elsewhere
+    when those nodes are full); None when there is nothing to steer."""
+    if not nodes:
+        return None
+    cycle = itertools.cycle(nodes)
+    return lambda: {"scheduling_strategy": NodeAffinitySchedulingStrategy(next(cycle), soft=True)}
 
 
 def build_dataset(job: PreparedJob, resources: Resources, run_id: str) -> ray.data.Dataset:
@@ -176,7 +218,7 @@ def build_dataset(job: PreparedJob, resources: Resources, run_id: str) -> ray.da
     dataset = read_manifest_dataset(config)
     dataset = dataset.map_batches(
         with_ids,
-        fn_kwargs={"base": base_directory(config.manifest)},
+        fn_kwargs={"base": base_directory(config.manifest, job.decode.storage_options)},
         batch_format="pyarrow",
         **LIGHT_TASK,
     )
@@ -185,6 +227,7 @@ def build_dataset(job: PreparedJob, resources: Resources, run_id: str) -> ray.da
         fn_constructor_kwargs={"settings": replace(job.decode, threads=resources.decode_threads)},
         compute=ray.data.ActorPoolStrategy(size=resources.decode_actors),
         num_cpus=resources.decode_cpus,
+        ray_remote_args_fn=placement_on(resources.decode_nodes),
         batch_size=config.resources.decode_batch_size,
         batch_format="pyarrow",
     )
@@ -212,10 +255,11 @@ def build_dataset(job: PreparedJob, resources: Resources, run_id: str) -> ray.da
 
 def read_manifest_dataset(config: JobConfig) -> ray.data.Dataset:
     section = config.manifest
-    fmt = manifest_format(section)
+    options = storage_options(config)
+    fmt = manifest_format(section, options)
     if fmt == "videos":
-        return ray.data.from_items([{"uri": u} for u in list_videos(section.uri)])
-    read = LIGHT_TASK
+        return ray.data.from_items([{"uri": u} for u in list_videos(section.uri, options)])
+    read = {**LIGHT_TASK, "filesystem": storage.arrow_filesystem(section.uri, options)}
     if fmt == "csv":
         return ray.data.read_csv(section.uri, convert_options=CSV_CONVERT, **read)
     if fmt == "jsonl":
@@ -225,6 +269,13 @@ def read_manifest_dataset(config: JobConfig) -> ray.data.Dataset:
     return ray.data.read_text(section.uri, **read).map_batches(
         drop_blank_lines, batch_format="pyarrow", **LIGHT_TASK
     )
+
+
+def first_rows(job: PreparedJob, count: int) -> pa.Table:
+    """The manifest's first `count` rows, with ids, as the decode stage receives them."""
+    dataset = read_manifest_dataset(job.config).limit(count)
+    table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+    return with_ids(table, base_directory(job.config.manifest, job.decode.storage_options))
 
 
 def run_job(job: PreparedJob) -> RunResult:
@@ -237,6 +288,7 @@ def run_job(job: PreparedJob) -> RunResult:
         run_id,
         output_schema(job.model_config.hidden_size),
         config.output.rows_per_file,
+        job.decode.storage_options,
     )
     started = time.time()
     build_dataset(job, resources, run_id).write_datasink(sink, ray_remote_args=LIGHT_TASK)
@@ -264,7 +316,7 @@ def run_job(job: PreparedJob) -> RunResult:
         "files": stats.files,
         "versions": versions(),
     }
-    report_uri = write_run_report(config.output.uri, run_id, report)
+    report_uri = write_run_report(config.output.uri, run_id, report, job.decode.storage_options)
     return RunResult(
         run_id, report, report_uri, error_fraction, error_fraction <= config.run.max_error_fraction
     )

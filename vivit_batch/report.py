@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import fsspec
 import pyarrow.dataset as ds
 
+from vivit_batch import storage
 from vivit_batch.sink import RUNS_DIR
 
 
@@ -33,13 +33,13 @@ def summarise_output(output_uri: str, top: int = 10) -> str:
 
 
 def read_output(output_uri: str, columns: list[str] | None = None):
-    filesystem, path = fsspec.core.url_to_fs(output_uri)
+    filesystem, path = storage.filesystem(output_uri)
     dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
     return dataset.to_table(columns=columns)
 
 
 def read_run_reports(output_uri: str) -> list[dict]:
-    filesystem, path = fsspec.core.url_to_fs(f"{output_uri.rstrip('/')}/{RUNS_DIR}")
+    filesystem, path = storage.filesystem(f"{output_uri.rstrip('/')}/{RUNS_DIR}")
     if not filesystem.exists(path):
         return []
     reports = []

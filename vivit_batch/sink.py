@@ -15,11 +15,12 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
+
+from vivit_batch import storage
 
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
@@ -84,8 +85,16 @@ class WriteStats:
 
 
 class ParquetSink(Datasink):
-    def __init__(self, output_uri: str, run_id: str, schema: pa.Schema, rows_per_file: int):
+    def __init__(
+        self,
+        output_uri: str,
+        run_id: str,
+        schema: pa.Schema,
+        rows_per_file: int,
+        storage_options: dict | None = None,
+    ):
         self.output_uri = output_uri.rstrip("/")
+        self.storage_options = storage_options
         self.run_id = run_id
         self.schema = schema
         self.rows_per_file = rows_per_file
@@ -96,7 +105,7 @@ class ParquetSink(Datasink):
         return self.rows_per_file
 
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        filesystem, path = fsspec.core.url_to_fs(self.output_uri)
+        filesystem, path = storage.filesystem(self.output_uri, self.storage_options)
         filesystem.makedirs(path, exist_ok=True)
 
     def write(self, blocks, ctx) -> WriteStats:
@@ -127,8 +136,8 @@ class ParquetSink(Datasink):
         ids = "\n".join(sorted(table.column("video_id").to_pylist()))
         digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
         final = f"{self.output_uri}/part-{self.run_id}-{digest}.parquet"
-        filesystem, final_path = fsspec.core.url_to_fs(final)
-        if _is_local(filesystem):
+        filesystem, final_path = storage.filesystem(final, self.storage_options)
+        if storage.is_local(final):
             staging = posixpath.join(
                 posixpath.dirname(final_path), TMP_DIR, f"{uuid.uuid4().hex}.tmp"
             )
@@ -154,9 +163,9 @@ def stats_of(table: pa.Table) -> WriteStats:
     )
 
 
-def write_run_report(output_uri: str, run_id: str, report: dict) -> str:
+def write_run_report(output_uri: str, run_id: str, report: dict, options: dict | None) -> str:
     uri = f"{output_uri.rstrip('/')}/{RUNS_DIR}/{run_id}.json"
-    filesystem, path = fsspec.core.url_to_fs(uri)
+    filesystem, path = storage.filesystem(uri, options)
     filesystem.makedirs(posixpath.dirname(path), exist_ok=True)
     with filesystem.open(path, "w") as stream:
         json.dump(report, stream, indent=2, default=str)
@@ -166,8 +175,3 @@ def write_run_report(output_uri: str, run_id: str, report: dict) -> str:
 def _write_parquet(filesystem, path: str, table: pa.Table) -> None:
     with filesystem.open(path, "wb") as stream:
         pq.write_table(table, stream, compression="zstd")
-
-
-def _is_local(filesystem) -> bool:
-    protocols = filesystem.protocol
-    return bool({"file", "local"} & set((protocols,) if isinstance(protocols, str) else protocols))

@@ -38,6 +38,49 @@ def _storage_call(call: Callable[[], T]) -> T:
         raise StorageError(f"{type(error).__name__}: {error}") from error
 
 
+def storage_options(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    anon: bool = False,
+    max_attempts: int = 10,
+    timeout_s: float = 60,
+) -> dict:
+    """s3fs options: botocore retries throttling, 5xx, resets and timeouts with backoff."""
+    options = {
+        "anon": anon,
+        "config_kwargs": {
+            "retries": {"max_attempts": max_attempts, "mode": "standard"},
+            "connect_timeout": timeout_s,
+            "read_timeout": timeout_s,
+        },
+    }
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    if region:
+        options["client_kwargs"] = {"region_name": region}
+    if profile:
+        options["profile"] = profile
+    return options
+
+
+def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for `uri` and the path within it; options apply to remote ones."""
+    if is_local(uri):
+        return fsspec.filesystem("file"), local_path(uri)
+    return fsspec.core.url_to_fs(uri, **(options or {}))
+
+
+def arrow_filesystem(uri: str, options: dict | None = None):
+    """A pyarrow filesystem for Ray Data's readers, built from ours (pyarrow's own S3 client
+    ignores AWS_ENDPOINT_URL), or None for local paths."""
+    if is_local(uri):
+        return None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return PyFileSystem(FSSpecHandler(filesystem(uri, options)[0]))
+
+
 def is_local(uri: str) -> bool:
     return get_protocol(uri) in LOCAL_PROTOCOLS
 

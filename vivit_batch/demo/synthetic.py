@@ -2,8 +2,8 @@
 
 Each video shows one light shape (circle, square or triangle) on a darker solid, gradient or
 textured background, doing one of `MOTION_CLASSES` at constant speed for the whole video, so any
-clip taken from it shows the motion. The object passes the frame centre half-way through the video (where
-the job's centred clip and centre crop look), and stays inside the middle of the short side.
+clip taken from it shows the motion. The object passes the frame centre half-way through the video
+(where the job's centred clip and centre crop look), and stays within the middle of the short side.
 
 Every video is drawn from its own generator seeded by (seed, index): the same seed gives the same
 files, and a video does not depend on how many others are written with it.
@@ -15,6 +15,7 @@ second-order feature first; in our measurements that took it several times the t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -84,8 +85,10 @@ ENCODINGS = (
 class SampleVideo:
     path: Path
     label: str
+    """one of `MOTION_CLASSES`"""
     codec: str
     container: str
+    """FFmpeg format name"""
     width: int
     height: int
     fps: int
@@ -96,7 +99,6 @@ class SampleVideo:
 class Scene:
     """What one video shows; `render(i)` draws its frame i."""
 
-    label: str
     shape: str
     colour: np.ndarray
     background: np.ndarray
@@ -176,7 +178,6 @@ def random_scene(
     background = random_background(rng, width, height)
     start, end, start_radius, end_radius = _trajectory(rng, label, width, height)
     return Scene(
-        label=label,
         shape=SHAPES[rng.integers(len(SHAPES))],
         colour=_light_colour(rng, background),
         background=background,
@@ -260,8 +261,8 @@ def shape_coverage(
     return np.clip(0.5 - distance, 0.0, 1.0)
 
 
-def encode_frames(path: Path, frames, encoding: Encoding, fps: int) -> None:
-    """Encode uint8 (height, width, 3) frames at a constant `fps`, single-threaded (reproducible)."""
+def encode_frames(path: Path, frames: Iterable[np.ndarray], encoding: Encoding, fps: int) -> None:
+    """Encode uint8 (height, width, 3) frames at a constant `fps`; one thread, so reproducible."""
     with av.open(str(path), "w", format=encoding.container) as container:
         stream = container.add_stream(encoding.codec, rate=fps, options=dict(encoding.options))
         stream.pix_fmt = encoding.pix_fmt
@@ -279,22 +280,10 @@ def encode_frames(path: Path, frames, encoding: Encoding, fps: int) -> None:
 
 
 def write_corrupt_video(path: str | Path) -> Path:
-    """A truncated MP4 upload: a real header start, then nothing, so opening it fails."""
+    """A truncated MP4 upload: the start of a real file, cut before the index players need."""
     path = Path(path)
-    scene = Scene(
-        label="standing still",
-        shape="circle",
-        colour=np.array([255.0, 255.0, 255.0]),
-        background=np.zeros((48, 64, 3), np.float32),
-        start_centre=(32.0, 24.0),
-        end_centre=(32.0, 24.0),
-        start_radius=10.0,
-        end_radius=10.0,
-        rotation=0.0,
-        grain=None,
-        num_frames=12,
-    )
-    encode_frames(path, (scene.render(i) for i in range(12)), ENCODINGS[0], 12)
+    black = np.zeros((48, 64, 3), np.uint8)
+    encode_frames(path, (black for _ in range(12)), available_encodings()[0], fps=12)
     path.write_bytes(path.read_bytes()[:512])
     return path
 
@@ -303,7 +292,7 @@ def _frame_count(rng: np.random.Generator, fps: int) -> int:
     """A length of 2-4 s, kept within `FRAME_COUNT_RANGE` frames so clips span much of it."""
     low = max(FRAME_COUNT_RANGE[0], round(DURATION_RANGE_S[0] * fps))
     high = min(FRAME_COUNT_RANGE[1], round(DURATION_RANGE_S[1] * fps))
-    return int(rng.integers(low, max(low, high) + 1))
+    return int(rng.integers(low, high + 1))
 
 
 def _random_grain(rng: np.random.Generator, width: int, height: int) -> np.ndarray | None:

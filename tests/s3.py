@@ -1,0 +1,127 @@
+"""A real S3 server for the tests (moto in server mode, its own process, on 127.0.0.1), and a
+proxy in front of it that fails a share of the requests, to prove that retries lose nothing."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import s3fs
+
+from tests.conftest import free_port
+
+# Fixed test credentials, also exported (see conftest) so Ray workers inherit them.
+ACCESS_KEY = "AKIATESTVIVITBATCH01"
+SECRET_KEY = "vivit-batch-secret-never-printed-8d1f0a"
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    process: subprocess.Popen
+
+    def filesystem(self) -> s3fs.S3FileSystem:
+        return s3fs.S3FileSystem(endpoint_url=self.endpoint_url, key=ACCESS_KEY,
+                                 secret=SECRET_KEY, skip_instance_cache=True)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def start_moto() -> S3Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    server = S3Server(f"http://127.0.0.1:{port}", process)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/")
+            connection.getresponse().read()
+            return server
+        except OSError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError("moto server did not start")
+
+
+@dataclass
+class FaultyProxy:
+    """Forwards to `target`; every `every`-th request fails, alternately a 503 SlowDown and a
+    connection closed without an answer (0: none fail). Keys containing one of `forbidden`
+    are answered 403 AccessDenied, as a bucket policy would."""
+
+    target_port: int
+    every: int = 0
+    forbidden: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    failures: int = 0
+
+    def __post_init__(self):
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if any(key in self.path for key in proxy.forbidden):
+                    self._answer(403, {"Content-Type": "application/xml"},
+                                 b"<Error><Code>AccessDenied</Code></Error>")
+                    return
+                with proxy._lock:
+                    number = next(proxy._count)
+                    failing = proxy.every and number % proxy.every == 0
+                    proxy.failures += bool(failing)
+                if failing and (number // proxy.every) % 2:
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # drop: no status line at all
+                    return
+                if failing:
+                    self._answer(503, {"Content-Type": "application/xml"},
+                                 b"<Error><Code>SlowDown</Code></Error>")
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                response = upstream.getresponse()
+                self._answer(response.status, dict(response.getheaders()), response.read())
+
+            def _answer(self, status, headers, body):
+                self.send_response(status)
+                length = str(len(body))
+                for name, value in headers.items():
+                    if name.lower() == "content-length" and self.command == "HEAD":
+                        length = value  # HEAD tells the object's size and sends no body
+                    elif name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()

@@ -1,0 +1,119 @@
+"""The job with S3 manifests, videos and outputs, against a moto S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.dataset as ds
+import pytest
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from tests.checkpoints import make_checkpoint
+from tests.media import write_video
+from tests.s3 import SECRET_KEY, FaultyProxy, start_moto
+from vivit_batch.cli import main
+
+BUCKET = "media"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    server = start_moto()
+    fs = server.filesystem()
+    fs.mkdir(BUCKET)
+    local = tmp_path_factory.mktemp("s3-videos")
+    for i in range(3):
+        path = write_video(local / f"clip{i}.mp4", num_frames=24 + 4 * i, content="detailed")
+        fs.put(str(path), f"{BUCKET}/in/clip{i}.mp4")
+    fs.pipe(f"{BUCKET}/in/manifest.csv",
+            b"uri,video_id,source\nclip0.mp4,c0,cam\nclip1.mp4,c1,cam\nclip2.mp4,c2,phone\n"
+            b"gone.mp4,c3,cam\n")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("checkpoint")
+    make_checkpoint(directory)
+    return directory
+
+
+def run(manifest, output, checkpoint, endpoint, *extra):
+    return main(["run", "--manifest", manifest, "--output", output, "--model", str(checkpoint),
+                 "--set", f"storage.endpoint_url={endpoint}",
+                 "--set", "run.max_error_fraction=0.5", *extra])
+
+
+def read_s3_output(server, prefix: str):
+    filesystem = PyFileSystem(FSSpecHandler(server.filesystem()))
+    return ds.dataset(f"{BUCKET}/{prefix}", filesystem=filesystem, format="parquet").to_table()
+
+
+def test_manifest_videos_and_output_all_on_s3(ray_cluster, s3, checkpoint, capfd):
+    output = f"s3://{BUCKET}/out-all"
+    assert run(f"s3://{BUCKET}/in/manifest.csv", output, checkpoint, s3.endpoint_url) == 0
+    rows = {r["video_id"]: r for r in read_s3_output(s3, "out-all").to_pylist()}
+    assert set(rows) == {"c0", "c1", "c2", "c3"}
+    assert rows["c0"]["uri"] == f"s3://{BUCKET}/in/clip0.mp4"
+    assert rows["c2"]["status"] == "ok" and rows["c2"]["source"] == "phone"
+    assert rows["c3"]["error_code"] == "not_found"
+    assert f"{BUCKET}/in/gone.mp4" in rows["c3"]["error_message"]
+
+    fs = s3.filesystem()
+    [report_path] = fs.glob(f"{BUCKET}/out-all/_runs/*.json")
+    report = fs.cat(report_path).decode()
+    assert json.loads(report)["throughput"]["bytes_read"] > 0
+    # The secret key is nowhere: not in the logs, the report or the rows.
+    captured = capfd.readouterr()
+    assert SECRET_KEY not in captured.out + captured.err
+    assert SECRET_KEY not in report
+    assert SECRET_KEY not in json.dumps(list(rows.values()), default=str)
+
+
+def test_prefix_as_manifest_and_mixed_local_and_s3(ray_cluster, s3, checkpoint, tmp_path):
+    output = tmp_path / "prefix"
+    assert run(f"s3://{BUCKET}/in/", str(output), checkpoint, s3.endpoint_url) == 0
+    table = ds.dataset(output).to_table()
+    assert sorted(table.column("uri").to_pylist()) == [
+        f"s3://{BUCKET}/in/clip{i}.mp4" for i in range(3)
+    ]
+
+    local_video = write_video(tmp_path / "local.mp4", num_frames=20, content="detailed")
+    manifest = tmp_path / "mixed.txt"
+    manifest.write_text(f"{local_video}\ns3://{BUCKET}/in/clip1.mp4\n")
+    assert run(str(manifest), str(tmp_path / "mixed"), checkpoint, s3.endpoint_url) == 0
+    mixed = ds.dataset(tmp_path / "mixed").to_table().to_pylist()
+    assert {r["status"] for r in mixed} == {"ok"} and len(mixed) == 2
+
+
+def test_forbidden_object_is_an_error_row_naming_bucket_and_key(ray_cluster, s3, checkpoint,
+                                                                tmp_path):
+    proxy = FaultyProxy(int(s3.endpoint_url.rsplit(":", 1)[1]), forbidden=("clip2.mp4",))
+    try:
+        output = tmp_path / "forbidden"
+        assert run(f"s3://{BUCKET}/in/manifest.csv", str(output), checkpoint,
+                   proxy.endpoint_url) == 0
+    finally:
+        proxy.stop()
+    rows = {r["video_id"]: r for r in ds.dataset(output).to_table().to_pylist()}
+    assert rows["c2"]["error_code"] == "permission_denied"
+    assert f"s3://{BUCKET}/in/clip2.mp4" in rows["c2"]["error_message"]
+    assert rows["c0"]["status"] == "ok"
+
+
+def test_transient_failures_are_retried_and_lose_nothing(ray_cluster, s3, checkpoint, tmp_path):
+    clean = tmp_path / "clean"
+    assert run(f"s3://{BUCKET}/in/manifest.csv", str(clean), checkpoint, s3.endpoint_url) == 0
+    proxy = FaultyProxy(int(s3.endpoint_url.rsplit(":", 1)[1]), every=4)
+    try:
+        output = f"s3://{BUCKET}/out-faulty"
+        assert run(f"s3://{BUCKET}/in/manifest.csv", output, checkpoint, proxy.endpoint_url) == 0
+    finally:
+        proxy.stop()
+    assert proxy.failures >= 5
+    expected = {r["video_id"]: (r["status"], r["label"], r["error_code"])
+                for r in ds.dataset(clean).to_table().to_pylist()}
+    got = {r["video_id"]: (r["status"], r["label"], r["error_code"])
+           for r in read_s3_output(s3, "out-faulty").to_pylist()}
+    assert got == expected
