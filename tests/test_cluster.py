@@ -53,8 +53,7 @@ from ray.util.state import list_actors, list_nodes
 from vivit_batch.cli import main
 
 directory, output = sys.argv[1], sys.argv[2]
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0,
-                                                        "include_dashboard": True})
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
 gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
 ray.init(address=cluster.address)
 code = main(["run", "--manifest", directory + "/manifest.txt", "--output", output,

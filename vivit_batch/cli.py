@@ -87,6 +87,20 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one config key, e.g. --set sampling.num_frames=16",
     )
     parser.add_argument(
+        "--rerun-errors",
+        action="store_const",
+        const="rerun_errors",
+        dest="mode",
+        help="also relabel videos whose committed rows are errors",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_const",
+        const="force",
+        dest="mode",
+        help="relabel every video, replacing rows already in the output",
+    )
+    parser.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to join (default: RAY_ADDRESS, else embedded local Ray)",
@@ -110,6 +124,7 @@ def config_from(args: argparse.Namespace) -> JobConfig:
         manifest_uri=args.manifest,
         output_uri=args.output,
         model_source=args.model,
+        run_mode=args.mode,
     )
 
 

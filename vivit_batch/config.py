@@ -110,6 +110,9 @@ class ResourcesSection:
 class RunSection:
     max_error_fraction: float = 0.05
     """above this share of error rows the run exits with code 3"""
+    mode: str = "incremental"
+    """incremental: skip videos already committed in the output; rerun_errors: also relabel
+    their error rows; force: relabel everything (earlier rows are replaced)"""
     run_id: str | None = None
     """default: UTC time plus a random suffix"""
 
@@ -131,6 +134,7 @@ class JobConfig:
 
 CHOICES = {
     "manifest.format": {"auto", "csv", "jsonl", "parquet", "txt", "videos"},
+    "run.mode": {"incremental", "rerun_errors", "force"},
     "model.precision": {"fp32", "bf16", "fp16"},
     "model.normalization": {"checkpoint", "scenic"},
     "sampling.temporal_views": {"center", "uniform", "random"},
@@ -186,6 +190,7 @@ def load_config(
         "manifest_uri": "manifest.uri",
         "output_uri": "output.uri",
         "model_source": "model.source",
+        "run_mode": "run.mode",
     }
     for flag, value in flags.items():
         if value is not None:

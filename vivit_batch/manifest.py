@@ -102,8 +102,9 @@ def video_id_for(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:20]
 
 
-def with_ids(table: pa.Table, base: str) -> pa.Table:
-    """Resolve `uri` and fill `video_id` (string) for one block of manifest rows."""
+def with_ids(table: pa.Table, base: str, skip: frozenset[str] = frozenset()) -> pa.Table:
+    """Resolve `uri` and fill `video_id` (string) for one block of manifest rows; rows whose id
+    is in `skip` (already committed) are dropped."""
     uris = [resolve_uri(u, base) for u in table.column("uri").to_pylist()]
     if "video_id" in table.column_names:
         given = table.column("video_id").cast(pa.string()).to_pylist()
@@ -113,7 +114,10 @@ def with_ids(table: pa.Table, base: str) -> pa.Table:
         ids = [video_id_for(u) for u in uris]
     uri_index = table.schema.get_field_index("uri")
     table = table.set_column(uri_index, "uri", pa.array(uris, pa.string()))
-    return table.add_column(0, "video_id", pa.array(ids, pa.string()))
+    table = table.add_column(0, "video_id", pa.array(ids, pa.string()))
+    if skip:
+        table = table.filter(pa.array([i not in skip for i in ids]))
+    return table
 
 
 def list_videos(uri: str, options: dict | None = None) -> list[str]:

@@ -36,7 +36,16 @@ from vivit_batch.manifest import (
 )
 from vivit_batch.model import CheckpointInfo, VivitConfig, load_pretrained
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.sink import RESERVED_COLUMNS, ParquetSink, output_schema, write_run_report
+from vivit_batch.sink import (
+    RESERVED_COLUMNS,
+    ParquetSink,
+    committed_files,
+    output_schema,
+    read_identity,
+    supersede,
+    write_identity,
+    write_run_report,
+)
 from vivit_batch.stages import DecodeSettings, DecodeStage, InferenceSettings, InferenceStage
 from vivit_batch.video import DecodeLimits, SamplingConfig
 
@@ -58,6 +67,20 @@ class PreparedJob:
     decode: DecodeSettings
     labels: dict[int, str]
     manifest: ManifestSummary
+    committed: dict[str, pa.Table]
+    """the output's data files and the (video_id, status) rows each holds"""
+    skip: frozenset[str]
+    """ids whose committed rows stand; the rest of the manifest is labelled"""
+
+    @property
+    def identity(self) -> dict:
+        """What makes rows comparable: the weights and the preprocessing."""
+        return {
+            "model_source": self.config.model.source,
+            "weights_sha256": self.checkpoint.weights_sha256,
+            "preprocessing": self.decode.processor.to_dict(),
+            "sampling": dataclasses.asdict(self.decode.sampling),
+        }
 
 
 @dataclass
@@ -115,9 +138,56 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))
     if manifest.problems:
         raise ConfigError("\n".join(manifest.problems))
-    return PreparedJob(
-        config, checkpoint, model.config, decode, labels or model.config.id2label, manifest
+    committed = committed_files(config.output.uri, options)
+    job = PreparedJob(
+        config,
+        checkpoint,
+        model.config,
+        decode,
+        labels or model.config.id2label,
+        manifest,
+        committed,
+        skip_set(committed, config.run.mode),
     )
+    check_identity(job)
+    return job
+
+
+def committed_ids(job: PreparedJob) -> frozenset[str]:
+    return frozenset(
+        i for rows in job.committed.values() for i in rows.column("video_id").to_pylist()
+    )
+
+
+def skip_set(committed: dict[str, pa.Table], mode: str) -> frozenset[str]:
+    if mode == "force" or not committed:
+        return frozenset()
+    rows = pa.concat_tables(committed.values())
+    if mode == "rerun_errors":
+        rows = rows.filter(pa.compute.equal(rows.column("status"), "ok"))
+    return frozenset(rows.column("video_id").to_pylist())
+
+
+def check_identity(job: PreparedJob) -> None:
+    """One model and preprocessing per output dataset: refuse to mix rows from another."""
+    recorded = read_identity(job.config.output.uri, job.decode.storage_options)
+    if recorded is None:
+        return
+    current = job.identity
+    differ = [
+        key
+        for key in ("weights_sha256", "preprocessing", "sampling")
+        if recorded.get(key) != current[key]
+    ]
+    if differ:
+        raise ConfigError(
+            f"output {job.config.output.uri} holds rows from model {recorded['model_source']} "
+            f"(weights sha256 {recorded['weights_sha256'][:12]}); this run's "
+            f"{' and '.join(differ)} differ (model {current['model_source']}, weights sha256 "
+            f"{current['weights_sha256'][:12]}). Rows from different models or preprocessing "
+            "must not share a dataset: write this run to a new output (e.g. a sibling directory "
+            "named for the model version)"
+        )
 
 
 def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorConfig:
@@ -218,7 +288,10 @@ def build_dataset(job: PreparedJob, resources: Resources, run_id: str) -> ray.da
     dataset = read_manifest_dataset(config)
     dataset = dataset.map_batches(
         with_ids,
-        fn_kwargs={"base": base_directory(config.manifest, job.decode.storage_options)},
+        fn_kwargs={
+            "base": base_directory(config.manifest, job.decode.storage_options),
+            "skip": job.skip,
+        },
         batch_format="pyarrow",
         **LIGHT_TASK,
     )
@@ -289,9 +362,15 @@ def run_job(job: PreparedJob) -> RunResult:
         output_schema(job.model_config.hidden_size),
         config.output.rows_per_file,
         job.decode.storage_options,
+        replaces=committed_ids(job) - job.skip,
     )
     started = time.time()
+    write_identity(config.output.uri, job.decode.storage_options, job.identity)
     build_dataset(job, resources, run_id).write_datasink(sink, ray_remote_args=LIGHT_TASK)
+    if sink.stats.replaced:
+        supersede(
+            config.output.uri, job.decode.storage_options, job.committed, sink.stats.replaced, sink
+        )
     wall = time.time() - started
     stats = sink.stats
     errors = stats.status.get("error", 0)
@@ -308,6 +387,9 @@ def run_job(job: PreparedJob) -> RunResult:
         },
         "manifest_rows": job.manifest.rows,
         "rows_written": stats.rows,
+        "mode": config.run.mode,
+        "skipped_committed": job.manifest.rows - stats.rows,
+        "rows_replaced": len(stats.replaced),
         "counts": {"status": dict(stats.status), "error_code": dict(stats.error_codes)},
         "error_fraction": error_fraction,
         "max_error_fraction": config.run.max_error_fraction,

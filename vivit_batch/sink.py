@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
@@ -24,6 +25,8 @@ from vivit_batch import storage
 
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
+IDENTITY_FILE = "_dataset.json"
+"""What produced the dataset (model weights, preprocessing): one model per output."""
 
 
 def output_schema(hidden_size: int) -> pa.Schema:
@@ -72,8 +75,11 @@ class WriteStats:
     decode_seconds: float = 0.0
     inference_seconds: float = 0.0
     bytes_read: int = 0
+    replaced: set[str] = field(default_factory=set)
+    """ids written again by this run that earlier files also hold"""
 
     def add(self, other: WriteStats) -> None:
+        self.replaced |= other.replaced
         self.rows += other.rows
         self.files += other.files
         self.status.update(other.status)
@@ -92,8 +98,10 @@ class ParquetSink(Datasink):
         schema: pa.Schema,
         rows_per_file: int,
         storage_options: dict | None = None,
+        replaces: frozenset[str] = frozenset(),
     ):
         self.output_uri = output_uri.rstrip("/")
+        self.replaces = replaces
         self.storage_options = storage_options
         self.run_id = run_id
         self.schema = schema
@@ -115,6 +123,7 @@ class ParquetSink(Datasink):
             return WriteStats()
         table = pa.concat_tables(tables, promote_options="default")
         stats = stats_of(table)
+        stats.replaced = set(table.column("video_id").to_pylist()) & self.replaces
         stats.files.append(self.commit(self.to_output_table(table)))
         return stats
 
@@ -175,3 +184,54 @@ def write_run_report(output_uri: str, run_id: str, report: dict, options: dict |
 def _write_parquet(filesystem, path: str, table: pa.Table) -> None:
     with filesystem.open(path, "wb") as stream:
         pq.write_table(table, stream, compression="zstd")
+
+
+def read_identity(output_uri: str, options: dict | None) -> dict | None:
+    filesystem, path = storage.filesystem(f"{output_uri.rstrip('/')}/{IDENTITY_FILE}", options)
+    if not filesystem.exists(path):
+        return None
+    with filesystem.open(path, "r") as stream:
+        return json.load(stream)
+
+
+def write_identity(output_uri: str, options: dict | None, identity: dict) -> None:
+    filesystem, path = storage.filesystem(f"{output_uri.rstrip('/')}/{IDENTITY_FILE}", options)
+    filesystem.makedirs(posixpath.dirname(path), exist_ok=True)
+    with filesystem.open(path, "w") as stream:
+        json.dump(identity, stream, indent=2)
+
+
+def committed_files(output_uri: str, options: dict | None) -> dict[str, pa.Table]:
+    """Each committed data file's (video_id, status) rows; empty for a new output."""
+    filesystem, path = storage.filesystem(output_uri, options)
+    if not filesystem.exists(path):
+        return {}
+    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
+    return {
+        fragment.path: fragment.to_table(columns=["video_id", "status"])
+        for fragment in dataset.get_fragments()
+    }
+
+
+def supersede(
+    output_uri: str,
+    options: dict | None,
+    files: dict[str, pa.Table],
+    relabelled: set[str],
+    sink: ParquetSink,
+) -> None:
+    """Drop rows that this run relabelled from the earlier files that hold them.
+
+    Each such file is rewritten without those rows (committed under a new name) and then
+    deleted, so between the two steps a reader can see a relabelled video twice.
+    """
+    filesystem, _ = storage.filesystem(output_uri, options)
+    for path, rows in files.items():
+        stale = pa.compute.is_in(rows.column("video_id"), pa.array(sorted(relabelled)))
+        if not pa.compute.any(stale).as_py():
+            continue
+        table = pq.read_table(path, filesystem=filesystem)
+        kept = table.filter(pa.compute.invert(stale))
+        if kept.num_rows:
+            sink.commit(kept)
+        filesystem.rm(path)

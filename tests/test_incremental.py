@@ -1,0 +1,83 @@
+"""Re-running into the same output: only new work is done, nothing is written twice, and one
+output holds rows of one model only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.dataset as ds
+import pytest
+
+from tests.checkpoints import make_checkpoint
+from tests.media import write_video
+from vivit_batch.cli import main
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    make_checkpoint(tmp_path / "ckpt")
+    for name in ("a", "b", "c"):
+        write_video(tmp_path / f"{name}.mp4", num_frames=20, content="detailed")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    return tmp_path
+
+
+def run(workspace, names, *extra, model="ckpt"):
+    manifest = workspace / "manifest.txt"
+    manifest.write_text("".join(f"{n}.mp4\n" for n in names))
+    return main(["run", "--manifest", str(manifest), "--output", str(workspace / "out"),
+                 "--model", str(workspace / model), "--set", "run.max_error_fraction=1", *extra])
+
+
+def last_report(workspace) -> dict:
+    reports = sorted((workspace / "out" / "_runs").glob("*.json"))
+    return json.loads(reports[-1].read_text())
+
+
+def rows(workspace) -> dict[str, dict]:
+    table = ds.dataset(workspace / "out").to_table()
+    ids = table.column("video_id").to_pylist()
+    assert len(ids) == len(set(ids)), "a video appears twice"
+    return {r["uri"].rsplit("/", 1)[1]: r for r in table.to_pylist()}
+
+
+def test_rerun_labels_only_new_videos(ray_cluster, workspace):
+    assert run(workspace, ["a", "b", "broken"]) == 0
+    first = rows(workspace)
+    assert run(workspace, ["a", "b", "broken", "c"]) == 0
+    report = last_report(workspace)
+    assert (report["rows_written"], report["skipped_committed"]) == (1, 3)
+    after = rows(workspace)
+    assert set(after) == {"a.mp4", "b.mp4", "broken.mp4", "c.mp4"}
+    assert after["a.mp4"]["run_id"] == first["a.mp4"]["run_id"]  # untouched
+
+
+def test_rerun_errors_relabels_only_the_failed_rows(ray_cluster, workspace):
+    assert run(workspace, ["a", "broken"]) == 0
+    assert rows(workspace)["broken.mp4"]["error_code"] == "unreadable"
+    shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")  # the upload was fixed
+    assert run(workspace, ["a", "broken"], "--rerun-errors") == 0
+    report = last_report(workspace)
+    assert (report["rows_written"], report["rows_replaced"]) == (1, 1)
+    assert rows(workspace)["broken.mp4"]["status"] == "ok"
+
+
+def test_force_relabels_everything_once(ray_cluster, workspace):
+    assert run(workspace, ["a", "b"]) == 0
+    first = rows(workspace)
+    assert run(workspace, ["a", "b"], "--force") == 0
+    assert last_report(workspace)["rows_written"] == 2
+    after = rows(workspace)
+    assert len(after) == 2
+    assert after["a.mp4"]["run_id"] != first["a.mp4"]["run_id"]
+    assert after["a.mp4"]["label"] == first["a.mp4"]["label"]
+
+
+def test_another_model_into_the_same_output_is_refused(ray_cluster, workspace, capsys):
+    assert run(workspace, ["a"]) == 0
+    make_checkpoint(workspace / "other", seed=1)
+    assert run(workspace, ["a", "b"], model="other") == 2
+    message = capsys.readouterr().err
+    assert "weights_sha256" in message and "new output" in message
+    assert len(rows(workspace)) == 1
