@@ -4,7 +4,11 @@ output holds rows of one model only."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pyarrow.dataset as ds
 import pytest
@@ -81,3 +85,40 @@ def test_another_model_into_the_same_output_is_refused(ray_cluster, workspace, c
     message = capsys.readouterr().err
     assert "weights_sha256" in message and "new output" in message
     assert len(rows(workspace)) == 1
+
+
+def write_lock(workspace, heartbeat: float) -> None:
+    (workspace / "out").mkdir(exist_ok=True)
+    (workspace / "out" / "_lock.json").write_text(json.dumps(
+        {"run_id": "other-run", "host": "elsewhere", "pid": 1, "heartbeat": heartbeat}))
+
+
+def test_a_live_run_holding_the_output_refuses_a_second(ray_cluster, workspace, capsys):
+    write_lock(workspace, heartbeat=time.time())
+    assert run(workspace, ["a"]) == 2
+    assert "is being written by run other-run" in capsys.readouterr().err
+    assert not list((workspace / "out").glob("*.parquet"))
+
+
+def test_a_dead_runs_lock_is_taken_over(ray_cluster, workspace):
+    write_lock(workspace, heartbeat=time.time() - 3600)
+    assert run(workspace, ["a"]) == 0
+    assert len(rows(workspace)) == 1
+    assert not (workspace / "out" / "_lock.json").exists()
+
+
+def test_two_runs_at_once_never_both_commit(ray_cluster, workspace, capsys):
+    manifest = workspace / "all.txt"
+    manifest.write_text("a.mp4\nb.mp4\nc.mp4\n")
+    command = [sys.executable, "-m", "vivit_batch.cli", "run", "--manifest", str(manifest),
+               "--output", str(workspace / "out"), "--model", str(workspace / "ckpt")]
+    first = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = workspace / "out" / "_lock.json"
+    deadline = time.time() + 300
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert run(workspace, ["a", "b", "c"]) == 2
+    assert "is being written by run" in capsys.readouterr().err
+    assert first.wait(timeout=600) == 0
+    assert len(rows(workspace)) == 3

@@ -113,6 +113,8 @@ class RunSection:
     mode: str = "incremental"
     """incremental: skip videos already committed in the output; rerun_errors: also relabel
     their error rows; force: relabel everything (earlier rows are replaced)"""
+    lock_stale_after_s: float = 120
+    """a run's lock on the output is taken over this long after its last heartbeat"""
     run_id: str | None = None
     """default: UTC time plus a random suffix"""
 
@@ -158,6 +160,7 @@ POSITIVE = {
     "resources.decode_batch_size",
     "storage.max_attempts",
     "storage.timeout_s",
+    "run.lock_stale_after_s",
     "resources.clips_per_forward",
 }
 

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vivit_batch import storage
 from vivit_batch.config import ConfigError, JobConfig, require_job_inputs
+from vivit_batch.lock import OutputLock
 from vivit_batch.manifest import (
     CSV_CONVERT,
     ManifestSummary,
@@ -67,10 +68,6 @@ class PreparedJob:
     decode: DecodeSettings
     labels: dict[int, str]
     manifest: ManifestSummary
-    committed: dict[str, pa.Table]
-    """the output's data files and the (video_id, status) rows each holds"""
-    skip: frozenset[str]
-    """ids whose committed rows stand; the rest of the manifest is labelled"""
 
     @property
     def identity(self) -> dict:
@@ -138,25 +135,15 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))
     if manifest.problems:
         raise ConfigError("\n".join(manifest.problems))
-    committed = committed_files(config.output.uri, options)
     job = PreparedJob(
-        config,
-        checkpoint,
-        model.config,
-        decode,
-        labels or model.config.id2label,
-        manifest,
-        committed,
-        skip_set(committed, config.run.mode),
+        config, checkpoint, model.config, decode, labels or model.config.id2label, manifest
     )
     check_identity(job)
     return job
 
 
-def committed_ids(job: PreparedJob) -> frozenset[str]:
-    return frozenset(
-        i for rows in job.committed.values() for i in rows.column("video_id").to_pylist()
-    )
+def committed_ids(committed: dict[str, pa.Table]) -> frozenset[str]:
+    return frozenset(i for rows in committed.values() for i in rows.column("video_id").to_pylist())
 
 
 def skip_set(committed: dict[str, pa.Table], mode: str) -> frozenset[str]:
@@ -283,14 +270,17 @@ def placement_on(nodes: list[str]):
     return lambda: {"scheduling_strategy": NodeAffinitySchedulingStrategy(next(cycle), soft=True)}
 
 
-def build_dataset(job: PreparedJob, resources: Resources, run_id: str) -> ray.data.Dataset:
+def build_dataset(
+    job: PreparedJob, resources: Resources, run_id: str, skip: frozenset[str] = frozenset()
+) -> ray.data.Dataset:
+    """The pipeline; videos whose ids are in `skip` are left out."""
     config = job.config
     dataset = read_manifest_dataset(config)
     dataset = dataset.map_batches(
         with_ids,
         fn_kwargs={
             "base": base_directory(config.manifest, job.decode.storage_options),
-            "skip": job.skip,
+            "skip": skip,
         },
         batch_format="pyarrow",
         **LIGHT_TASK,
@@ -356,21 +346,25 @@ def run_job(job: PreparedJob) -> RunResult:
     run_id = config.run.run_id or new_run_id()
     resources = plan_resources(config)
     log.info("run %s: %d videos, %s", run_id, job.manifest.rows, resources)
-    sink = ParquetSink(
-        config.output.uri,
-        run_id,
-        output_schema(job.model_config.hidden_size),
-        config.output.rows_per_file,
-        job.decode.storage_options,
-        replaces=committed_ids(job) - job.skip,
-    )
+    options = job.decode.storage_options
     started = time.time()
-    write_identity(config.output.uri, job.decode.storage_options, job.identity)
-    build_dataset(job, resources, run_id).write_datasink(sink, ray_remote_args=LIGHT_TASK)
-    if sink.stats.replaced:
-        supersede(
-            config.output.uri, job.decode.storage_options, job.committed, sink.stats.replaced, sink
+    with OutputLock(config.output.uri, run_id, options, config.run.lock_stale_after_s):
+        # Read under the lock: what is committed cannot change until this run is done.
+        committed = committed_files(config.output.uri, options)
+        skip = skip_set(committed, config.run.mode)
+        sink = ParquetSink(
+            config.output.uri,
+            run_id,
+            output_schema(job.model_config.hidden_size),
+            config.output.rows_per_file,
+            options,
+            replaces=committed_ids(committed) - skip,
         )
+        write_identity(config.output.uri, options, job.identity)
+        dataset = build_dataset(job, resources, run_id, skip)
+        dataset.write_datasink(sink, ray_remote_args=LIGHT_TASK)
+        if sink.stats.replaced:
+            supersede(config.output.uri, options, committed, sink.stats.replaced, sink)
     wall = time.time() - started
     stats = sink.stats
     errors = stats.status.get("error", 0)
@@ -398,7 +392,7 @@ def run_job(job: PreparedJob) -> RunResult:
         "files": stats.files,
         "versions": versions(),
     }
-    report_uri = write_run_report(config.output.uri, run_id, report, job.decode.storage_options)
+    report_uri = write_run_report(config.output.uri, run_id, report, options)
     return RunResult(
         run_id, report, report_uri, error_fraction, error_fraction <= config.run.max_error_fraction
     )
