@@ -67,7 +67,14 @@ class Encoding:
 
 
 ENCODINGS = (
-    Encoding("libx264", "mp4", ".mp4", "yuv420p", {"preset": "veryfast", "crf": "20"}),
+    # mb-tree makes libx264 output differ from run to run (reproducible without it)
+    Encoding(
+        "libx264",
+        "mp4",
+        ".mp4",
+        "yuv420p",
+        {"preset": "veryfast", "crf": "20", "x264-params": "no-mbtree=1"},
+    ),
     Encoding("mpeg4", "avi", ".avi", "yuv420p", {}, bit_rate=1_500_000),
     Encoding("libvpx-vp9", "webm", ".webm", "yuv420p", {"deadline": "realtime", "cpu-used": "8"}),
     Encoding("mjpeg", "matroska", ".mkv", "yuvj420p", {}, bit_rate=4_000_000),
