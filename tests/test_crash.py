@@ -28,12 +28,30 @@ def job(tmp_path):
 
 
 def start_run(job, ray_cluster) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vivit_batch.cli", "run",
-               "--manifest", str(job / "manifest.txt"), "--output", str(job / "out"),
-               "--model", str(job / "ckpt"), "--set", "resources.batch_size=1",
-               "--set", "resources.decode_batch_size=1", "--set", "output.rows_per_file=1"]
-    return subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "vivit_batch.cli",
+        "run",
+        "--manifest",
+        str(job / "manifest.txt"),
+        "--output",
+        str(job / "out"),
+        "--model",
+        str(job / "ckpt"),
+        "--set",
+        "resources.batch_size=1",
+        "--set",
+        "resources.decode_batch_size=1",
+        "--set",
+        "output.rows_per_file=1",
+    ]
+    return subprocess.Popen(
+        command,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def committed(job) -> list[dict]:
@@ -75,3 +93,29 @@ def test_sigkill_then_rerun_gives_exactly_one_row_each(ray_cluster, job, kill_af
     for video_id, row in before.items():
         assert after[video_id]["run_id"] == row["run_id"]
         assert after[video_id]["label"] == row["label"]
+
+
+def inference_actor_pids(ray_cluster) -> list[int]:
+    from ray.util.state import list_actors
+
+    return [
+        actor.pid
+        for actor in list_actors(detail=True, limit=1000)
+        if "InferenceStage" in actor.class_name and actor.state == "ALIVE"
+    ]
+
+
+@pytest.mark.slow
+def test_killed_inference_actor_is_replaced_and_nothing_is_lost(ray_cluster, job):
+    process = start_run(job, ray_cluster)
+    deadline = time.time() + 300
+    while not (pids := inference_actor_pids(ray_cluster)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert pids, "no live inference actor to kill"
+    wait_for_files(job, 1)  # it is labelling now
+    os.kill(pids[0], signal.SIGKILL)
+    assert len(list((job / "out").glob("*.parquet"))) < VIDEOS, "killed too late to matter"
+    assert process.wait(timeout=600) == 0
+    rows = committed(job)
+    assert len(rows) == VIDEOS
+    assert {r["status"] for r in rows} == {"ok"}

@@ -412,6 +412,7 @@ def throughput(stats, resources: Resources, wall: float) -> dict:
             stats.inference_seconds, resources.inference_actors
         ),
         "bytes_read": stats.bytes_read,
+        "bytes_read_per_video": round(stats.bytes_read / stats.rows) if stats.rows else None,
     }
 
 
