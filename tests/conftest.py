@@ -28,12 +28,14 @@ RAY_ENV = {
 os.environ.update(RAY_ENV)
 # Test S3 credentials for the moto server (tests/s3.py), exported before the Ray cluster starts
 # so that its workers inherit them; nothing may ever reach real AWS.
-os.environ.update({
-    "AWS_ACCESS_KEY_ID": "AKIATESTVIVITBATCH01",
-    "AWS_SECRET_ACCESS_KEY": "vivit-batch-secret-never-printed-8d1f0a",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-})
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "AKIATESTVIVITBATCH01",
+        "AWS_SECRET_ACCESS_KEY": "vivit-batch-secret-never-printed-8d1f0a",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+)
 
 
 @dataclass
@@ -77,3 +79,13 @@ def ray_cluster() -> RayCluster:
     yield RayCluster(address, f"http://127.0.0.1:{dashboard}", RAY_ENV)
     ray.shutdown()
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server process on 127.0.0.1 (see tests/s3.py)."""
+    from tests.s3 import start_moto
+
+    server = start_moto()
+    yield server
+    server.stop()

@@ -27,8 +27,12 @@ class S3Server:
     process: subprocess.Popen
 
     def filesystem(self) -> s3fs.S3FileSystem:
-        return s3fs.S3FileSystem(endpoint_url=self.endpoint_url, key=ACCESS_KEY,
-                                 secret=SECRET_KEY, skip_instance_cache=True)
+        return s3fs.S3FileSystem(
+            endpoint_url=self.endpoint_url,
+            key=ACCESS_KEY,
+            secret=SECRET_KEY,
+            skip_instance_cache=True,
+        )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -39,7 +43,8 @@ def start_moto() -> S3Server:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     server = S3Server(f"http://127.0.0.1:{port}", process)
     deadline = time.time() + 60
@@ -81,8 +86,11 @@ class FaultyProxy:
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if any(key in self.path for key in proxy.forbidden):
-                    self._answer(403, {"Content-Type": "application/xml"},
-                                 b"<Error><Code>AccessDenied</Code></Error>")
+                    self._answer(
+                        403,
+                        {"Content-Type": "application/xml"},
+                        b"<Error><Code>AccessDenied</Code></Error>",
+                    )
                     return
                 with proxy._lock:
                     number = next(proxy._count)
@@ -93,8 +101,11 @@ class FaultyProxy:
                     self.connection.shutdown(2)  # drop: no status line at all
                     return
                 if failing:
-                    self._answer(503, {"Content-Type": "application/xml"},
-                                 b"<Error><Code>SlowDown</Code></Error>")
+                    self._answer(
+                        503,
+                        {"Content-Type": "application/xml"},
+                        b"<Error><Code>SlowDown</Code></Error>",
+                    )
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
                 upstream.request(self.command, self.path, body=body, headers=dict(self.headers))

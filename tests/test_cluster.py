@@ -32,16 +32,33 @@ def job_inputs(tmp_path_factory):
 def test_ray_job_submit_runs_the_job_on_the_cluster(ray_cluster, tmp_path, job_inputs):
     output = tmp_path / "out"
     result = subprocess.run(
-        [RAY, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(ROOT),
-         "--", sys.executable, "jobs/label_videos.py",
-         "--manifest", str(job_inputs / "manifest.txt"), "--output", str(output),
-         "--model", str(job_inputs / "checkpoint")],
-        capture_output=True, text=True, timeout=600,
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            ray_cluster.dashboard_url,
+            "--working-dir",
+            str(ROOT),
+            "--",
+            sys.executable,
+            "jobs/label_videos.py",
+            "--manifest",
+            str(job_inputs / "manifest.txt"),
+            "--output",
+            str(output),
+            "--model",
+            str(job_inputs / "checkpoint"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = ds.dataset(output).to_table()
-    assert sorted(table.column("uri").to_pylist()) == [str(job_inputs / f"v{i}.mp4")
-                                                       for i in range(3)]
+    assert sorted(table.column("uri").to_pylist()) == [
+        str(job_inputs / f"v{i}.mp4") for i in range(3)
+    ]
     assert set(table.column("status").to_pylist()) == {"ok"}
 
 
@@ -76,7 +93,10 @@ def test_decode_on_cpu_node_inference_on_gpu_node(tmp_path, job_inputs):
     output = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-c", MULTI_NODE_SCRIPT, str(job_inputs), str(output)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])

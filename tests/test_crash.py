@@ -8,7 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import fsspec
 import pyarrow.dataset as ds
 import pytest
 
@@ -18,63 +21,70 @@ from tests.media import write_video
 VIDEOS = 10
 
 
+@dataclass
+class Job:
+    directory: Path
+    output: str
+    s3: object | None = None
+
+    def filesystem(self):
+        if self.s3 is None:
+            return fsspec.filesystem("file"), self.output
+        return self.s3.filesystem(), self.output.removeprefix("s3://")
+
+    def committed(self) -> list[dict]:
+        """The output as a reader sees it; fails if a file is partial or a row is doubled."""
+        filesystem, path = self.filesystem()
+        if not filesystem.exists(path):
+            return []
+        rows = ds.dataset(path, filesystem=filesystem, format="parquet").to_table().to_pylist()
+        ids = [r["video_id"] for r in rows]
+        assert len(ids) == len(set(ids))
+        return rows
+
+    def files(self) -> int:
+        filesystem, path = self.filesystem()
+        return len(filesystem.glob(f"{path}/*.parquet"))
+
+
 @pytest.fixture()
-def job(tmp_path):
+def job(request, tmp_path):
     make_checkpoint(tmp_path / "ckpt")
     for i in range(VIDEOS):
         write_video(tmp_path / f"v{i}.mp4", num_frames=20 + i, content="detailed")
     (tmp_path / "manifest.txt").write_text("".join(f"v{i}.mp4\n" for i in range(VIDEOS)))
-    return tmp_path
+    if request.param == "local":  # parametrised indirectly: "local" or "s3"
+        return Job(tmp_path, str(tmp_path / "out"))
+    server = request.getfixturevalue("s3_server")
+    bucket = f"crash-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    server.filesystem().mkdir(bucket)
+    return Job(tmp_path, f"s3://{bucket}/out", server)
 
 
-def start_run(job, ray_cluster) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "vivit_batch.cli",
-        "run",
-        "--manifest",
-        str(job / "manifest.txt"),
-        "--output",
-        str(job / "out"),
-        "--model",
-        str(job / "ckpt"),
-        "--set",
-        "resources.batch_size=1",
-        "--set",
-        "resources.decode_batch_size=1",
-        "--set",
-        "output.rows_per_file=1",
-    ]
-    return subprocess.Popen(
-        command,
-        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_run(job: Job, ray_cluster) -> subprocess.Popen:
+    command = [sys.executable, "-m", "vivit_batch.cli", "run",
+               "--manifest", str(job.directory / "manifest.txt"), "--output", job.output,
+               "--model", str(job.directory / "ckpt"), "--set", "resources.batch_size=1",
+               "--set", "resources.decode_batch_size=1", "--set", "output.rows_per_file=1"]
+    if job.s3 is not None:
+        command += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
+    return subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def committed(job) -> list[dict]:
-    """The output as a reader sees it; fails if any file is partial or a row is doubled."""
-    if not (job / "out").exists():
-        return []
-    rows = ds.dataset(job / "out").to_table().to_pylist()
-    ids = [r["video_id"] for r in rows]
-    assert len(ids) == len(set(ids))
-    return rows
-
-
-def wait_for_files(job, count: int, timeout: float = 300) -> None:
+def wait_for_files(job: Job, count: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if len(list((job / "out").glob("*.parquet"))) >= count:
+        if job.files() >= count:
             return
         time.sleep(0.05)
     raise AssertionError(f"no {count} committed files within {timeout} s")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after_files", [0, 3])
+@pytest.mark.parametrize(
+    "job, kill_after_files", [("local", 0), ("local", 3), ("s3", 3)], indirect=["job"]
+)
 def test_sigkill_then_rerun_gives_exactly_one_row_each(ray_cluster, job, kill_after_files):
     process = start_run(job, ray_cluster)
     if kill_after_files:
@@ -83,12 +93,12 @@ def test_sigkill_then_rerun_gives_exactly_one_row_each(ray_cluster, job, kill_af
         time.sleep(4)  # starting up: model loading, manifest scan
     process.send_signal(signal.SIGKILL)
     process.wait()
-    before = {r["video_id"]: r for r in committed(job)}
+    before = {r["video_id"]: r for r in job.committed()}
     assert len(before) >= kill_after_files
 
     rerun = start_run(job, ray_cluster)
     assert rerun.wait(timeout=600) == 0
-    after = {r["video_id"]: r for r in committed(job)}
+    after = {r["video_id"]: r for r in job.committed()}
     assert len(after) == VIDEOS
     for video_id, row in before.items():
         assert after[video_id]["run_id"] == row["run_id"]
@@ -106,6 +116,7 @@ def inference_actor_pids(ray_cluster) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
 def test_killed_inference_actor_is_replaced_and_nothing_is_lost(ray_cluster, job):
     process = start_run(job, ray_cluster)
     deadline = time.time() + 300
@@ -114,8 +125,8 @@ def test_killed_inference_actor_is_replaced_and_nothing_is_lost(ray_cluster, job
     assert pids, "no live inference actor to kill"
     wait_for_files(job, 1)  # it is labelling now
     os.kill(pids[0], signal.SIGKILL)
-    assert len(list((job / "out").glob("*.parquet"))) < VIDEOS, "killed too late to matter"
+    assert job.files() < VIDEOS, "killed too late to matter"
     assert process.wait(timeout=600) == 0
-    rows = committed(job)
+    rows = job.committed()
     assert len(rows) == VIDEOS
     assert {r["status"] for r in rows} == {"ok"}

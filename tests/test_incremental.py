@@ -30,8 +30,20 @@ def workspace(tmp_path):
 def run(workspace, names, *extra, model="ckpt"):
     manifest = workspace / "manifest.txt"
     manifest.write_text("".join(f"{n}.mp4\n" for n in names))
-    return main(["run", "--manifest", str(manifest), "--output", str(workspace / "out"),
-                 "--model", str(workspace / model), "--set", "run.max_error_fraction=1", *extra])
+    return main(
+        [
+            "run",
+            "--manifest",
+            str(manifest),
+            "--output",
+            str(workspace / "out"),
+            "--model",
+            str(workspace / model),
+            "--set",
+            "run.max_error_fraction=1",
+            *extra,
+        ]
+    )
 
 
 def last_report(workspace) -> dict:
@@ -89,8 +101,9 @@ def test_another_model_into_the_same_output_is_refused(ray_cluster, workspace, c
 
 def write_lock(workspace, heartbeat: float) -> None:
     (workspace / "out").mkdir(exist_ok=True)
-    (workspace / "out" / "_lock.json").write_text(json.dumps(
-        {"run_id": "other-run", "host": "elsewhere", "pid": 1, "heartbeat": heartbeat}))
+    (workspace / "out" / "_lock.json").write_text(
+        json.dumps({"run_id": "other-run", "host": "elsewhere", "pid": 1, "heartbeat": heartbeat})
+    )
 
 
 def test_a_live_run_holding_the_output_refuses_a_second(ray_cluster, workspace, capsys):
@@ -110,10 +123,24 @@ def test_a_dead_runs_lock_is_taken_over(ray_cluster, workspace):
 def test_two_runs_at_once_never_both_commit(ray_cluster, workspace, capsys):
     manifest = workspace / "all.txt"
     manifest.write_text("a.mp4\nb.mp4\nc.mp4\n")
-    command = [sys.executable, "-m", "vivit_batch.cli", "run", "--manifest", str(manifest),
-               "--output", str(workspace / "out"), "--model", str(workspace / "ckpt")]
-    first = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "vivit_batch.cli",
+        "run",
+        "--manifest",
+        str(manifest),
+        "--output",
+        str(workspace / "out"),
+        "--model",
+        str(workspace / "ckpt"),
+    ]
+    first = subprocess.Popen(
+        command,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     lock = workspace / "out" / "_lock.json"
     deadline = time.time() + 300
     while not lock.exists() and time.time() < deadline:

@@ -10,26 +10,27 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from tests.checkpoints import make_checkpoint
 from tests.media import write_video
-from tests.s3 import SECRET_KEY, FaultyProxy, start_moto
+from tests.s3 import SECRET_KEY, FaultyProxy
 from vivit_batch.cli import main
 
 BUCKET = "media"
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = start_moto()
+def s3(tmp_path_factory, s3_server):
+    server = s3_server
     fs = server.filesystem()
     fs.mkdir(BUCKET)
     local = tmp_path_factory.mktemp("s3-videos")
     for i in range(3):
         path = write_video(local / f"clip{i}.mp4", num_frames=24 + 4 * i, content="detailed")
         fs.put(str(path), f"{BUCKET}/in/clip{i}.mp4")
-    fs.pipe(f"{BUCKET}/in/manifest.csv",
-            b"uri,video_id,source\nclip0.mp4,c0,cam\nclip1.mp4,c1,cam\nclip2.mp4,c2,phone\n"
-            b"gone.mp4,c3,cam\n")
-    yield server
-    server.stop()
+    fs.pipe(
+        f"{BUCKET}/in/manifest.csv",
+        b"uri,video_id,source\nclip0.mp4,c0,cam\nclip1.mp4,c1,cam\nclip2.mp4,c2,phone\n"
+        b"gone.mp4,c3,cam\n",
+    )
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +41,22 @@ def checkpoint(tmp_path_factory):
 
 
 def run(manifest, output, checkpoint, endpoint, *extra):
-    return main(["run", "--manifest", manifest, "--output", output, "--model", str(checkpoint),
-                 "--set", f"storage.endpoint_url={endpoint}",
-                 "--set", "run.max_error_fraction=0.5", *extra])
+    return main(
+        [
+            "run",
+            "--manifest",
+            manifest,
+            "--output",
+            output,
+            "--model",
+            str(checkpoint),
+            "--set",
+            f"storage.endpoint_url={endpoint}",
+            "--set",
+            "run.max_error_fraction=0.5",
+            *extra,
+        ]
+    )
 
 
 def read_s3_output(server, prefix: str):
@@ -87,13 +101,15 @@ def test_prefix_as_manifest_and_mixed_local_and_s3(ray_cluster, s3, checkpoint, 
     assert {r["status"] for r in mixed} == {"ok"} and len(mixed) == 2
 
 
-def test_forbidden_object_is_an_error_row_naming_bucket_and_key(ray_cluster, s3, checkpoint,
-                                                                tmp_path):
+def test_forbidden_object_is_an_error_row_naming_bucket_and_key(
+    ray_cluster, s3, checkpoint, tmp_path
+):
     proxy = FaultyProxy(int(s3.endpoint_url.rsplit(":", 1)[1]), forbidden=("clip2.mp4",))
     try:
         output = tmp_path / "forbidden"
-        assert run(f"s3://{BUCKET}/in/manifest.csv", str(output), checkpoint,
-                   proxy.endpoint_url) == 0
+        assert (
+            run(f"s3://{BUCKET}/in/manifest.csv", str(output), checkpoint, proxy.endpoint_url) == 0
+        )
     finally:
         proxy.stop()
     rows = {r["video_id"]: r for r in ds.dataset(output).to_table().to_pylist()}
@@ -112,8 +128,12 @@ def test_transient_failures_are_retried_and_lose_nothing(ray_cluster, s3, checkp
     finally:
         proxy.stop()
     assert proxy.failures >= 5
-    expected = {r["video_id"]: (r["status"], r["label"], r["error_code"])
-                for r in ds.dataset(clean).to_table().to_pylist()}
-    got = {r["video_id"]: (r["status"], r["label"], r["error_code"])
-           for r in read_s3_output(s3, "out-faulty").to_pylist()}
+    expected = {
+        r["video_id"]: (r["status"], r["label"], r["error_code"])
+        for r in ds.dataset(clean).to_table().to_pylist()
+    }
+    got = {
+        r["video_id"]: (r["status"], r["label"], r["error_code"])
+        for r in read_s3_output(s3, "out-faulty").to_pylist()
+    }
     assert got == expected
