@@ -34,10 +34,7 @@ CONTAINER_FORMATS = {
 
 
 def has_encoder(codec: str) -> bool:
-    return codec in av.codecs_available and _is_encoder(codec)
-
-
-def _is_encoder(codec: str) -> bool:
+    """Whether this PyAV wheel can encode `codec`."""
     try:
         av.Codec(codec, "w")
     except (av.codec.codec.UnknownCodecError, ValueError):
@@ -45,7 +42,7 @@ def _is_encoder(codec: str) -> bool:
     return True
 
 
-def index_picture(index: int, height: int, width: int, *, texture: bool = True) -> np.ndarray:
+def index_picture(index: int, height: int, width: int) -> np.ndarray:
     """The displayed picture of frame `index`: (height, width, 3) uint8, striped as above."""
     bits = [(index >> (INDEX_BITS - 1 - b)) & 1 for b in range(INDEX_BITS)]
     levels = np.array([_DARK, *(_LIGHT if bit else _DARK for bit in bits), _LIGHT], np.float32)
@@ -55,9 +52,7 @@ def index_picture(index: int, height: int, width: int, *, texture: bool = True) 
     luma = np.broadcast_to(
         profile[:, None] if height <= width else profile[None, :], (height, width)
     )
-    picture = np.repeat(luma[..., None], 3, axis=2).copy()
-    if texture:
-        picture += _texture(index, height, width)
+    picture = np.repeat(luma[..., None], 3, axis=2) + _texture(index, height, width)
     return np.clip(picture, 0, 255).astype(np.uint8)
 
 

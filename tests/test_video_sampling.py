@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vivit_batch.video.sampling import NearestFrameMatcher, SamplingConfig, frame_positions
@@ -89,6 +89,7 @@ def test_short_video_gives_every_uniform_view_the_same_frames():
     assert positions.tolist() == [[0, 0, 0, 0]] * 3
 
 
+@settings(deadline=None, max_examples=50)  # no deadline: a shared machine is slow at times
 @given(
     total=st.integers(1, 5000),
     num_frames=st.integers(1, 64),
@@ -142,6 +143,7 @@ def test_matcher_wants_sorted_targets():
         NearestFrameMatcher([0.2, 0.1])
 
 
+@settings(deadline=None, max_examples=50)
 @given(  # whole milliseconds, so distances compare exactly
     times=st.lists(st.integers(0, 10_000), min_size=1, max_size=40, unique=True).map(sorted),
     targets=st.lists(st.integers(-500, 10_500), min_size=1, max_size=40).map(sorted),

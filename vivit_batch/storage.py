@@ -154,7 +154,7 @@ def open_input(
         return InputFile(raw, os.fstat(raw.fileno()).st_size)
 
     def open_remote() -> InputFile:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = filesystem(uri, storage_options)
         remote = fs.open(path, "rb", block_size=block_size, cache_type="blockcache")
         cache = getattr(remote, "cache", None)  # fsspec's buffered files have one
         if cache is None:

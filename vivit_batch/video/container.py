@@ -49,6 +49,10 @@ def open_container(uri: str, source: InputFile) -> av.container.InputContainer:
         container.close()
         source.seek(0)
         container = _open(uri, source, options=None)
+    if any(n == "image2" or n.endswith("_pipe") for n in container.format.name.split(",")):
+        kind = container.format.long_name
+        container.close()
+        raise VideoError(ErrorCode.UNREADABLE, uri, f"is a still image ({kind}), not a video")
     return container
 
 

@@ -1,8 +1,9 @@
 """One video URI -> uint8 clips ready for the model plus the video's metadata, or a `VideoError`.
 
 Only the frames a clip needs are decoded: seek to the keyframe before the first one, decode
-forward, stop after the last one. Packets far from every sampled time are decoded with
-`skip_frame=NONREF`, so the decoder drops the ones no other frame refers to (most B-frames).
+forward, stop after the last one. In H.264 and HEVC, packets far from every sampled time are
+decoded with `skip_frame=NONREF`, so the decoder drops those no other frame refers to (most
+B-frames). A video that ends before its header says is sampled again over what is there.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class DecodeLimits:
     max_file_bytes: int | None = 20 * 2**30
     timeout_s: float | None = 120.0
     """Soft deadline for the whole decode, checked between packets and frames."""
+    max_frames_per_clip: int | None = None
+    """Most frames decoded for one temporal view, counting those decoded only to reach it."""
 
 
 @dataclass
@@ -119,7 +122,7 @@ def _decode_container(
     _check_limits(uri, info, limits)
     stream.thread_type = "AUTO"
     stream.thread_count = threads
-    decoder = ClipDecoder(container, stream, info, deadline)
+    decoder = ClipDecoder(container, stream, info, deadline, limits.max_frames_per_clip)
     converter = FrameConverter(processor)
 
     # Unknown length: sample the first span; if the stream is shorter, the retry below fixes it.

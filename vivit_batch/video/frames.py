@@ -61,12 +61,15 @@ class ClipDecoder:
         stream: av.VideoStream,
         info: StreamInfo,
         deadline: Deadline,
+        max_frames_per_clip: int | None = None,
     ):
         self._container = container
         self._stream = stream
         self._interval = 1.0 / info.sampling_fps
         self._start_s = info.start_s
         self._deadline = deadline
+        self._max_frames_per_clip = max_frames_per_clip
+        self._max_decoded: int | None = None
         self._fresh = True
         self._blind_seeks_land_near = True
         """Without an index, seeking pays while seeks land near their target."""
@@ -84,6 +87,8 @@ class ClipDecoder:
         targets = targets.tolist()
         results: list = [None] * len(targets)
         self.ended_early = False
+        if self._max_frames_per_clip is not None:
+            self._max_decoded = self.decoded + self._max_frames_per_clip * len(times)
         first = 0
         while first < len(targets):
             first = self._decode_run(targets, first, convert, results)
@@ -231,6 +236,14 @@ class ClipDecoder:
             return
         for frame in frames:
             self.decoded += 1
+            if self._max_decoded is not None and self.decoded > self._max_decoded:
+                raise VideoError(
+                    ErrorCode.TOO_LARGE,
+                    self._deadline.uri,
+                    f"a clip needs more than the max_frames_per_clip cap of "
+                    f"{self._max_frames_per_clip} decoded frames (sparse keyframes, or no index "
+                    "to seek with); raise DecodeLimits.max_frames_per_clip to accept it",
+                )
             self.corrupt += frame.is_corrupt
             frame_time = frame.time
             if frame_time is None:
