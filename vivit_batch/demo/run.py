@@ -33,12 +33,21 @@ def run_demo(directory: str | Path, count: int, seed: int) -> int:
     shutil.rmtree(output, ignore_errors=True)
     print(f"writing {count} sample videos and a corrupt one to {directory / 'videos'} ...")
     manifest = write_demo_manifest(directory, count, seed)
-    code = main([
-        "run", "--manifest", str(manifest), "--output", str(output),
-        "--model", str(CHECKPOINT_DIR),
-        "--set", f"sampling.frame_sample_rate={FRAME_SAMPLE_RATE}",
-        "--set", "run.max_error_fraction=0.2",
-    ])
+    code = main(
+        [
+            "run",
+            "--manifest",
+            str(manifest),
+            "--output",
+            str(output),
+            "--model",
+            str(CHECKPOINT_DIR),
+            "--set",
+            f"sampling.frame_sample_rate={FRAME_SAMPLE_RATE}",
+            "--set",
+            "run.max_error_fraction=0.2",
+        ]
+    )
     if code != EXIT_OK:
         return code
     print(demo_summary(read_output(str(output)).to_pylist(), output))
@@ -58,8 +67,9 @@ def demo_summary(rows: list[dict], output: Path) -> str:
     lines += [f"  {n:>3}  {label}" for label, n in sorted(counts.items())]
     for row in rows:
         if row["status"] == "error":
-            lines.append(f"error row: {row['video_id']}: {row['error_code']}: "
-                         f"{row['error_message']}")
+            lines.append(
+                f"error row: {row['video_id']}: {row['error_code']}: {row['error_message']}"
+            )
     lines += [
         f"output: {output} (Parquet; try `vivit-batch report {output}`)",
         f"query: python -c \"import pandas as pd; print(pd.read_parquet('{output}')"

@@ -6,7 +6,8 @@ clip taken from it shows the motion. The object passes the frame centre half-way
 (where the job's centred clip and centre crop look), and stays within the middle of the short side.
 
 Every video is drawn from its own generator seeded by (seed, index): the same seed gives the same
-files, and a video does not depend on how many others are written with it.
+decoded frames (Matroska and WebM files also carry a random track id), and a video does not
+depend on how many others are written with it.
 
 Why light on dark: which way an edge moves is a linear function of the pixels only while the
 object's contrast with the background has one sign. With both signs, the tiny ViT must learn a

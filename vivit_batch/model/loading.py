@@ -74,6 +74,7 @@ def save_pretrained(
     (directory / PREPROCESSOR_FILE).write_text(json.dumps(processor.to_dict(), indent=2) + "\n")
     state = {key: tensor.contiguous() for key, tensor in model.state_dict().items()}
     save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    (directory / "model.safetensors").chmod(0o644)  # safetensors writes 0600
 
 
 def resolve_checkpoint(source: str | Path, revision: str | None = None) -> CheckpointInfo:
