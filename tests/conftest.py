@@ -53,32 +53,26 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> RayCluster:
-    """A head node started with `ray start`, which the test process joins as a driver."""
+    """A head node started with `ray start`, which the test process joins as a driver.
+
+    Teardown stops this cluster's processes only (they name its GCS port); `ray stop` would
+    stop every Ray cluster on the machine, other people's included.
+    """
     import ray
 
     port, dashboard = free_port(), free_port()
     subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
+        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        check=True, capture_output=True, timeout=120,
     )
     address = f"127.0.0.1:{port}"
     ray.init(address=address, logging_level="WARNING")
     yield RayCluster(address, f"http://127.0.0.1:{dashboard}", RAY_ENV)
     ray.shutdown()
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    for pattern in (f"gcs_server_port={port}", address):
+        subprocess.run(["pkill", "-f", pattern], capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -29,31 +30,24 @@ def job_inputs(tmp_path_factory):
 
 
 @pytest.mark.slow
+def submit(dashboard_url: str, *entrypoint: str) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's job agent is still starting (Ray answers
+    "No available agent ... try again later" then)."""
+    command = [RAY, "job", "submit", "--address", dashboard_url, "--working-dir", str(ROOT),
+               "--", *entrypoint]
+    deadline = time.time() + 180
+    while True:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in result.stderr or time.time() > deadline:
+            return result
+        time.sleep(3)
+
+
 def test_ray_job_submit_runs_the_job_on_the_cluster(ray_cluster, tmp_path, job_inputs):
     output = tmp_path / "out"
-    result = subprocess.run(
-        [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            ray_cluster.dashboard_url,
-            "--working-dir",
-            str(ROOT),
-            "--",
-            sys.executable,
-            "jobs/label_videos.py",
-            "--manifest",
-            str(job_inputs / "manifest.txt"),
-            "--output",
-            str(output),
-            "--model",
-            str(job_inputs / "checkpoint"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = submit(ray_cluster.dashboard_url, sys.executable, "jobs/label_videos.py",
+                    "--manifest", str(job_inputs / "manifest.txt"), "--output", str(output),
+                    "--model", str(job_inputs / "checkpoint"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = ds.dataset(output).to_table()
     assert sorted(table.column("uri").to_pylist()) == [
