@@ -33,6 +33,7 @@ import argparse
 import datetime
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -40,8 +41,9 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,21 +72,23 @@ DISTINCT_VIDEOS = 4
 
 
 def cases(quick: bool) -> list[dict]:
-    """What each overhead run labels. `frames` None: the checkpoint's 4 (tiny)."""
+    """What each overhead run labels; `alone_rows`: how many of the rows inference alone times."""
     tiny = dict(
         name="tiny (decode-bound)",
         checkpoint={},
         video_frames=96,
-        rows=240 if quick else 800,
+        rows=240 if quick else 1000,
+        alone_rows=None,
         settings=[],
     )
     # Model-bound: one clip per inference batch, so the output has one time stamp per clip (a
-    # base-size clip is 3137 tokens, so batching clips gains nothing on a CPU).
+    # base-size clip is 3137 tokens: batching clips gains nothing on a CPU).
     base = dict(
         name="base, 32 frames (model-bound)",
         checkpoint={**BASE, "num_frames": 32},
         video_frames=160,
         rows=4,
+        alone_rows=2,
         settings=["resources.batch_size=1"],
     )
     if quick:  # the same width and depth, 8 frames (785 tokens): ~1/6 of the cost per clip
@@ -94,6 +98,28 @@ def cases(quick: bool) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------- overhead
+
+
+def start_ray(attempts: int = 3) -> None:
+    """A private local Ray (never another session's cluster). On a loaded machine the raylet can
+    miss Ray's fixed 30 s start-up wait: try again."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=CPUS,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}},  # as `vivit-batch run`
+            )
+            return
+        except Exception as error:  # Ray raises a bare Exception for this
+            if attempt == attempts - 1:
+                raise
+            print(f"ray.init failed ({error}); retrying", file=sys.stderr, flush=True)
+            ray.shutdown()
 
 
 def write_manifest(path: Path, videos: list[Path], rows: int) -> Path:
@@ -118,15 +144,34 @@ def batches(table: pa.Table, size: int) -> list[pa.Table]:
     return [table.slice(start, size) for start in range(0, table.num_rows, size)]
 
 
-def time_stage(stage, inputs: list[pa.Table]) -> tuple[float, int, list[pa.Table]]:
-    """Wall seconds, clips, outputs of `stage` over `inputs`, one call per batch."""
+@dataclass
+class Timing:
+    wall: float = 0.0
+    cpu: float = 0.0
+    clips: int = 0
+
+    def __add__(self, other: Timing) -> Timing:
+        return Timing(self.wall + other.wall, self.cpu + other.cpu, self.clips + other.clips)
+
+    @property
+    def rate(self) -> float:
+        return self.clips / self.wall
+
+    @property
+    def cpu_per_clip(self) -> float:
+        return self.cpu / self.clips
+
+
+def time_stage(stage, inputs: list[pa.Table]) -> tuple[Timing, list[pa.Table]]:
+    """Wall and CPU seconds (this process and its decoder process) and clips of `stage` over
+    `inputs`, one call per batch."""
     outputs = []
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), own_cpu()
     for batch in inputs:
         outputs.append(stage(batch))
-    seconds = time.perf_counter() - started
-    clips = sum(int(pa.compute.sum(t.column("_views")).as_py() or 0) for t in outputs)
-    return seconds, clips, outputs
+    timing = Timing(time.perf_counter() - wall, own_cpu() - cpu)
+    timing.clips = sum(int(pa.compute.sum(t.column("_views")).as_py() or 0) for t in outputs)
+    return timing, outputs
 
 
 def inference_settings(job, resources, run_id: str):
@@ -134,6 +179,7 @@ def inference_settings(job, resources, run_id: str):
     from vivit_batch.stages import InferenceSettings
 
     config = job.config
+    threads = getattr(resources, "inference_threads", None) or int(resources.inference_cpus)
     return InferenceSettings(
         model_source=config.model.source,
         revision=config.model.revision,
@@ -143,143 +189,346 @@ def inference_settings(job, resources, run_id: str):
         labels=job.labels,
         precision=config.model.precision,
         clips_per_forward=config.resources.clips_per_forward,
-        torch_threads=None if resources.inference_gpus else int(resources.inference_cpus),
+        torch_threads=None if resources.inference_gpus else threads,
     )
 
 
-def output_timeline(output: Path, started_at: str) -> list[tuple[float, int]]:
-    """(seconds after the run started, rows) per distinct `processed_at` stamp (one per inference
+ROLES = ("decode actor", "inference actor", "driver", "other Ray")
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+ACTOR_ROLES = {"DecodeStage": "decode actor", "InferenceStage": "inference actor"}
+
+
+def process_table() -> tuple[dict[int, list[int]], dict[int, float]]:
+    """(children of each pid, CPU seconds (user + system) of each pid), from /proc."""
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / TICK
+    return children, cpu
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process and of its own helper processes (the decode stage's isolated
+    decoder: children whose command line names vivit_batch), not of Ray's."""
+    children, cpu = process_table()
+    helpers = [pid for pid in children.get(os.getpid(), []) if "vivit_batch" in command_line(pid)]
+    todo, total = helpers, time.process_time()
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds of this process and all its descendants (with `address="local"`: GCS, raylet,
+    their agents and every Ray worker), sampled from /proc, by role. A process inherits its
+    parent's role, so the decode actor's isolated decoder counts as the decode actor, and this
+    process's own helpers as the driver."""
+
+    def __init__(self, interval: float = 0.5):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.samples: list[tuple[float, dict[int, float]]] = []
+        self.stopping = threading.Event()
+        self.roles: dict[int, str] = {}
+        self.commands: dict[int, str] = {}
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.sample()
+            self.stopping.wait(self.interval)
+        self.sample()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+
+    def sample(self) -> None:
+        now = time.time()
+        children, cpu = process_table()
+        me = os.getpid()
+        # This thread's own CPU, as a negative pseudo-process of the driver: sampling is not the
+        # driver's work.
+        found: dict[int, float] = {-1: -time.thread_time()}
+        todo = [(me, "")]
+        while todo:
+            pid, parent_role = todo.pop()
+            if pid not in cpu:
+                continue
+            found[pid] = cpu[pid]
+            role = self.role(pid, me, parent_role)
+            todo += [(child, role) for child in children.get(pid, [])]
+        self.samples.append((now, found))
+
+    def role(self, pid: int, me: int, parent_role: str) -> str:
+        if pid == me:
+            return "driver"
+        if pid not in self.commands:
+            self.commands[pid] = command_line(pid)
+        if self.roles.get(pid) in ACTOR_ROLES.values():  # a worker stays an actor once it is one
+            return self.roles[pid]
+        command = self.commands[pid] = command_line(pid) or self.commands[pid]
+        role = next((r for name, r in ACTOR_ROLES.items() if name in command), None)
+        if role is None and parent_role in ACTOR_ROLES.values():
+            role = parent_role
+        if role is None:
+            role = "driver" if parent_role == "driver" and "vivit_batch" in command else "other Ray"
+        self.roles[pid] = role
+        return role
+
+    def at(self, when: float) -> dict[int, float]:
+        """CPU seconds per process at the last sample taken at or before `when`, with processes
+        that had exited by then at their last sample."""
+        state: dict[int, float] = {}
+        for stamp, found in self.samples:
+            if stamp > when and state:
+                break
+            state.update(found)
+        return state
+
+    def by_process(self, start: float, end: float, top: int = 8) -> list[tuple[str, str, float]]:
+        """(role, command line, CPU seconds) of the processes that used the most CPU between two
+        times."""
+        before, after = self.at(start), self.at(end)
+        used = [
+            (
+                self.roles.get(pid, "driver"),
+                self.commands.get(pid, "")[:80],
+                cpu - before.get(pid, 0),
+            )
+            for pid, cpu in after.items()
+        ]
+        return sorted(used, key=lambda item: -item[2])[:top]
+
+    def used(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each role used between two times."""
+        before, after = self.at(start), self.at(end)
+        totals = dict.fromkeys(ROLES, 0.0)
+        for pid, cpu in after.items():
+            totals[self.roles.get(pid, "driver")] += cpu - before.get(pid, 0.0)
+        return totals
+
+
+def output_timeline(output: Path) -> list[tuple[float, int]]:
+    """(time.time() of the `processed_at` stamp, rows) per distinct stamp (one per inference
     batch), in time order."""
     import pyarrow.dataset as ds
 
     stamps = ds.dataset(output).to_table(columns=["processed_at"]).column("processed_at")
     counts = pa.compute.value_counts(stamps).to_pylist()
-    start = datetime.datetime.fromisoformat(started_at)
-    timeline = [((c["values"] - start).total_seconds(), c["counts"]) for c in counts]
-    return sorted(timeline)
+    return sorted((c["values"].timestamp(), c["counts"]) for c in counts)
 
 
-def steady_rate(timeline: list[tuple[float, int]]) -> float | None:
-    """Rows per second from the stamp that completes the first quarter of the rows to the last."""
-    total = sum(n for _, n in timeline)
-    done, first = 0, None
-    for index, (_, n) in enumerate(timeline):
+def steady_window(timeline: list[tuple[float, int]]) -> tuple[float, float, int] | None:
+    """(start, end, rows output in between): from the stamp that completes the first quarter of
+    the rows to the last stamp; None with fewer than two stamps."""
+    total, done = sum(n for _, n in timeline), 0
+    for index, (stamp, n) in enumerate(timeline):
         done += n
         if done >= total / 4:
-            first = index
-            break
-    if first is None or first == len(timeline) - 1:
-        return None
-    rows = sum(n for _, n in timeline[first + 1 :])
-    seconds = timeline[-1][0] - timeline[first][0]
-    return rows / seconds if seconds > 0 else None
+            if index == len(timeline) - 1:
+                return None
+            return stamp, timeline[-1][0], total - done
+    return None
 
 
-def run_case(case: dict, work: Path) -> dict:
+def case_inputs(case: dict, directory: Path) -> None:
+    """The case's checkpoint, videos and manifest."""
     from tests.checkpoints import make_checkpoint
     from tests.media import write_video
-    from vivit_batch import pipeline
-    from vivit_batch.config import load_config
-    from vivit_batch.stages import DecodeStage, InferenceStage
 
-    directory = work / re.sub(r"\W+", "-", case["name"])
-    directory.mkdir()
-    checkpoint = directory / "checkpoint"
-    make_checkpoint(checkpoint, **case["checkpoint"])
+    make_checkpoint(directory / "checkpoint", **case["checkpoint"])
     videos = [
         write_video(directory / f"video{i}.mp4", num_frames=case["video_frames"] + i, **VIDEO)
         for i in range(DISTINCT_VIDEOS)
     ]
-    manifest = write_manifest(directory / "manifest.csv", videos, case["rows"])
+    write_manifest(directory / "manifest.csv", videos, case["rows"])
+
+
+def run_case(case: dict, directory: Path) -> dict:
+    from vivit_batch import pipeline
+    from vivit_batch.config import load_config
+    from vivit_batch.stages import DecodeStage, InferenceStage
+
     config = load_config(
         None,
         case["settings"],
-        manifest_uri=str(manifest),
+        manifest_uri=str(directory / "manifest.csv"),
         output_uri=str(directory / "out"),
-        model_source=str(checkpoint),
+        model_source=str(directory / "checkpoint"),
     )
+    load_before = load_average()
     started = time.perf_counter()
     job = pipeline.prepare_job(config)
     prepare_s = time.perf_counter() - started
+    driver_rss_after_prepare = peak_rss_mib()
     resources = pipeline.plan_resources(config)
-    decode_stage = DecodeStage(replace(job.decode, threads=resources.decode_threads))
-    rows = manifest_rows(config)
-    decode_inputs = batches(rows, config.resources.decode_batch_size)
-    decode_stage(decode_inputs[0])  # warm-up: imports, file cache (the actors pay it in start-up)
 
-    decode_before, clips, decoded = time_stage(decode_stage, decode_inputs)
-    inference_inputs = batches(pa.concat_tables(decoded), config.resources.batch_size)
+    # Alone, before the pipeline: decode all rows; inference on the first half of its share.
+    decode_stage = DecodeStage(replace(job.decode, threads=resources.decode_threads))
+    decode_inputs = batches(manifest_rows(config), config.resources.decode_batch_size)
+    decode_stage(decode_inputs[0])  # warm-up: imports, file cache (the actors pay it in start-up)
+    decode_before, decoded = time_stage(decode_stage, decode_inputs)
+    decoded_rows = pa.concat_tables(decoded).slice(0, case["alone_rows"] or case["rows"])
+    inference_inputs = batches(decoded_rows, config.resources.batch_size)
     half = (len(inference_inputs) + 1) // 2
     inference_stage = InferenceStage(inference_settings(job, resources, "alone"))
     inference_stage(inference_inputs[0].slice(0, 1))  # warm-up
-    inference_before, inference_clips_before, _ = time_stage(
-        inference_stage, inference_inputs[:half]
-    )
+    inference_before, _ = time_stage(inference_stage, inference_inputs[:half])
 
     print(f"  {case['name']}: pipeline on {case['rows']} rows, {resources}", flush=True)
-    result = pipeline.run_job(job)
-    report = result.report
+    sampler = CpuSampler()
+    sampler.start()
+    try:
+        report = pipeline.run_job(job).report
+    finally:
+        sampler.stop()
 
-    inference_after, inference_clips_after, _ = time_stage(inference_stage, inference_inputs[half:])
-    decode_after, _, _ = time_stage(decode_stage, decode_inputs)
+    # Alone, after: the other half of inference, and decode again.
+    inference_after, _ = time_stage(inference_stage, inference_inputs[half:])
+    decode_after, _ = time_stage(decode_stage, decode_inputs)
 
-    decode_rate = clips / ((decode_before + decode_after) / 2)
-    inference_rate = (inference_clips_before + inference_clips_after) / (
-        inference_before + inference_after
-    )
-    stage_rates = {
-        "decode": decode_rate * resources.decode_actors,
-        "inference": inference_rate * resources.inference_actors,
-    }
+    decode, inference = decode_before + decode_after, inference_before + inference_after
+    actors = {"decode": resources.decode_actors, "inference": resources.inference_actors}
+    alone = {"decode": decode, "inference": inference}
+    stage_rates = {stage: alone[stage].rate * actors[stage] for stage in alone}
     slowest = min(stage_rates, key=stage_rates.get)
     expected = stage_rates[slowest]
-    timeline = output_timeline(directory / "out", report["started_at"])
-    steady = steady_rate(timeline)
+
+    clips = report["throughput"]["clips"]
     wall = report["wall_seconds"]
-    pipeline_clips = report["throughput"]["clips"]
-    end_to_end = pipeline_clips / wall
+    run_start = datetime.datetime.fromisoformat(report["started_at"]).timestamp()
+    run_end = run_start + wall
+    timeline = output_timeline(directory / "out")
+    window = steady_window(timeline)
+    steady = window[2] / (window[1] - window[0]) if window else None
+    end_to_end = clips / wall
+
+    # CPU seconds per clip, in the steady window, by role; and the rate those would allow on
+    # CPUS idle cores (each actor runs one thread, so it can use at most one core).
+    cpu = {}
+    if window:
+        used = sampler.used(window[0], window[1])
+        per_clip = {role: seconds / window[2] for role, seconds in used.items()}
+        whole_run = sampler.used(run_start, run_end)
+        total_per_clip = sum(per_clip.values())
+        cpu_bound = min(
+            actors["decode"] / per_clip["decode actor"] if per_clip["decode actor"] else math.inf,
+            actors["inference"] / per_clip["inference actor"],
+            CPUS / total_per_clip,
+        )
+        alone_bound = min(
+            actors["decode"] / decode.cpu_per_clip,
+            actors["inference"] / inference.cpu_per_clip,
+            CPUS / (decode.cpu_per_clip + inference.cpu_per_clip),
+        )
+        bottleneck = f"{slowest} actor"
+        cpu = {
+            "per_clip": per_clip,
+            "alone_per_clip": {"decode": decode.cpu_per_clip, "inference": inference.cpu_per_clip},
+            "bottleneck_share": used[bottleneck] / (window[1] - window[0]) / actors[slowest],
+            "bottleneck_overhead": per_clip[bottleneck] / alone[slowest].cpu_per_clip - 1,
+            "rate": cpu_bound,
+            "expected": alone_bound,
+            "overhead": 1 - cpu_bound / alone_bound,
+            "fixed_s": sum(whole_run.values()) - total_per_clip * clips,
+            "whole_run": whole_run,
+            "top_processes": sampler.by_process(run_start, run_end),
+        }
     figures = {
         "name": case["name"],
         "rows": case["rows"],
-        "clips": pipeline_clips,
+        "clips": clips,
         "status": report["counts"]["status"],
         "resources": report["resources"],
         "settings": case["settings"],
         "prepare_s": prepare_s,
-        "decode_alone": decode_rate,
-        "decode_alone_runs": [clips / decode_before, clips / decode_after],
-        "inference_alone": inference_rate,
+        "decode_alone": decode.rate,
+        "decode_alone_runs": [decode_before.rate, decode_after.rate],
+        "inference_alone": inference.rate,
+        "inference_alone_clips": inference.clips,
         "slowest": slowest,
         "expected": expected,
         "wall_s": wall,
         "end_to_end": end_to_end,
         "steady": steady,
-        "first_output_s": timeline[0][0],
-        "startup_s": wall - pipeline_clips / steady if steady else None,
+        "first_output_s": timeline[0][0] - run_start,
+        "startup_s": wall - clips / steady if steady else None,
         "in_pipeline_decode": report["throughput"]["decode_clips_per_second"],
         "in_pipeline_inference": report["throughput"]["inference_clips_per_second"],
         "overhead_end_to_end": 1 - end_to_end / expected,
         "overhead_steady": 1 - steady / expected if steady else None,
+        "cpu": cpu,
+        "driver_peak_rss_after_prepare_mib": driver_rss_after_prepare,
+        "load": [load_before, load_average()],
     }
     print(json.dumps(figures, indent=1), flush=True)
     return figures
 
 
-def overhead(quick: bool) -> list[dict]:
+def case_child(index: int, quick: bool, work: str) -> None:
+    """One overhead case on its own private Ray; prints its figures as JSON."""
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=CPUS,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}},  # as `vivit-batch run` does
-    )
+    # Inputs from another process, so that this one (the driver) holds only the job.
+    flags = ["--quick"] if quick else []
+    command = [sys.executable, __file__, *flags, "--case-inputs", str(index), work]
+    subprocess.run(command, check=True, cwd=ROOT)
+    start_ray()
     try:
-        with tempfile.TemporaryDirectory(prefix="vivit-pipeline-bench-") as tmp:
-            return [run_case(case, Path(tmp)) for case in cases(quick)]
+        figures = run_case(cases(quick)[index], Path(work))
     finally:
         ray.shutdown()
+    print("RESULT " + json.dumps(figures), flush=True)
+
+
+def child(arguments: list[str], what: str, attempts: int = 2) -> dict:
+    """Run this script in a subprocess and return the JSON it prints. A second try when it dies:
+    on a shared machine, another session's `ray stop --force` kills every Ray on it, ours too."""
+    for attempt in range(1, attempts + 1):
+        with tempfile.TemporaryDirectory(prefix="vivit-pipeline-bench-") as work:
+            command = [sys.executable, __file__, *arguments, work]
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+        if done.returncode == 0 and lines:
+            return json.loads(lines[-1][len("RESULT ") :])
+        sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
+        print(f"{what}: attempt {attempt} failed ({done.returncode})", file=sys.stderr)
+    raise SystemExit(f"{what} failed {attempts} times")
+
+
+def overhead(quick: bool) -> list[dict]:
+    runs = []
+    for index, case in enumerate(cases(quick)):
+        print(f"overhead: {case['name']}", file=sys.stderr, flush=True)
+        arguments = (["--quick"] if quick else []) + ["--case-child", str(index)]
+        runs.append(child(arguments, case["name"]))
+        r = runs[-1]
+        print(
+            f"  end to end {r['end_to_end']:.3f}, steady {fmt(r['steady'], 3)}, expected "
+            f"{r['expected']:.3f} clips/s; CPU overhead {pct(r['cpu'].get('overhead'))}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return runs
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -289,19 +538,11 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def memory_child(rows: int, work: str) -> None:
-    """One full run over `rows` missing files; prints the driver's RSS figures as JSON."""
-    import ray
-
+def memory_inputs(rows: int, directory: Path) -> None:
+    """The tiny checkpoint and a manifest of `rows` files that do not exist."""
     from tests.checkpoints import make_checkpoint
-    from vivit_batch import pipeline
-    from vivit_batch.config import load_config
 
-    directory = Path(work)
-    checkpoint = directory / "checkpoint"
-    if not checkpoint.exists():
-        make_checkpoint(checkpoint)
-    manifest = directory / f"manifest-{rows}.csv"
+    make_checkpoint(directory / "checkpoint")
     pa_csv.write_csv(
         pa.table(
             {
@@ -309,11 +550,23 @@ def memory_child(rows: int, work: str) -> None:
                 "video_id": [f"v{i:07d}" for i in range(rows)],
             }
         ),
-        manifest,
+        directory / f"manifest-{rows}.csv",
     )
-    ray.init(
-        address="local", num_cpus=CPUS, include_dashboard=False, logging_level=logging.WARNING
-    )
+
+
+def memory_child(rows: int, work: str) -> None:
+    """One full run over the `rows`-row manifest of missing files that `memory` wrote; prints the
+    driver's RSS figures as JSON. Nothing else happens in this process (the checkpoint and the
+    manifest are written by another), so the peaks compare like with like."""
+    import ray
+
+    from vivit_batch import pipeline
+    from vivit_batch.config import load_config
+
+    directory = Path(work)
+    checkpoint = directory / "checkpoint"
+    manifest = directory / f"manifest-{rows}.csv"
+    start_ray()
     config = load_config(
         None,
         [
@@ -325,7 +578,7 @@ def memory_child(rows: int, work: str) -> None:
         output_uri=str(directory / f"out-{rows}"),
         model_source=str(checkpoint),
     )
-    before_s = peak_rss_mib()
+    after_init = peak_rss_mib()
     job = pipeline.prepare_job(config)
     before_run = peak_rss_mib()
     started = time.perf_counter()
@@ -337,7 +590,7 @@ def memory_child(rows: int, work: str) -> None:
         "rows": rows,
         "rows_written": result.report["rows_written"],
         "files": len(result.report["files"]),
-        "peak_after_init_mib": before_s,
+        "peak_after_init_mib": after_init,
         "peak_before_run_mib": before_run,
         "peak_mib": peak,
         "run_s": seconds,
@@ -347,17 +600,10 @@ def memory_child(rows: int, work: str) -> None:
 
 def memory(sizes: tuple[int, ...]) -> list[dict]:
     results = []
-    with tempfile.TemporaryDirectory(prefix="vivit-pipeline-mem-") as tmp:
-        for rows in sizes:
-            command = [sys.executable, __file__, "--memory-child", str(rows), tmp]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-            lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-            if done.returncode or not lines:
-                sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
-                raise SystemExit(f"memory run with {rows} rows failed ({done.returncode})")
-            figures = json.loads(lines[-1][len("RESULT ") :])
-            print(f"  memory: {figures}", flush=True)
-            results.append(figures)
+    for rows in sizes:
+        print(f"memory: {rows:,} rows", file=sys.stderr, flush=True)
+        results.append(child(["--memory-child", str(rows)], f"memory run, {rows} rows"))
+        print(f"  {results[-1]}", file=sys.stderr, flush=True)
     return results
 
 
@@ -386,32 +632,56 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}%"
 
 
+def short_name(command: str, role: str) -> str:
+    """A process's name for the table, from its command line."""
+    if command.startswith("ray::"):
+        return "`" + command.split()[0].removesuffix(".__init__") + "`"
+    if "vivit_batch.video.isolation" in command:
+        return f"isolated decoder of the {role}"
+    words = command.split()
+    if not words:
+        return role
+    name = words[0].rsplit("/", 1)[-1]
+    if name.startswith("python") and len(words) > 1:
+        name = words[1].rsplit("/", 1)[-1]
+    return f"{name} ({role})"
+
+
+def describe_plan(runs: list[dict]) -> str:
+    plans = {
+        json.dumps({k: v for k, v in r["resources"].items() if k != "decode_nodes"}) for r in runs
+    }
+    return "; ".join(sorted(plans))
+
+
 def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -> str:
     lines = [
         "## Pipeline",
         "",
         f"`{command}`, {env['date']}, {env['cpu']} ({env['cores']} cores, "
-        f"{env['memory_gib']:.0f} GiB; shared with other work: load average "
-        f"{env['load_before']} before, {env['load_after']} after), Python {env['python']}, "
-        f"torch {env['torch']}, Ray {env['ray']}, PyAV {env['av']}. Ray runs locally with "
-        f"`num_cpus={CPUS}`; `plan_resources` gives 1 decode actor (1 CPU, 1 decoder thread) and "
-        "1 inference actor (1 CPU, 1 torch thread).",
+        f"{env['memory_gib']:.0f} GiB), Python {env['python']}, torch {env['torch']}, "
+        f"Ray {env['ray']}, PyAV {env['av']}. The machine is shared with other work: load "
+        f"average {env['load_before']} before the run, {env['load_after']} after. Ray runs "
+        f'locally (`address="local"`, `num_cpus={CPUS}`).',
     ]
     if runs:
         lines += [
             "",
             "### Ray overhead: end to end versus the slowest stage alone",
             "",
-            "Each manifest's rows point, round robin, at 4 generated H.264 videos (320x240, 30 fps, "
-            "x264 defaults) under distinct video ids; one centre clip per video (the checkpoint's "
-            "frames at stride 4, resized and centre-cropped to its image size). *alone*: the stage "
-            "in this process over the same rows, in the pipeline's batches and with the "
-            "pipeline's threads (decode timed before and after the pipeline run; inference half "
-            "before, half after). *expected*: slowest stage alone x its actor count. "
-            "*end to end*: clips / the pipeline's wall time (`run_job`; start-up included). "
-            "*steady*: the pipeline's rate from the output's `processed_at` stamps, after the "
-            "first quarter of the rows. *start-up*: wall - clips / steady. *in-pipeline*: the run "
-            "report's per-stage rates (clips / the actors' busy seconds). Rates in clips/s.",
+            f"`plan_resources`' plan: {describe_plan(runs)}.",
+            "",
+            "Each manifest's rows point, round robin, at 4 generated H.264 videos (320x240, "
+            "30 fps, x264 defaults) under distinct video ids; one centre clip per video (the "
+            "checkpoint's frames at stride 4, resized and centre-cropped to its image size). "
+            "*alone*: the stage in this process over the same rows, in the pipeline's batches "
+            "and with the pipeline's threads (decode timed before and after the pipeline run; "
+            "inference half before, half after). *expected*: slowest stage alone x its actor "
+            "count. *end to end*: clips / the pipeline's wall time (`run_job`; start-up "
+            "included). *steady*: the pipeline's rate from the output's `processed_at` stamps, "
+            "after the first quarter of the rows. *start-up*: wall - clips / steady. "
+            "*in-pipeline*: the run report's per-stage rates (clips / the actors' busy "
+            "seconds). Rates in clips/s, wall clock.",
             "",
             "| model | clips | decode alone | inference alone | expected | end to end | steady "
             "| overhead end to end | overhead steady | first output | start-up | wall "
@@ -428,21 +698,87 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
                 f"| {fmt(r['wall_s'], 1)} s "
                 f"| {fmt(r['in_pipeline_decode'])} / {fmt(r['in_pipeline_inference'], 3)} |"
             )
+        lines += [
+            "",
+            "The same runs in CPU seconds, which other work on the machine does not inflate "
+            "the way it does wall time: each process's user + system time from /proc (this "
+            "process, i.e. the driver, and all its descendants: GCS, raylet, agents, workers), "
+            "per clip over the steady window. *alone*: the stage's CPU seconds per clip in this "
+            "process. *core share*: the bottleneck actor's CPU seconds / wall seconds in the "
+            "window (1.0 = a whole core; below it, other work took the rest). *CPU-bound rate*: "
+            f"min(actors / actor CPU per clip, {CPUS} cores / all CPU per clip), for the "
+            "pipeline and for the stages alone; their ratio is the steady-state overhead that "
+            f"an otherwise idle {CPUS}-core machine would see. *fixed*: CPU seconds of the "
+            "whole run beyond per-clip cost x clips (start-up and shutdown).",
+            "",
+            "| model | decode actor s/clip (alone) | inference actor s/clip (alone) "
+            "| driver s/clip | other Ray s/clip | core share | bottleneck actor vs alone "
+            "| CPU-bound rate (alone) | overhead | fixed |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in runs:
+            c = r["cpu"]
+            if not c:
+                lines.append(f"| {r['name']} | n/a (fewer than two output stamps) |")
+                continue
+            p, a = c["per_clip"], c["alone_per_clip"]
+            lines.append(
+                f"| {r['name']} | {p['decode actor']:.4f} ({a['decode']:.4f}) "
+                f"| {p['inference actor']:.4f} ({a['inference']:.4f}) "
+                f"| {p['driver']:.4f} | {p['other Ray']:.4f} | {c['bottleneck_share']:.2f} "
+                f"| {pct(c['bottleneck_overhead'])} | {fmt(c['rate'], 3)} "
+                f"({fmt(c['expected'], 3)}) | {pct(c['overhead'])} | {c['fixed_s']:.1f} s |"
+            )
         lines += ["", "Target: steady-state overhead at most 10% (overhead = 1 - rate / expected):"]
         for r in runs:
             o = r["overhead_steady"]
             verdict = "n/a" if o is None else ("met" if o <= OVERHEAD_TARGET else "missed")
+            c = r["cpu"]
+            cpu_verdict = "n/a"
+            if c:
+                cpu_verdict = "met" if c["overhead"] <= OVERHEAD_TARGET else "missed"
             decode_runs = ", ".join(fmt(x) for x in r["decode_alone_runs"])
             lines.append(
-                f"- {r['name']}: steady {pct(o)}, {verdict}; end to end with start-up "
-                f"{pct(r['overhead_end_to_end'])} over {r['clips']} clips (decode alone before, "
-                f"after: {decode_runs} clips/s; `prepare_job` in the driver, not in the wall time: "
-                f"{r['prepare_s']:.1f} s; settings: {', '.join(r['settings']) or 'defaults'})"
+                f"- {r['name']}: wall clock, steady {pct(o)}, {verdict}; in CPU seconds "
+                f"{pct(c['overhead'] if c else None)}, {cpu_verdict}. With start-up, end to "
+                f"end: {pct(r['overhead_end_to_end'])} over {r['clips']} clips. (Decode alone "
+                f"before, after the pipeline: {decode_runs} clips/s; inference alone timed on "
+                f"{r['inference_alone_clips']} clips; `prepare_job`, in the driver and outside "
+                f"the wall time: {r['prepare_s']:.1f} s; settings: "
+                f"{', '.join(r['settings']) or 'defaults'}.)"
+            )
+        lines += [
+            "",
+            "Start-up, the fixed cost: *first output* is the first `processed_at` stamp after "
+            "`run_job` started; *start-up* (wall - clips / steady) and *fixed CPU* (as above) "
+            "are from the table above. Whole-run CPU seconds by role, and the processes that "
+            "used the most. `prepare_job` (checks, manifest scan, loading the checkpoint in the "
+            "driver) runs before `run_job` and is not in its wall time.",
+            "",
+            "| model | first output | start-up | fixed CPU | whole-run CPU s by role "
+            "| top processes (CPU s) | `prepare_job` | driver peak RSS after `prepare_job` "
+            "| load average during the case |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in runs:
+            c = r["cpu"] or {}
+            roles = ", ".join(f"{k} {v:.1f}" for k, v in c.get("whole_run", {}).items())
+            top = "; ".join(
+                f"{short_name(name, role)} {seconds:.1f}"
+                for role, name, seconds in c.get("top_processes", [])[:5]
+            )
+            lines.append(
+                f"| {r['name']} | {fmt(r['first_output_s'], 1)} s | {fmt(r['startup_s'], 1)} s "
+                f"| {fmt(c.get('fixed_s'), 1)} s | {roles} | {top} | {r['prepare_s']:.1f} s "
+                f"| {r['driver_peak_rss_after_prepare_mib']:.0f} MiB "
+                f"| {r['load'][0]} / {r['load'][1]} |"
             )
     if mem:
         small, large = mem[0], mem[-1]
         ratio = large["peak_mib"] / small["peak_mib"]
         verdict = "met" if ratio <= MEMORY_TARGET else "missed"
+        growth = [m["peak_mib"] - m["peak_before_run_mib"] for m in (small, large)]
+        per_row = (growth[1] - growth[0]) * 2**20 / (large["rows"] - small["rows"])
         lines += [
             "",
             "### Driver memory versus manifest length",
@@ -454,19 +790,21 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
             "(`ru_maxrss`), MiB.",
             "",
             "| rows | after `ray.init` | after `prepare_job` | after `run_job` (peak) "
-            "| rows written | files | run time |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| growth in `run_job` | rows written | files | run time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for m in mem:
             lines.append(
-                f"| {m['rows']:,} | {m['peak_after_init_mib']:.0f} | {m['peak_before_run_mib']:.0f} "
-                f"| {m['peak_mib']:.0f} | {m['rows_written']:,} | {m['files']} "
-                f"| {m['run_s']:.1f} s |"
+                f"| {m['rows']:,} | {m['peak_after_init_mib']:.0f} "
+                f"| {m['peak_before_run_mib']:.0f} | {m['peak_mib']:.0f} "
+                f"| {m['peak_mib'] - m['peak_before_run_mib']:+.0f} "
+                f"| {m['rows_written']:,} | {m['files']} | {m['run_s']:.1f} s |"
             )
         lines += [
             "",
             f"Target: peak with {large['rows']:,} rows at most {MEMORY_TARGET}x that with "
-            f"{small['rows']:,}: {ratio:.2f}x, {verdict}.",
+            f"{small['rows']:,}: {ratio:.2f}x, {verdict}. Growth of the peak during `run_job`, "
+            f"per extra row: {per_row:+.0f} bytes.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -512,15 +850,34 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     parser.add_argument("--only", choices=("overhead", "memory"), help="run one part")
     parser.add_argument("--memory-child", nargs=2, metavar=("ROWS", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--case-child", nargs=2, metavar=("INDEX", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--case-inputs", nargs=2, metavar=("INDEX", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-inputs", nargs=2, metavar=("ROWS", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_inputs:
+        memory_inputs(int(args.memory_inputs[0]), Path(args.memory_inputs[1]))
+        return
     if args.memory_child:
-        memory_child(int(args.memory_child[0]), args.memory_child[1])
+        rows, work = int(args.memory_child[0]), args.memory_child[1]
+        # The checkpoint and the manifest come from another process, so that the driver's peak
+        # RSS is that of the job alone.
+        subprocess.run(
+            [sys.executable, __file__, "--memory-inputs", str(rows), work], check=True, cwd=ROOT
+        )
+        memory_child(rows, work)
+        return
+    if args.case_inputs:
+        case_inputs(cases(args.quick)[int(args.case_inputs[0])], Path(args.case_inputs[1]))
+        return
+    if args.case_child:
+        case_child(int(args.case_child[0]), args.quick, args.case_child[1])
         return
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     load_before = load_average()
     started = time.perf_counter()
     runs = overhead(args.quick) if args.only != "memory" else []
-    mem = memory((1_000, 100_000)) if args.only != "overhead" else []
+    sizes = (1_000, 20_000 if args.quick else 100_000)
+    mem = memory(sizes) if args.only != "overhead" else []
     command = "python benchmarks/pipeline.py" + (" --quick" if args.quick else "")
     if args.only:
         command += f" --only {args.only}"

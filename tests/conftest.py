@@ -71,8 +71,8 @@ def ray_cluster() -> RayCluster:
     ray.init(address=address, logging_level="WARNING")
     yield RayCluster(address, f"http://127.0.0.1:{dashboard}", RAY_ENV)
     ray.shutdown()
-    for pattern in (f"gcs_server_port={port}", address):
-        subprocess.run(["pkill", "-f", pattern], capture_output=True, timeout=60)
+    # Every process of this cluster names its GCS port (as an address or an option).
+    subprocess.run(["pkill", "-f", f"[:=]{port}( |$)"], capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="session")

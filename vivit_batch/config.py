@@ -26,6 +26,8 @@ class ManifestSection:
     """manifest file (csv/jsonl/parquet/txt), or a directory, glob or s3:// prefix of videos"""
     format: str = "auto"
     """auto (by extension), csv, jsonl, parquet, txt or videos (list a directory/prefix/glob)"""
+    allow_http: bool = False
+    """accept http(s):// video URIs (otherwise a manifest that names one is refused)"""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,15 @@ class DecodeSection:
     max_duration_s: float | None = 6 * 3600
     max_file_bytes: int | None = 50 * 2**30
     timeout_s: float | None = 300
+    max_frames_per_clip: int | None = None
+    """most frames decoded for one clip, counting those decoded only to reach it"""
+    isolation: str = "process"
+    """process: decode in a child process per actor, killed and replaced when a video hangs or
+    crashes it; none: in the actor itself (no hard timeout, a crash takes the actor)"""
+    crash_retries: int = 1
+    """attempts after the first when the decoding process dies on a video; then decode_crash"""
+    max_memory_bytes: int | None = 4 * 2**30
+    """memory cap of the decoding process (isolation=process); a video needing more: too_large"""
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,7 @@ class JobConfig:
 CHOICES = {
     "manifest.format": {"auto", "csv", "jsonl", "parquet", "txt", "videos"},
     "run.mode": {"incremental", "rerun_errors", "force"},
+    "decode.isolation": {"process", "none"},
     "model.precision": {"fp32", "bf16", "fp16"},
     "model.normalization": {"checkpoint", "scenic"},
     "sampling.temporal_views": {"center", "uniform", "random"},
@@ -153,6 +165,8 @@ POSITIVE = {
     "decode.max_duration_s",
     "decode.max_file_bytes",
     "decode.timeout_s",
+    "decode.max_frames_per_clip",
+    "decode.max_memory_bytes",
     "resources.decode_actors",
     "resources.inference_actors",
     "resources.inference_cpus",

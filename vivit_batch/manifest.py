@@ -8,7 +8,9 @@ it holds only a set of id hashes, never the rows).
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +49,10 @@ FORMATS_BY_EXTENSION = {
     ".txt": "txt",
 }
 MAX_LISTED_PROBLEMS = 10
+SCHEMES = ("file", "s3", "s3a")
+"""URI schemes videos and manifests may have, besides plain local paths."""
+HTTP_SCHEMES = ("http", "https")
+"""Also accepted with `manifest.allow_http`."""
 
 
 @dataclass
@@ -138,38 +144,182 @@ def _is_glob(path: str) -> bool:
 def scan_manifest(
     section: ManifestSection, reserved_columns: set[str], options: dict | None = None
 ) -> ManifestSummary:
-    """One streaming pass: column checks, empty manifest, duplicate ids (with their rows)."""
+    """One streaming pass: parse errors and URI schemes, column checks, empty manifest, empty
+    URIs, duplicate ids (with their rows)."""
+    summary = ManifestSummary()
+    if not supported_uri(section.uri, section.allow_http):
+        summary.problems.append(
+            f"manifest {section.uri}: unsupported URI scheme. {supported_schemes(section)}"
+        )
+        return summary
     fmt = manifest_format(section, options)
     base = base_directory(section, options)
-    summary = ManifestSummary()
     first_row_of: dict[bytes, int] = {}
-    duplicates = []
-    for offset, batch in _batches(section.uri, fmt, options):
-        if not summary.columns:
-            summary.columns = batch.column_names
-            summary.problems += _column_problems(section.uri, batch.column_names, reserved_columns)
-            if summary.problems:
+    duplicates, empty, unsupported = [], [], []
+    try:
+        for offset, batch in _batches(section.uri, fmt, options):
+            if not summary.columns:
+                summary.columns = batch.column_names
+                summary.problems += _column_problems(
+                    section.uri, batch.column_names, reserved_columns
+                )
+                if summary.problems:
+                    return summary
+            kind = batch.schema.field("uri").type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                summary.problems.append(f"manifest {section.uri}: 'uri' must be text, not {kind}")
                 return summary
-        ids = with_ids(pa.Table.from_batches([batch]), base).column("video_id").to_pylist()
-        for index, video_id in enumerate(ids):
-            key = hashlib.blake2b(video_id.encode(), digest_size=12).digest()
-            row = _row_label(fmt, offset + index)
-            if key in first_row_of:
-                duplicates.append(f"video_id {video_id!r} at {row} (first at {first_row_of[key]})")
-            else:
-                first_row_of[key] = row
-        summary.rows += len(ids)
+            given = batch.column("uri").to_pylist()
+            table = pa.Table.from_batches([batch])
+            filled = pa.array([u or "" for u in given], pa.string())
+            table = table.set_column(table.schema.get_field_index("uri"), "uri", filled)
+            ids = with_ids(table, base).column("video_id").to_pylist()
+            for index, (video_id, uri) in enumerate(zip(ids, given, strict=True)):
+                key = hashlib.blake2b(video_id.encode(), digest_size=12).digest()
+                row = _row_label(fmt, offset + index)
+                if not (uri or "").strip():
+                    empty.append(row)
+                elif not supported_uri(uri.strip(), section.allow_http):
+                    unsupported.append(f"{row}: {uri.strip()!r}")
+                if key in first_row_of:
+                    duplicates.append(
+                        f"video_id {video_id!r} at {row} (first at {first_row_of[key]})"
+                    )
+                else:
+                    first_row_of[key] = row
+            summary.rows += len(ids)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as error:
+        summary.problems.append(_parse_problem(section.uri, fmt, error, options))
+        return summary
     if summary.rows == 0:
         summary.problems.append(f"manifest {section.uri} has no rows: nothing to label")
-    if duplicates:
-        shown = "; ".join(duplicates[:MAX_LISTED_PROBLEMS])
-        more = len(duplicates) - MAX_LISTED_PROBLEMS
+    if empty:
         summary.problems.append(
-            f"manifest {section.uri} has {len(duplicates)} duplicate video ids: {shown}"
-            + (f"; and {more} more" if more > 0 else "")
-            + ". Each video_id must be unique (drop the repeats or give them distinct ids)"
+            f"manifest {section.uri} has {len(empty)} rows with no uri: {_listed(empty)}"
+        )
+    if unsupported:
+        summary.problems.append(
+            f"manifest {section.uri} has {len(unsupported)} URIs with an unsupported scheme: "
+            f"{_listed(unsupported)}. {supported_schemes(section)}"
+        )
+    if duplicates:
+        summary.problems.append(
+            f"manifest {section.uri} has {len(duplicates)} duplicate video ids: "
+            f"{_listed(duplicates)}. Each video_id must be unique (drop the repeats or give them "
+            "distinct ids)"
         )
     return summary
+
+
+def supported_uri(uri: str, allow_http: bool = False) -> bool:
+    """Whether `uri` is a local path or has a scheme this job reads."""
+    if "://" not in uri:
+        return True
+    scheme = uri.split("://", 1)[0].lower()
+    return scheme in SCHEMES or (allow_http and scheme in HTTP_SCHEMES)
+
+
+def supported_schemes(section: ManifestSection) -> str:
+    accepted = ", ".join(f"{s}://" for s in SCHEMES + (HTTP_SCHEMES if section.allow_http else ()))
+    http = "" if section.allow_http else "; http:// and https:// with manifest.allow_http=true"
+    return f"Supported: local paths, {accepted}{http}"
+
+
+def _listed(items: list[str]) -> str:
+    more = len(items) - MAX_LISTED_PROBLEMS
+    return "; ".join(items[:MAX_LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
+
+
+def _parse_problem(uri: str, fmt: str, error: Exception, options: dict | None) -> str:
+    """What is wrong with a manifest the reader rejected, with the line where it goes wrong."""
+    if fmt == "parquet":
+        return f"manifest {uri} is not a readable Parquet file ({error})"
+    filesystem, path = storage.filesystem(uri, options)
+    with filesystem.open(path, "rb") as stream:
+        where = _first_bad_line(stream, fmt)
+    kind = {"csv": "CSV", "jsonl": "JSON Lines"}.get(fmt, "a text file of URIs")
+    return f"manifest {uri} is not valid {kind}: " + (where or str(error))
+
+
+def _first_bad_line(stream, fmt: str) -> str | None:
+    """'line N: what is wrong' for the first line of a CSV, JSONL or text manifest that cannot
+    be read; None when each line is fine on its own."""
+    lines = _text_lines(stream)
+    try:
+        if fmt == "csv":
+            return _first_bad_csv_line(lines)
+        if fmt == "jsonl":
+            return _first_bad_json_line(lines)
+        for _ in lines:
+            pass
+    except _BadLine as bad:
+        return str(bad)
+    return None
+
+
+class _BadLine(ValueError):
+    pass
+
+
+def _text_lines(stream) -> Iterator[tuple[int, str]]:
+    for number, raw in enumerate(stream, 1):
+        try:
+            yield number, raw.decode()
+        except UnicodeDecodeError as error:
+            raise _BadLine(f"line {number}: not UTF-8 text ({error.reason})") from error
+
+
+def _first_bad_csv_line(lines: Iterator[tuple[int, str]]) -> str | None:
+    reader = csv.reader(line for _, line in lines)
+    header = None
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as error:
+            return f"line {reader.line_num}: {error}"
+        if header is None:
+            header = record
+        elif record and len(record) != len(header):
+            where = f"line {start}"
+            if reader.line_num > start:
+                where = f"lines {start}-{reader.line_num} (a quote left open?)"
+            return (
+                f"{where}: {len(record)} values for the header's {len(header)} columns; "
+                "quote values that contain commas"
+            )
+
+
+def _first_bad_json_line(lines: Iterator[tuple[int, str]]) -> str | None:
+    kinds: dict[str, tuple[str, int]] = {}
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"line {number}: not valid JSON ({error.msg} at column {error.colno})"
+        if not isinstance(row, dict):
+            return f"line {number}: expected a JSON object, got {_json_kind(row)}"
+        for key, value in row.items():
+            if value is None:
+                continue
+            kind, first = kinds.setdefault(key, (_json_kind(value), number))
+            if kind != _json_kind(value):
+                return f"line {number}: {key!r} is {_json_kind(value)}, but {kind} on line {first}"
+    return None
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _column_problems(uri: str, columns: list[str], reserved: set[str]) -> list[str]:

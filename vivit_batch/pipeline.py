@@ -122,6 +122,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         max_duration_s=config.decode.max_duration_s,
         max_file_bytes=config.decode.max_file_bytes,
         timeout_s=config.decode.timeout_s,
+        max_frames_per_clip=config.decode.max_frames_per_clip,
     )
     options = storage_options(config)
     decode = DecodeSettings(
@@ -130,6 +131,9 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         limits,
         threads=config.decode.threads,
         storage_options=options,
+        isolation=config.decode.isolation,
+        crash_retries=config.decode.crash_retries,
+        max_memory_bytes=config.decode.max_memory_bytes,
     )
     labels = read_labels(config.model.labels, model.config.num_labels, options)
     manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))

@@ -18,6 +18,7 @@ from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.video import DecodeLimits, SamplingConfig, VideoError, decode_video
+from vivit_batch.video.isolation import DEFAULT_MAX_MEMORY_BYTES, IsolatedDecoder
 
 METADATA_COLUMNS = {
     "duration_s": pa.float64(),
@@ -37,11 +38,20 @@ class DecodeSettings:
     limits: DecodeLimits
     threads: int = 1
     storage_options: dict | None = None
+    isolation: str = "process"
+    """process: decode in a child process (`IsolatedDecoder`); none: in this one"""
+    crash_retries: int = 1
+    max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES
 
 
 class DecodeStage:
     def __init__(self, settings: DecodeSettings):
         self.settings = settings
+        self.decoder = None
+        if settings.isolation == "process":
+            self.decoder = IsolatedDecoder(
+                crash_retries=settings.crash_retries, max_memory_bytes=settings.max_memory_bytes
+            )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [
@@ -61,15 +71,18 @@ class DecodeStage:
         s = self.settings
         started = time.perf_counter()
         row = dict.fromkeys(DECODED_COLUMNS)
+        # The storage options are s3fs's: fsspec's HTTP filesystem would pass them to aiohttp.
+        options = None if uri.startswith(("http://", "https://")) else s.storage_options
+        decode = self.decoder.decode if self.decoder else decode_video
         try:
-            video = decode_video(
+            video = decode(
                 uri,
                 s.sampling,
                 s.processor,
                 video_id=video_id,
                 limits=s.limits,
                 threads=s.threads,
-                storage_options=s.storage_options,
+                storage_options=options,
             )
         except VideoError as error:
             row.update(status="error", error_code=str(error.code), error_message=str(error))

@@ -45,7 +45,7 @@ def open_container(uri: str, source: InputFile) -> av.container.InputContainer:
     keyframe, which seeking then decodes again (10% of the work for a clip near the start of a
     720p video). A format that only reveals the picture size by decoding is probed again."""
     container = _open(uri, source, options=_PROBE_WITHOUT_DECODING)
-    if any(not s.width for s in container.streams.video):
+    if any(s.codec_context is not None and not s.width for s in container.streams.video):
         container.close()
         source.seek(0)
         container = _open(uri, source, options=None)
@@ -78,7 +78,8 @@ def select_video_stream(uri: str, container: av.container.InputContainer) -> av.
         raise VideoError(
             ErrorCode.DECODE_ERROR,
             uri,
-            f"this PyAV build has no decoder for its {stream.codec_tag or 'unknown'} video",
+            "this PyAV build has no decoder for its video codec (or the header naming the "
+            "codec is damaged)",
         )
     for other in container.streams:
         if other is not stream:

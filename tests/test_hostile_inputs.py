@@ -1,0 +1,332 @@
+"""Hostile inputs cost one error row each, never the job: one run over a corpus of broken, huge,
+stalled and crashing files mixed with good videos writes every row with the right code, labels
+the good videos exactly as a clean run does, and ends in bounded time. Also the manifest checks
+that stop a run before any work: parse errors with line numbers, unsupported URI schemes."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import http.server
+import io
+import os
+import struct
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from tests.checkpoints import make_checkpoint
+from tests.media import write_audio_only, write_video
+from tests.test_isolation import CrashingFifo, StallingServer
+from vivit_batch.cli import main
+from vivit_batch.config import ManifestSection
+from vivit_batch.manifest import scan_manifest
+from vivit_batch.sink import RESERVED_COLUMNS
+
+TIMEOUT_S = 5
+GOOD = {  # name: write_video arguments
+    "good.mp4": {"num_frames": 30},
+    "good.mkv": {"num_frames": 24, "width": 48, "height": 64},
+    "good.avi": {"num_frames": 20, "codec": "mpeg4", "width": 80, "height": 60},
+    "good.mov": {"num_frames": 40, "width": 96, "height": 54},
+}
+
+
+class StalledFifo:
+    """A named pipe whose writer sends the start of a video and then never another byte."""
+
+    def __init__(self, path: Path, head: bytes):
+        os.mkfifo(path)
+        self.path, self.head, self.fds = path, head[:4096], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                if error.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.02)
+                continue
+            os.write(fd, self.head)
+            self.fds.append(fd)  # held open: the reader waits for more, for good
+            self._stop.wait(300)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for fd in self.fds:
+            os.close(fd)
+
+
+class FileServer:
+    """Serves a directory over HTTP (with ranges, as fsspec asks for), in a thread."""
+
+    def __init__(self, directory: Path):
+        handler = functools.partial(RangeHandler, directory=str(directory))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    def send_head(self):
+        spec = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not spec or not path.is_file():
+            return super().send_head()
+        data = path.read_bytes()
+        first, _, last = spec.removeprefix("bytes=").partition("-")
+        start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        return io.BytesIO(data[start : end + 1])
+
+    def log_message(self, *args):
+        pass
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="image2pipe") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "rgb24"
+        picture = np.full((48, 64, 3), 128, np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def huge_declared_resolution(path: Path) -> Path:
+    """A raw-video AVI whose headers declare 16000x16000 frames (256 Mpx; 768 MB each)."""
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "bgr24"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), i, np.uint8), format="bgr24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    strf, avih = data.find(b"strf"), data.find(b"avih")
+    struct.pack_into("<ii", data, strf + 12, 16000, 16000)  # BITMAPINFOHEADER width, height
+    struct.pack_into("<II", data, avih + 40, 16000, 16000)  # MainAVIHeader width, height
+    path.write_bytes(bytes(data))
+    return path
+
+
+def garble(path: Path, start: float, end: float) -> Path:
+    data = bytearray(path.read_bytes())
+    a, b = int(len(data) * start), int(len(data) * end)
+    data[a:b] = np.random.default_rng(1).integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def cut(source: Path, path: Path, keep: float | int) -> Path:
+    data = source.read_bytes()
+    path.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """{name: expected error code or None for a labelled row}, the directory, and the servers."""
+    d = tmp_path_factory.mktemp("corpus")
+    good = {name: write_video(d / name, content="detailed", **kw) for name, kw in GOOD.items()}
+    expected: dict[str, str | None] = dict.fromkeys(GOOD)
+    detailed = {"num_frames": 60, "content": "detailed"}
+    mp4 = write_video(d / "source.mp4", **detailed)  # index ("moov") at the end
+    mkv = write_video(d / "source.mkv", **detailed)
+    faststart = write_video(
+        d / "source-faststart.mp4", **detailed, container_options={"movflags": "faststart"}
+    )
+    for keep in (0.1, 0.5, 0.9):
+        expected[cut(mp4, d / f"cut-{keep}.mp4", keep).name] = "unreadable"
+    expected[cut(mkv, d / "cut-header.mkv", 200).name] = "unreadable"
+    expected[cut(mkv, d / "cut-0.6.mkv", 0.6).name] = None  # a clip from what is there
+    expected[cut(faststart, d / "cut-0.5-faststart.mp4", 0.5).name] = None
+    (d / "zero.mp4").touch()
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).bytes(50_000))
+    (d / "notes.mp4").write_text("these are not the frames you are looking for\n" * 50)
+    (d / "picture.mp4").write_bytes(png_bytes())
+    write_audio_only(d / "audio.mp4")
+    huge_declared_resolution(d / "huge.avi")
+    write_video(d / "long.mkv", num_frames=13, fps=1, timestamps=[600.0 * i for i in range(13)])
+    garble(write_video(d / "corrupt-middle.mp4", width=96, height=64, **detailed), 0.3, 0.7)
+    garble(write_video(d / "corrupt-middle.mkv", width=96, height=64, **detailed), 0.4, 0.6)
+    expected |= {
+        "zero.mp4": "unreadable",
+        "random.mp4": "unreadable",
+        "notes.mp4": "unreadable",
+        "picture.mp4": "unreadable",
+        "audio.mp4": "no_video_stream",
+        "huge.avi": "too_large",
+        "long.mkv": "too_large",  # two hours, above the cap set below
+        "corrupt-middle.mp4": "decode_error",
+        "corrupt-middle.mkv": None,  # one corrupt frame, counted
+        "missing.mp4": "not_found",
+        "stalled.mp4": "timeout",
+        "poison.mp4": "decode_crash",
+    }
+    stalled = StalledFifo(d / "stalled.mp4", mp4.read_bytes())
+    poison = CrashingFifo(d / "poison.mp4")
+    files = FileServer(d)
+    stalling = StallingServer(mp4.read_bytes())
+    http_good = f"{files.url}/good.mp4"
+    http_stalled = stalling.url
+    expected |= {http_good: None, http_stalled: "timeout"}
+    yield {"dir": d, "expected": expected, "good": good, "http": [http_good]}
+    for helper in (stalled, poison, files, stalling):
+        helper.stop()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("checkpoint")
+    make_checkpoint(directory)
+    return directory
+
+
+def label_run(manifest: Path, output: Path, checkpoint: Path, *settings: str) -> int:
+    every_video_alone = ["resources.batch_size=1", "resources.clips_per_forward=1"]
+    args = ["run", "--manifest", str(manifest), "--output", str(output), "--model", str(checkpoint)]
+    for setting in ["run.max_error_fraction=1", *every_video_alone, *settings]:
+        args += ["--set", setting]
+    return main(args)
+
+
+def test_one_run_over_the_hostile_corpus(ray_cluster, tmp_path, corpus, checkpoint):
+    d, expected = corpus["dir"], corpus["expected"]
+    uris = [u if "://" in u else str(d / u) for u in expected]
+    (tmp_path / "all.txt").write_text("".join(u + "\n" for u in uris))
+    started = time.monotonic()
+    code = label_run(
+        tmp_path / "all.txt",
+        tmp_path / "out",
+        checkpoint,
+        f"decode.timeout_s={TIMEOUT_S}",
+        "decode.max_duration_s=3600",
+        "manifest.allow_http=true",
+    )
+    elapsed = time.monotonic() - started
+    assert code == 0
+    rows = {r["uri"]: r for r in ds.dataset(tmp_path / "out").to_table().to_pylist()}
+    assert sorted(rows) == sorted(uris)  # every row, once
+    got = {name: rows[uri]["error_code"] for name, uri in zip(expected, uris, strict=True)}
+    assert got == expected, {
+        n: rows[u]["error_message"] for n, u in zip(expected, uris, strict=True)
+    }
+    for row in rows.values():
+        assert (row["status"] == "ok") == (row["error_code"] is None)
+        assert (row["embedding"] is None) == (row["status"] == "error")
+    assert "SIGSEGV" in rows[str(d / "poison.mp4")]["error_message"]
+    # Two stalls, each killed after TIMEOUT_S + the grace; everything else takes seconds.
+    assert elapsed < 2 * (TIMEOUT_S + 3) + 180
+
+    # The good videos, alone and decoded in the actors themselves, get the same rows.
+    clean = list(map(str, corpus["good"].values())) + corpus["http"]
+    (tmp_path / "clean.txt").write_text("".join(u + "\n" for u in clean))
+    assert (
+        label_run(
+            tmp_path / "clean.txt",
+            tmp_path / "clean",
+            checkpoint,
+            "decode.isolation=none",
+            "manifest.allow_http=true",
+        )
+        == 0
+    )
+    columns = ["label", "label_id", "score", "topk_ids", "topk_scores", "embedding", "num_frames"]
+    for row in ds.dataset(tmp_path / "clean").to_table().to_pylist():
+        assert row["status"] == "ok"
+        assert {c: rows[row["uri"]][c] for c in columns} == {c: row[c] for c in columns}
+
+
+def scan(path: Path, text: str | bytes, **section) -> list[str]:
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return scan_manifest(ManifestSection(str(path), **section), RESERVED_COLUMNS).problems
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "words"),
+    [
+        ("m.csv", "uri,video_id\na.mp4,1\nb.mp4,2,3\nc.mp4,4\n", "line 3: 3 values for the"),
+        ("m.csv", 'uri,video_id\na.mp4,1\n"b.mp4,2\nc.mp4,4\n', "lines 3-4 (a quote left open?)"),
+        ("m.csv", b"uri\na.mp4\n\xff\xfe.mp4\n", "line 3: not UTF-8 text"),
+        ("m.jsonl", '{"uri": "a.mp4"}\n{"uri": "b.mp4",}\n', "line 2: not valid JSON"),
+        ("m.jsonl", '{"uri": "a.mp4"}\n\n[1, 2]\n', "line 3: expected a JSON object, got an"),
+        ("m.jsonl", '{"uri": "a", "n": 1}\n{"uri": "b", "n": "x"}\n', "line 2: 'n' is a string"),
+        ("m.txt", b"a.mp4\n\xff.mp4\n", "not valid a text file of URIs: line 2: not UTF-8"),
+        ("m.parquet", "PAR1 but no", "is not a readable Parquet file"),
+    ],
+)
+def test_malformed_manifests_are_reported_with_line_numbers(tmp_path, name, text, words):
+    [problem] = scan(tmp_path / name, text)
+    assert words in problem and str(tmp_path / name) in problem
+
+
+def test_big_csv_reports_the_bad_line_far_down(tmp_path):
+    rows = "".join(f"v{i}.mp4,{i}\n" for i in range(100_000))
+    [problem] = scan(tmp_path / "m.csv", f"uri,video_id\n{rows}last.mp4\n")
+    assert "line 100002: 1 values for the header's 2 columns" in problem
+
+
+def test_rows_without_a_uri_are_named(tmp_path):
+    [problem] = scan(tmp_path / "m.jsonl", '{"uri": "a.mp4"}\n{"video_id": "x"}\n{"uri": " "}\n')
+    assert "2 rows with no uri: line 2; line 3" in problem
+
+
+def test_unsupported_schemes_are_refused_with_the_supported_list(tmp_path):
+    text = "uri\na.mp4\nfile:///v.mp4\ns3://b/v.mp4\ns3a://b/v.mp4\ngs://b/v.mp4\nhttps://h/v.mp4\n"
+    [problem] = scan(tmp_path / "m.csv", text)
+    assert (
+        "2 URIs with an unsupported scheme: line 6: 'gs://b/v.mp4'; line 7: 'https://h/v.mp4'"
+        in (problem)
+    )
+    assert "Supported: local paths, file://, s3://, s3a://; http:// and https:// with " in problem
+    assert "manifest.allow_http=true" in problem
+    [problem] = scan(tmp_path / "m.csv", text, allow_http=True)
+    assert "1 URIs with an unsupported scheme: line 6: 'gs://b/v.mp4'" in problem
+    assert "s3a://, http://, https://" in problem
+    [problem] = scan_manifest(ManifestSection("ftp://host/m.csv"), RESERVED_COLUMNS).problems
+    assert problem.startswith("manifest ftp://host/m.csv: unsupported URI scheme. Supported:")
+
+
+def test_a_malformed_manifest_stops_the_run_before_any_work(
+    ray_cluster, tmp_path, checkpoint, capsys
+):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uri,video_id\na.mp4,1\nb.mp4,2,3\n")
+    assert label_run(manifest, tmp_path / "out", checkpoint) == 2
+    assert "line 3: 3 values for the header's 2 columns" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_uri_checks_leave_the_arrow_types_alone(tmp_path):
+    path = tmp_path / "m.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"uri": pa.array(["a.mp4", "b.mp4"], pa.large_string())}), path)
+    assert scan_manifest(ManifestSection(str(path)), RESERVED_COLUMNS).problems == []
+    pq.write_table(pa.table({"uri": [1, 2]}), path)
+    [problem] = scan_manifest(ManifestSection(str(path)), RESERVED_COLUMNS).problems
+    assert "'uri' must be text, not int64" in problem

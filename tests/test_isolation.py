@@ -1,0 +1,378 @@
+"""Decoding in a killable worker process (`IsolatedDecoder`): the same results as in-process, a
+stalled stream becomes a `timeout`, a decoder that dies is retried and then a `decode_crash`, and
+the worker's memory is capped. Faults are real: named pipes that never deliver, an HTTP server
+that stalls, and SIGSEGV sent to whichever process has the poison file open."""
+
+from __future__ import annotations
+
+import errno
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from tests.media import write_video
+from vivit_batch.config import ConfigError, load_config
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.stages import DecodeSettings, DecodeStage
+from vivit_batch.video import DecodeLimits, ErrorCode, SamplingConfig, VideoError, decode_video
+from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
+
+PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
+SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=2)
+SLACK_S = 20.0
+"""Added to every time bound: this machine is shared and often loaded."""
+
+
+class CrashingFifo:
+    """A named pipe that sends SIGSEGV to each process that opens it to read (the first `kills`
+    of them; later ones get `head` and the end of the file): a decoder crash on a poison file,
+    the decoding process found from outside through /proc, with no hook in the code under test.
+    The reader dies waiting for its first bytes, midway through opening the video."""
+
+    def __init__(self, path: Path, kills: int | None = None, head: bytes = b""):
+        os.mkfifo(path)
+        self.path = path
+        self.head = head[:4096]  # fits in the pipe: writing it cannot block
+        self.kills = kills
+        self.killed: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:  # succeeds once a reader has the pipe open, or is blocked opening it
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                if error.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.02)
+                continue
+            readers = self._wait_for_readers()
+            if self.kills is None or len(self.killed) < self.kills:
+                for pid in readers:
+                    os.kill(pid, signal.SIGSEGV)
+                    self.killed.append(pid)
+            else:
+                os.write(fd, self.head)
+            os.close(fd)
+            self._wait_until_closed(readers)
+
+    def _wait_for_readers(self) -> list[int]:
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            found = readers_of(self.path)
+            if found:
+                return found
+            time.sleep(0.01)
+        return []
+
+    def _wait_until_closed(self, pids: list[int]) -> None:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and set(pids) & set(readers_of(self.path)):
+            time.sleep(0.02)
+
+
+def readers_of(path: Path) -> list[int]:
+    """Pids of the other processes that have `path` open."""
+    target, found, me = str(path), [], str(os.getpid())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+class StallingServer:
+    """An HTTP server that announces a file, sends the start of it, and then nothing more."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.release = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                self._headers(len(server.data))
+
+            def do_GET(self):
+                self._headers(len(server.data))
+                self.wfile.write(server.data[:2000])
+                self.wfile.flush()
+                server.release.wait(120)
+
+            def _headers(self, length: int) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(length))
+                self.send_header("Content-Type", "video/mp4")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}/stalls.mp4"
+
+    def stop(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("videos")
+    return {
+        "mp4": write_video(directory / "a.mp4", num_frames=40, content="detailed"),
+        "mkv": write_video(directory / "b.mkv", num_frames=30, width=96, height=54),
+        "avi": write_video(
+            directory / "c.avi", num_frames=24, codec="mjpeg", pix_fmt="yuvj420p", gop=1
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    with IsolatedDecoder() as decoder:
+        yield decoder
+
+
+def assert_same_video(isolated, in_process) -> None:
+    assert isolated.clips.dtype == np.uint8
+    np.testing.assert_array_equal(isolated.clips, in_process.clips)
+    assert isolated.metadata == in_process.metadata
+
+
+def test_isolated_decode_equals_in_process(decoder, videos):
+    sampling = SamplingConfig(
+        num_frames=4, temporal_views="uniform", num_temporal_views=2, spatial_crops="three"
+    )
+    for path in videos.values():
+        for s in (SAMPLING, sampling):
+            assert_same_video(
+                decoder.decode(str(path), s, PROCESSOR, video_id="v"),
+                decode_video(str(path), s, PROCESSOR, video_id="v"),
+            )
+
+
+def test_video_errors_come_back_unchanged_and_keep_the_worker(decoder, videos, tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video\n" * 20)
+    cases = [
+        (str(tmp_path / "missing.mp4"), DecodeLimits(), ErrorCode.NOT_FOUND),
+        (str(tmp_path / "notes.mp4"), DecodeLimits(), ErrorCode.UNREADABLE),
+        (str(videos["mp4"]), DecodeLimits(max_pixels=100), ErrorCode.TOO_LARGE),
+        (str(videos["mp4"]), DecodeLimits(timeout_s=1e-9), ErrorCode.TIMEOUT),  # the soft one
+    ]
+    decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR)
+    worker, restarts = decoder.child_pid, decoder.restarts
+    for uri, limits, code in cases:
+        with pytest.raises(VideoError) as isolated:
+            decoder.decode(uri, SAMPLING, PROCESSOR, limits=limits)
+        with pytest.raises(VideoError) as in_process:
+            decode_video(uri, SAMPLING, PROCESSOR, limits=limits)
+        assert isolated.value.code == in_process.value.code == code
+        if code != ErrorCode.TIMEOUT:
+            assert str(isolated.value) == str(in_process.value)
+    assert (decoder.child_pid, decoder.restarts) == (worker, restarts)
+
+
+def test_a_bug_in_the_worker_is_raised_in_the_caller(decoder, videos):
+    no_crop = ProcessorConfig(shortest_edge=64, do_center_crop=False)
+    with pytest.raises(ValueError, match="needs a processor with a crop size") as raised:
+        decoder.decode(
+            str(videos["mp4"]), SamplingConfig(spatial_crops="three"), no_crop, video_id="v"
+        )
+    assert "decode_video" in str(raised.value.__cause__)  # the worker's traceback
+    assert decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR).clips.shape[0] == 1
+
+
+def test_stalled_pipe_times_out_and_the_worker_is_replaced(decoder, videos, tmp_path):
+    os.mkfifo(tmp_path / "stalled.mp4")  # nobody ever writes: opening it blocks for good
+    decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
+    stuck = decoder.child_pid
+    started = time.monotonic()
+    with pytest.raises(VideoError) as caught:
+        decoder.decode(
+            str(tmp_path / "stalled.mp4"), SAMPLING, PROCESSOR, limits=DecodeLimits(timeout_s=1)
+        )
+    elapsed = time.monotonic() - started
+    assert caught.value.code == ErrorCode.TIMEOUT and "was killed" in str(caught.value)
+    assert 1 + KILL_GRACE_S - 0.1 <= elapsed < 1 + KILL_GRACE_S + SLACK_S
+    assert not Path(f"/proc/{stuck}").exists() or stuck not in readers_of(tmp_path / "stalled.mp4")
+    video = decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
+    assert decoder.child_pid != stuck
+    assert_same_video(video, decode_video(str(videos["mp4"]), SAMPLING, PROCESSOR))
+
+
+def test_stalled_http_server_times_out(decoder, videos):
+    server = StallingServer(videos["mp4"].read_bytes())
+    try:
+        started = time.monotonic()
+        with pytest.raises(VideoError) as caught:
+            decoder.decode(server.url, SAMPLING, PROCESSOR, limits=DecodeLimits(timeout_s=1))
+        assert caught.value.code == ErrorCode.TIMEOUT
+        assert time.monotonic() - started < 1 + KILL_GRACE_S + SLACK_S
+    finally:
+        server.stop()
+    assert decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR).clips.shape[0] == 1
+
+
+def test_decoder_crash_is_retried_then_reported(decoder, videos, tmp_path):
+    poison = CrashingFifo(tmp_path / "poison.mp4")
+    restarts = decoder.restarts
+    try:
+        with pytest.raises(VideoError) as caught:
+            decoder.decode(str(poison.path), SAMPLING, PROCESSOR)
+    finally:
+        poison.stop()
+    assert caught.value.code == ErrorCode.DECODE_CRASH  # crash_retries=1: two attempts
+    assert "died on each of 2 attempts" in str(caught.value)
+    assert str(caught.value).count("killed by SIGSEGV") == 2
+    assert len(poison.killed) == 2 and decoder.restarts == restarts + 2
+    video = decoder.decode(str(videos["avi"]), SAMPLING, PROCESSOR)
+    assert_same_video(video, decode_video(str(videos["avi"]), SAMPLING, PROCESSOR))
+
+
+def test_the_retry_after_a_crash_gives_the_result(decoder, videos, tmp_path):
+    """Killed once, the second attempt reads the pipe to its end: its result is the answer."""
+    poison = CrashingFifo(tmp_path / "once.mp4", kills=1, head=b"no video here")
+    try:
+        with pytest.raises(VideoError) as caught:
+            decoder.decode(str(poison.path), SAMPLING, PROCESSOR)
+        assert caught.value.code == ErrorCode.UNREADABLE
+        assert len(poison.killed) == 1
+    finally:
+        poison.stop()
+
+
+def test_a_worker_that_died_while_idle_is_replaced_without_blame(decoder, videos):
+    decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR)
+    os.kill(decoder.child_pid, signal.SIGKILL)
+    time.sleep(0.2)
+    decoder.crash_retries, retries = 0, decoder.crash_retries
+    try:
+        assert decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR).clips.shape[0] == 1
+    finally:
+        decoder.crash_retries = retries
+
+
+def test_memory_cap_makes_a_big_video_too_large_and_the_next_one_fine(decoder, videos, tmp_path):
+    big = write_video(
+        tmp_path / "4k.mp4", num_frames=2, width=3840, height=2160, options={"preset": "ultrafast"}
+    )
+    decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
+    with open(f"/proc/{decoder.child_pid}/status") as status:
+        imports = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData"))
+    # A 4K picture alone is 25 MB in RGB: 48 MiB over what the imports hold is too little.
+    with IsolatedDecoder(max_memory_bytes=imports + 48 * 2**20) as capped:
+        with pytest.raises(VideoError) as caught:
+            capped.decode(str(big), SAMPLING, PROCESSOR, threads=2)
+        assert caught.value.code == ErrorCode.TOO_LARGE and "max_memory_bytes" in str(caught.value)
+        video = capped.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
+        assert_same_video(video, decode_video(str(videos["mp4"]), SAMPLING, PROCESSOR))
+        assert capped.restarts >= 1  # workers left above half the cap are replaced
+
+
+def test_processes_end_with_their_parent(tmp_path, videos):
+    script = (
+        "import os, sys\n"
+        "from vivit_batch.video.isolation import IsolatedDecoder\n"
+        "from vivit_batch.processor import ProcessorConfig\n"
+        "from vivit_batch.video import SamplingConfig\n"
+        "d = IsolatedDecoder()\n"
+        "d.decode(sys.argv[1], SamplingConfig(num_frames=2), ProcessorConfig(shortest_edge=32))\n"
+        "print(d.child_pid, d._processes.zygote.process.pid, flush=True)\n"
+        "os._exit(0)\n"  # no clean-up: as if the actor were killed
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(videos["mp4"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    pids = [int(p) for p in result.stdout.split()]
+    assert len(pids) == 2, result.stderr[-2000:]
+    end = time.monotonic() + 10
+    while time.monotonic() < end and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_decode_stage_gives_the_same_rows_with_and_without_isolation(decoder, videos, tmp_path):
+    (tmp_path / "random.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    uris = [str(videos["mp4"]), str(tmp_path / "random.mp4"), str(videos["avi"]), "/nope.mkv"]
+    batch = pa.table({"video_id": [f"v{i}" for i in range(len(uris))], "uri": uris})
+    isolated = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeLimits()))
+    in_actor = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeLimits(), isolation="none"))
+    assert isinstance(isolated.decoder, IsolatedDecoder) and in_actor.decoder is None
+    isolated.decoder.close()  # the module's decoder saves this test starting another
+    isolated.decoder = decoder
+    a, b = isolated(batch).drop_columns(["_decode_s"]), in_actor(batch).drop_columns(["_decode_s"])
+    assert a.equals(b)
+    assert a.column("error_code").to_pylist() == [None, "unreadable", None, "not_found"]
+
+
+def test_decode_config_keys():
+    config = load_config(
+        None,
+        [
+            "decode.isolation=none",
+            "decode.crash_retries=3",
+            "decode.max_memory_bytes=null",
+            "decode.max_frames_per_clip=500",
+            "manifest.allow_http=true",
+        ],
+    )
+    assert config.decode.isolation == "none" and config.decode.crash_retries == 3
+    assert config.decode.max_memory_bytes is None and config.decode.max_frames_per_clip == 500
+    assert config.manifest.allow_http is True
+    defaults = load_config(None, [])
+    assert (defaults.decode.isolation, defaults.decode.crash_retries) == ("process", 1)
+    assert defaults.manifest.allow_http is False
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["decode.isolation=thread", "decode.max_memory_bytes=0"])
+    assert "decode.isolation must be one of ['none', 'process']" in str(error.value)
+    assert "decode.max_memory_bytes must be positive" in str(error.value)
+
+
+def test_frames_per_clip_cap(videos):
+    sparse = SamplingConfig(num_frames=4, frame_sample_rate=1)
+    # a 4-frame clip needs at least 4 decoded frames; reaching the centre of a video with one
+    # keyframe takes about 20
+    with pytest.raises(VideoError) as caught:
+        decode_video(
+            str(videos["mp4"]), sparse, PROCESSOR, limits=DecodeLimits(max_frames_per_clip=2)
+        )
+    assert caught.value.code == ErrorCode.TOO_LARGE and "max_frames_per_clip" in str(caught.value)
+    video = decode_video(
+        str(videos["mp4"]), sparse, PROCESSOR, limits=DecodeLimits(max_frames_per_clip=40)
+    )
+    assert video.clips.shape[:2] == (1, 4)
