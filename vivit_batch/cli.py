@@ -133,7 +133,7 @@ def start_ray(address: str | None) -> None:
 
     if not ray.is_initialized():
         ray.init(
-            address=address,
+            address=address or "local",  # not a cluster some earlier `ray start` left
             logging_level=logging.WARNING,
             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}} if not address else None,
         )
