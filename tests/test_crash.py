@@ -61,9 +61,9 @@ def job(request, tmp_path):
     return Job(tmp_path, f"s3://{bucket}/out", server)
 
 
-def start_run(job: Job, ray_cluster) -> subprocess.Popen:
+def start_run(job: Job, ray_cluster, manifest: str = "manifest.txt") -> subprocess.Popen:
     command = [sys.executable, "-m", "vivit_batch.cli", "run",
-               "--manifest", str(job.directory / "manifest.txt"), "--output", job.output,
+               "--manifest", str(job.directory / manifest), "--output", job.output,
                "--model", str(job.directory / "ckpt"), "--set", "resources.batch_size=1",
                "--set", "resources.decode_batch_size=1", "--set", "output.rows_per_file=1"]
     if job.s3 is not None:
@@ -121,16 +121,18 @@ def newest_inference_actor_pids(api_address: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("job", ["local"], indirect=True)
 def test_killed_inference_actor_is_replaced_and_nothing_is_lost(ray_cluster, job):
-    process = start_run(job, ray_cluster)
+    # Each video four times under different ids: enough work left after the first commit.
+    rows = [f"v{i}.mp4,copy{copy}-v{i}" for copy in range(4) for i in range(VIDEOS)]
+    (job.directory / "long.csv").write_text("uri,video_id\n" + "\n".join(rows) + "\n")
+    process = start_run(job, ray_cluster, "long.csv")
+    deadline = time.time() + 300
+    while not (pids := newest_inference_actor_pids(ray_cluster.dashboard_url)):
+        assert process.poll() is None and time.time() < deadline, "no inference actor seen"
+        time.sleep(0.1)
     wait_for_files(job, 1)  # it is labelling now
-    deadline = time.time() + 120
-    while not (pids := newest_inference_actor_pids(ray_cluster.dashboard_url)) and (
-        time.time() < deadline
-    ):
-        time.sleep(0.2)
-    assert pids, "no live inference actor to kill"
     os.kill(pids[0], signal.SIGKILL)
+    assert process.poll() is None, "the run ended before the kill: give it more work"
     assert process.wait(timeout=600) == 0
-    rows = job.committed()
-    assert len(rows) == VIDEOS
-    assert {r["status"] for r in rows} == {"ok"}
+    committed = job.committed()
+    assert len(committed) == len(rows)
+    assert {r["status"] for r in committed} == {"ok"}
