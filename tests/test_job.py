@@ -140,11 +140,15 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
 
 
 def test_predictions_match_the_stages_run_directly(ray_cluster, tmp_path, checkpoint, videos):
-    """The Ray wiring keeps each row's prediction with its video."""
+    """The Ray wiring keeps each row's prediction with its video, in files of at most
+    `output.rows_per_file` rows."""
     good = [videos[name] for name, *_ in GOOD_VIDEOS]
     manifest = write_csv(tmp_path / "m.csv", [{"uri": str(p)} for p in good])
-    assert run(manifest, tmp_path / "out", checkpoint, "--set", "resources.batch_size=3") == 0
+    settings = ["--set", "resources.batch_size=3", "--set", "output.rows_per_file=3"]
+    assert run(manifest, tmp_path / "out", checkpoint, *settings) == 0
     frame = read_rows(tmp_path / "out").set_index("uri")
+    files = ds.dataset(tmp_path / "out").get_fragments()
+    assert sorted(f.count_rows() for f in files) == [1, 3]  # rows_per_file is an upper bound
 
     model = load_pretrained(checkpoint)
     processor = model.checkpoint.processor
@@ -239,3 +243,19 @@ def test_error_budget_exceeded_exits_3(ray_cluster, tmp_path, checkpoint, videos
     manifest = write_csv(tmp_path / "m.csv", rows)
     assert run(manifest, tmp_path / "out", checkpoint, "--set", "run.max_error_fraction=0.25") == 3
     assert len(read_rows(tmp_path / "out")) == 2  # the rows are still written
+
+
+def test_validate_labels_a_sample_and_writes_nothing(
+    ray_cluster, tmp_path, checkpoint, videos, capsys
+):
+    rows = [{"uri": str(videos["a.mp4"])}, {"uri": str(videos["notes.mp4"])}]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    arguments = ["--manifest", str(manifest), "--output", str(tmp_path / "out")]
+    assert main(["validate", *arguments, "--model", str(checkpoint), "--videos", "2"]) == 0
+    printed = capsys.readouterr().out
+    labels = set(json.loads((checkpoint / "config.json").read_text())["id2label"].values())
+    [ok_line] = [line for line in printed.splitlines() if line.startswith("  ok")]
+    assert ok_line.split(": ")[1].split(" (")[0] in labels
+    assert f"  error {videos['notes.mp4']}: " in printed
+    assert not (tmp_path / "out").exists()
+    assert main(["validate", *arguments, "--model", str(tmp_path / "none")]) == 2

@@ -15,7 +15,8 @@ import torch
 
 from tests.checkpoints import make_checkpoint
 from vivit_batch.inference import VideoClassifier
-from vivit_batch.model import CheckpointError, VivitConfig, load_pretrained
+from vivit_batch.model import CheckpointError, VivitConfig, inspect_pretrained, load_pretrained
+from vivit_batch.model.loading import read_weights
 from vivit_batch.model.modeling import VivitEmbeddings
 from vivit_batch.processor import ProcessorConfig
 
@@ -178,20 +179,31 @@ def test_uncached_repo_offline_names_the_remedy(tmp_path):
     assert "HF_HUB_OFFLINE=1" in result.stderr and "local directory" in result.stderr
 
 
-def test_missing_and_unexpected_keys_are_listed(tmp_path):
-    from safetensors.torch import load_file, save_file
+LOADERS = {"load": load_pretrained, "inspect": inspect_pretrained}
+"""`inspect_pretrained` (the driver's check) must refuse whatever `load_pretrained` refuses."""
 
-    make_checkpoint(tmp_path)
-    state = load_file(tmp_path / "model.safetensors")
+
+@pytest.mark.parametrize("loader", LOADERS)
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_missing_and_unexpected_keys_are_listed(tmp_path, loader, weights):
+    make_checkpoint(tmp_path, weights=weights)
+    file = tmp_path / ("model.safetensors" if weights == "safetensors" else "pytorch_model.bin")
+    state = read_weights((file,))
     state["vivit.encoder.layer.0.extra.weight"] = state.pop("classifier.weight")
-    save_file(state, tmp_path / "model.safetensors")
+    if weights == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, file)
+    else:
+        torch.save(state, file)
     with pytest.raises(CheckpointError) as error:
-        load_pretrained(tmp_path)
+        LOADERS[loader](tmp_path)
     assert "missing keys (1): classifier.weight" in str(error.value)
     assert "unexpected keys (1): vivit.encoder.layer.0.extra.weight" in str(error.value)
 
 
-def test_shape_mismatch_names_both_shapes(tmp_path):
+@pytest.mark.parametrize("loader", LOADERS)
+def test_shape_mismatch_names_both_shapes(tmp_path, loader):
     make_checkpoint(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["intermediate_size"] = 128
@@ -201,7 +213,7 @@ def test_shape_mismatch_names_both_shapes(tmp_path):
         match=r"intermediate.dense.weight: checkpoint has shape "
         r"\(64, 32\), config.json implies \(128, 32\)",
     ):
-        load_pretrained(tmp_path)
+        LOADERS[loader](tmp_path)
 
 
 class Payload:

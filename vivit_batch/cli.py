@@ -58,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_arguments(run)
     run.set_defaults(handler=run_command)
     validate = commands.add_parser(
-        "validate", help="check config, manifest and model, decode a few videos; write nothing"
+        "validate",
+        help="check config, manifest and model, label a few videos; write nothing",
     )
     add_job_arguments(validate)
-    validate.add_argument("--videos", type=int, default=3, help="videos to test-decode")
+    validate.add_argument("--videos", type=int, default=3, help="videos to decode and label")
     validate.set_defaults(handler=validate_command)
     report = commands.add_parser("report", help="summarise an output dataset")
     report.add_argument("output", help="the --output of earlier runs")
@@ -174,7 +175,7 @@ def print_run_summary(result) -> None:
 
 def validate_command(args: argparse.Namespace) -> int:
     from vivit_batch import pipeline
-    from vivit_batch.stages import DecodeStage
+    from vivit_batch.stages import DecodeStage, InferenceStage
 
     config = config_from(args)
     start_ray(args.address)
@@ -184,8 +185,13 @@ def validate_command(args: argparse.Namespace) -> int:
         f"weights sha256 {job.checkpoint.weights_sha256[:12]}); manifest {job.manifest.rows} rows"
     )
     decoded = DecodeStage(job.decode)(pipeline.first_rows(job, args.videos))
-    for row in decoded.select(["uri", "status", "error_message"]).to_pylist():
-        print(f"  {row['status']:<5} {row['error_message'] or row['uri']}")
+    settings = pipeline.inference_settings(job, "validate", torch_threads=None)
+    labelled = InferenceStage(settings)(decoded)
+    for row in labelled.select(["uri", "status", "error_message", "label", "score"]).to_pylist():
+        if row["status"] == "ok":
+            print(f"  ok    {row['uri']}: {row['label']} ({row['score']:.2f})")
+        else:
+            print(f"  error {row['uri']}: {row['error_message']}")
     return EXIT_OK
 
 

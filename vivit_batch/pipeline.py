@@ -35,7 +35,7 @@ from vivit_batch.manifest import (
     scan_manifest,
     with_ids,
 )
-from vivit_batch.model import CheckpointInfo, VivitConfig, load_pretrained
+from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sink import (
     RESERVED_COLUMNS,
@@ -107,10 +107,9 @@ class RunResult:
 def prepare_job(config: JobConfig) -> PreparedJob:
     """Everything checked before any work: raises ConfigError or CheckpointError."""
     require_job_inputs(config)
-    model = load_pretrained(config.model.source, config.model.revision)
-    checkpoint = model.checkpoint
+    checkpoint, model_config = inspect_pretrained(config.model.source, config.model.revision)
     sampling = SamplingConfig(
-        num_frames=config.sampling.num_frames or model.config.num_frames,
+        num_frames=config.sampling.num_frames or model_config.num_frames,
         frame_sample_rate=config.sampling.frame_sample_rate,
         temporal_views=config.sampling.temporal_views,
         num_temporal_views=config.sampling.num_temporal_views,
@@ -135,12 +134,12 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         crash_retries=config.decode.crash_retries,
         max_memory_bytes=config.decode.max_memory_bytes,
     )
-    labels = read_labels(config.model.labels, model.config.num_labels, options)
+    labels = read_labels(config.model.labels, model_config.num_labels, options)
     manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))
     if manifest.problems:
         raise ConfigError("\n".join(manifest.problems))
     job = PreparedJob(
-        config, checkpoint, model.config, decode, labels or model.config.id2label, manifest
+        config, checkpoint, model_config, decode, labels or model_config.id2label, manifest
     )
     check_identity(job)
     return job
@@ -298,7 +297,24 @@ def build_dataset(
         batch_size=config.resources.decode_batch_size,
         batch_format="pyarrow",
     )
-    inference = InferenceSettings(
+    return dataset.map_batches(
+        InferenceStage,
+        fn_constructor_kwargs={
+            "settings": inference_settings(job, run_id, resources.inference_threads)
+        },
+        compute=ray.data.ActorPoolStrategy(size=resources.inference_actors),
+        num_cpus=resources.inference_cpus,
+        num_gpus=resources.inference_gpus,
+        batch_size=config.resources.batch_size,
+        batch_format="pyarrow",
+    )
+
+
+def inference_settings(
+    job: PreparedJob, run_id: str, torch_threads: int | None
+) -> InferenceSettings:
+    config = job.config
+    return InferenceSettings(
         model_source=config.model.source,
         revision=config.model.revision,
         processor=job.decode.processor,
@@ -307,16 +323,7 @@ def build_dataset(
         labels=job.labels,
         precision=config.model.precision,
         clips_per_forward=config.resources.clips_per_forward,
-        torch_threads=resources.inference_threads,
-    )
-    return dataset.map_batches(
-        InferenceStage,
-        fn_constructor_kwargs={"settings": inference},
-        compute=ray.data.ActorPoolStrategy(size=resources.inference_actors),
-        num_cpus=resources.inference_cpus,
-        num_gpus=resources.inference_gpus,
-        batch_size=config.resources.batch_size,
-        batch_format="pyarrow",
+        torch_threads=torch_threads,
     )
 
 

@@ -124,7 +124,11 @@ class ParquetSink(Datasink):
         table = pa.concat_tables(tables, promote_options="default")
         stats = stats_of(table)
         stats.replaced = set(table.column("video_id").to_pylist()) & self.replaces
-        stats.files.append(self.commit(self.to_output_table(table)))
+        # Sorted, so that a retried task cuts the same files.
+        output = self.to_output_table(table).sort_by("video_id")
+        # Ray Data hands a task at least `min_rows_per_write` rows, and sometimes more.
+        for start in range(0, output.num_rows, self.rows_per_file):
+            stats.files.append(self.commit(output.slice(start, self.rows_per_file)))
         return stats
 
     def on_write_complete(self, write_result) -> None:

@@ -4,6 +4,7 @@ from vivit_batch.model.config import VivitConfig
 from vivit_batch.model.loading import (
     CheckpointError,
     CheckpointInfo,
+    inspect_pretrained,
     load_pretrained,
     save_pretrained,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "VivitConfig",
     "VivitForVideoClassification",
     "VivitModel",
+    "inspect_pretrained",
     "load_pretrained",
     "save_pretrained",
 ]

@@ -62,6 +62,22 @@ def load_pretrained(
     return model.to(device=device, dtype=_torch_dtype(dtype)).eval()
 
 
+def inspect_pretrained(
+    source: str | Path, revision: str | None = None
+) -> tuple[CheckpointInfo, VivitConfig]:
+    """Check that `source` loads, as `load_pretrained` would, without reading the weights into
+    memory: the config is read and every key and shape checked from the files' headers."""
+    info = resolve_checkpoint(source, revision)
+    config = read_config(info.directory)
+    with torch.device("meta"):
+        expected = VivitForVideoClassification(config).state_dict()
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in info.weight_files:
+        shapes.update(_read_weight_shapes(file))
+    _raise_on_mismatch({k: tuple(v.shape) for k, v in expected.items()}, shapes)
+    return info, config
+
+
 def save_pretrained(
     model: VivitForVideoClassification, directory: str | Path, processor: ProcessorConfig
 ) -> None:
@@ -121,20 +137,29 @@ def read_weights(files: tuple[Path, ...]) -> dict[str, torch.Tensor]:
 
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load with every key and shape checked; the error lists all that does not fit."""
-    expected = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith(UNUSED_KEY_PREFIXES)}
+    _raise_on_mismatch(
+        {k: tuple(v.shape) for k, v in model.state_dict().items()},
+        {k: tuple(v.shape) for k, v in state.items()},
+    )
+    model.load_state_dict(state, strict=True)
+
+
+def _raise_on_mismatch(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]
+) -> None:
+    found = {k: v for k, v in found.items() if not k.startswith(UNUSED_KEY_PREFIXES)}
     problems = []
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
     if missing:
         problems.append(f"missing keys ({len(missing)}): {_some(missing)}")
     if unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): {_some(unexpected)}")
-    for key in sorted(expected.keys() & state.keys()):
-        if expected[key].shape != state[key].shape:
+    for key in sorted(expected.keys() & found.keys()):
+        if expected[key] != found[key]:
             problems.append(
-                f"{key}: checkpoint has shape {tuple(state[key].shape)}, "
-                f"config.json implies {tuple(expected[key].shape)}"
+                f"{key}: checkpoint has shape {found[key]}, config.json implies {expected[key]}"
             )
     if problems:
         raise CheckpointError(
@@ -143,7 +168,6 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
             + ". Check that config.json belongs to these weights and that they are a "
             "VivitForVideoClassification checkpoint."
         )
-    model.load_state_dict(state, strict=True)
 
 
 def fingerprint(files: tuple[Path, ...]) -> str:
@@ -180,7 +204,21 @@ def _weight_files_for(path: Path) -> tuple[Path, ...]:
     return shards
 
 
-def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
+def _read_weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape, from the safetensors header or a memory-mapped torch file."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as weights:
+                names = weights.keys()  # a safe_open handle is not iterable
+                return {key: tuple(weights.get_slice(key).get_shape()) for key in names}
+        except Exception as error:  # safetensors raises its own untyped errors
+            raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    return {key: tuple(tensor.shape) for key, tensor in _read_weight_file(path, mmap=True).items()}
+
+
+def _read_weight_file(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -189,7 +227,7 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as error:  # safetensors raises its own untyped errors
             raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path} is a pickle that needs arbitrary Python code to load, which vivit-batch "
