@@ -108,7 +108,7 @@ def video_id_for(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:20]
 
 
-def with_ids(table: pa.Table, base: str, skip: frozenset[str] = frozenset()) -> pa.Table:
+def with_ids(table: pa.Table, base: str, skip: pa.Array | None = None) -> pa.Table:
     """Resolve `uri` and fill `video_id` (string) for one block of manifest rows; rows whose id
     is in `skip` (already committed) are dropped."""
     uris = [resolve_uri(u, base) for u in table.column("uri").to_pylist()]
@@ -121,8 +121,8 @@ def with_ids(table: pa.Table, base: str, skip: frozenset[str] = frozenset()) -> 
     uri_index = table.schema.get_field_index("uri")
     table = table.set_column(uri_index, "uri", pa.array(uris, pa.string()))
     table = table.add_column(0, "video_id", pa.array(ids, pa.string()))
-    if skip:
-        table = table.filter(pa.array([i not in skip for i in ids]))
+    if skip is not None and len(skip):
+        table = table.filter(pa.compute.invert(pa.compute.is_in(table["video_id"], skip)))
     return table
 
 

@@ -145,17 +145,25 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     return job
 
 
-def committed_ids(committed: dict[str, pa.Table]) -> frozenset[str]:
-    return frozenset(i for rows in committed.values() for i in rows.column("video_id").to_pylist())
+def committed_ids(committed: dict[str, pa.Table]) -> pa.Array:
+    return _ids_of(rows.column("video_id") for rows in committed.values())
 
 
-def skip_set(committed: dict[str, pa.Table], mode: str) -> frozenset[str]:
-    if mode == "force" or not committed:
-        return frozenset()
-    rows = pa.concat_tables(committed.values())
+def skip_ids(committed: dict[str, pa.Table], mode: str) -> pa.Array:
+    """Ids of committed rows that this run leaves alone."""
+    if mode == "force":
+        return pa.array([], pa.string())
     if mode == "rerun_errors":
-        rows = rows.filter(pa.compute.equal(rows.column("status"), "ok"))
-    return frozenset(rows.column("video_id").to_pylist())
+        return _ids_of(
+            rows.column("video_id").filter(pa.compute.equal(rows.column("status"), "ok"))
+            for rows in committed.values()
+        )
+    return committed_ids(committed)
+
+
+def _ids_of(columns) -> pa.Array:
+    chunks = [chunk for column in columns for chunk in column.chunks]
+    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
 
 
 def check_identity(job: PreparedJob) -> None:
@@ -274,7 +282,7 @@ def placement_on(nodes: list[str]):
 
 
 def build_dataset(
-    job: PreparedJob, resources: Resources, run_id: str, skip: frozenset[str] = frozenset()
+    job: PreparedJob, resources: Resources, run_id: str, skip: pa.Array | None = None
 ) -> ray.data.Dataset:
     """The pipeline; videos whose ids are in `skip` are left out."""
     config = job.config
@@ -362,19 +370,20 @@ def run_job(job: PreparedJob) -> RunResult:
     with OutputLock(config.output.uri, run_id, options, config.run.lock_stale_after_s):
         # Read under the lock: what is committed cannot change until this run is done.
         committed = committed_files(config.output.uri, options)
-        skip = skip_set(committed, config.run.mode)
+        skip = skip_ids(committed, config.run.mode)
+        every = committed_ids(committed)
         sink = ParquetSink(
             config.output.uri,
             run_id,
             output_schema(job.model_config.hidden_size),
             config.output.rows_per_file,
             options,
-            replaces=committed_ids(committed) - skip,
+            replaces=every.filter(pa.compute.invert(pa.compute.is_in(every, skip))),
         )
         write_identity(config.output.uri, options, job.identity)
         dataset = build_dataset(job, resources, run_id, skip)
         dataset.write_datasink(sink, ray_remote_args=LIGHT_TASK)
-        if sink.stats.replaced:
+        if len(sink.stats.replaced):
             supersede(config.output.uri, options, committed, sink.stats.replaced, sink)
     wall = time.time() - started
     stats = sink.stats

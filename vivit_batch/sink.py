@@ -75,11 +75,11 @@ class WriteStats:
     decode_seconds: float = 0.0
     inference_seconds: float = 0.0
     bytes_read: int = 0
-    replaced: set[str] = field(default_factory=set)
+    replaced: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     """ids written again by this run that earlier files also hold"""
 
     def add(self, other: WriteStats) -> None:
-        self.replaced |= other.replaced
+        self.replaced = pa.concat_arrays([self.replaced, other.replaced])
         self.rows += other.rows
         self.files += other.files
         self.status.update(other.status)
@@ -98,10 +98,10 @@ class ParquetSink(Datasink):
         schema: pa.Schema,
         rows_per_file: int,
         storage_options: dict | None = None,
-        replaces: frozenset[str] = frozenset(),
+        replaces: pa.Array | None = None,
     ):
         self.output_uri = output_uri.rstrip("/")
-        self.replaces = replaces
+        self.replaces = pa.array([], pa.string()) if replaces is None else replaces
         self.storage_options = storage_options
         self.run_id = run_id
         self.schema = schema
@@ -123,7 +123,8 @@ class ParquetSink(Datasink):
             return WriteStats()
         table = pa.concat_tables(tables, promote_options="default")
         stats = stats_of(table)
-        stats.replaced = set(table.column("video_id").to_pylist()) & self.replaces
+        ids = table.column("video_id").combine_chunks()
+        stats.replaced = ids.filter(pa.compute.is_in(ids, self.replaces))
         # Sorted, so that a retried task cuts the same files.
         output = self.to_output_table(table).sort_by("video_id")
         # Ray Data hands a task at least `min_rows_per_write` rows, and sometimes more.
@@ -221,7 +222,7 @@ def supersede(
     output_uri: str,
     options: dict | None,
     files: dict[str, pa.Table],
-    relabelled: set[str],
+    relabelled: pa.Array,
     sink: ParquetSink,
 ) -> None:
     """Drop rows that this run relabelled from the earlier files that hold them.
@@ -231,7 +232,7 @@ def supersede(
     """
     filesystem, _ = storage.filesystem(output_uri, options)
     for path, rows in files.items():
-        stale = pa.compute.is_in(rows.column("video_id"), pa.array(sorted(relabelled)))
+        stale = pa.compute.is_in(rows.column("video_id"), relabelled)
         if not pa.compute.any(stale).as_py():
             continue
         table = pq.read_table(path, filesystem=filesystem)
