@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,17 +65,66 @@ def ray_cluster() -> RayCluster:
 
     port, dashboard = free_port(), free_port()
     subprocess.run(
-        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-        check=True, capture_output=True, timeout=120,
+        [
+            RAY,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     address = f"127.0.0.1:{port}"
     ray.init(address=address, logging_level="WARNING")
     yield RayCluster(address, f"http://127.0.0.1:{dashboard}", RAY_ENV)
     ray.shutdown()
-    # Every process of this cluster names its GCS port (as an address or an option).
-    subprocess.run(["pkill", "-f", f"[:=]{port}( |$)"], capture_output=True, timeout=60)
+    stop_processes_naming(f"[:=]{port}( |$)")  # every process of this cluster names its port
+
+
+def stop_processes_naming(pattern: str, grace_s: float = 10) -> None:
+    """Stop the processes whose command line matches `pattern`, and their descendants (Ray's
+    agents and workers rename themselves, so only their parents name the cluster): SIGTERM,
+    then SIGKILL for what is left after `grace_s`, as `ray stop` does (the GCS server handles
+    SIGTERM and does not always exit on it)."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    pids = descendants_and_self({int(pid) for pid in found.split()})
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + grace_s
+        while pids and time.time() < deadline:
+            pids = {pid for pid in pids if Path(f"/proc/{pid}").exists() and not zombie(pid)}
+            time.sleep(0.2)
+
+
+def descendants_and_self(pids: set[int]) -> set[int]:
+    listing = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in listing.splitlines():
+        pid, ppid = map(int, line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,7 @@ code = main(["run", "--manifest", directory + "/manifest.txt", "--output", outpu
              "--model", directory + "/checkpoint", "--address", cluster.address])
 gpu_node_id = gpu_node.node_id
 placements = {}
-for actor in list_actors(detail=True, limit=1000):
+for actor in list_actors(address=cluster.address, detail=True, limit=1000):
     name = actor.class_name
     if "DecodeStage" in name or "InferenceStage" in name:
         stage = "decode" if "DecodeStage" in name else "inference"

@@ -61,13 +61,16 @@ def job(request, tmp_path):
     return Job(tmp_path, f"s3://{bucket}/out", server)
 
 
-def start_run(job: Job, ray_cluster, manifest: str = "manifest.txt") -> subprocess.Popen:
+def start_run(
+    job: Job, ray_cluster, manifest: str = "manifest.txt", extra: list[str] = ()
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "vivit_batch.cli", "run",
                "--manifest", str(job.directory / manifest), "--output", job.output,
                "--model", str(job.directory / "ckpt"), "--set", "resources.batch_size=1",
                "--set", "resources.decode_batch_size=1", "--set", "output.rows_per_file=1"]
     if job.s3 is not None:
         command += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
+    command += extra
     return subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -136,3 +139,19 @@ def test_killed_inference_actor_is_replaced_and_nothing_is_lost(ray_cluster, job
     committed = job.committed()
     assert len(committed) == len(rows)
     assert {r["status"] for r in committed} == {"ok"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local", "s3"], indirect=True)
+def test_readers_never_see_a_video_twice_while_a_run_relabels(ray_cluster, job):
+    assert start_run(job, ray_cluster).wait(timeout=600) == 0
+    first = {r["video_id"]: r["run_id"] for r in job.committed()}
+    relabel = start_run(job, ray_cluster, extra=["--force"])
+    reads = 0
+    while relabel.poll() is None:
+        job.committed()  # asserts that no id appears twice
+        reads += 1
+    assert relabel.returncode == 0 and reads > 1
+    after = {r["video_id"]: r["run_id"] for r in job.committed()}
+    assert after.keys() == first.keys()
+    assert not set(after.values()) & set(first.values())

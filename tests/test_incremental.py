@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import duckdb
+import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
@@ -149,3 +151,47 @@ def test_two_runs_at_once_never_both_commit(ray_cluster, workspace, capsys):
     assert "is being written by run" in capsys.readouterr().err
     assert first.wait(timeout=600) == 0
     assert len(rows(workspace)) == 3
+
+
+def test_refresh_changed_relabels_only_replaced_videos(ray_cluster, workspace):
+    assert run(workspace, ["a", "b", "c"]) == 0
+    first = rows(workspace)
+    assert first["a.mp4"]["source_size"] == (workspace / "a.mp4").stat().st_size
+    write_video(workspace / "a.mp4", num_frames=28, content="detailed")  # re-uploaded, new size
+    stamp = (workspace / "b.mp4").stat().st_mtime + 60
+    os.utime(workspace / "b.mp4", (stamp, stamp))  # rewritten in place, same size
+    assert run(workspace, ["a", "b", "c"]) == 0
+    assert last_report(workspace)["rows_written"] == 0  # not asked to look
+
+    assert run(workspace, ["a", "b", "c"], "--refresh-changed") == 0
+    report = last_report(workspace)
+    assert (report["rows_written"], report["rows_replaced"]) == (2, 2)
+    after = rows(workspace)
+    assert after["a.mp4"]["num_frames"] == 28 and after["a.mp4"]["run_id"] == report["run_id"]
+    assert after["b.mp4"]["run_id"] == report["run_id"]
+    assert after["b.mp4"]["source_modified"].timestamp() == pytest.approx(stamp, abs=1e-3)
+    assert after["c.mp4"]["run_id"] == first["c.mp4"]["run_id"]
+    assert run(workspace, ["a", "b", "c"], "--refresh-changed") == 0
+    assert last_report(workspace)["rows_written"] == 0  # nothing changed since
+
+
+def test_partition_by_run_date(ray_cluster, workspace, capsys):
+    assert run(workspace, ["a", "broken"], "--set", "output.partition_by=run_date") == 0
+    report = last_report(workspace)
+    run_date = report["started_at"][:10]
+    assert [p.name for p in (workspace / "out").glob("run_date=*")] == [f"run_date={run_date}"]
+    shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")
+    extra = ["--rerun-errors", "--set", "output.partition_by=run_date"]
+    assert run(workspace, ["a", "broken", "c"], *extra) == 0
+    found = rows(workspace)  # pyarrow with no options: run_date is a column of the files
+    assert {r["run_date"] for r in found.values()} == {run_date}
+    assert found["broken.mp4"]["status"] == "ok"
+    frame = pd.read_parquet(workspace / "out")  # pandas reads the folders as hive partitions
+    assert sorted(frame.video_id) == sorted(r["video_id"] for r in found.values())
+    files = f"{workspace}/out/**/*.parquet"
+    query = f"select run_date, count(*) from read_parquet('{files}') group by 1"
+    [(day, count)] = duckdb.sql(query).fetchall()  # DuckDB reads the folders' dates as DATE
+    assert (str(day), count) == (run_date, 3)
+
+    assert run(workspace, ["a"]) == 2  # the layout of an output does not change
+    assert "partition_by" in capsys.readouterr().err

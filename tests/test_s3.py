@@ -137,3 +137,29 @@ def test_transient_failures_are_retried_and_lose_nothing(ray_cluster, s3, checkp
         for r in read_s3_output(s3, "out-faulty").to_pylist()
     }
     assert got == expected
+
+
+def test_a_replaced_object_is_relabelled_with_refresh_changed(ray_cluster, s3, checkpoint):
+    fs = s3.filesystem()
+    fs.copy(f"{BUCKET}/in/clip0.mp4", f"{BUCKET}/changing/x.mp4")
+    fs.copy(f"{BUCKET}/in/clip1.mp4", f"{BUCKET}/changing/y.mp4")
+    manifest = f"s3://{BUCKET}/changing/"
+    output = f"s3://{BUCKET}/out-refresh"
+    assert run(manifest, output, checkpoint, s3.endpoint_url) == 0
+    before = {r["uri"]: r for r in read_s3_output(s3, "out-refresh").to_pylist()}
+    x = f"s3://{BUCKET}/changing/x.mp4"
+    assert before[x]["source_etag"] == fs.info(f"{BUCKET}/changing/x.mp4")["ETag"]
+    assert before[x]["source_size"] == fs.size(f"{BUCKET}/changing/x.mp4")
+
+    fs.copy(f"{BUCKET}/in/clip2.mp4", f"{BUCKET}/changing/x.mp4")  # a new upload, same key
+    assert run(manifest, output, checkpoint, s3.endpoint_url) == 0  # not asked: nothing done
+    unchanged = {r["uri"]: r["run_id"] for r in read_s3_output(s3, "out-refresh").to_pylist()}
+    assert unchanged == {uri: row["run_id"] for uri, row in before.items()}
+    assert run(manifest, output, checkpoint, s3.endpoint_url, "--refresh-changed") == 0
+    after = {r["uri"]: r for r in read_s3_output(s3, "out-refresh").to_pylist()}
+    assert len(after) == 2
+    assert after[x]["run_id"] != before[x]["run_id"]
+    assert after[x]["source_etag"] == fs.info(f"{BUCKET}/changing/x.mp4")["ETag"]
+    assert after[x]["num_frames"] != before[x]["num_frames"]
+    y = f"s3://{BUCKET}/changing/y.mp4"
+    assert after[y]["run_id"] == before[y]["run_id"]

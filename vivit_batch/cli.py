@@ -102,6 +102,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="relabel every video, replacing rows already in the output",
     )
     parser.add_argument(
+        "--refresh-changed",
+        action="store_const",
+        const=True,
+        help="also relabel videos whose file changed since their row was written",
+    )
+    parser.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to join (default: RAY_ADDRESS, else embedded local Ray)",
@@ -126,6 +132,7 @@ def config_from(args: argparse.Namespace) -> JobConfig:
         output_uri=args.output,
         model_source=args.model,
         run_mode=args.mode,
+        refresh_changed=args.refresh_changed,
     )
 
 

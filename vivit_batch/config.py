@@ -36,6 +36,8 @@ class OutputSection:
     """directory (local or s3://) of the Parquet dataset"""
     rows_per_file: int = 5000
     """upper bound on rows in one Parquet file"""
+    partition_by: str | None = None
+    """run_date: each run's rows under a `run_date=YYYY-MM-DD/` folder (UTC date of its start)"""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ class RunSection:
     mode: str = "incremental"
     """incremental: skip videos already committed in the output; rerun_errors: also relabel
     their error rows; force: relabel everything (earlier rows are replaced)"""
+    refresh_changed: bool = False
+    """also relabel committed videos whose source changed (size, then ETag or modification
+    time) since their row was written"""
     lock_stale_after_s: float = 120
     """a run's lock on the output is taken over this long after its last heartbeat"""
     run_id: str | None = None
@@ -147,6 +152,7 @@ class JobConfig:
 
 CHOICES = {
     "manifest.format": {"auto", "csv", "jsonl", "parquet", "txt", "videos"},
+    "output.partition_by": {"run_date"},
     "run.mode": {"incremental", "rerun_errors", "force"},
     "decode.isolation": {"process", "none"},
     "model.precision": {"fp32", "bf16", "fp16"},
@@ -192,7 +198,7 @@ def all_keys() -> dict[str, type]:
 def load_config(
     config_file: str | Path | None = None,
     overrides: list[str] = (),
-    **flags: str | None,
+    **flags: str | bool | None,
 ) -> JobConfig:
     """YAML file, then `--set key=value` overrides, then explicit flags (e.g. manifest_uri=...)."""
     values: dict[str, object] = {}
@@ -208,6 +214,7 @@ def load_config(
         "output_uri": "output.uri",
         "model_source": "model.source",
         "run_mode": "run.mode",
+        "refresh_changed": "run.refresh_changed",
     }
     for flag, value in flags.items():
         if value is not None:

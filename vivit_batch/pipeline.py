@@ -24,6 +24,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vivit_batch import storage
 from vivit_batch.config import ConfigError, JobConfig, require_job_inputs
+from vivit_batch.incremental import (
+    EMPTY_IDS,
+    all_ids,
+    committed_columns,
+    relabel_candidates,
+    select_relabelled,
+    without,
+)
 from vivit_batch.lock import OutputLock
 from vivit_batch.manifest import (
     CSV_CONVERT,
@@ -43,10 +51,11 @@ from vivit_batch.sink import (
     committed_files,
     output_schema,
     read_identity,
-    supersede,
+    withdraw,
     write_identity,
     write_run_report,
 )
+from vivit_batch.sources import with_versions
 from vivit_batch.stages import DecodeSettings, DecodeStage, InferenceSettings, InferenceStage
 from vivit_batch.video import DecodeLimits, SamplingConfig
 
@@ -70,13 +79,19 @@ class PreparedJob:
     manifest: ManifestSummary
 
     @property
+    def partition_by(self) -> tuple[str, ...]:
+        partition = self.config.output.partition_by
+        return (partition,) if partition else ()
+
+    @property
     def identity(self) -> dict:
-        """What makes rows comparable: the weights and the preprocessing."""
+        """What makes rows comparable (the weights and the preprocessing), and the layout."""
         return {
             "model_source": self.config.model.source,
             "weights_sha256": self.checkpoint.weights_sha256,
             "preprocessing": self.decode.processor.to_dict(),
             "sampling": dataclasses.asdict(self.decode.sampling),
+            "partition_by": list(self.partition_by),
         }
 
 
@@ -145,33 +160,18 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     return job
 
 
-def committed_ids(committed: dict[str, pa.Table]) -> pa.Array:
-    return _ids_of(rows.column("video_id") for rows in committed.values())
-
-
-def skip_ids(committed: dict[str, pa.Table], mode: str) -> pa.Array:
-    """Ids of committed rows that this run leaves alone."""
-    if mode == "force":
-        return pa.array([], pa.string())
-    if mode == "rerun_errors":
-        return _ids_of(
-            rows.column("video_id").filter(pa.compute.equal(rows.column("status"), "ok"))
-            for rows in committed.values()
-        )
-    return committed_ids(committed)
-
-
-def _ids_of(columns) -> pa.Array:
-    chunks = [chunk for column in columns for chunk in column.chunks]
-    return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
-
-
 def check_identity(job: PreparedJob) -> None:
     """One model and preprocessing per output dataset: refuse to mix rows from another."""
     recorded = read_identity(job.config.output.uri, job.decode.storage_options)
     if recorded is None:
         return
     current = job.identity
+    if recorded.get("partition_by", []) != current["partition_by"]:
+        raise ConfigError(
+            f"output {job.config.output.uri} is laid out with partition_by "
+            f"{recorded.get('partition_by', [])}, this run asks for {current['partition_by']}: "
+            "keep the output's layout, or write to a new output"
+        )
     differ = [
         key
         for key in ("weights_sha256", "preprocessing", "sampling")
@@ -286,13 +286,9 @@ def build_dataset(
 ) -> ray.data.Dataset:
     """The pipeline; videos whose ids are in `skip` are left out."""
     config = job.config
-    dataset = read_manifest_dataset(config)
-    dataset = dataset.map_batches(
-        with_ids,
-        fn_kwargs={
-            "base": base_directory(config.manifest, job.decode.storage_options),
-            "skip": skip,
-        },
+    dataset = manifest_with_ids(job, skip).map_batches(
+        with_versions,
+        fn_kwargs={"options": job.decode.storage_options},
         batch_format="pyarrow",
         **LIGHT_TASK,
     )
@@ -318,6 +314,34 @@ def build_dataset(
     )
 
 
+def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array:
+    """Committed videos of this manifest that this run labels again (see `incremental`)."""
+    config = job.config
+    rows = pa.concat_tables(committed.values()) if committed else None
+    if rows is None:
+        return EMPTY_IDS
+    candidates = relabel_candidates(rows, config.run.mode)
+    if not len(candidates) and not config.run.refresh_changed:
+        return EMPTY_IDS
+    options = job.decode.storage_options
+    selected = manifest_with_ids(job).map_batches(
+        select_relabelled,
+        fn_kwargs={
+            "candidates": candidates,
+            "recorded": rows if config.run.refresh_changed else None,
+            "options": options,
+        },
+        batch_format="pyarrow",
+        **LIGHT_TASK,
+    )
+    return pa.compute.unique(all_ids(ray.get(selected.to_arrow_refs())))
+
+
+def partition_values(partition_by: tuple[str, ...], started: float) -> dict[str, str]:
+    run_date = datetime.fromtimestamp(started, timezone.utc).date().isoformat()
+    return {name: {"run_date": run_date}[name] for name in partition_by}
+
+
 def inference_settings(
     job: PreparedJob, run_id: str, torch_threads: int | None
 ) -> InferenceSettings:
@@ -332,6 +356,19 @@ def inference_settings(
         precision=config.model.precision,
         clips_per_forward=config.resources.clips_per_forward,
         torch_threads=torch_threads,
+    )
+
+
+def manifest_with_ids(job: PreparedJob, skip: pa.Array | None = None) -> ray.data.Dataset:
+    """The manifest's rows with resolved URIs and ids, less those in `skip`."""
+    return read_manifest_dataset(job.config).map_batches(
+        with_ids,
+        fn_kwargs={
+            "base": base_directory(job.config.manifest, job.decode.storage_options),
+            "skip": skip,
+        },
+        batch_format="pyarrow",
+        **LIGHT_TASK,
     )
 
 
@@ -369,22 +406,22 @@ def run_job(job: PreparedJob) -> RunResult:
     started = time.time()
     with OutputLock(config.output.uri, run_id, options, config.run.lock_stale_after_s):
         # Read under the lock: what is committed cannot change until this run is done.
-        committed = committed_files(config.output.uri, options)
-        skip = skip_ids(committed, config.run.mode)
-        every = committed_ids(committed)
+        columns = committed_columns(config.run.refresh_changed)
+        committed = committed_files(config.output.uri, options, columns)
+        relabel = ids_to_relabel(job, committed)
+        withdrawn = withdraw(config.output.uri, options, committed, relabel)
+        write_identity(config.output.uri, options, job.identity)
         sink = ParquetSink(
             config.output.uri,
             run_id,
-            output_schema(job.model_config.hidden_size),
+            output_schema(job.model_config.hidden_size, job.partition_by),
             config.output.rows_per_file,
             options,
-            replaces=every.filter(pa.compute.invert(pa.compute.is_in(every, skip))),
+            partition_values=partition_values(job.partition_by, started),
         )
-        write_identity(config.output.uri, options, job.identity)
+        skip = without(all_ids(committed.values()), relabel)
         dataset = build_dataset(job, resources, run_id, skip)
         dataset.write_datasink(sink, ray_remote_args=LIGHT_TASK)
-        if len(sink.stats.replaced):
-            supersede(config.output.uri, options, committed, sink.stats.replaced, sink)
     wall = time.time() - started
     stats = sink.stats
     errors = stats.status.get("error", 0)
@@ -403,7 +440,7 @@ def run_job(job: PreparedJob) -> RunResult:
         "rows_written": stats.rows,
         "mode": config.run.mode,
         "skipped_committed": job.manifest.rows - stats.rows,
-        "rows_replaced": len(stats.replaced),
+        "rows_replaced": withdrawn,
         "counts": {"status": dict(stats.status), "error_code": dict(stats.error_codes)},
         "error_fraction": error_fraction,
         "max_error_fraction": config.run.max_error_fraction,

@@ -1,9 +1,11 @@
 """The output: its schema, the Parquet sink that commits whole files, and the run report.
 
-Each write task writes one file under a temporary name in `_tmp/` and then moves it into place
+Each write task writes its files under a temporary name in `_tmp/` and then moves each into place
 (on S3 a single PUT is already atomic), so readers only ever see complete files. File names carry
 the run id and a digest of the video ids inside, so a retried task rewrites the same file instead
-of adding a second copy. Everything that is not data lives under `_`-prefixed names.
+of adding a second copy. Rows a run relabels are withdrawn from the committed files before it
+starts (`withdraw`), so a reader never sees a video twice. Everything that is not data lives
+under `_`-prefixed names.
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
 from vivit_batch import storage
+from vivit_batch.sources import VERSION_COLUMNS
 
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
 IDENTITY_FILE = "_dataset.json"
 """What produced the dataset (model weights, preprocessing): one model per output."""
+PARTITION_COLUMNS = ("run_date",)
+"""What `output.partition_by` may name: the UTC date the run started"""
+PARTITION_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 
-def output_schema(hidden_size: int) -> pa.Schema:
-    """The columns every output row has, in order (manifest columns follow them)."""
+def output_schema(hidden_size: int, partition_by: tuple[str, ...] = ()) -> pa.Schema:
+    """The columns every output row has, in order (manifest columns follow them). Partition
+    columns are dictionary-encoded strings, the type readers infer from `key=value` folders."""
+    partitions = [(name, PARTITION_TYPE) for name in partition_by]
     return pa.schema(
         [
             ("video_id", pa.string()),
@@ -52,15 +60,17 @@ def output_schema(hidden_size: int) -> pa.Schema:
             ("num_frames", pa.int64()),
             ("clip_start_s", pa.float64()),
             ("clip_end_s", pa.float64()),
+            *VERSION_COLUMNS.items(),
             ("model", pa.string()),
             ("model_sha256", pa.string()),
             ("run_id", pa.string()),
             ("processed_at", pa.timestamp("us", tz="UTC")),
+            *partitions,
         ]
     )
 
 
-RESERVED_COLUMNS = set(output_schema(1).names) - {"video_id", "uri"}
+RESERVED_COLUMNS = set(output_schema(1, PARTITION_COLUMNS).names) - {"video_id", "uri"}
 
 
 @dataclass
@@ -75,11 +85,8 @@ class WriteStats:
     decode_seconds: float = 0.0
     inference_seconds: float = 0.0
     bytes_read: int = 0
-    replaced: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
-    """ids written again by this run that earlier files also hold"""
 
     def add(self, other: WriteStats) -> None:
-        self.replaced = pa.concat_arrays([self.replaced, other.replaced])
         self.rows += other.rows
         self.files += other.files
         self.status.update(other.status)
@@ -98,14 +105,15 @@ class ParquetSink(Datasink):
         schema: pa.Schema,
         rows_per_file: int,
         storage_options: dict | None = None,
-        replaces: pa.Array | None = None,
+        partition_values: dict[str, str] | None = None,
     ):
         self.output_uri = output_uri.rstrip("/")
-        self.replaces = pa.array([], pa.string()) if replaces is None else replaces
         self.storage_options = storage_options
         self.run_id = run_id
         self.schema = schema
         self.rows_per_file = rows_per_file
+        self.partition_values = partition_values or {}
+        """this run's value of each partition column"""
         self.stats = WriteStats()
 
     @property
@@ -123,8 +131,6 @@ class ParquetSink(Datasink):
             return WriteStats()
         table = pa.concat_tables(tables, promote_options="default")
         stats = stats_of(table)
-        ids = table.column("video_id").combine_chunks()
-        stats.replaced = ids.filter(pa.compute.is_in(ids, self.replaces))
         # Sorted, so that a retried task cuts the same files.
         output = self.to_output_table(table).sort_by("video_id")
         # Ray Data hands a task at least `min_rows_per_write` rows, and sometimes more.
@@ -138,6 +144,8 @@ class ParquetSink(Datasink):
 
     def to_output_table(self, table: pa.Table) -> pa.Table:
         """Output columns in schema order, then the manifest's; internal `_` columns dropped."""
+        for name, value in self.partition_values.items():
+            table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
         passthrough = [
             n for n in table.column_names if n not in self.schema.names and not n.startswith("_")
         ]
@@ -149,18 +157,33 @@ class ParquetSink(Datasink):
         """Write `table` so that it appears whole or not at all; return its final URI."""
         ids = "\n".join(sorted(table.column("video_id").to_pylist()))
         digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
-        final = f"{self.output_uri}/part-{self.run_id}-{digest}.parquet"
-        filesystem, final_path = storage.filesystem(final, self.storage_options)
-        if storage.is_local(final):
-            staging = posixpath.join(
-                posixpath.dirname(final_path), TMP_DIR, f"{uuid.uuid4().hex}.tmp"
-            )
-            filesystem.makedirs(posixpath.dirname(staging), exist_ok=True)
-            _write_parquet(filesystem, staging, table)
-            filesystem.mv(staging, final_path)
-        else:
-            _write_parquet(filesystem, final_path, table)
+        folder = "/".join([self.output_uri, *self.partition_folders(table)])
+        final = f"{folder}/part-{self.run_id}-{digest}.parquet"
+        replace_file(self.output_uri, final, table, self.storage_options)
         return final
+
+    def partition_folders(self, table: pa.Table) -> list[str]:
+        """Hive-style `name=value` folders of a table whose rows share their partition values."""
+        folders = []
+        for name in self.partition_values:
+            [value] = table.column(name).unique().to_pylist()
+            folders.append(f"{name}={value}")
+        return folders
+
+
+def replace_file(output_uri: str, uri: str, table: pa.Table, options: dict | None) -> None:
+    """Write `table` to `uri` (a file under `output_uri`) so that readers see the old file or the
+    new one, never a part: locally through a temporary file under the output's `_tmp/` and a
+    rename (which replaces atomically), on S3 with one PUT (an object is replaced whole)."""
+    filesystem, path = storage.filesystem(uri, options)
+    if not storage.is_local(uri):
+        _write_parquet(filesystem, path, table)
+        return
+    filesystem.makedirs(posixpath.dirname(path), exist_ok=True)
+    staging = posixpath.join(storage.local_path(output_uri), TMP_DIR, f"{uuid.uuid4().hex}.tmp")
+    filesystem.makedirs(posixpath.dirname(staging), exist_ok=True)
+    _write_parquet(filesystem, staging, table)
+    filesystem.mv(staging, path)
 
 
 def stats_of(table: pa.Table) -> WriteStats:
@@ -206,37 +229,49 @@ def write_identity(output_uri: str, options: dict | None, identity: dict) -> Non
         json.dump(identity, stream, indent=2)
 
 
-def committed_files(output_uri: str, options: dict | None) -> dict[str, pa.Table]:
-    """Each committed data file's (video_id, status) rows; empty for a new output."""
+def committed_files(
+    output_uri: str, options: dict | None, columns: list[str]
+) -> dict[str, pa.Table]:
+    """Each committed data file's `columns` (null where a file lacks one); empty for a new
+    output."""
     filesystem, path = storage.filesystem(output_uri, options)
     if not filesystem.exists(path):
         return {}
     dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
-    return {
-        fragment.path: fragment.to_table(columns=["video_id", "status"])
-        for fragment in dataset.get_fragments()
-    }
+    files = {}
+    for fragment in dataset.get_fragments():
+        present = [c for c in columns if c in fragment.physical_schema.names]
+        table = fragment.to_table(columns=present)
+        for name in columns:
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows))
+        files[fragment.path] = table.select(columns)
+    return files
 
 
-def supersede(
-    output_uri: str,
-    options: dict | None,
-    files: dict[str, pa.Table],
-    relabelled: pa.Array,
-    sink: ParquetSink,
-) -> None:
-    """Drop rows that this run relabelled from the earlier files that hold them.
-
-    Each such file is rewritten without those rows (committed under a new name) and then
-    deleted, so between the two steps a reader can see a relabelled video twice.
-    """
+def withdraw(
+    output_uri: str, options: dict | None, files: dict[str, pa.Table], video_ids: pa.Array
+) -> int:
+    """Remove the rows of `video_ids` from the committed files that hold them, each file
+    replaced atomically (or deleted when nothing is left), so that a reader never sees a video
+    twice: a video is absent until this run commits its new row. Returns the rows removed."""
     filesystem, _ = storage.filesystem(output_uri, options)
+    removed = 0
     for path, rows in files.items():
-        stale = pa.compute.is_in(rows.column("video_id"), relabelled)
-        if not pa.compute.any(stale).as_py():
+        stale = pa.compute.is_in(rows.column("video_id"), video_ids)
+        count = pa.compute.sum(stale).as_py() or 0
+        if not count:
             continue
         table = pq.read_table(path, filesystem=filesystem)
         kept = table.filter(pa.compute.invert(stale))
         if kept.num_rows:
-            sink.commit(kept)
-        filesystem.rm(path)
+            replace_file(output_uri, _uri_of(output_uri, path), kept, options)
+        else:
+            filesystem.rm(path)
+        removed += count
+    return removed
+
+
+def _uri_of(output_uri: str, path: str) -> str:
+    """A path as the filesystem lists it, as a URI like `output_uri` (with its scheme)."""
+    return path if storage.is_local(output_uri) else f"{output_uri.split('://')[0]}://{path}"

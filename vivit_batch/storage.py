@@ -49,6 +49,8 @@ def storage_options(
     """s3fs options: botocore retries throttling, 5xx, resets and timeouts with backoff."""
     options = {
         "anon": anon,
+        # Workers outlive runs: a cached listing would hide an object replaced since.
+        "use_listings_cache": False,
         "config_kwargs": {
             "retries": {"max_attempts": max_attempts, "mode": "standard"},
             "connect_timeout": timeout_s,

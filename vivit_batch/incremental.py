@@ -1,0 +1,50 @@
+"""Which videos a run into an existing output labels: plain functions over Arrow tables.
+
+A committed video is skipped, unless the run relabels it: `run.mode` "force" relabels every
+video of the manifest, "rerun_errors" those whose row is an error, and `run.refresh_changed`
+those whose source changed since it was labelled. Ids stay in Arrow arrays (no Python set of
+100,000 strings in the driver).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vivit_batch.sources import VERSION_COLUMNS, changed_ids
+
+EMPTY_IDS = pa.array([], pa.string())
+
+
+def committed_columns(refresh_changed: bool) -> list[str]:
+    """What a run reads of each committed file."""
+    return ["video_id", "status", *(VERSION_COLUMNS if refresh_changed else ())]
+
+
+def relabel_candidates(committed: pa.Table, mode: str) -> pa.Array:
+    """Committed ids that `mode` relabels if the manifest still lists them."""
+    if mode == "force":
+        return committed["video_id"].combine_chunks()
+    if mode == "rerun_errors":
+        return committed.filter(pc.equal(committed["status"], "error"))["video_id"].combine_chunks()
+    return EMPTY_IDS
+
+
+def select_relabelled(
+    table: pa.Table, candidates: pa.Array, recorded: pa.Table | None, options: dict | None
+) -> pa.Table:
+    """The ids of manifest rows (a block, with ids) to relabel: the candidates it lists, and with
+    `recorded` (committed rows with their source versions) those whose source changed."""
+    ids = table.filter(pc.is_in(table["video_id"], candidates)).select(["video_id"])
+    if recorded is not None:
+        ids = pa.concat_tables([ids, changed_ids(table, recorded, options)])
+    return ids
+
+
+def all_ids(tables) -> pa.Array:
+    chunks = [chunk for table in tables for chunk in table["video_id"].chunks]
+    return pa.concat_arrays(chunks) if chunks else EMPTY_IDS
+
+
+def without(ids: pa.Array, dropped: pa.Array) -> pa.Array:
+    return ids.filter(pc.invert(pc.is_in(ids, dropped)))
