@@ -92,13 +92,28 @@ def test_force_relabels_everything_once(ray_cluster, workspace):
     assert after["a.mp4"]["label"] == first["a.mp4"]["label"]
 
 
-def test_another_model_into_the_same_output_is_refused(ray_cluster, workspace, capsys):
+def test_another_model_is_refused_unless_it_starts_a_new_version(ray_cluster, workspace, capsys):
     assert run(workspace, ["a"]) == 0
+    rows_before = rows(workspace)
     make_checkpoint(workspace / "other", seed=1)
     assert run(workspace, ["a", "b"], model="other") == 2
     message = capsys.readouterr().err
-    assert "weights_sha256" in message and "new output" in message
+    assert "weights_sha256" in message and "new output" in message and "--new-version" in message
     assert len(rows(workspace)) == 1
+
+    old_sha = rows(workspace)["a.mp4"]["model_sha256"]
+    assert run(workspace, ["a", "b"], "--new-version", model="other") == 0
+    current = rows(workspace)
+    assert set(current) == {"a.mp4", "b.mp4"}
+    assert {r["model_sha256"] for r in current.values()} != {old_sha}
+    assert len({r["model_sha256"] for r in current.values()}) == 1
+    [archive] = (workspace / "out" / "_versions").iterdir()
+    assert archive.name.startswith(old_sha[:12])
+    assert ds.dataset(archive).to_table().column("video_id").to_pylist() == [
+        rows_before["a.mp4"]["video_id"]
+    ]
+    assert json.loads((archive / "_dataset.json").read_text())["weights_sha256"] == old_sha
+    assert run(workspace, ["a", "b"], model="other") == 0  # the new version is the output now
 
 
 def write_lock(workspace, heartbeat: float) -> None:

@@ -108,6 +108,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="also relabel videos whose file changed since their row was written",
     )
     parser.add_argument(
+        "--new-version",
+        action="store_const",
+        const=True,
+        help="if the output holds another model's rows, move them under _versions/ and relabel",
+    )
+    parser.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
         help="Ray cluster to join (default: RAY_ADDRESS, else embedded local Ray)",
@@ -133,6 +139,7 @@ def config_from(args: argparse.Namespace) -> JobConfig:
         model_source=args.model,
         run_mode=args.mode,
         refresh_changed=args.refresh_changed,
+        new_version=args.new_version,
     )
 
 

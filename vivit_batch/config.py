@@ -126,6 +126,9 @@ class RunSection:
     mode: str = "incremental"
     """incremental: skip videos already committed in the output; rerun_errors: also relabel
     their error rows; force: relabel everything (earlier rows are replaced)"""
+    new_version: bool = False
+    """when the output holds rows of another model, preprocessing or layout: move them aside
+    (under `_versions/`) and label the manifest into the output, instead of refusing"""
     refresh_changed: bool = False
     """also relabel committed videos whose source changed (size, then ETag or modification
     time) since their row was written"""
@@ -215,6 +218,7 @@ def load_config(
         "model_source": "model.source",
         "run_mode": "run.mode",
         "refresh_changed": "run.refresh_changed",
+        "new_version": "run.new_version",
     }
     for flag, value in flags.items():
         if value is not None:

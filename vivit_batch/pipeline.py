@@ -48,6 +48,7 @@ from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sink import (
     RESERVED_COLUMNS,
     ParquetSink,
+    archive_version,
     committed_files,
     output_schema,
     read_identity,
@@ -161,31 +162,32 @@ def prepare_job(config: JobConfig) -> PreparedJob:
 
 
 def check_identity(job: PreparedJob) -> None:
-    """One model and preprocessing per output dataset: refuse to mix rows from another."""
+    """One model, preprocessing and layout per output dataset: refuse to mix rows from another,
+    unless this run starts a new version of the dataset (`run.new_version`)."""
     recorded = read_identity(job.config.output.uri, job.decode.storage_options)
-    if recorded is None:
+    differ = identity_differences(recorded, job.identity)
+    if not differ or job.config.run.new_version:
         return
     current = job.identity
-    if recorded.get("partition_by", []) != current["partition_by"]:
-        raise ConfigError(
-            f"output {job.config.output.uri} is laid out with partition_by "
-            f"{recorded.get('partition_by', [])}, this run asks for {current['partition_by']}: "
-            "keep the output's layout, or write to a new output"
-        )
-    differ = [
-        key
-        for key in ("weights_sha256", "preprocessing", "sampling")
-        if recorded.get(key) != current[key]
-    ]
-    if differ:
-        raise ConfigError(
-            f"output {job.config.output.uri} holds rows from model {recorded['model_source']} "
-            f"(weights sha256 {recorded['weights_sha256'][:12]}); this run's "
-            f"{' and '.join(differ)} differ (model {current['model_source']}, weights sha256 "
-            f"{current['weights_sha256'][:12]}). Rows from different models or preprocessing "
-            "must not share a dataset: write this run to a new output (e.g. a sibling directory "
-            "named for the model version)"
-        )
+    raise ConfigError(
+        f"output {job.config.output.uri} holds rows from model {recorded['model_source']} "
+        f"(weights sha256 {recorded['weights_sha256'][:12]}, partition_by "
+        f"{recorded.get('partition_by', [])}); this run's {' and '.join(differ)} differ (model "
+        f"{current['model_source']}, weights sha256 {current['weights_sha256'][:12]}, "
+        f"partition_by {current['partition_by']}). Rows from different models, preprocessing or "
+        "layouts must not share a dataset: write this run to a new output, or pass "
+        "--new-version to move the current rows aside (under _versions/) and relabel the "
+        "manifest into this output"
+    )
+
+
+def identity_differences(recorded: dict | None, current: dict) -> list[str]:
+    """The keys of the dataset identity in which `current` differs from `recorded`."""
+    if recorded is None:
+        return []
+    recorded = {"partition_by": [], **recorded}  # outputs written before partitioning existed
+    keys = ("weights_sha256", "preprocessing", "sampling", "partition_by")
+    return [key for key in keys if recorded.get(key) != current[key]]
 
 
 def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorConfig:
@@ -406,6 +408,11 @@ def run_job(job: PreparedJob) -> RunResult:
     started = time.time()
     with OutputLock(config.output.uri, run_id, options, config.run.lock_stale_after_s):
         # Read under the lock: what is committed cannot change until this run is done.
+        recorded = read_identity(config.output.uri, options)
+        if identity_differences(recorded, job.identity):
+            check_identity(job)  # another run changed it since prepare_job
+            archived = archive_version(config.output.uri, options, recorded)
+            log.info("the output's previous version is now under %s", archived)
         columns = committed_columns(config.run.refresh_changed)
         committed = committed_files(config.output.uri, options, columns)
         relabel = ids_to_relabel(job, committed)

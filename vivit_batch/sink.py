@@ -27,6 +27,7 @@ from vivit_batch import storage
 from vivit_batch.sources import VERSION_COLUMNS
 
 RUNS_DIR = "_runs"
+VERSIONS_DIR = "_versions"
 TMP_DIR = "_tmp"
 IDENTITY_FILE = "_dataset.json"
 """What produced the dataset (model weights, preprocessing): one model per output."""
@@ -275,3 +276,21 @@ def withdraw(
 def _uri_of(output_uri: str, path: str) -> str:
     """A path as the filesystem lists it, as a URI like `output_uri` (with its scheme)."""
     return path if storage.is_local(output_uri) else f"{output_uri.split('://')[0]}://{path}"
+
+
+def archive_version(output_uri: str, options: dict | None, identity: dict) -> str:
+    """Move the output's data files and identity under `_versions/<name>/` (same relative paths),
+    the identity last, so that an interrupted move is finished by the next run that asks for
+    it. The name comes from the identity: the weights' sha256 and a digest of the rest."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    archive = (
+        f"{output_uri.rstrip('/')}/{VERSIONS_DIR}/{identity['weights_sha256'][:12]}-{digest[:8]}"
+    )
+    filesystem, root = storage.filesystem(output_uri, options)
+    _, archive_root = storage.filesystem(archive, options)
+    for path in committed_files(output_uri, options, ["video_id"]):
+        target = posixpath.join(archive_root, posixpath.relpath(path, root))
+        filesystem.makedirs(posixpath.dirname(target), exist_ok=True)
+        filesystem.mv(path, target)
+    filesystem.mv(posixpath.join(root, IDENTITY_FILE), posixpath.join(archive_root, IDENTITY_FILE))
+    return archive
