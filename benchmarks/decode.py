@@ -22,7 +22,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -41,6 +40,12 @@ from vivit_batch.video.frames import ClipDecoder, Deadline
 from vivit_batch.video.sampling import frame_positions
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import cpu_model, write_section  # noqa: E402
+from tests.reference import image_processor, read_video_pyav  # noqa: E402
+
 SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
 FPS = 30
 KEYINT = 250
@@ -90,31 +95,14 @@ def clip_positions(path: Path) -> np.ndarray:
         return frame_positions(probe_stream(container, stream).frame_count, SAMPLING)
 
 
-def read_video_pyav(container, indices):
-    """Verbatim from the Hugging Face ViViT page."""
-    frames = []
-    container.seek(0)
-    start_index = indices[0]
-    end_index = indices[-1]
-    for i, frame in enumerate(container.decode(video=0)):
-        if i > end_index:
-            break
-        if i >= start_index and i in indices:
-            frames.append(frame)
-    return np.stack([x.to_ndarray(format="rgb24") for x in frames])
-
-
 def make_reference(path: Path) -> Callable[[], object]:
-    from transformers import VivitImageProcessor
-
-    settings = {k: v for k, v in PROCESSOR.to_dict().items() if k != "image_processor_type"}
-    image_processor = VivitImageProcessor(**settings)
+    hf_processor = image_processor(PROCESSOR)
     indices = clip_positions(path)[0]
 
     def run():
         with av.open(str(path)) as container:
             video = read_video_pyav(container, indices)
-        return image_processor(list(video), return_tensors="pt")
+        return hf_processor(list(video), return_tensors="pt")
 
     return run
 
@@ -153,16 +141,6 @@ def cpu_seconds_per_clip(runs: dict[str, Callable[[], object]], budget_s: float)
             run()
             samples[name].append(time.process_time() - t0)
     return {name: min(times) for name, times in samples.items()}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 @dataclass
@@ -214,7 +192,7 @@ def main() -> None:
     section = render_section(rows)
     print(section)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", section)
+        write_section("Decode", section)
 
 
 def render_section(rows: list[Row]) -> str:
@@ -276,18 +254,6 @@ NOTES = [
     "It is roughly fixed per sampled frame, so its share is largest at 360p, where decoding is "
     "cheapest. Figures move by 10-20% between runs on this shared machine.",
 ]
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the "## Decode" section (up to the next "## ") or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Decode\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    print(f"wrote the Decode section of {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

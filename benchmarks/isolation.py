@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import signal
 import sys
 import tempfile
@@ -36,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.decode import cpu_model, generate  # noqa: E402
+from benchmarks.decode import generate  # noqa: E402
+from benchmarks.results import cpu_model, write_section  # noqa: E402
 from tests.media import write_video  # noqa: E402
 from vivit_batch.processor import ProcessorConfig  # noqa: E402
 from vivit_batch.video import SamplingConfig, decode_video  # noqa: E402
@@ -154,7 +154,7 @@ def main() -> None:
     section = render_section(rows, tiny_overhead, startup, replacement, memory)
     print(section)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", section)
+        write_section("Decode isolation", section)
 
 
 def row(video: str, views: str, timings: dict) -> str:
@@ -210,18 +210,6 @@ def render_section(
         "this much more than one without.",
     ]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the "## Decode isolation" section (up to the next "## ") or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Decode isolation\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    print(f"wrote the Decode isolation section of {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -40,6 +38,11 @@ import torch
 from vivit_batch.model import VivitConfig, load_pretrained
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import cpu_model, load_average, write_section  # noqa: E402
+
 BASE = dict(
     image_size=224,
     num_frames=32,
@@ -128,23 +131,6 @@ def gemm_seconds(run: Callable[[], None], calls: int = 5) -> tuple[float, float]
     return statistics.median(walls), statistics.median(cpus)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 timed repeats instead of 5")
@@ -226,7 +212,7 @@ def main() -> None:
     )
     print(section)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", section)
+        write_section("Model forward", section)
 
 
 CATEGORIES = (
@@ -383,18 +369,6 @@ def gemm_fraction(
 def paired_ratio(theirs: list[float], ours: list[float]) -> float:
     """Median over repeats of their time / our time in the same repeat."""
     return statistics.median(t / o for t, o in zip(theirs, ours, strict=True))
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the "## Model forward" section (up to the next "## ") or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Model forward\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    print(f"wrote the Model forward section of {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

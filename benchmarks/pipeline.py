@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import platform
-import re
 import resource
 import shutil
 import subprocess
@@ -62,6 +61,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pa_csv  # noqa: E402
+
+from benchmarks.results import cpu_model, load_average, write_section  # noqa: E402
 
 CPUS = 2
 OVERHEAD_TARGET = 0.10
@@ -184,21 +185,10 @@ def time_stage(stage, inputs: list[pa.Table]) -> tuple[Timing, list[pa.Table]]:
 
 def inference_settings(job, resources, run_id: str):
     """What `pipeline.build_dataset` gives the inference actors."""
-    from vivit_batch.stages import InferenceSettings
+    from vivit_batch.pipeline import inference_settings
 
-    config = job.config
     threads = getattr(resources, "inference_threads", None) or int(resources.inference_cpus)
-    return InferenceSettings(
-        model_source=config.model.source,
-        revision=config.model.revision,
-        processor=job.decode.processor,
-        run_id=run_id,
-        top_k=config.model.top_k,
-        labels=job.labels,
-        precision=config.model.precision,
-        clips_per_forward=config.resources.clips_per_forward,
-        torch_threads=None if resources.inference_gpus else threads,
-    )
+    return inference_settings(job, run_id, None if resources.inference_gpus else threads)
 
 
 ROLES = ("decode actor", "inference actor", "driver", "other Ray")
@@ -676,13 +666,6 @@ def memory(sizes: tuple[int, ...], reruns: tuple[str, ...]) -> list[dict]:
 # ----------------------------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def memory_gib() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -1010,22 +993,6 @@ def environment(load_before: str) -> dict:
     }
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the "## Pipeline" section (up to the next "## ") or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Pipeline\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    print(f"wrote the Pipeline section of {path}", file=sys.stderr)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter manifests, 8-frame base")
@@ -1053,7 +1020,7 @@ def main() -> None:
         section = render_section(raw["command"], raw["overhead"], raw["memory"], raw["environment"])
         print(section)
         if not args.no_write:
-            write_section(ROOT / "BENCHMARKS.md", section)
+            write_section("Pipeline", section)
         return
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     load_before = load_average()
@@ -1073,7 +1040,7 @@ def main() -> None:
     print(section)
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", section)
+        write_section("Pipeline", section)
 
 
 if __name__ == "__main__":

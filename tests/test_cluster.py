@@ -33,8 +33,17 @@ def job_inputs(tmp_path_factory):
 def submit(dashboard_url: str, *entrypoint: str) -> subprocess.CompletedProcess:
     """`ray job submit`, retried while the head's job agent is still starting (Ray answers
     "No available agent ... try again later" then)."""
-    command = [RAY, "job", "submit", "--address", dashboard_url, "--working-dir", str(ROOT),
-               "--", *entrypoint]
+    command = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        dashboard_url,
+        "--working-dir",
+        str(ROOT),
+        "--",
+        *entrypoint,
+    ]
     deadline = time.time() + 180
     while True:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -45,9 +54,17 @@ def submit(dashboard_url: str, *entrypoint: str) -> subprocess.CompletedProcess:
 
 def test_ray_job_submit_runs_the_job_on_the_cluster(ray_cluster, tmp_path, job_inputs):
     output = tmp_path / "out"
-    result = submit(ray_cluster.dashboard_url, sys.executable, "jobs/label_videos.py",
-                    "--manifest", str(job_inputs / "manifest.txt"), "--output", str(output),
-                    "--model", str(job_inputs / "checkpoint"))
+    result = submit(
+        ray_cluster.dashboard_url,
+        sys.executable,
+        "jobs/label_videos.py",
+        "--manifest",
+        str(job_inputs / "manifest.txt"),
+        "--output",
+        str(output),
+        "--model",
+        str(job_inputs / "checkpoint"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = ds.dataset(output).to_table()
     assert sorted(table.column("uri").to_pylist()) == [

@@ -64,15 +64,33 @@ def job(request, tmp_path):
 def start_run(
     job: Job, ray_cluster, manifest: str = "manifest.txt", extra: list[str] = ()
 ) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vivit_batch.cli", "run",
-               "--manifest", str(job.directory / manifest), "--output", job.output,
-               "--model", str(job.directory / "ckpt"), "--set", "resources.batch_size=1",
-               "--set", "resources.decode_batch_size=1", "--set", "output.rows_per_file=1"]
+    command = [
+        sys.executable,
+        "-m",
+        "vivit_batch.cli",
+        "run",
+        "--manifest",
+        str(job.directory / manifest),
+        "--output",
+        job.output,
+        "--model",
+        str(job.directory / "ckpt"),
+        "--set",
+        "resources.batch_size=1",
+        "--set",
+        "resources.decode_batch_size=1",
+        "--set",
+        "output.rows_per_file=1",
+    ]
     if job.s3 is not None:
         command += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
     command += extra
-    return subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        command,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_for_files(job: Job, count: int, timeout: float = 300) -> None:
@@ -112,13 +130,15 @@ def newest_inference_actor_pids(api_address: str) -> list[int]:
     """Live inference actors of the newest job (actors of killed drivers may linger a while)."""
     from ray.util.state import list_actors
 
-    actors = [a for a in list_actors(address=api_address, detail=True, limit=1000)
-              if "InferenceStage" in a.class_name and a.state == "ALIVE"]
+    actors = [
+        a
+        for a in list_actors(address=api_address, detail=True, limit=1000)
+        if "InferenceStage" in a.class_name and a.state == "ALIVE"
+    ]
     if not actors:
         return []
     newest = max(int.from_bytes(bytes.fromhex(a.job_id), "little") for a in actors)
-    return [a.pid for a in actors
-            if int.from_bytes(bytes.fromhex(a.job_id), "little") == newest]
+    return [a.pid for a in actors if int.from_bytes(bytes.fromhex(a.job_id), "little") == newest]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference import read_video_pyav
 from vivit_batch.demo import CHECKPOINT_DIR, MOTION_CLASSES, write_sample_set
 from vivit_batch.demo.train import PROCESSOR, TRAINING_FILE, inference_sampling
 from vivit_batch.inference import VideoClassifier
@@ -28,20 +29,6 @@ transformers = pytest.importorskip("transformers")
 
 HELD_OUT_SEED = 2024  # neither the training seed (0) nor its validation seed (7919)
 HELD_OUT_VIDEOS = 28
-
-
-def read_video_pyav(container, indices):
-    """The Hugging Face ViViT page's decoding, verbatim."""
-    frames = []
-    container.seek(0)
-    start_index = indices[0]
-    end_index = indices[-1]
-    for i, frame in enumerate(container.decode(video=0)):
-        if i > end_index:
-            break
-        if i >= start_index and i in indices:
-            frames.append(frame)
-    return np.stack([x.to_ndarray(format="rgb24") for x in frames])
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.media import has_encoder, write_video
+from tests.reference import image_processor, read_video_pyav
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.video import SamplingConfig, decode_video
 from vivit_batch.video.sampling import frame_positions
@@ -20,20 +21,6 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("PIL", reason="VivitImageProcessor resizes with PIL")
 
 SAMPLING = SamplingConfig(num_frames=4, frame_sample_rate=2)
-
-
-def read_video_pyav(container, indices):
-    """Verbatim from the Hugging Face ViViT page."""
-    frames = []
-    container.seek(0)
-    start_index = indices[0]
-    end_index = indices[-1]
-    for i, frame in enumerate(container.decode(video=0)):
-        if i > end_index:
-            break
-        if i >= start_index and i in indices:
-            frames.append(frame)
-    return np.stack([x.to_ndarray(format="rgb24") for x in frames])
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +34,10 @@ def checkpoint_processor(tmp_path_factory) -> ProcessorConfig:
 
 def reference_inputs(path: Path, processor: ProcessorConfig, indices) -> np.ndarray:
     """Model input (T, 3, H, W) from the page's recipe."""
-    settings = {k: v for k, v in processor.to_dict().items() if k != "image_processor_type"}
-    image_processor = transformers.VivitImageProcessor(**settings)
+    hf_processor = image_processor(processor)
     with av.open(str(path)) as container:
         video = read_video_pyav(container, indices)
-    return image_processor(list(video), return_tensors="np")["pixel_values"][0]
+    return hf_processor(list(video), return_tensors="np")["pixel_values"][0]
 
 
 def stage_inputs(clip: np.ndarray, processor: ProcessorConfig) -> np.ndarray:
