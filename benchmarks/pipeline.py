@@ -919,7 +919,7 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
             f"{', '.join(f'`{x}`' for x in MEMORY_SETTINGS)}. *fresh*: into an empty output. "
             "*rerun*: the same manifest again over a copy of the fresh run's output, in that "
             "`run.mode` (`incremental` skips every committed row; `rerun_errors` relabels the "
-            "error rows, here all of them, and supersedes the old ones). Peak RSS of the driver "
+            "error rows, here all of them, withdrawing the old ones first). Peak RSS of the driver "
             "process, MiB: VmHWM from /proc/self/status (not `ru_maxrss`, which Linux carries "
             "over from the parent through fork + exec, so that a child reports at least its "
             "parent's peak).",
@@ -958,12 +958,10 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
             m["kind"] != "fresh" and m["peak_mib"] / small["peak_mib"] > MEMORY_TARGET for m in mem
         ):
             lines.append(
-                "- A rerun's driver holds state per committed row (`pipeline.run_job`): the "
-                "(video_id, status) table of every committed file (`sink.committed_files`), "
-                "frozensets of their ids as Python strings (`skip_set`, `committed_ids`), the "
-                "sink's `replaces` set (pickled into every write task), the `skip` set (sent "
-                "to every `with_ids` task) and the union of the write tasks' "
-                "`WriteStats.replaced`."
+                "- A rerun's driver holds state per committed row (`pipeline.run_job`), all of "
+                "it in Arrow arrays: the (video_id, status) table of every committed file "
+                "(`sink.committed_files`), the ids to relabel and the ids to skip "
+                "(`incremental`), and the tables of the files it withdraws rows from."
             )
         rows_per_file = large["rows"] / large["files"] if large["files"] else 0
         lines.append(

@@ -33,6 +33,7 @@ def test_every_problem_is_reported_at_once():
                 "sampling.num_frames=zero",
                 "sampling.temporal_views=middle",
                 "resources.batch_size=0",
+                "decode.crash_retries=-1",
             ],
         )
     message = str(error.value)
@@ -40,6 +41,7 @@ def test_every_problem_is_reported_at_once():
     assert "sampling.num_frames must be int, got 'zero'" in message
     assert "sampling.temporal_views must be one of ['center', 'random', 'uniform']" in message
     assert "resources.batch_size must be positive" in message
+    assert "decode.crash_retries must be 0 or more, got -1" in message
 
 
 def test_set_needs_key_value():

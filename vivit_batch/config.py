@@ -188,6 +188,9 @@ POSITIVE = {
 }
 
 
+NON_NEGATIVE = {"decode.crash_retries", "sampling.seed"}
+
+
 def all_keys() -> dict[str, type]:
     """Every valid `section.name` with its type."""
     keys = {}
@@ -306,6 +309,8 @@ def _coerce(key: str, value: object, kind: type) -> object:
         raise ConfigError(f"{key} must be one of {sorted(CHOICES[key])}, got {value!r}")
     if key in POSITIVE and value <= 0:
         raise ConfigError(f"{key} must be positive, got {value!r}")
+    if key in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{key} must be 0 or more, got {value!r}")
     if key == "run.max_error_fraction" and not 0 <= value <= 1:
         raise ConfigError(f"{key} must be between 0 and 1, got {value!r}")
     return value

@@ -71,8 +71,6 @@ class DecodeStage:
         s = self.settings
         started = time.perf_counter()
         row = dict.fromkeys(DECODED_COLUMNS)
-        # The storage options are s3fs's: fsspec's HTTP filesystem would pass them to aiohttp.
-        options = None if uri.startswith(("http://", "https://")) else s.storage_options
         decode = self.decoder.decode if self.decoder else decode_video
         try:
             video = decode(
@@ -82,7 +80,7 @@ class DecodeStage:
                 video_id=video_id,
                 limits=s.limits,
                 threads=s.threads,
-                storage_options=options,
+                storage_options=s.storage_options,
             )
         except VideoError as error:
             row.update(status="error", error_code=str(error.code), error_message=str(error))

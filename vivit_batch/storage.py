@@ -16,6 +16,7 @@ import fsspec
 from fsspec.utils import get_protocol
 
 LOCAL_PROTOCOLS = ("file", "local")
+S3_PROTOCOLS = ("s3", "s3a")
 REMOTE_BLOCK_SIZE = 4 * 2**20
 """Bytes per ranged read from remote storage. Demuxers jump around (header, index that may sit at
 the end of the file, then the clip's packets), so remote files are read through an LRU cache of
@@ -67,10 +68,13 @@ def storage_options(
 
 
 def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for `uri` and the path within it; options apply to remote ones."""
+    """The fsspec filesystem for `uri` and the path within it. `options` are s3fs's: they apply
+    to `s3://` URIs only (fsspec's HTTP filesystem, say, would hand them to aiohttp)."""
     if is_local(uri):
         return fsspec.filesystem("file"), local_path(uri)
-    return fsspec.core.url_to_fs(uri, **(options or {}))
+    protocol = get_protocol(uri)
+    applicable = (options or {}) if protocol in S3_PROTOCOLS else {}
+    return fsspec.core.url_to_fs(uri, **applicable)
 
 
 def arrow_filesystem(uri: str, options: dict | None = None):
