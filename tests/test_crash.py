@@ -169,7 +169,12 @@ def test_readers_never_see_a_video_twice_while_a_run_relabels(ray_cluster, job):
     relabel = start_run(job, ray_cluster, extra=["--force"])
     reads = 0
     while relabel.poll() is None:
-        job.committed()  # asserts that no id appears twice
+        try:
+            job.committed()  # asserts that no id appears twice
+        except OSError:
+            # A file replaced between the reader's listing and its read: s3fs refuses to read
+            # on when the ETag changed. The reader retries; what it read is never wrong.
+            continue
         reads += 1
     assert relabel.returncode == 0 and reads > 1
     after = {r["video_id"]: r["run_id"] for r in job.committed()}

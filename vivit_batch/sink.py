@@ -254,8 +254,9 @@ def withdraw(
     output_uri: str, options: dict | None, files: dict[str, pa.Table], video_ids: pa.Array
 ) -> int:
     """Remove the rows of `video_ids` from the committed files that hold them, each file
-    replaced atomically (or deleted when nothing is left), so that a reader never sees a video
-    twice: a video is absent until this run commits its new row. Returns the rows removed."""
+    replaced atomically, so that a reader never sees a video twice: a video is absent until
+    this run commits its new row. A file left with no rows stays, empty: deleting it would
+    fail a reader that listed it a moment before. Returns the rows removed."""
     filesystem, _ = storage.filesystem(output_uri, options)
     removed = 0
     for path, rows in files.items():
@@ -265,10 +266,8 @@ def withdraw(
             continue
         table = pq.read_table(path, filesystem=filesystem)
         kept = table.filter(pa.compute.invert(stale))
-        if kept.num_rows:
-            replace_file(output_uri, _uri_of(output_uri, path), kept, options)
-        else:
-            filesystem.rm(path)
+        # Kept even when empty: a reader that has listed the file may still open it.
+        replace_file(output_uri, _uri_of(output_uri, path), kept, options)
         removed += count
     return removed
 
