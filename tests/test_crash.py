@@ -42,9 +42,9 @@ class Job:
         assert len(ids) == len(set(ids))
         return rows
 
-    def files(self) -> int:
+    def files(self) -> set[str]:
         filesystem, path = self.filesystem()
-        return len(filesystem.glob(f"{path}/*.parquet"))
+        return set(filesystem.glob(f"{path}/*.parquet"))
 
 
 @pytest.fixture()
@@ -93,10 +93,11 @@ def start_run(
     )
 
 
-def wait_for_files(job: Job, count: int, timeout: float = 300) -> None:
+def wait_for_files(job: Job, count: int, existing: set[str] = frozenset(), timeout=300) -> None:
+    """Until `count` files other than `existing` are committed."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if job.files() >= count:
+        if len(job.files() - existing) >= count:
             return
         time.sleep(0.05)
     raise AssertionError(f"no {count} committed files within {timeout} s")
@@ -104,12 +105,19 @@ def wait_for_files(job: Job, count: int, timeout: float = 300) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "job, kill_after_files", [("local", 0), ("local", 3), ("s3", 3)], indirect=["job"]
+    "job, kill_after_files, relabel",
+    [("local", 0, False), ("local", 3, False), ("s3", 3, False), ("s3", 2, True)],
+    indirect=["job"],
 )
-def test_sigkill_then_rerun_gives_exactly_one_row_each(ray_cluster, job, kill_after_files):
-    process = start_run(job, ray_cluster)
+def test_sigkill_then_rerun_gives_exactly_one_row_each(ray_cluster, job, kill_after_files, relabel):
+    """`relabel`: the killed run is a `--force` run over a complete output (it has withdrawn
+    the rows it relabels, and committed some new ones)."""
+    if relabel:
+        assert start_run(job, ray_cluster).wait(timeout=600) == 0
+    existing = job.files()
+    process = start_run(job, ray_cluster, extra=["--force"] if relabel else [])
     if kill_after_files:
-        wait_for_files(job, kill_after_files)
+        wait_for_files(job, kill_after_files, existing)
     else:
         time.sleep(4)  # starting up: model loading, manifest scan
     process.send_signal(signal.SIGKILL)
