@@ -75,6 +75,9 @@ def ray_cluster() -> RayCluster:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # The job agent's default port (52365) is taken by any other Ray on the machine;
+            # without it, `ray job submit` only ever hears "No available agent".
+            f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
         ],
         check=True,
