@@ -95,50 +95,29 @@ class VivitEmbeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with one (hidden -> 3 x hidden) projection for queries, keys and
-    values: one large matrix product instead of three. The checkpoints keep them as three
-    Linear layers (`query`, `key`, `value`); the state-dict hooks translate, so the names a
-    state dict has are still theirs."""
-
-    NAMES = ("query", "key", "value")
-
     def __init__(self, config: VivitConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
         size = config.hidden_size
-        self.qkv = nn.Linear(size, 3 * size, bias=config.qkv_bias)
-        self.register_state_dict_post_hook(_split_qkv)
-        self.register_load_state_dict_pre_hook(_join_qkv)
+        self.query = nn.Linear(size, size, bias=config.qkv_bias)
+        self.key = nn.Linear(size, size, bias=config.qkv_bias)
+        self.value = nn.Linear(size, size, bias=config.qkv_bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, tokens, size = hidden.shape
-        states = self.qkv(hidden).view(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        if states.is_cpu:
+
+        def heads(projection: nn.Linear) -> torch.Tensor:
+            states = projection(hidden).view(batch, tokens, self.num_heads, -1).transpose(1, 2)
             # CPU flash attention runs ~7% faster on contiguous heads than on strided views, for
             # a copy costing ~1% of it; the CUDA kernels take the views as they are.
-            states = states.contiguous()
-        context = F.scaled_dot_product_attention(states[0], states[1], states[2])
+            return states.contiguous() if states.is_cpu else states
+
+        context = F.scaled_dot_product_attention(
+            heads(self.query), heads(self.key), heads(self.value)
+        )
         # Flash attention's output is a transposed view of a (batch, tokens, heads, head size)
         # tensor, so this reshape copies nothing.
         return context.transpose(1, 2).reshape(batch, tokens, size)
-
-
-def _split_qkv(module: SelfAttention, state: dict, prefix: str, local_metadata) -> None:
-    """state_dict(): `qkv.weight` -> `query.weight`, `key.weight`, `value.weight` (and biases)."""
-    for kind in ("weight", "bias"):
-        fused = state.pop(f"{prefix}qkv.{kind}", None)
-        if fused is not None:
-            for name, part in zip(SelfAttention.NAMES, fused.chunk(3), strict=True):
-                state[f"{prefix}{name}.{kind}"] = part
-
-
-def _join_qkv(module: SelfAttention, state: dict, prefix: str, *args) -> None:
-    """load_state_dict(): the three projections of a checkpoint -> `qkv` (missing or unexpected
-    keys are left for the strict check to report)."""
-    for kind in ("weight", "bias"):
-        names = [f"{prefix}{name}.{kind}" for name in SelfAttention.NAMES]
-        if all(name in state for name in names):
-            state[f"{prefix}qkv.{kind}"] = torch.cat([state.pop(name) for name in names])
 
 
 class Projection(nn.Module):
