@@ -852,8 +852,9 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
             "Start-up, the fixed cost: *first output* is the first `processed_at` stamp after "
             "`run_job` started; *start-up* (wall - clips / steady) and *fixed CPU* (as above) "
             "are from the table above. Whole-run CPU seconds by role, and the processes that "
-            "used the most. `prepare_job` (checks, manifest scan, loading the checkpoint in the "
-            "driver) runs before `run_job` and is not in its wall time.",
+            "used the most. `prepare_job` (checks, manifest scan, the checkpoint's config and "
+            "weight shapes read from its files' headers) runs before `run_job` and is not in its "
+            "wall time.",
             "",
             "| model | first output | start-up | fixed CPU | whole-run CPU s by role "
             "| top processes (CPU s) | `prepare_job` | driver peak RSS after `prepare_job` "
@@ -895,9 +896,10 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
         if len(runs) > 1:
             rss = [r["driver_peak_rss_after_prepare_mib"] for r in runs]
             lines.append(
-                f"- `prepare_job` loads the whole checkpoint into the driver: its peak RSS after "
-                f"`prepare_job` is {rss[-1]:.0f} MiB with the {runs[-1]['name'].split(' (')[0]} "
-                f"model against {rss[0]:.0f} MiB with the tiny one."
+                f"- `prepare_job` does not load the weights into the driver (it checks their "
+                f"shapes from the files' headers): its peak RSS after `prepare_job` is "
+                f"{rss[-1]:.0f} MiB with the {runs[-1]['name'].split(' (')[0]} model against "
+                f"{rss[0]:.0f} MiB with the tiny one."
             )
     if mem:
         fresh = [m for m in mem if m["kind"] == "fresh"]

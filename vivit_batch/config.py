@@ -114,8 +114,9 @@ class ResourcesSection:
     """CPUs (torch threads) per CPU inference actor; default: half the cluster's CPUs"""
     batch_size: int = 8
     """videos per inference batch"""
-    decode_batch_size: int = 4
-    """videos per decode call (amortises Ray's per-call cost over small videos)"""
+    decode_batch_size: int = 16
+    """videos per decode call (amortises Ray's per-call cost over small videos); each call's
+    clips travel as one block, so lower it when videos have many views"""
     clips_per_forward: int = 8
 
 
