@@ -319,9 +319,9 @@ def build_dataset(
 def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array:
     """Committed videos of this manifest that this run labels again (see `incremental`)."""
     config = job.config
-    rows = pa.concat_tables(committed.values()) if committed else None
-    if rows is None:
+    if not committed:
         return EMPTY_IDS
+    rows = pa.concat_tables(committed.values())
     candidates = relabel_candidates(rows, config.run.mode)
     if not len(candidates) and not config.run.refresh_changed:
         return EMPTY_IDS

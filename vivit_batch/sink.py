@@ -158,18 +158,11 @@ class ParquetSink(Datasink):
         """Write `table` so that it appears whole or not at all; return its final URI."""
         ids = "\n".join(sorted(table.column("video_id").to_pylist()))
         digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
-        folder = "/".join([self.output_uri, *self.partition_folders(table)])
-        final = f"{folder}/part-{self.run_id}-{digest}.parquet"
+        # Hive-style `name=value` folders: every row of this run has the run's values.
+        folders = [f"{name}={value}" for name, value in self.partition_values.items()]
+        final = "/".join([self.output_uri, *folders, f"part-{self.run_id}-{digest}.parquet"])
         replace_file(self.output_uri, final, table, self.storage_options)
         return final
-
-    def partition_folders(self, table: pa.Table) -> list[str]:
-        """Hive-style `name=value` folders of a table whose rows share their partition values."""
-        folders = []
-        for name in self.partition_values:
-            [value] = table.column(name).unique().to_pylist()
-            folders.append(f"{name}={value}")
-        return folders
 
 
 def replace_file(output_uri: str, uri: str, table: pa.Table, options: dict | None) -> None:
@@ -235,10 +228,9 @@ def committed_files(
 ) -> dict[str, pa.Table]:
     """Each committed data file's `columns` (null where a file lacks one); empty for a new
     output."""
-    filesystem, path = storage.filesystem(output_uri, options)
-    if not filesystem.exists(path):
+    dataset = _committed_dataset(output_uri, options)
+    if dataset is None:
         return {}
-    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
     files = {}
     for fragment in dataset.get_fragments():
         present = [c for c in columns if c in fragment.physical_schema.names]
@@ -248,6 +240,14 @@ def committed_files(
                 table = table.append_column(name, pa.nulls(table.num_rows))
         files[fragment.path] = table.select(columns)
     return files
+
+
+def _committed_dataset(output_uri: str, options: dict | None) -> ds.Dataset | None:
+    """The output's data files as readers see them; None for a new output."""
+    filesystem, path = storage.filesystem(output_uri, options)
+    if not filesystem.exists(path):
+        return None
+    return ds.dataset(path, filesystem=filesystem, format="parquet")
 
 
 def withdraw(
@@ -287,7 +287,7 @@ def archive_version(output_uri: str, options: dict | None, identity: dict) -> st
     )
     filesystem, root = storage.filesystem(output_uri, options)
     _, archive_root = storage.filesystem(archive, options)
-    for path in committed_files(output_uri, options, ["video_id"]):
+    for path in _committed_dataset(output_uri, options).files:  # it has an identity: it exists
         target = posixpath.join(archive_root, posixpath.relpath(path, root))
         filesystem.makedirs(posixpath.dirname(target), exist_ok=True)
         filesystem.mv(path, target)
