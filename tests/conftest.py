@@ -47,6 +47,16 @@ class RayCluster:
     dashboard_url: str
     env: dict[str, str]
 
+    def start_run(self, *arguments: str) -> subprocess.Popen:
+        """`vivit-batch run ARGUMENTS` in its own process, joining this cluster (output
+        discarded)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "vivit_batch.cli", "run", *arguments],
+            env={**os.environ, "RAY_ADDRESS": self.address},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +63,7 @@ def job(request, tmp_path):
 def start_run(
     job: Job, ray_cluster, manifest: str = "manifest.txt", extra: list[str] = ()
 ) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "vivit_batch.cli",
-        "run",
+    arguments = [
         "--manifest",
         str(job.directory / manifest),
         "--output",
@@ -83,14 +78,8 @@ def start_run(
         "output.rows_per_file=1",
     ]
     if job.s3 is not None:
-        command += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
-    command += extra
-    return subprocess.Popen(
-        command,
-        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        arguments += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
+    return ray_cluster.start_run(*arguments, *extra)
 
 
 def wait_for_files(job: Job, count: int, existing: set[str] = frozenset(), timeout=300) -> None:

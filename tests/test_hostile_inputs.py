@@ -5,7 +5,6 @@ that stop a run before any work: parse errors with line numbers, unsupported URI
 
 from __future__ import annotations
 
-import errno
 import functools
 import http.server
 import io
@@ -22,8 +21,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.checkpoints import make_checkpoint
+from tests.local_http import LocalHTTPServer
 from tests.media import write_audio_only, write_video
-from tests.test_isolation import CrashingFifo, StallingServer
+from tests.test_isolation import CrashingFifo, StallingServer, open_when_read
 from vivit_batch.cli import main
 from vivit_batch.config import ManifestSection
 from vivit_batch.manifest import scan_manifest
@@ -49,14 +49,7 @@ class StalledFifo:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as error:
-                if error.errno != errno.ENXIO:
-                    raise
-                time.sleep(0.02)
-                continue
+        while (fd := open_when_read(self.path, self._stop)) is not None:
             os.write(fd, self.head)
             self.fds.append(fd)  # held open: the reader waits for more, for good
             self._stop.wait(300)
@@ -68,19 +61,11 @@ class StalledFifo:
             os.close(fd)
 
 
-class FileServer:
+class FileServer(LocalHTTPServer):
     """Serves a directory over HTTP (with ranges, as fsspec asks for), in a thread."""
 
     def __init__(self, directory: Path):
-        handler = functools.partial(RangeHandler, directory=str(directory))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(functools.partial(RangeHandler, directory=str(directory)))
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import duckdb
@@ -140,23 +138,13 @@ def test_a_dead_runs_lock_is_taken_over(ray_cluster, workspace):
 def test_two_runs_at_once_never_both_commit(ray_cluster, workspace, capsys):
     manifest = workspace / "all.txt"
     manifest.write_text("a.mp4\nb.mp4\nc.mp4\n")
-    command = [
-        sys.executable,
-        "-m",
-        "vivit_batch.cli",
-        "run",
+    first = ray_cluster.start_run(
         "--manifest",
         str(manifest),
         "--output",
         str(workspace / "out"),
         "--model",
         str(workspace / "ckpt"),
-    ]
-    first = subprocess.Popen(
-        command,
-        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
     lock = workspace / "out" / "_lock.json"
     deadline = time.time() + 300

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from tests.local_http import LocalHTTPServer
 from tests.media import write_video
 from vivit_batch.config import ConfigError, load_config
 from vivit_batch.processor import ProcessorConfig
@@ -30,6 +31,19 @@ PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=2)
 SLACK_S = 20.0
 """Added to every time bound: this machine is shared and often loaded."""
+
+
+def open_when_read(fifo: Path, stop: threading.Event) -> int | None:
+    """The write end of `fifo`, once a reader has it open or is blocked opening it; None if
+    `stop` is set first."""
+    while not stop.is_set():
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            time.sleep(0.02)
+    return None
 
 
 class CrashingFifo:
@@ -53,14 +67,7 @@ class CrashingFifo:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:  # succeeds once a reader has the pipe open, or is blocked opening it
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as error:
-                if error.errno != errno.ENXIO:
-                    raise
-                time.sleep(0.02)
-                continue
+        while (fd := open_when_read(self.path, self._stop)) is not None:
             readers = self._wait_for_readers()
             if self.kills is None or len(self.killed) < self.kills:
                 for pid in readers:
@@ -101,7 +108,7 @@ def readers_of(path: Path) -> list[int]:
     return found
 
 
-class StallingServer:
+class StallingServer(LocalHTTPServer):
     """An HTTP server that announces a file, sends the start of it, and then nothing more."""
 
     def __init__(self, data: bytes):
@@ -128,15 +135,12 @@ class StallingServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/stalls.mp4"
+        super().__init__(Handler)
+        self.url += "/stalls.mp4"
 
     def stop(self) -> None:
         self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().stop()
 
 
 @pytest.fixture(scope="module")
