@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -12,6 +13,7 @@ from tests.media import has_encoder, read_index, write_video
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.video import SamplingConfig, decode_video
 from vivit_batch.video.sampling import frame_positions
+from vivit_batch.video.transform import FrameConverter
 
 CHECKPOINT = ProcessorConfig(shortest_edge=224)  # google/vivit-b-16x2-kinetics400
 SHORT = SamplingConfig(num_frames=8, frame_sample_rate=4)
@@ -236,6 +238,18 @@ def test_decoder_threads_give_the_same_pixels(tmp_path, codec):
     one = decode_video(str(path), SHORT, CHECKPOINT, threads=1)
     two = decode_video(str(path), SHORT, CHECKPOINT, threads=2)
     np.testing.assert_array_equal(one.clips, two.clips)
+
+
+def test_one_thread_conversion_starts_no_threads(tmp_path):
+    """swscale left to itself starts a thread per core in every decode actor."""
+    path = encode(tmp_path, "t.mp4", width=640, height=480, num_frames=2)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    threads_now = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
+    before = threads_now()
+    converter = FrameConverter(CHECKPOINT, threads=1)
+    converter(frame)
+    assert threads_now() == before
 
 
 def test_file_urls_work_like_paths(tmp_path):

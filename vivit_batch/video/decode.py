@@ -24,7 +24,7 @@ from vivit_batch.video.container import (
 from vivit_batch.video.errors import ErrorCode, VideoError
 from vivit_batch.video.frames import ClipDecoder, Deadline
 from vivit_batch.video.sampling import SamplingConfig, frame_positions
-from vivit_batch.video.transform import FrameConverter, crop_views
+from vivit_batch.video.transform import FrameConverter, copy_picture, crop_views
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _decode_container(
     stream.thread_type = "AUTO"
     stream.thread_count = threads
     decoder = ClipDecoder(container, stream, info, deadline, limits.max_frames_per_clip)
-    converter = FrameConverter(processor)
+    converter = FrameConverter(processor, threads)
 
     # Unknown length: sample the first span; if the stream is shorter, the retry below fixes it.
     frame_count = info.frame_count
@@ -172,7 +172,7 @@ def _assemble(
     for view, row in enumerate(pictures):
         for step, picture in enumerate(row):
             for crop, pixels in enumerate(crop_views(picture, processor, sampling.spatial_crops)):
-                clips[view * crops + crop, step] = pixels
+                copy_picture(clips[view * crops + crop, step], pixels)
     return clips
 
 
