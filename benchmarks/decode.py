@@ -318,8 +318,8 @@ NOTES = [
     "thread) and the antialiased resize that reproduces PIL's (torch's uint8 kernel), then "
     "interleaving only the cropped pixels. It is roughly fixed per sampled frame, so its share is "
     "largest at 360p, where decoding is cheapest. swscale's resize, fused into the conversion, "
-    "is cheaper but lands 3 or more from the reference's pixels on these textured videos: its "
-    "scaled YUV->RGB path filters chroma and rounds differently (see "
+    "is cheaper but far from the reference's pixels on these textured videos (the last column): "
+    "its scaled YUV->RGB path filters chroma and rounds differently (see "
     "`vivit_batch/video/transform.py`). Figures move by 10-20% between runs on this shared "
     "machine.",
 ]
