@@ -42,19 +42,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.results import cpu_model, load_average, write_section  # noqa: E402
+from tests.checkpoints import BASE, make_checkpoint  # noqa: E402
 
-BASE = dict(
-    image_size=224,
-    num_frames=32,
-    tubelet_size=[2, 16, 16],
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    hidden_act="gelu_fast",
-    layer_norm_eps=1e-6,
-)
-NUM_LABELS = 400
 SPEEDUP_TARGET = 1.1  # over transformers' sdpa path
 GEMM_FRACTION_TARGET = 0.85
 VARIANTS = ("vivit_batch", "hf sdpa", "hf eager")
@@ -84,20 +73,10 @@ def flops_per_clip(config: VivitConfig) -> dict[str, int]:
 
 
 def build_models(directory: Path) -> dict[str, torch.nn.Module]:
-    """The same random weights three ways; non-zero LayerNorm shifts, biases and positions."""
-    from transformers import VivitConfig as HFConfig
+    """The same random weights three ways (non-zero LayerNorm shifts and biases)."""
     from transformers import VivitForVideoClassification as HFModel
 
-    labels = {i: f"class_{i}" for i in range(NUM_LABELS)}
-    config = HFConfig(**BASE, id2label=labels, label2id={v: k for k, v in labels.items()})
-    torch.manual_seed(0)
-    model = HFModel(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "layernorm" in name or name.endswith("bias") or "embeddings." in name:
-                parameter.add_(torch.randn_like(parameter) * 0.02)
-    model.save_pretrained(directory)
-    del model
+    make_checkpoint(directory, **BASE)
     models = {"vivit_batch": load_pretrained(directory)}
     for implementation in ("sdpa", "eager"):
         hf = HFModel.from_pretrained(directory, attn_implementation=implementation)

@@ -63,19 +63,11 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.csv as pa_csv  # noqa: E402
 
 from benchmarks.results import cpu_model, load_average, write_section  # noqa: E402
+from tests.checkpoints import BASE  # noqa: E402
 
 CPUS = 2
 OVERHEAD_TARGET = 0.10
 MEMORY_TARGET = 1.2
-BASE = dict(
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    image_size=224,
-    tubelet_size=[2, 16, 16],
-    num_labels=400,
-)
 VIDEO = dict(width=320, height=240, fps=30, codec="libx264", content="detailed")
 DISTINCT_VIDEOS = 4
 

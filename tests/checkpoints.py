@@ -19,6 +19,19 @@ TINY = dict(
     intermediate_size=64,
     num_labels=5,
 )
+BASE = dict(
+    image_size=224,
+    num_frames=32,
+    tubelet_size=[2, 16, 16],
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu_fast",
+    layer_norm_eps=1e-6,
+    num_labels=400,
+)
+"""The architecture of google/vivit-b-16x2-kinetics400, as its config.json gives it."""
 
 
 def make_checkpoint(

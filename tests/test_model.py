@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.checkpoints import make_checkpoint
+from tests.checkpoints import BASE, make_checkpoint
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import CheckpointError, VivitConfig, inspect_pretrained, load_pretrained
 from vivit_batch.model.loading import read_weights
@@ -88,17 +88,7 @@ def test_weights_file_as_source_and_sha256_fingerprint(tmp_path):
 @pytest.mark.slow
 def test_base_size_parity(tmp_path):
     """The published architecture: 200 tensors, 88.95 M parameters, one 32x224x224 clip."""
-    hf_model = make_checkpoint(
-        tmp_path,
-        image_size=224,
-        num_frames=32,
-        tubelet_size=[2, 16, 16],
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        num_labels=400,
-    )
+    hf_model = make_checkpoint(tmp_path, **BASE)
     ours = load_pretrained(tmp_path)
     assert len(ours.state_dict()) == 200
     assert round(sum(p.numel() for p in ours.parameters()) / 1e6, 2) == 88.95

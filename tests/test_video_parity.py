@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.checkpoints import TINY
 from tests.media import has_encoder, write_video
 from tests.reference import image_processor, read_video_pyav
 from vivit_batch.processor import ProcessorConfig
@@ -112,16 +113,9 @@ def test_embeddings_of_both_inputs_agree(tmp_path, checkpoint_processor):
     clip = decode_video(str(path), sampling, checkpoint_processor).clips[0]
     reference = reference_inputs(path, checkpoint_processor, frame_positions(24, sampling)[0])
     torch.manual_seed(0)
-    config = transformers.VivitConfig(
-        image_size=224,
-        num_frames=8,
-        tubelet_size=[2, 16, 16],
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        num_labels=5,
-    )
+    larger_frames = {"image_size": 224, "num_frames": 8, "tubelet_size": [2, 16, 16]}
+    wider = {"hidden_size": 64, "intermediate_size": 128}
+    config = transformers.VivitConfig(**{**TINY, **larger_frames, **wider})
     model = transformers.VivitForVideoClassification(config).eval()
 
     def embedding(inputs: np.ndarray) -> torch.Tensor:
