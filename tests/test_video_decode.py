@@ -245,11 +245,15 @@ def test_one_thread_conversion_starts_no_threads(tmp_path):
     path = encode(tmp_path, "t.mp4", width=640, height=480, num_frames=2)
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
-    threads_now = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
-    before = threads_now()
+    before = thread_count()
     converter = FrameConverter(CHECKPOINT, threads=1)
     converter(frame)
-    assert threads_now() == before
+    assert thread_count() == before
+
+
+def thread_count() -> int:
+    """This process's threads (Linux)."""
+    return len(os.listdir("/proc/self/task"))
 
 
 def test_file_urls_work_like_paths(tmp_path):
