@@ -157,18 +157,18 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     job = PreparedJob(
         config, checkpoint, model_config, decode, labels or model_config.id2label, manifest
     )
-    check_identity(job)
+    check_identity(job, read_identity(config.output.uri, job.decode.storage_options))
     return job
 
 
-def check_identity(job: PreparedJob) -> None:
-    """One model, preprocessing and layout per output dataset: refuse to mix rows from another,
-    unless this run starts a new version of the dataset (`run.new_version`)."""
-    recorded = read_identity(job.config.output.uri, job.decode.storage_options)
-    differ = identity_differences(recorded, job.identity)
+def check_identity(job: PreparedJob, recorded: dict | None) -> None:
+    """One model, preprocessing and layout per output dataset: refuse to mix rows from another
+    (`recorded`, the output's identity), unless this run starts a new version of the dataset
+    (`run.new_version`)."""
+    current = job.identity
+    differ = identity_differences(recorded, current)
     if not differ or job.config.run.new_version:
         return
-    current = job.identity
     raise ConfigError(
         f"output {job.config.output.uri} holds rows from model {recorded['model_source']} "
         f"(weights sha256 {recorded['weights_sha256'][:12]}, partition_by "
@@ -410,7 +410,7 @@ def run_job(job: PreparedJob) -> RunResult:
         # Read under the lock: what is committed cannot change until this run is done.
         recorded = read_identity(config.output.uri, options)
         if identity_differences(recorded, job.identity):
-            check_identity(job)  # another run changed it since prepare_job
+            check_identity(job, recorded)  # another run changed it since prepare_job
             archived = archive_version(config.output.uri, options, recorded)
             log.info("the output's previous version is now under %s", archived)
         columns = committed_columns(config.run.refresh_changed)
