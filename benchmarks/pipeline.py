@@ -395,7 +395,7 @@ def run_case(case: dict, directory: Path) -> dict:
     sampler = CpuSampler()
     sampler.start()
     try:
-        report = pipeline.run_job(job).report
+        report = pipeline.run_job(job)
     finally:
         sampler.stop()
 
@@ -410,9 +410,9 @@ def run_case(case: dict, directory: Path) -> dict:
     slowest = min(stage_rates, key=stage_rates.get)
     expected = stage_rates[slowest]
 
-    clips = report["throughput"]["clips"]
-    wall = report["wall_seconds"]
-    run_start = datetime.datetime.fromisoformat(report["started_at"]).timestamp()
+    clips = report.throughput.clips
+    wall = report.wall_seconds
+    run_start = datetime.datetime.fromisoformat(report.started_at).timestamp()
     run_end = run_start + wall
     timeline = output_timeline(directory / "out")
     window = steady_window(timeline)
@@ -456,8 +456,8 @@ def run_case(case: dict, directory: Path) -> dict:
         "name": case["name"],
         "rows": case["rows"],
         "clips": clips,
-        "status": report["counts"]["status"],
-        "resources": report["resources"],
+        "status": report.counts["status"],
+        "resources": report.resources,
         "settings": case["settings"],
         "prepare_s": prepare_s,
         "decode_alone": decode.rate,
@@ -472,8 +472,8 @@ def run_case(case: dict, directory: Path) -> dict:
         "steady": steady,
         "first_output_s": timeline[0][0] - run_start,
         "startup_s": wall - clips / steady if steady else None,
-        "in_pipeline_decode": report["throughput"]["decode_clips_per_second"],
-        "in_pipeline_inference": report["throughput"]["inference_clips_per_second"],
+        "in_pipeline_decode": report.throughput.decode_clips_per_second,
+        "in_pipeline_inference": report.throughput.inference_clips_per_second,
         "overhead_end_to_end": 1 - end_to_end / expected,
         "overhead_steady": 1 - steady / expected if steady else None,
         "cpu": cpu,
@@ -597,16 +597,16 @@ def memory_child(rows: int, mode: str, inputs: str, output: str) -> None:
     job = pipeline.prepare_job(config)
     before_run = peak_rss_mib()
     started = time.perf_counter()
-    report = pipeline.run_job(job).report
+    report = pipeline.run_job(job)
     seconds = time.perf_counter() - started
     peak = peak_rss_mib()
     ray.shutdown()
     figures = {
         "rows": rows,
         "mode": mode,
-        "rows_written": report["rows_written"],
-        "rows_replaced": report.get("rows_replaced", 0),
-        "files": len(report["files"]),
+        "rows_written": report.rows_written,
+        "rows_replaced": report.rows_replaced,
+        "files": len(report.files),
         "peak_after_init_mib": after_init,
         "peak_before_run_mib": before_run,
         "peak_mib": peak,
@@ -954,7 +954,7 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
             lines.append(
                 "- A rerun's driver holds state per committed row (`pipeline.run_job`), all of "
                 "it in Arrow arrays: the (video_id, status) table of every committed file "
-                "(`sink.committed_files`), the ids to relabel and the ids to skip "
+                "(`Output.committed`), the ids to relabel and the ids to skip "
                 "(`incremental`), and the tables of the files it withdraws rows from."
             )
         rows_per_file = large["rows"] / large["files"] if large["files"] else 0

@@ -47,15 +47,16 @@ class RayCluster:
     dashboard_url: str
     env: dict[str, str]
 
-    def start_run(self, *arguments: str) -> subprocess.Popen:
-        """`vivit-batch run ARGUMENTS` in its own process, joining this cluster (output
-        discarded)."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "vivit_batch.cli", "run", *arguments],
-            env={**os.environ, "RAY_ADDRESS": self.address},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def start_run(self, *arguments: str, log: Path | None = None) -> subprocess.Popen:
+        """`vivit-batch run ARGUMENTS` in its own process, joining this cluster (its output
+        goes to `log`, else nowhere)."""
+        with open(log or os.devnull, "w") as output:
+            return subprocess.Popen(
+                [sys.executable, "-m", "vivit_batch.cli", "run", *arguments],
+                env={**os.environ, "RAY_ADDRESS": self.address},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
 
 
 def free_port() -> int:

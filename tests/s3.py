@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import s3fs
 
@@ -25,6 +26,10 @@ SECRET_KEY = "vivit-batch-secret-never-printed-8d1f0a"
 class S3Server:
     endpoint_url: str
     process: subprocess.Popen
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint_url.rsplit(":", 1)[1])
 
     def filesystem(self) -> s3fs.S3FileSystem:
         return s3fs.S3FileSystem(
@@ -64,11 +69,20 @@ def start_moto() -> S3Server:
 class FaultyProxy:
     """Forwards to `target`; every `every`-th request fails, alternately a 503 SlowDown and a
     connection closed without an answer (0: none fail). Keys containing one of `forbidden`
-    are answered 403 AccessDenied, as a bucket policy would."""
+    are answered 403 AccessDenied, as a bucket policy would.
+
+    PUTs to keys ending in `slow_key` wait `delay_s` before they are forwarded, and the first
+    `lost_answers` of them are forwarded and then answered with a dropped connection (the write
+    happened, the client never hears of it). With `ignore_conditions`, If-Match and
+    If-None-Match headers are dropped, as by a store that does not implement them."""
 
     target_port: int
     every: int = 0
     forbidden: tuple[str, ...] = ()
+    slow_key: str | None = None
+    delay_s: float = 0.0
+    lost_answers: int = 0
+    ignore_conditions: bool = False
     port: int = field(default_factory=free_port)
     failures: int = 0
 
@@ -97,8 +111,7 @@ class FaultyProxy:
                     failing = proxy.every and number % proxy.every == 0
                     proxy.failures += bool(failing)
                 if failing and (number // proxy.every) % 2:
-                    self.close_connection = True
-                    self.connection.shutdown(2)  # drop: no status line at all
+                    self._drop()
                     return
                 if failing:
                     self._answer(
@@ -107,10 +120,39 @@ class FaultyProxy:
                         b"<Error><Code>SlowDown</Code></Error>",
                     )
                     return
+                headers = dict(self.headers)
+                if proxy.ignore_conditions:
+                    conditions = ("if-match", "if-none-match")
+                    headers = {k: v for k, v in headers.items() if k.lower() not in conditions}
+                slow = self._is_slow_put()
+                if slow:
+                    time.sleep(proxy.delay_s)
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
-                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
-                self._answer(response.status, dict(response.getheaders()), response.read())
+                answer = response.read()
+                if slow and self._lose_answer():
+                    self._drop()
+                    return
+                self._answer(response.status, dict(response.getheaders()), answer)
+
+            def _is_slow_put(self) -> bool:
+                path = urlsplit(self.path).path
+                return (
+                    self.command == "PUT" and bool(proxy.slow_key) and path.endswith(proxy.slow_key)
+                )
+
+            def _lose_answer(self) -> bool:
+                with proxy._lock:
+                    if proxy.lost_answers <= 0:
+                        return False
+                    proxy.lost_answers -= 1
+                    proxy.failures += 1
+                    return True
+
+            def _drop(self):
+                self.close_connection = True
+                self.connection.shutdown(2)  # no status line at all
 
             def _answer(self, status, headers, body):
                 self.send_response(status)

@@ -3,6 +3,7 @@ exactly one row per manifest entry, keeping the rows committed before the crash.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,13 @@ class Job:
         filesystem, path = self.filesystem()
         return set(filesystem.glob(f"{path}/*.parquet"))
 
+    def lock_holder(self) -> str | None:
+        filesystem, path = self.filesystem()
+        try:
+            return json.loads(filesystem.cat(f"{path}/_lock.json"))["run_id"]
+        except FileNotFoundError:
+            return None
+
 
 @pytest.fixture()
 def job(request, tmp_path):
@@ -61,7 +69,11 @@ def job(request, tmp_path):
 
 
 def start_run(
-    job: Job, ray_cluster, manifest: str = "manifest.txt", extra: list[str] = ()
+    job: Job,
+    ray_cluster,
+    manifest: str = "manifest.txt",
+    extra: list[str] = (),
+    log: Path | None = None,
 ) -> subprocess.Popen:
     arguments = [
         "--manifest",
@@ -79,7 +91,7 @@ def start_run(
     ]
     if job.s3 is not None:
         arguments += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
-    return ray_cluster.start_run(*arguments, *extra)
+    return ray_cluster.start_run(*arguments, *extra, log=log)
 
 
 def wait_for_files(job: Job, count: int, existing: set[str] = frozenset(), timeout=300) -> None:
@@ -177,3 +189,31 @@ def test_readers_never_see_a_video_twice_while_a_run_relabels(ray_cluster, job):
     after = {r["video_id"]: r["run_id"] for r in job.committed()}
     assert after.keys() == first.keys()
     assert not set(after.values()) & set(first.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local", "s3"], indirect=True)
+def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job):
+    """The holder is stopped (SIGSTOP) past its stale period, another run takes the output
+    over, then the holder resumes mid-run: it stops without committing, the other completes."""
+    log = job.directory / "frozen.log"
+    frozen = start_run(
+        job,
+        ray_cluster,
+        extra=["--set", "run.run_id=frozen", "--set", "run.lock_stale_after_s=4"],
+        log=log,
+    )
+    wait_for_files(job, 2)
+    frozen.send_signal(signal.SIGSTOP)
+    taker = start_run(job, ray_cluster, extra=["--set", "run.run_id=taker"])
+    deadline = time.time() + 300
+    while job.lock_holder() != "taker":
+        assert time.time() < deadline and taker.poll() is None, "no takeover"
+        time.sleep(0.1)
+    committed_by_frozen = {f for f in job.files() if "part-frozen-" in f}
+    frozen.send_signal(signal.SIGCONT)
+    assert frozen.wait(timeout=300) == 1
+    assert taker.wait(timeout=600) == 0
+    assert {f for f in job.files() if "part-frozen-" in f} == committed_by_frozen
+    assert len(job.committed()) == VIDEOS  # one row per video (committed() checks)
+    assert "run frozen lost the lock" in log.read_text()

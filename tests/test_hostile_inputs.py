@@ -27,7 +27,7 @@ from tests.test_isolation import CrashingFifo, StallingServer, open_when_read
 from vivit_batch.cli import main
 from vivit_batch.config import ManifestSection
 from vivit_batch.manifest import scan_manifest
-from vivit_batch.sink import RESERVED_COLUMNS
+from vivit_batch.output import RESERVED_COLUMNS
 
 TIMEOUT_S = 5
 GOOD = {  # name: write_video arguments

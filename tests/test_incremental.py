@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 
 import duckdb
 import pandas as pd
@@ -16,6 +17,9 @@ import pytest
 from tests.checkpoints import make_checkpoint
 from tests.media import write_video
 from vivit_batch.cli import main
+from vivit_batch.config import load_config
+from vivit_batch.pipeline import inference_settings, prepare_job, run_job
+from vivit_batch.stages import CheckpointChanged
 
 
 @pytest.fixture()
@@ -105,34 +109,25 @@ def test_another_model_is_refused_unless_it_starts_a_new_version(ray_cluster, wo
     assert set(current) == {"a.mp4", "b.mp4"}
     assert {r["model_sha256"] for r in current.values()} != {old_sha}
     assert len({r["model_sha256"] for r in current.values()}) == 1
+    # Every reader sees the current version only, one row per video.
+    ids = sorted(r["video_id"] for r in current.values())
+    files = f"{workspace}/out/**/*.parquet"
+    assert (
+        sorted(duckdb.sql(f"select video_id from read_parquet('{files}')").fetchnumpy()["video_id"])
+        == ids
+    )
+    assert sorted(pd.read_parquet(workspace / "out").video_id) == ids
+    # The archived version, read as the README says.
     [archive] = (workspace / "out" / "_versions").iterdir()
     assert archive.name.startswith(old_sha[:12])
-    assert ds.dataset(archive).to_table().column("video_id").to_pylist() == [
-        rows_before["a.mp4"]["video_id"]
+    old_ids = [rows_before["a.mp4"]["video_id"]]
+    assert ds.dataset(archive, format="parquet").to_table()["video_id"].to_pylist() == old_ids
+    archived = f"{archive}/**/*.parquet.archived"
+    assert duckdb.sql(f"select video_id from read_parquet('{archived}')").fetchall() == [
+        (old_ids[0],)
     ]
     assert json.loads((archive / "_dataset.json").read_text())["weights_sha256"] == old_sha
     assert run(workspace, ["a", "b"], model="other") == 0  # the new version is the output now
-
-
-def write_lock(workspace, heartbeat: float) -> None:
-    (workspace / "out").mkdir(exist_ok=True)
-    (workspace / "out" / "_lock.json").write_text(
-        json.dumps({"run_id": "other-run", "host": "elsewhere", "pid": 1, "heartbeat": heartbeat})
-    )
-
-
-def test_a_live_run_holding_the_output_refuses_a_second(ray_cluster, workspace, capsys):
-    write_lock(workspace, heartbeat=time.time())
-    assert run(workspace, ["a"]) == 2
-    assert "is being written by run other-run" in capsys.readouterr().err
-    assert not list((workspace / "out").glob("*.parquet"))
-
-
-def test_a_dead_runs_lock_is_taken_over(ray_cluster, workspace):
-    write_lock(workspace, heartbeat=time.time() - 3600)
-    assert run(workspace, ["a"]) == 0
-    assert len(rows(workspace)) == 1
-    assert not (workspace / "out" / "_lock.json").exists()
 
 
 def test_two_runs_at_once_never_both_commit(ray_cluster, workspace, capsys):
@@ -145,6 +140,8 @@ def test_two_runs_at_once_never_both_commit(ray_cluster, workspace, capsys):
         str(workspace / "out"),
         "--model",
         str(workspace / "ckpt"),
+        "--set",
+        "run.lock_stale_after_s=8",  # renewed every 2 s: the second run sees it alive soon
     )
     lock = workspace / "out" / "_lock.json"
     deadline = time.time() + 300
@@ -198,3 +195,35 @@ def test_partition_by_run_date(ray_cluster, workspace, capsys):
 
     assert run(workspace, ["a"]) == 2  # the layout of an output does not change
     assert "partition_by" in capsys.readouterr().err
+
+
+def test_a_rerun_after_too_many_errors_fails_again_until_they_are_fixed(ray_cluster, workspace):
+    budget = ["--set", "run.max_error_fraction=0.4"]
+    assert run(workspace, ["a", "broken"], *budget) == 3
+    assert run(workspace, ["a", "broken"], *budget) == 3  # nothing fixed, nothing to do: still 3
+    report = last_report(workspace)
+    assert report["rows_written"] == 0
+    assert (report["error_budget"]["errors_kept"], report["error_budget"]["exceeded"]) == (1, True)
+    shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")  # fixed, but not relabelled
+    assert run(workspace, ["a", "broken"], *budget) == 3
+    assert run(workspace, ["a", "broken"], "--rerun-errors", *budget) == 0
+    assert last_report(workspace)["error_budget"]["error_fraction"] == 0
+
+
+def test_a_checkpoint_changed_after_the_driver_checked_it_fails_before_writing(
+    ray_cluster, workspace
+):
+    manifest = workspace / "manifest.txt"
+    manifest.write_text("a.mp4\nb.mp4\n")
+    config = load_config(
+        manifest_uri=str(manifest),
+        output_uri=str(workspace / "out"),
+        model_source=str(workspace / "ckpt"),
+    )
+    job = prepare_job(config)
+    pinned = replace(job, checkpoint=replace(job.checkpoint, commit="c" * 40))
+    assert inference_settings(pinned, "run", None).revision == "c" * 40  # what actors load
+    make_checkpoint(workspace / "ckpt", seed=1)  # replaced in place after the driver's check
+    with pytest.raises(CheckpointChanged, match="changed after the run started"):
+        run_job(job)
+    assert not list((workspace / "out").rglob("*.parquet"))

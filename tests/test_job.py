@@ -18,7 +18,7 @@ from tests.media import write_video
 from vivit_batch.cli import main
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
-from vivit_batch.sink import output_schema
+from vivit_batch.output import output_schema
 from vivit_batch.video import SamplingConfig, decode_video
 
 GOOD_VIDEOS = [  # name, encoder, size, frames

@@ -10,7 +10,7 @@ from vivit_batch.manifest import (
     video_id_for,
     with_ids,
 )
-from vivit_batch.sink import RESERVED_COLUMNS
+from vivit_batch.output import RESERVED_COLUMNS
 
 
 def test_formats_by_extension_and_listing(tmp_path):
@@ -52,3 +52,13 @@ def test_scan_txt_manifest_skips_comments(tmp_path):
     manifest.write_text("# header\n\na.mp4\nb.mp4\n")
     summary = scan_manifest(ManifestSection(str(manifest)), RESERVED_COLUMNS)
     assert (summary.rows, summary.problems) == (2, [])
+
+
+def test_scan_refuses_internal_and_repeated_column_names(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uri,uri,_views,_decode_s,split\na.mp4,b.mp4,1,2,x\n")
+    problems = scan_manifest(ManifestSection(str(manifest)), RESERVED_COLUMNS).problems
+    assert len(problems) == 2
+    assert "repeats column names: uri" in problems[0]
+    assert "starting with '_': _decode_s, _views" in problems[1]
+    assert "rename them" in problems[1]

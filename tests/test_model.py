@@ -119,9 +119,10 @@ def test_config_for_another_architecture_is_refused():
         VivitConfig.from_dict({"architectures": ["BertModel"]})
 
 
-def make_hub_cache(hf_home: Path, repo_id: str, checkpoint: Path) -> str:
-    """Lay out `checkpoint` as huggingface_hub's cache holds a downloaded repo."""
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+def make_hub_cache(hf_home: Path, repo_id: str, checkpoint: Path, commit: str = "") -> str:
+    """Lay out `checkpoint` as huggingface_hub's cache holds a downloaded repo, as the commit
+    `main` points to."""
+    commit = commit or hashlib.sha1(repo_id.encode()).hexdigest()
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
@@ -130,7 +131,7 @@ def make_hub_cache(hf_home: Path, repo_id: str, checkpoint: Path) -> str:
         blob.parent.mkdir(exist_ok=True)
         blob.write_bytes(file.read_bytes())
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir()
+    (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return commit
 
@@ -161,6 +162,36 @@ def test_hub_repo_id_loads_offline_from_the_cache(tmp_path):
         assert json.loads(result.stdout) == [expected, 5]
 
 
+def test_a_hub_revision_resolves_to_the_commit_that_actors_load(tmp_path):
+    """The driver pins `main` to its commit; a push that moves `main` during the run does not
+    change what an actor loading that commit gets."""
+    make_checkpoint(tmp_path / "v1", seed=1)
+    make_checkpoint(tmp_path / "v2", seed=2)
+    hf = tmp_path / "hf"
+    first = make_hub_cache(hf, "google/vivit-test", tmp_path / "v1", commit="1" * 40)
+    env = {"HF_HOME": str(hf), "HF_HUB_OFFLINE": "1"}
+    resolve = (
+        "import sys; from vivit_batch.model.loading import resolve_checkpoint\n"
+        "print(resolve_checkpoint(sys.argv[1]).commit)"
+    )
+    resolved = subprocess.run(
+        [sys.executable, "-c", resolve, "google/vivit-test"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resolved.stdout.strip() == first, resolved.stderr
+    make_hub_cache(hf, "google/vivit-test", tmp_path / "v2", commit="2" * 40)  # a push
+    sha = {
+        name: hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest()
+        for name in ("v1", "v2")
+    }
+    pinned, moved = (load_in_subprocess("google/vivit-test", env, rev) for rev in (first, None))
+    assert json.loads(pinned.stdout)[0] == sha["v1"]
+    assert json.loads(moved.stdout)[0] == sha["v2"]
+
+
 def test_uncached_repo_offline_names_the_remedy(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     result = load_in_subprocess("google/not-cached", env)
@@ -178,7 +209,7 @@ LOADERS = {"load": load_pretrained, "inspect": inspect_pretrained}
 def test_missing_and_unexpected_keys_are_listed(tmp_path, loader, weights):
     make_checkpoint(tmp_path, weights=weights)
     file = tmp_path / ("model.safetensors" if weights == "safetensors" else "pytorch_model.bin")
-    state = read_weights((file,))
+    state, _ = read_weights((file,))
     state["vivit.encoder.layer.0.extra.weight"] = state.pop("classifier.weight")
     if weights == "safetensors":
         from safetensors.torch import save_file

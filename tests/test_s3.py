@@ -104,7 +104,7 @@ def test_prefix_as_manifest_and_mixed_local_and_s3(ray_cluster, s3, checkpoint, 
 def test_forbidden_object_is_an_error_row_naming_bucket_and_key(
     ray_cluster, s3, checkpoint, tmp_path
 ):
-    proxy = FaultyProxy(int(s3.endpoint_url.rsplit(":", 1)[1]), forbidden=("clip2.mp4",))
+    proxy = FaultyProxy(s3.port, forbidden=("clip2.mp4",))
     try:
         output = tmp_path / "forbidden"
         assert (
@@ -121,7 +121,7 @@ def test_forbidden_object_is_an_error_row_naming_bucket_and_key(
 def test_transient_failures_are_retried_and_lose_nothing(ray_cluster, s3, checkpoint, tmp_path):
     clean = tmp_path / "clean"
     assert run(f"s3://{BUCKET}/in/manifest.csv", str(clean), checkpoint, s3.endpoint_url) == 0
-    proxy = FaultyProxy(int(s3.endpoint_url.rsplit(":", 1)[1]), every=4)
+    proxy = FaultyProxy(s3.port, every=4)
     try:
         output = f"s3://{BUCKET}/out-faulty"
         assert run(f"s3://{BUCKET}/in/manifest.csv", output, checkpoint, proxy.endpoint_url) == 0

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
 from vivit_batch.model import CheckpointError
+from vivit_batch.output import LockLost, RunReport
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except LockLost as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,31 +164,34 @@ def run_command(args: argparse.Namespace) -> int:
     config = config_from(args)
     start_ray(args.address)
     job = pipeline.prepare_job(config)
-    result = pipeline.run_job(job)
-    print_run_summary(result)
-    if not result.within_error_budget:
+    report = pipeline.run_job(job)
+    print_run_summary(report)
+    budget = report.error_budget
+    if budget.exceeded:
         print(
-            f"error: {result.error_fraction:.1%} of videos failed, above "
-            f"run.max_error_fraction={config.run.max_error_fraction}",
+            f"error: {budget.error_fraction:.1%} of the manifest's videos have error rows "
+            f"({budget.errors_this_run} from this run, {budget.errors_kept} kept from earlier "
+            f"runs), above run.max_error_fraction={budget.max_error_fraction}. Fix the videos "
+            "and rerun with --rerun-errors, or raise run.max_error_fraction",
             file=sys.stderr,
         )
         return EXIT_ERROR_BUDGET
     return EXIT_OK
 
 
-def print_run_summary(result) -> None:
-    report = result.report
-    counts = report["counts"]
-    speed = report["throughput"]
+def print_run_summary(report: RunReport) -> None:
+    from vivit_batch.output import Output
+
+    output_uri = report.config["output"]["uri"]
     print(
-        f"\nrun {result.run_id}: {report['rows_written']} rows in {report['wall_seconds']:.1f} s "
-        f"({speed['clips_per_second']} clips/s)"
+        f"\nrun {report.run_id}: {report.rows_written} rows in {report.wall_seconds:.1f} s "
+        f"({report.throughput.clips_per_second} clips/s)"
     )
-    print(f"  status: {counts['status']}")
-    if counts["error_code"]:
-        print(f"  errors: {counts['error_code']}")
-    print(f"  output: {report['config']['output']['uri']}")
-    print(f"  report: {result.report_uri}")
+    print(f"  status: {report.counts['status']}")
+    if report.counts["error_code"]:
+        print(f"  errors: {report.counts['error_code']}")
+    print(f"  output: {output_uri}")
+    print(f"  report: {Output(output_uri).report_uri(report.run_id)}")
 
 
 def validate_command(args: argparse.Namespace) -> int:

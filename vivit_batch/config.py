@@ -134,7 +134,16 @@ class RunSection:
     """also relabel committed videos whose source changed (size, then ETag or modification
     time) since their row was written"""
     lock_stale_after_s: float = 120
-    """a run's lock on the output is taken over this long after its last heartbeat"""
+    """this run renews its lock on the output every quarter of this; another run takes the
+    lock over once it has watched it unchanged this long (this run's value, written in the
+    lock, is what the other run waits)"""
+    lock_wait_s: float | None = None
+    """most seconds to wait for a lock another run holds before giving up (exit 2); default:
+    as long as it takes that lock to go stale"""
+    locking: str = "conditional"
+    """conditional: one run at a time, through conditional writes (local disk, or S3 and
+    stores with If-None-Match/If-Match); none: no lock, for stores without them (you make sure
+    that runs never overlap)"""
     run_id: str | None = None
     """default: UTC time plus a random suffix"""
 
@@ -158,6 +167,7 @@ CHOICES = {
     "manifest.format": {"auto", "csv", "jsonl", "parquet", "txt", "videos"},
     "output.partition_by": {"run_date"},
     "run.mode": {"incremental", "rerun_errors", "force"},
+    "run.locking": {"conditional", "none"},
     "decode.isolation": {"process", "none"},
     "model.precision": {"fp32", "bf16", "fp16"},
     "model.normalization": {"checkpoint", "scenic"},
@@ -189,7 +199,7 @@ POSITIVE = {
 }
 
 
-NON_NEGATIVE = {"decode.crash_retries", "sampling.seed"}
+NON_NEGATIVE = {"decode.crash_retries", "sampling.seed", "run.lock_wait_s"}
 
 
 def all_keys() -> dict[str, type]:

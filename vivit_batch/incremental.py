@@ -11,7 +11,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.sources import VERSION_COLUMNS, changed_ids
+from vivit_batch.output.schema import VERSION_COLUMNS
+from vivit_batch.sources import changed_ids
 
 EMPTY_IDS = pa.array([], pa.string())
 
@@ -39,6 +40,16 @@ def select_relabelled(
     if recorded is not None:
         ids = pa.concat_tables([ids, changed_ids(table, recorded, options)])
     return ids
+
+
+def error_ids(tables) -> pa.Array:
+    """Ids of the error rows in `tables` (committed rows)."""
+    return all_ids(t.filter(pc.equal(t["status"], "error")) for t in tables)
+
+
+def count_listed(table: pa.Table, ids: pa.Array) -> pa.Table:
+    """How many rows of `table` (a block of manifest rows, with ids) have one of `ids`."""
+    return pa.table({"count": [pc.sum(pc.is_in(table["video_id"], ids)).as_py() or 0]})
 
 
 def all_ids(tables) -> pa.Array:

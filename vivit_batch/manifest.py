@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -324,6 +325,18 @@ def _json_kind(value: object) -> str:
 
 def _column_problems(uri: str, columns: list[str], reserved: set[str]) -> list[str]:
     problems = []
+    repeated = sorted(name for name, count in Counter(columns).items() if count > 1)
+    if repeated:
+        problems.append(
+            f"manifest {uri} repeats column names: {', '.join(repeated)}; give each column a "
+            "name of its own"
+        )
+    internal = sorted({name for name in columns if name.startswith("_")})
+    if internal:
+        problems.append(
+            f"manifest {uri} has columns starting with '_': {', '.join(internal)}; those names "
+            "are vivit-batch's own (internal columns), rename them in the manifest"
+        )
     if "uri" not in columns:
         problems.append(f"manifest {uri} has no 'uri' column (columns: {', '.join(columns)})")
     collisions = sorted(set(columns) & reserved)

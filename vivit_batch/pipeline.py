@@ -7,6 +7,8 @@ the run report.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -14,7 +16,9 @@ import logging
 import os
 import platform
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -23,16 +27,17 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vivit_batch import storage
-from vivit_batch.config import ConfigError, JobConfig, require_job_inputs
+from vivit_batch.config import ConfigError, JobConfig, RunSection, require_job_inputs
 from vivit_batch.incremental import (
     EMPTY_IDS,
     all_ids,
     committed_columns,
+    count_listed,
+    error_ids,
     relabel_candidates,
     select_relabelled,
     without,
 )
-from vivit_batch.lock import OutputLock
 from vivit_batch.manifest import (
     CSV_CONVERT,
     ManifestSummary,
@@ -43,19 +48,23 @@ from vivit_batch.manifest import (
     scan_manifest,
     with_ids,
 )
-from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
-from vivit_batch.processor import ProcessorConfig
-from vivit_batch.sink import (
+from vivit_batch.model import CheckpointError, CheckpointInfo, VivitConfig, inspect_pretrained
+from vivit_batch.output import (
     RESERVED_COLUMNS,
-    ParquetSink,
-    archive_version,
-    committed_files,
+    ErrorBudget,
+    FileWriter,
+    LockLost,
+    ModelUsed,
+    Output,
+    RunReport,
+    Throughput,
+    Unlocked,
+    WriteStats,
+    commit_staged,
     output_schema,
-    read_identity,
-    withdraw,
-    write_identity,
-    write_run_report,
 )
+from vivit_batch.output.dataset import Fence
+from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sources import with_versions
 from vivit_batch.stages import DecodeSettings, DecodeStage, InferenceSettings, InferenceStage
 from vivit_batch.video import DecodeLimits, SamplingConfig
@@ -112,12 +121,15 @@ class Resources:
 
 
 @dataclass
-class RunResult:
-    run_id: str
-    report: dict
-    report_uri: str
-    error_fraction: float
-    within_error_budget: bool
+class Work:
+    """What a run into an existing output does with the videos it already holds."""
+
+    skip: pa.Array
+    """committed ids the run leaves as they are"""
+    withdrawn: int = 0
+    """committed rows taken out because the run labels their videos again"""
+    errors_kept: int = 0
+    """the manifest's videos whose committed error row the run leaves in place"""
 
 
 def prepare_job(config: JobConfig) -> PreparedJob:
@@ -157,7 +169,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     job = PreparedJob(
         config, checkpoint, model_config, decode, labels or model_config.id2label, manifest
     )
-    check_identity(job, read_identity(config.output.uri, job.decode.storage_options))
+    check_identity(job, Output(config.output.uri, options).read_identity())
     return job
 
 
@@ -288,6 +300,10 @@ def build_dataset(
 ) -> ray.data.Dataset:
     """The pipeline; videos whose ids are in `skip` are left out."""
     config = job.config
+    # A stage's exception reaches the driver as itself (an inference actor's CheckpointChanged
+    # must end the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context
+    # when they are made, so this comes first.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     dataset = manifest_with_ids(job, skip).map_batches(
         with_versions,
         fn_kwargs={"options": job.decode.storage_options},
@@ -336,7 +352,11 @@ def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array
         batch_format="pyarrow",
         **LIGHT_TASK,
     )
-    return pa.compute.unique(all_ids(ray.get(selected.to_arrow_refs())))
+    return pa.compute.unique(all_ids(_tables(selected)))
+
+
+def _tables(dataset: ray.data.Dataset) -> list[pa.Table]:
+    return ray.get(dataset.to_arrow_refs())
 
 
 def partition_values(partition_by: tuple[str, ...], started: float) -> dict[str, str]:
@@ -350,7 +370,8 @@ def inference_settings(
     config = job.config
     return InferenceSettings(
         model_source=config.model.source,
-        revision=config.model.revision,
+        revision=job.checkpoint.commit,
+        weights_sha256=job.checkpoint.weights_sha256,
         processor=job.decode.processor,
         run_id=run_id,
         top_k=config.model.top_k,
@@ -394,90 +415,160 @@ def read_manifest_dataset(config: JobConfig) -> ray.data.Dataset:
 
 def first_rows(job: PreparedJob, count: int) -> pa.Table:
     """The manifest's first `count` rows, with ids, as the decode stage receives them."""
-    dataset = read_manifest_dataset(job.config).limit(count)
-    table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+    table = pa.concat_tables(_tables(read_manifest_dataset(job.config).limit(count)))
     return with_ids(table, base_directory(job.config.manifest, job.decode.storage_options))
 
 
-def run_job(job: PreparedJob) -> RunResult:
+def run_job(job: PreparedJob) -> RunReport:
+    """Label the manifest into the output: lock -> reconcile identity -> choose the work ->
+    write -> report. Raises `LockLost` if another run takes the output over meanwhile."""
     config = job.config
     run_id = config.run.run_id or new_run_id()
     resources = plan_resources(config)
     log.info("run %s: %d videos, %s", run_id, job.manifest.rows, resources)
-    options = job.decode.storage_options
+    output = Output(config.output.uri, job.decode.storage_options)
     started = time.time()
-    with OutputLock(config.output.uri, run_id, options, config.run.lock_stale_after_s):
-        # Read under the lock: what is committed cannot change until this run is done.
-        recorded = read_identity(config.output.uri, options)
-        if identity_differences(recorded, job.identity):
-            check_identity(job, recorded)  # another run changed it since prepare_job
-            archived = archive_version(config.output.uri, options, recorded)
-            log.info("the output's previous version is now under %s", archived)
-        columns = committed_columns(config.run.refresh_changed)
-        committed = committed_files(config.output.uri, options, columns)
-        relabel = ids_to_relabel(job, committed)
-        withdrawn = withdraw(config.output.uri, options, committed, relabel)
-        write_identity(config.output.uri, options, job.identity)
-        sink = ParquetSink(
-            config.output.uri,
-            run_id,
-            output_schema(job.model_config.hidden_size, job.partition_by),
-            config.output.rows_per_file,
-            options,
-            partition_values=partition_values(job.partition_by, started),
-        )
-        skip = without(all_ids(committed.values()), relabel)
-        dataset = build_dataset(job, resources, run_id, skip)
-        dataset.write_datasink(sink, ray_remote_args=LIGHT_TASK)
-    wall = time.time() - started
-    stats = sink.stats
-    errors = stats.status.get("error", 0)
-    error_fraction = errors / stats.rows if stats.rows else 0.0
-    report = {
-        "run_id": run_id,
-        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "wall_seconds": round(wall, 3),
-        "config": config.to_dict(),
-        "model": {
-            "source": config.model.source,
-            "revision": config.model.revision,
-            "weights_sha256": job.checkpoint.weights_sha256,
-        },
-        "manifest_rows": job.manifest.rows,
-        "rows_written": stats.rows,
-        "mode": config.run.mode,
-        "skipped_committed": job.manifest.rows - stats.rows,
-        "rows_replaced": withdrawn,
-        "counts": {"status": dict(stats.status), "error_code": dict(stats.error_codes)},
-        "error_fraction": error_fraction,
-        "max_error_fraction": config.run.max_error_fraction,
-        "throughput": throughput(stats, resources, wall),
-        "resources": vars(resources),
-        "files": stats.files,
-        "versions": versions(),
-    }
-    report_uri = write_run_report(config.output.uri, run_id, report, options)
-    return RunResult(
-        run_id, report, report_uri, error_fraction, error_fraction <= config.run.max_error_fraction
+    with holding_lock(output, run_id, config.run) as lock:
+        output.clear_staging()
+        output.hide_legacy_archives(lock)
+        reconcile_identity(job, output, lock)
+        work = choose_work(job, output, lock)
+        dataset = build_dataset(job, resources, run_id, work.skip)
+        stats = write_rows(job, output, lock, dataset, run_id, started)
+        report = run_report(job, run_id, started, work, stats, resources, lock)
+        output.write_report(report, lock)
+        output.clear_staging()
+    return report
+
+
+@contextlib.contextmanager
+def holding_lock(output: Output, run_id: str, run: RunSection) -> Iterator[Fence]:
+    """The output's lock for the block; a lost lock interrupts the block (from the heartbeat
+    thread) and ends it with `LockLost`."""
+    if run.locking == "none":
+        log.warning("run.locking=none: no lock; nothing stops another run writing %s", output.uri)
+        yield Unlocked()
+        return
+    lock = output.lock(run_id, run.lock_stale_after_s, run.lock_wait_s, _interrupt_main_thread)
+    with lock:
+        try:
+            yield lock
+        except KeyboardInterrupt:
+            if lock.lost:
+                raise LockLost(lock.lost) from None
+            raise
+
+
+def _interrupt_main_thread(reason: str) -> None:
+    """Stop the run's main thread at once when the heartbeat thread finds the lock lost (the
+    commits would refuse anyway, but decoding and labelling would go on)."""
+    if threading.current_thread() is not threading.main_thread():
+        _thread.interrupt_main()
+
+
+def reconcile_identity(job: PreparedJob, output: Output, lock: Fence) -> None:
+    """Read under the lock: another run may have changed the identity since `prepare_job`."""
+    recorded = output.read_identity()
+    if identity_differences(recorded, job.identity):
+        check_identity(job, recorded)
+        archived = output.archive(recorded, lock)
+        log.info("the output's previous version is now under %s", archived)
+    output.write_identity(job.identity, lock)
+
+
+def choose_work(job: PreparedJob, output: Output, lock: Fence) -> Work:
+    """Which committed videos the run skips; the rows of those it relabels are withdrawn."""
+    committed = output.committed(committed_columns(job.config.run.refresh_changed))
+    relabel = ids_to_relabel(job, committed)
+    withdrawn = output.withdraw(committed, relabel, lock)
+    kept_errors = without(error_ids(committed.values()), relabel)
+    return Work(
+        skip=without(all_ids(committed.values()), relabel),
+        withdrawn=withdrawn,
+        errors_kept=count_in_manifest(job, kept_errors),
     )
 
 
-def throughput(stats, resources: Resources, wall: float) -> dict:
-    """Clips per second end to end, and per stage from the time its actors were busy."""
+def count_in_manifest(job: PreparedJob, ids: pa.Array) -> int:
+    """How many of the manifest's rows have one of `ids` (one pass over the manifest)."""
+    if not len(ids):
+        return 0
+    counts = manifest_with_ids(job).map_batches(
+        count_listed, fn_kwargs={"ids": ids}, batch_format="pyarrow", **LIGHT_TASK
+    )
+    return sum(int(pa.compute.sum(t["count"]).as_py() or 0) for t in _tables(counts))
 
-    def per_second(busy_seconds: float, actors: int) -> float | None:
-        return round(stats.clips * actors / busy_seconds, 3) if busy_seconds else None
 
-    return {
-        "clips": stats.clips,
-        "clips_per_second": round(stats.clips / wall, 3) if wall else None,
-        "decode_clips_per_second": per_second(stats.decode_seconds, resources.decode_actors),
-        "inference_clips_per_second": per_second(
-            stats.inference_seconds, resources.inference_actors
+def write_rows(
+    job: PreparedJob,
+    output: Output,
+    lock: Fence,
+    dataset: ray.data.Dataset,
+    run_id: str,
+    started: float,
+) -> WriteStats:
+    """Write tasks stage the labelled rows as files; this process commits each one."""
+    config = job.config
+    writer = FileWriter(
+        output,
+        run_id,
+        output_schema(job.model_config.hidden_size, job.partition_by),
+        config.output.rows_per_file,
+        partition_values(job.partition_by, started),
+    )
+    staged = dataset.map_batches(
+        writer, batch_size=config.output.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
+    )
+    stats = WriteStats()
+    try:
+        for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                stats.add(commit_staged(output, lock, row))
+    except CheckpointError as error:  # Ray's RayTaskError(CheckpointChanged): its `cause`
+        raise error.cause from None
+    return stats
+
+
+def run_report(
+    job: PreparedJob,
+    run_id: str,
+    started: float,
+    work: Work,
+    stats: WriteStats,
+    resources: Resources,
+    lock: Fence,
+) -> RunReport:
+    config = job.config
+    wall = time.time() - started
+    return RunReport(
+        run_id=run_id,
+        started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        wall_seconds=round(wall, 3),
+        mode=config.run.mode,
+        model=ModelUsed(
+            source=config.model.source,
+            revision=config.model.revision,
+            commit=job.checkpoint.commit,
+            weights_sha256=job.checkpoint.weights_sha256,
         ),
-        "bytes_read": stats.bytes_read,
-        "bytes_read_per_video": round(stats.bytes_read / stats.rows) if stats.rows else None,
-    }
+        manifest_rows=job.manifest.rows,
+        rows_written=stats.rows,
+        skipped_committed=job.manifest.rows - stats.rows,
+        rows_replaced=work.withdrawn,
+        counts={"status": dict(stats.status), "error_code": dict(stats.error_codes)},
+        error_budget=ErrorBudget(
+            manifest_rows=job.manifest.rows,
+            errors_this_run=stats.status.get("error", 0),
+            errors_kept=work.errors_kept,
+            max_error_fraction=config.run.max_error_fraction,
+        ),
+        throughput=Throughput.of(stats, wall, resources.decode_actors, resources.inference_actors),
+        lock_generation=lock.generation,
+        resources=vars(resources),
+        files=stats.files,
+        config=config.to_dict(),
+        versions=versions(),
+    )
 
 
 def new_run_id() -> str:

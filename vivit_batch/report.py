@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
-import pyarrow.dataset as ds
+import pyarrow as pa
 
-from vivit_batch import storage
-from vivit_batch.sink import RUNS_DIR
+from vivit_batch.output import Output
 
 
 def summarise_output(output_uri: str, top: int = 10) -> str:
+    output = Output(output_uri)
     table = read_output(output_uri, columns=["status", "error_code", "label"])
     status = Counter(table.column("status").to_pylist())
     errors = Counter(c for c in table.column("error_code").to_pylist() if c)
@@ -22,28 +21,16 @@ def summarise_output(output_uri: str, top: int = 10) -> str:
     lines.append(f"  top labels ({len(labels)} distinct):")
     lines += [f"    {n:>8}  {label}" for label, n in labels.most_common(top)]
     lines.append("  runs:")
-    for run in read_run_reports(output_uri):
-        speed = run["throughput"]
+    for run in output.read_reports():
+        speed = run.throughput
         lines.append(
-            f"    {run['run_id']}: {run['rows_written']} rows, {run['wall_seconds']:.1f} s, "
-            f"{speed['clips_per_second']} clips/s (decode {speed['decode_clips_per_second']}, "
-            f"inference {speed['inference_clips_per_second']})"
+            f"    {run.run_id}: {run.rows_written} rows, {run.wall_seconds:.1f} s, "
+            f"{speed.clips_per_second} clips/s (decode {speed.decode_clips_per_second}, "
+            f"inference {speed.inference_clips_per_second})"
         )
     return "\n".join(lines)
 
 
-def read_output(output_uri: str, columns: list[str] | None = None):
-    filesystem, path = storage.filesystem(output_uri)
-    dataset = ds.dataset(path, filesystem=filesystem, format="parquet")
-    return dataset.to_table(columns=columns)
-
-
-def read_run_reports(output_uri: str) -> list[dict]:
-    filesystem, path = storage.filesystem(f"{output_uri.rstrip('/')}/{RUNS_DIR}")
-    if not filesystem.exists(path):
-        return []
-    reports = []
-    for file in sorted(filesystem.glob(f"{path}/*.json")):
-        with filesystem.open(file, "r") as stream:
-            reports.append(json.load(stream))
-    return reports
+def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The output's committed rows, as any reader sees them."""
+    return Output(output_uri).rows(columns)

@@ -14,12 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vivit_batch import storage
+from vivit_batch.output.schema import VERSION_COLUMNS
 
-VERSION_COLUMNS = {
-    "source_size": pa.int64(),
-    "source_modified": pa.timestamp("us", tz="UTC"),
-    "source_etag": pa.string(),
-}
 STAT_THREADS = 16
 """Concurrent `info` calls per block: on S3 each is a round trip."""
 

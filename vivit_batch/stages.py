@@ -15,20 +15,27 @@ import numpy as np
 import pyarrow as pa
 
 from vivit_batch.inference import VideoClassifier
-from vivit_batch.model import load_pretrained
+from vivit_batch.model import CheckpointError, load_pretrained
+from vivit_batch.output.schema import (
+    BYTES_READ,
+    CLIP_SHAPE,
+    CLIPS,
+    DECODE_SECONDS,
+    DECODED_COLUMNS,
+    INFERENCE_SECONDS,
+    METADATA_COLUMNS,
+    PREDICTION_COLUMNS,
+    PROVENANCE_COLUMNS,
+    VIEWS,
+    embedding_type,
+)
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.video import DecodeLimits, SamplingConfig, VideoError, decode_video
 from vivit_batch.video.isolation import DEFAULT_MAX_MEMORY_BYTES, IsolatedDecoder
 
-METADATA_COLUMNS = {
-    "duration_s": pa.float64(),
-    "fps": pa.float64(),
-    "width": pa.int32(),
-    "height": pa.int32(),
-    "num_frames": pa.int64(),
-    "clip_start_s": pa.float64(),
-    "clip_end_s": pa.float64(),
-}
+
+class CheckpointChanged(CheckpointError):
+    """An inference actor loaded other weights than the driver checked."""
 
 
 @dataclass(frozen=True)
@@ -88,33 +95,25 @@ class DecodeStage:
             meta = video.metadata
             row.update({name: getattr(meta, name) for name in METADATA_COLUMNS})
             row.update(
-                status="ok",
-                _clips=video.clips.tobytes(),
-                _clip_shape=video.clips.shape,
-                _views=len(video.clips),
-                _bytes_read=meta.bytes_read,
+                {
+                    "status": "ok",
+                    CLIPS: video.clips.tobytes(),
+                    CLIP_SHAPE: video.clips.shape,
+                    VIEWS: len(video.clips),
+                    BYTES_READ: meta.bytes_read,
+                }
             )
-        row["_decode_s"] = time.perf_counter() - started
+        row[DECODE_SECONDS] = time.perf_counter() - started
         return row
-
-
-DECODED_COLUMNS = {
-    "status": pa.string(),
-    "error_code": pa.string(),
-    "error_message": pa.string(),
-    **METADATA_COLUMNS,
-    "_clips": pa.large_binary(),
-    "_clip_shape": pa.list_(pa.int32()),
-    "_views": pa.int32(),
-    "_bytes_read": pa.int64(),
-    "_decode_s": pa.float64(),
-}
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
     model_source: str
     revision: str | None
+    """the hub commit the driver resolved (None for local checkpoints)"""
+    weights_sha256: str
+    """what the driver checked: an actor that loads other weights refuses to label"""
     processor: ProcessorConfig
     run_id: str
     top_k: int = 5
@@ -132,6 +131,16 @@ class InferenceStage:
             torch.set_num_threads(settings.torch_threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_pretrained(settings.model_source, settings.revision, device=device)
+        self.refusal = None
+        if model.checkpoint.weights_sha256 != settings.weights_sha256:
+            # Raised from the first batch rather than here: Ray reports an error in an actor's
+            # constructor as text only, and retries the constructor without end.
+            self.refusal = CheckpointChanged(
+                f"model {settings.model_source} changed after the run started: the driver "
+                f"checked weights sha256 {settings.weights_sha256[:12]}, an inference actor "
+                f"loaded {model.checkpoint.weights_sha256[:12]}. Nothing was labelled with it. "
+                "Do not modify a checkpoint while a run uses it; run again."
+            )
         self.classifier = VideoClassifier(
             model,
             settings.processor,
@@ -144,14 +153,16 @@ class InferenceStage:
         self.weights_sha256 = model.checkpoint.weights_sha256
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.refusal:
+            raise self.refusal
         started = time.perf_counter()
         ok = [i for i, s in enumerate(batch.column("status").to_pylist()) if s == "ok"]
         clips = [_clips_of(batch, i) for i in ok]
         predictions = dict(zip(ok, self.classifier.classify(clips) if clips else [], strict=True))
-        batch = batch.drop_columns(["_clips", "_clip_shape"])
+        batch = batch.drop_columns([CLIPS, CLIP_SHAPE])
         columns = self._prediction_columns(predictions, batch.num_rows)
         elapsed = time.perf_counter() - started
-        columns["_inference_s"] = pa.array([elapsed / batch.num_rows] * batch.num_rows)
+        columns[INFERENCE_SECONDS] = pa.array([elapsed / batch.num_rows] * batch.num_rows)
         for name, column in columns.items():
             batch = batch.append_column(name, column)
         return batch
@@ -159,31 +170,39 @@ class InferenceStage:
     def _prediction_columns(self, predictions: dict, rows: int) -> dict[str, pa.Array]:
         hidden = self.classifier.model.config.hidden_size
         found = [predictions.get(i) for i in range(rows)]
-
-        def per_row(value_of, kind):
-            return pa.array([value_of(p) if p else None for p in found], kind)
-
+        columns = {
+            name: pa.array([value_of(p) if p else None for p in found], PREDICTION_COLUMNS[name])
+            for name, value_of in PREDICTION_VALUES.items()
+        }
         embeddings = [p.embedding if p else np.zeros(hidden, np.float32) for p in found]
         valid = pa.array([p is not None for p in found])
         flat = pa.array(np.concatenate(embeddings) if embeddings else [], pa.float32())
-        embedding = pa.FixedSizeListArray.from_arrays(flat, hidden, mask=pa.compute.invert(valid))
-        now = datetime.now(timezone.utc)
-        return {
-            "label": per_row(lambda p: p.labels[0], pa.string()),
-            "label_id": per_row(lambda p: p.label_ids[0], pa.int32()),
-            "score": per_row(lambda p: p.scores[0], pa.float32()),
-            "topk_labels": per_row(lambda p: p.labels, pa.list_(pa.string())),
-            "topk_ids": per_row(lambda p: p.label_ids, pa.list_(pa.int32())),
-            "topk_scores": per_row(lambda p: p.scores, pa.list_(pa.float32())),
-            "embedding": embedding,
-            "model": pa.array([self.settings.model_source] * rows, pa.string()),
-            "model_sha256": pa.array([self.weights_sha256] * rows, pa.string()),
-            "run_id": pa.array([self.settings.run_id] * rows, pa.string()),
-            "processed_at": pa.array([now] * rows, pa.timestamp("us", tz="UTC")),
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+            flat, type=embedding_type(hidden), mask=pa.compute.invert(valid)
+        )
+        provenance = {
+            "model": self.settings.model_source,
+            "model_sha256": self.weights_sha256,
+            "run_id": self.settings.run_id,
+            "processed_at": datetime.now(timezone.utc),
         }
+        for name, value in provenance.items():
+            columns[name] = pa.array([value] * rows, PROVENANCE_COLUMNS[name])
+        return columns
+
+
+PREDICTION_VALUES = {
+    "label": lambda p: p.labels[0],
+    "label_id": lambda p: p.label_ids[0],
+    "score": lambda p: p.scores[0],
+    "topk_labels": lambda p: p.labels,
+    "topk_ids": lambda p: p.label_ids,
+    "topk_scores": lambda p: p.scores,
+}
+"""Each prediction column from a `Prediction` (see `inference`)."""
 
 
 def _clips_of(batch: pa.Table, row: int) -> np.ndarray:
-    data = batch.column("_clips")[row].as_py()
-    shape = batch.column("_clip_shape")[row].as_py()
+    data = batch.column(CLIPS)[row].as_py()
+    shape = batch.column(CLIP_SHAPE)[row].as_py()
     return np.frombuffer(data, np.uint8).reshape(shape)

@@ -91,6 +91,10 @@ def is_local(uri: str) -> bool:
     return get_protocol(uri) in LOCAL_PROTOCOLS
 
 
+def is_s3(uri: str) -> bool:
+    return get_protocol(uri) in S3_PROTOCOLS
+
+
 def local_path(uri: str) -> str:
     """The absolute filesystem path of a local `uri` (a plain path or a `file://` URL)."""
     return fsspec.core.strip_protocol(uri)

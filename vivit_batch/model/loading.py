@@ -7,9 +7,10 @@ Every failure is a `CheckpointError` that says what is wrong and what to do abou
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +40,8 @@ class CheckpointInfo:
     weight_files: tuple[Path, ...]
     weights_sha256: str
     processor: ProcessorConfig
+    commit: str | None = None
+    """for hub sources: the commit the revision resolved to (load it to get these files)"""
 
 
 def load_pretrained(
@@ -56,8 +59,11 @@ def load_pretrained(
     info = resolve_checkpoint(source, revision)
     config = read_config(info.directory)
     model = VivitForVideoClassification(config)
-    load_state_dict_strict(model, read_weights(info.weight_files))
-    model.checkpoint = info
+    state, sha256 = read_weights(info.weight_files)
+    load_state_dict_strict(model, state)
+    # The hash of the bytes the tensors came from: a file replaced since `resolve_checkpoint`
+    # hashed it cannot pass for the one the driver checked.
+    model.checkpoint = replace(info, weights_sha256=sha256)
     model.requires_grad_(False)
     return model.to(device=device, dtype=_torch_dtype(dtype)).eval()
 
@@ -113,6 +119,8 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Check
         weight_files=weight_files,
         weights_sha256=fingerprint(weight_files),
         processor=ProcessorConfig.from_pretrained_dir(directory),
+        # huggingface_hub's cache keeps each commit in snapshots/<commit sha>/
+        commit=None if path.exists() else directory.name,
     )
 
 
@@ -128,11 +136,16 @@ def read_config(directory: Path) -> VivitConfig:
         raise CheckpointError(f"{path}: {error}") from error
 
 
-def read_weights(files: tuple[Path, ...]) -> dict[str, torch.Tensor]:
+def read_weights(files: tuple[Path, ...]) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of `files`, and the sha256 of the bytes they were read from (as
+    `fingerprint` computes it): each file is read once."""
     state: dict[str, torch.Tensor] = {}
+    digest = hashlib.sha256()
     for file in files:
-        state.update(_read_weight_file(file))
-    return state
+        data = file.read_bytes()
+        digest.update(data)
+        state.update(_read_weight_file(file, data))
+    return state, digest.hexdigest()
 
 
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -215,19 +228,23 @@ def _read_weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                 return {key: tuple(weights.get_slice(key).get_shape()) for key in names}
         except Exception as error:  # safetensors raises its own untyped errors
             raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
-    return {key: tuple(tensor.shape) for key, tensor in _read_weight_file(path, mmap=True).items()}
+    shapes = _read_weight_file(path)  # memory-mapped: no tensor data is read
+    return {key: tuple(tensor.shape) for key, tensor in shapes.items()}
 
 
-def _read_weight_file(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+def _read_weight_file(path: Path, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file at `path`, parsed from `data` (its bytes) when given,
+    else memory-mapped from the file."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
         try:
-            return load_file(path)
+            return load_file(path) if data is None else load(data)
         except Exception as error:  # safetensors raises its own untyped errors
             raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        source = path if data is None else io.BytesIO(data)
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=data is None)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path} is a pickle that needs arbitrary Python code to load, which vivit-batch "

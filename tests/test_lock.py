@@ -1,0 +1,387 @@
+"""The output's lock, on local disk and on a real S3 server (moto): one writer however late its
+writes land, renewals that survive a failure, staleness judged by the holder's own period on
+the reader's own clock, and commits fenced. No Ray: these run in seconds."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.s3 import FaultyProxy, S3Server
+from vivit_batch.config import ConfigError
+from vivit_batch.output import LockLost, Output, OutputLock, OutputLocked
+from vivit_batch.output.lock import ProcessIdentity
+from vivit_batch.storage import storage_options
+
+ROOT = Path(__file__).resolve().parents[1]
+STALE = 1.0
+"""The holders' stale period in these tests (s): they renew every quarter of it."""
+LATE = 1.2
+"""How late a delayed writer's writes land: past the 1 s that the old lock waited."""
+_unique = itertools.count()
+
+
+class Delayed:
+    """A local record store whose changes are made `delay_s` after they are asked for."""
+
+    def __init__(self, store, delay_s: float):
+        self.store, self.delay_s = store, delay_s
+
+    def read(self):
+        return self.store.read()
+
+    def create(self, record):
+        time.sleep(self.delay_s)
+        return self.store.create(record)
+
+    def replace(self, record, version):
+        time.sleep(self.delay_s)
+        return self.store.replace(record, version)
+
+    def guarded(self, exclusive=False):
+        return self.store.guarded(exclusive)
+
+
+class Failing(Delayed):
+    """Its first `failures` replaces raise `OSError` (the store could not be reached);
+    `paused` holds every change until it is set."""
+
+    def __init__(self, store, failures: int = 0):
+        super().__init__(store, 0.0)
+        self.failures = failures
+        self.paused = threading.Event()
+        self.paused.set()
+
+    def replace(self, record, version):
+        self.paused.wait()
+        if self.failures:
+            self.failures -= 1
+            raise OSError("injected: the store did not answer")
+        return self.store.replace(record, version)
+
+
+@dataclass
+class Backend:
+    kind: str
+    root: str
+    server: S3Server | None = None
+
+    def output(self, name: str, endpoint: str | None = None) -> Output:
+        if self.server is None:
+            return Output(f"{self.root}/{name}")
+        options = storage_options(endpoint_url=endpoint or self.server.endpoint_url)
+        return Output(f"{self.root}/{name}", options)
+
+    def lock(self, name: str, run_id: str, stale_after_s: float = STALE, **options) -> OutputLock:
+        return self.output(name).lock(run_id, stale_after_s, **options)
+
+    def late_lock(self, name: str, run_id: str, proxy: FaultyProxy | None) -> OutputLock:
+        """A lock whose writes land `LATE` s after they are sent."""
+        if proxy is None:
+            lock = self.lock(name, run_id)
+            lock.store = Delayed(lock.store, LATE)
+            return lock
+        return self.output(name, proxy.endpoint_url).lock(run_id, STALE)
+
+    def proxy(self, **faults) -> FaultyProxy | None:
+        """A faulty proxy before the S3 server for PUTs to `_lock.json` (None locally)."""
+        if self.server is None:
+            return None
+        return FaultyProxy(self.server.port, slow_key="_lock.json", **faults)
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request, tmp_path) -> Backend:
+    if request.param == "local":
+        return Backend("local", str(tmp_path))
+    server = request.getfixturevalue("s3_server")
+    bucket = f"lock-{uuid.uuid4().hex[:12]}"
+    server.filesystem().mkdir(bucket)
+    return Backend("s3", f"s3://{bucket}", server)
+
+
+def record_of(output: Output) -> dict:
+    return output.lock("reader", STALE).store.read().record
+
+
+def another_holder(**fields) -> dict:
+    """A lock record as a run on another machine writes it."""
+    return {
+        "state": "held",
+        "run_id": "other-run",
+        "generation": 1,
+        "beat": 0,
+        "stale_after_s": STALE,
+        "host": "elsewhere",
+        "pid": 1,
+        "pid_start": "1",
+        "boot_id": "another-machine",
+        "pid_namespace": "pid:[1]",
+        "write_id": uuid.uuid4().hex,
+        **fields,
+    }
+
+
+def test_two_runs_racing_never_both_take_the_lock(backend):
+    """20 rounds at once, each on its own output: one racer's writes land 1.2 s late."""
+    proxy = backend.proxy(delay_s=LATE)
+    outcomes: dict[str, list[str]] = {}
+
+    def race(lock: OutputLock, name: str) -> None:
+        try:
+            lock.acquire()
+            outcomes[name].append("took it")
+        except OutputLocked:
+            outcomes[name].append("refused")
+
+    locks = []
+    for round_ in range(20):
+        name = f"race{round_}"
+        outcomes[name] = []
+        locks += [
+            (backend.lock(name, "on-time"), name),
+            (backend.late_lock(name, "late", proxy), name),
+        ]
+    threads = [threading.Thread(target=race, args=pair) for pair in locks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert {name: sorted(found) for name, found in outcomes.items()} == {
+            name: ["refused", "took it"] for name in outcomes
+        }
+    finally:
+        for lock, _ in locks:
+            lock.release()
+        if proxy:
+            proxy.stop()
+
+
+def test_a_failed_renewal_is_retried_and_the_lock_kept(backend):
+    output = backend.output("renewal")
+    proxy = backend.proxy()
+    if proxy is None:
+        lock = output.lock("holder", STALE)
+        lock.store = injected = Failing(lock.store, failures=1)
+    else:
+        lock = backend.output("renewal", proxy.endpoint_url).lock("holder", STALE)
+    lost = []
+    lock.on_lost = lost.append
+    lock.acquire()
+    if proxy is not None:
+        proxy.lost_answers = 1  # the next renewal lands, but its answer never comes back
+    try:
+        time.sleep(STALE * 1.5)
+        lock.check()
+        record = record_of(output)
+        assert (record["run_id"], record["state"]) == ("holder", "held")
+        assert record["beat"] >= 3 and not lost
+        assert (injected.failures if proxy is None else proxy.lost_answers) == 0  # it happened
+    finally:
+        lock.release()
+        if proxy:
+            proxy.stop()
+    assert record_of(output)["state"] == "released"
+
+
+def test_a_released_lock_is_taken_at_once_by_the_next_run(backend):
+    with backend.lock("released", "first") as first:
+        assert first.generation == 1
+    started = time.monotonic()
+    with backend.lock("released", "second", stale_after_s=60) as second:
+        assert second.generation == 2
+    assert time.monotonic() - started < 5
+
+
+def test_staleness_is_the_holders_period_on_the_readers_clock(backend):
+    output = backend.output("stale")
+    output.lock("setup", STALE).store.create(another_holder(stale_after_s=2.0))
+    reader = output.lock("reader", stale_after_s=0.2, wait_s=1.0)
+    with pytest.raises(OutputLocked, match="did not go stale within 1 s") as refused:
+        reader.acquire()  # its own 0.2 s do not count
+    assert "other-run" in str(refused.value) and "2 s" in str(refused.value)
+
+    started = time.monotonic()
+    with output.lock("taker", stale_after_s=0.2) as taker:
+        assert time.monotonic() - started >= 2.0
+        assert taker.generation == 2
+        assert record_of(output)["run_id"] == "taker"
+
+
+def test_a_holder_that_renews_while_watched_is_never_taken_over(backend):
+    second = backend.lock("alive", "second")
+    with (
+        backend.lock("alive", "holder"),
+        pytest.raises(OutputLocked, match="renewed its lock while this run waited"),
+    ):
+        second.acquire()
+
+
+def test_a_run_that_stops_renewing_loses_the_lock_and_commits_nothing(backend):
+    """A holder frozen in a renewal (a paused process, a partition) past its stale period:
+    another run takes over, and when the frozen one resumes, every commit is refused."""
+    output = backend.output("frozen")
+    holder = output.lock("frozen", STALE)
+    holder.store = frozen = Failing(holder.store)
+    lost = []
+    holder.on_lost = lost.append
+    holder.acquire()
+    frozen.paused.clear()
+    with output.lock("taker", STALE) as taker:
+        assert taker.generation == 2
+        frozen.paused.set()  # it resumes: its pending renewal finds the record replaced
+        deadline = time.time() + 10
+        while not lost and time.time() < deadline:
+            time.sleep(0.05)
+        assert lost and "another run took the lock over" in lost[0]
+        staged = output.stage(b"late", "frozen", "late.txt")
+        with pytest.raises(LockLost, match="lost the lock"):
+            output.commit(staged, output.path("late.txt"), holder)
+        assert not output.filesystem.exists(output.path("late.txt"))
+        output.commit(output.stage(b"ok", "taker", "ok.txt"), output.path("ok.txt"), taker)
+    holder.release()  # lost: it leaves the record alone
+    assert record_of(output)["run_id"] == "taker"
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(backend):
+    proxy = backend.proxy(ignore_conditions=True)
+    if proxy is None:
+        pytest.skip("local outputs lock with flock, not with conditional writes")
+    try:
+        with pytest.raises(ConfigError, match="run.locking=none"):
+            backend.output("ignored", proxy.endpoint_url).lock("run", STALE)
+    finally:
+        proxy.stop()
+
+
+def test_outputs_without_a_lock_implementation_are_refused():
+    with pytest.raises(ConfigError, match="run.locking=none"):
+        Output("memory://bucket/out").lock("run", STALE)
+
+
+def test_same_host_name_in_another_pid_namespace_is_not_taken_over_at_once(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = ProcessIdentity.current()
+    output = Output(str(tmp_path / "out"))
+    elsewhere = another_holder(
+        stale_after_s=30,
+        host=platform.node(),  # hostNetwork pods share the node's name
+        pid=gone.pid,
+        boot_id=me.boot_id,
+        pid_namespace="pid:[4026500000]",
+    )
+    output.lock("setup", STALE).store.create(elsewhere)
+    with pytest.raises(OutputLocked):
+        output.lock("reader", STALE, wait_s=1.0).acquire()
+
+
+def test_a_dead_holder_on_this_machine_is_taken_over_at_once(tmp_path):
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = ProcessIdentity.current()
+    output = Output(str(tmp_path / "out"))
+    dead = another_holder(
+        stale_after_s=30,
+        host=me.host,
+        pid=gone.pid,
+        boot_id=me.boot_id,
+        pid_namespace=me.pid_namespace,
+    )
+    output.lock("setup", STALE).store.create(dead)
+    started = time.monotonic()
+    with output.lock("reader", STALE, wait_s=1.0) as reader:
+        assert reader.generation == 2
+    assert time.monotonic() - started < 1.0
+
+
+def test_readers_never_see_a_partial_lock_file(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    seen, problems = [], []
+    done = threading.Event()
+
+    def read_constantly() -> None:
+        while not done.is_set():
+            try:
+                seen.append(json.loads(Path(output.path("_lock.json")).read_text())["beat"])
+            except (OSError, ValueError, KeyError) as error:
+                problems.append(repr(error))
+
+    with output.lock("holder", stale_after_s=0.2):
+        reader = threading.Thread(target=read_constantly)
+        reader.start()
+        time.sleep(1.0)
+        done.set()
+        reader.join()
+    assert not problems and len(set(seen)) >= 10
+
+
+def test_an_unreadable_lock_file_is_a_lock_not_an_absent_one(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    output.create()
+    Path(output.path("_lock.json")).write_text('{"run_id": "trunc')
+    with pytest.raises(OutputLocked):
+        output.lock("reader", STALE, wait_s=0.5).acquire()
+
+
+FROZEN_COMMITTER = """
+import os, signal, sys
+from vivit_batch.output import Output
+
+output = Output(sys.argv[1])
+lock = output.lock("frozen", 1.0)
+lock.acquire()
+staged = output.stage(b"committed before the takeover", "frozen", "late.txt")
+with lock.fenced():
+    print("committing", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    os.replace(staged, output.path("late.txt"))
+    os._exit(0)  # dies holding the lock: only a takeover frees it
+"""
+
+
+def test_a_takeover_cannot_fall_between_a_local_check_and_its_commit(tmp_path):
+    """A committer frozen after the check and before the rename holds the takeover off until
+    it has committed: the taker then sees its file, so the window is closed."""
+    output = Output(str(tmp_path / "out"))
+    committer = subprocess.Popen(
+        [sys.executable, "-c", FROZEN_COMMITTER, output.uri],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert committer.stdout.readline().strip() == "committing"
+        while Path(f"/proc/{committer.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)
+        took: list[bool] = []
+        taker = output.lock("taker", STALE)
+
+        def take() -> None:
+            taker.acquire()
+            took.append(os.path.exists(output.path("late.txt")))
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join(timeout=3 * STALE)
+        assert thread.is_alive() and not took  # stale by now, but the commit is in flight
+        committer.send_signal(signal.SIGCONT)
+        thread.join(timeout=30)
+        assert took == [True]
+        taker.release()
+    finally:
+        committer.kill()
+        committer.wait()

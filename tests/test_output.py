@@ -1,0 +1,179 @@
+"""The output dataset without Ray: staging and committing, the sink's files, withdrawal,
+versions, run reports. What readers (pyarrow, pandas, DuckDB) see at each step."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from vivit_batch.output import (
+    ErrorBudget,
+    FileWriter,
+    Output,
+    RunReport,
+    Unlocked,
+    commit_staged,
+    output_schema,
+)
+from vivit_batch.output.schema import (
+    BYTES_READ,
+    DECODE_SECONDS,
+    INFERENCE_SECONDS,
+    METADATA_COLUMNS,
+    PREDICTION_COLUMNS,
+    PROVENANCE_COLUMNS,
+    VERSION_COLUMNS,
+    VIEWS,
+)
+
+HIDDEN = 4
+
+
+def labelled_rows(ids: list[str], errors: tuple[str, ...] = ()) -> pa.Table:
+    """Rows as the inference stage hands them to the sink: output columns, internal columns
+    and a manifest column."""
+    rows = len(ids)
+    columns = {
+        "video_id": pa.array(ids),
+        "uri": pa.array([f"/videos/{i}.mp4" for i in ids]),
+        "status": pa.array(["error" if i in errors else "ok" for i in ids]),
+        "error_code": pa.array(["unreadable" if i in errors else None for i in ids]),
+        "error_message": pa.nulls(rows, pa.string()),
+        **{name: pa.nulls(rows, kind) for name, kind in PREDICTION_COLUMNS.items()},
+        "embedding": pa.nulls(rows, pa.list_(pa.float32(), HIDDEN)),
+        **{name: pa.nulls(rows, kind) for name, kind in METADATA_COLUMNS.items()},
+        **{name: pa.nulls(rows, kind) for name, kind in VERSION_COLUMNS.items()},
+        **{name: pa.nulls(rows, kind) for name, kind in PROVENANCE_COLUMNS.items()},
+        VIEWS: pa.array([0 if i in errors else 3 for i in ids], pa.int32()),
+        DECODE_SECONDS: pa.array([0.5] * rows),
+        INFERENCE_SECONDS: pa.array([0.25] * rows),
+        BYTES_READ: pa.array([100] * rows, pa.int64()),
+        "split": pa.array(["train"] * rows),
+    }
+    return pa.table(columns)
+
+
+def duckdb_ids(output: Output) -> list[str]:
+    query = f"select video_id from read_parquet('{output.root}/**/*.parquet') order by 1"
+    return [row[0] for row in duckdb.sql(query).fetchall()]
+
+
+def write(output: Output, ids: list[str], run_id: str = "run1", **writer) -> list[str]:
+    """Stage and commit `ids` as the job does; returns the committed files."""
+    options = {"rows_per_file": 2, **writer}
+    staged = FileWriter(output, run_id, output_schema(HIDDEN), **options)(labelled_rows(ids))
+    files = []
+    for row in staged.to_pylist():
+        files += commit_staged(output, Unlocked(), row).files
+    return files
+
+
+def test_files_appear_only_when_committed(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    writer = FileWriter(output, "run1", output_schema(HIDDEN), rows_per_file=2)
+    staged = writer(labelled_rows(["c", "a", "b"], errors=("b",))).to_pylist()
+    assert len(staged) == 2
+    assert not list(Path(output.root).rglob("*.parquet"))  # staged files end in .tmp
+    stats = [commit_staged(output, Unlocked(), row) for row in staged]
+    assert [s.rows for s in stats] == [2, 1]
+    assert sum((s.status for s in stats), Counter()) == {"ok": 2, "error": 1}
+    assert (sum(s.clips for s in stats), sum(s.bytes_read for s in stats)) == (6, 300)
+    table = ds.dataset(output.root).to_table()
+    assert table.column_names == output_schema(HIDDEN).names + ["split"]  # no "_" column
+    assert sorted(table["video_id"].to_pylist()) == ["a", "b", "c"] == duckdb_ids(output)
+    first = ds.dataset(stats[0].files[0]).to_table()["video_id"].to_pylist()
+    assert first == ["a", "b"]  # sorted: a retried task cuts the same files
+
+
+def test_partitions_become_folders_and_columns(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    schema = output_schema(HIDDEN, ("run_date",))
+    writer = FileWriter(output, "r", schema, 10, partition_values={"run_date": "2026-11-30"})
+    for row in writer(labelled_rows(["a"])).to_pylist():
+        commit_staged(output, Unlocked(), row)
+    [file] = Path(output.root).rglob("*.parquet")
+    assert file.parent.name == "run_date=2026-11-30"
+    assert ds.dataset(output.root).to_table()["run_date"].to_pylist() == ["2026-11-30"]
+
+
+def test_withdrawn_rows_disappear_and_emptied_files_stay(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    files = write(output, ["a", "b", "c"])
+    committed = output.committed(["video_id", "status"])
+    assert sorted(committed) == sorted(files)
+    removed = output.withdraw(committed, pa.array(["a", "b", "x"]), Unlocked())
+    assert removed == 2
+    assert duckdb_ids(output) == ["c"]
+    assert all(Path(f).exists() for f in files)  # a reader may have listed them
+
+
+def test_an_archived_version_is_out_of_every_readers_glob(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    write(output, ["a", "b", "c"])
+    identity = {"weights_sha256": "ab" * 32, "partition_by": []}
+    output.write_identity(identity, Unlocked())
+    archive = Path(output.archive(identity, Unlocked()))
+    assert output.read_identity() is None
+    assert not list(Path(output.root).rglob("*.parquet"))  # what DuckDB's glob reads
+    assert ds.dataset(output.root, format="parquet").count_rows() == 0
+    assert json.loads((archive / "_dataset.json").read_text()) == identity
+    archived = ds.dataset(archive, format="parquet").to_table()
+    assert sorted(archived["video_id"].to_pylist()) == ["a", "b", "c"]
+
+
+def test_versions_archived_by_older_releases_are_hidden(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    old = Path(output.path("_versions", "old", "part-x.parquet"))
+    old.parent.mkdir(parents=True)
+    Output(str(old.parent)).create()
+    write(Output(str(old.parent)), ["a"], run_id="x")
+    write(output, ["a"])
+    assert duckdb_ids(output) == ["a", "a"]  # what 0.1 outputs gave DuckDB
+    assert output.hide_legacy_archives(Unlocked()) == 1
+    assert duckdb_ids(output) == ["a"]
+
+
+def test_staging_left_by_dead_runs_is_cleared(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    output.stage(b"never committed", "dead-run", "part-x.parquet")
+    output.clear_staging()
+    assert not Path(output.path("_tmp")).exists()
+
+
+def test_run_reports_round_trip_and_older_reports_read(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    report = RunReport(
+        run_id="r1",
+        rows_written=3,
+        error_budget=ErrorBudget(
+            manifest_rows=4, errors_this_run=1, errors_kept=1, max_error_fraction=0.4
+        ),
+    )
+    output.write_report(report, Unlocked())
+    [read] = output.read_reports()
+    assert read == report
+    assert (read.error_budget.error_fraction, read.error_budget.exceeded) == (0.5, True)
+    saved = json.loads(Path(output.path("_runs", "r1.json")).read_text())
+    assert saved["error_budget"]["error_fraction"] == 0.5
+    older = {"run_id": "r0", "rows_written": 2, "throughput": {"clips": 2}, "gone_key": 1}
+    Path(output.path("_runs", "r0.json")).write_text(json.dumps(older))
+    first = output.read_reports()[0]
+    assert (first.run_id, first.rows_written, first.throughput.clips) == ("r0", 2, 2)
+
+
+@pytest.mark.parametrize(
+    "budget, exceeded",
+    [
+        (ErrorBudget(10, errors_this_run=0, errors_kept=1, max_error_fraction=0.05), True),
+        (ErrorBudget(100, errors_this_run=5, errors_kept=0, max_error_fraction=0.05), False),
+        (ErrorBudget(0, max_error_fraction=0.0), False),
+    ],
+)
+def test_the_error_budget_counts_kept_error_rows(budget, exceeded):
+    assert budget.exceeded is exceeded

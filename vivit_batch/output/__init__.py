@@ -1,0 +1,26 @@
+"""The output dataset and its protocol: layout, identity, committed rows, withdrawal, versions,
+run reports, the lock, and the Parquet sink. `Output` is the one object that writes there."""
+
+from vivit_batch.output.dataset import ARCHIVED_SUFFIX, Output, Unlocked
+from vivit_batch.output.lock import LockLost, OutputLock, OutputLocked
+from vivit_batch.output.runs import ErrorBudget, ModelUsed, RunReport, Throughput, WriteStats
+from vivit_batch.output.schema import RESERVED_COLUMNS, output_schema
+from vivit_batch.output.sink import FileWriter, commit_staged
+
+__all__ = [
+    "ARCHIVED_SUFFIX",
+    "RESERVED_COLUMNS",
+    "ErrorBudget",
+    "FileWriter",
+    "LockLost",
+    "ModelUsed",
+    "Output",
+    "OutputLock",
+    "OutputLocked",
+    "RunReport",
+    "Throughput",
+    "Unlocked",
+    "WriteStats",
+    "commit_staged",
+    "output_schema",
+]

@@ -1,0 +1,285 @@
+"""`Output`: one output dataset, its layout, and every write made to it.
+
+    OUT/
+      part-<run_id>-<digest>.parquet      committed rows (or under run_date=YYYY-MM-DD/)
+      _dataset.json                       identity: model, preprocessing, sampling, layout
+      _lock.json, _lock.guard             the lock (`lock.py`; the guard only on local disk)
+      _runs/<run_id>.json                 run reports
+      _tmp/<run_id>/...                   staged files, before they are committed
+      _versions/<name>/...parquet.archived   earlier versions (`--new-version`)
+
+Readers (pyarrow, pandas, DuckDB's `OUT/**/*.parquet`) see committed rows only: bookkeeping
+names start with `_`, and no file ends in `.parquet` unless it is current committed data.
+
+Every change is staged first (written whole under `_tmp/`, fsync'd on local disk) and then
+committed inside the run's `lock.fenced()`: a rename on local disk, one server-side copy on S3.
+So a file appears whole or not at all, and a run that has lost its lock commits nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Callable
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from vivit_batch import storage
+from vivit_batch.config import ConfigError
+from vivit_batch.output.lock import OutputLock
+from vivit_batch.output.records import (
+    ConditionalWritesUnsupported,
+    LocalRecord,
+    S3Record,
+    sync_directory,
+)
+from vivit_batch.output.runs import RunReport
+
+IDENTITY_FILE = "_dataset.json"
+LOCK_FILE = "_lock.json"
+LOCK_GUARD = "_lock.guard"
+RUNS_DIR = "_runs"
+TMP_DIR = "_tmp"
+VERSIONS_DIR = "_versions"
+ARCHIVED_SUFFIX = ".archived"
+"""Appended to archived data files, so that no recursive `*.parquet` glob reaches them."""
+
+
+class Output:
+    def __init__(self, uri: str, storage_options: dict | None = None):
+        self.uri = uri.rstrip("/")
+        self.storage_options = storage_options
+        self.filesystem, self.root = storage.filesystem(self.uri, storage_options)
+        self.is_local = storage.is_local(self.uri)
+        self.is_s3 = storage.is_s3(self.uri)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def uri_of(self, path: str) -> str:
+        """A path as the filesystem lists it, as a URI with the output's scheme."""
+        return path if self.is_local else f"{self.uri.split('://')[0]}://{path}"
+
+    def create(self) -> None:
+        self.filesystem.makedirs(self.root, exist_ok=True)
+
+    # The lock
+
+    def lock(
+        self,
+        run_id: str,
+        stale_after_s: float,
+        wait_s: float | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> OutputLock:
+        """This output's lock for `run_id` (not yet taken). Refuses outputs whose store cannot
+        make the conditional writes the lock needs."""
+        self.create()
+        if self.is_local:
+            store = LocalRecord(self.path(LOCK_FILE), self.path(LOCK_GUARD))
+        elif self.is_s3:
+            store = S3Record(self.filesystem, self.path(LOCK_FILE))
+            try:
+                store.require_conditional_writes()
+            except ConditionalWritesUnsupported as error:
+                raise ConfigError(
+                    f"output {self.uri}: {error}. The output's lock needs them (AWS S3, MinIO, "
+                    "Ceph RGW and R2 have them). If you make sure that only one run at a time "
+                    "writes this output, set run.locking=none"
+                ) from error
+        else:
+            raise ConfigError(
+                f"output {self.uri}: vivit-batch can lock local and s3:// outputs only. If you "
+                "make sure that only one run at a time writes this output, set run.locking=none"
+            )
+        return OutputLock(store, self.uri, run_id, stale_after_s, wait_s, on_lost)
+
+    # Identity
+
+    def read_identity(self) -> dict | None:
+        path = self.path(IDENTITY_FILE)
+        if not self.filesystem.exists(path):
+            return None
+        with self.filesystem.open(path, "rb") as stream:
+            return json.load(stream)
+
+    def write_identity(self, identity: dict, lock: Fence) -> None:
+        data = json.dumps(identity, indent=2).encode()
+        self.write(self.path(IDENTITY_FILE), data, lock, stage_as=IDENTITY_FILE)
+
+    # Committed rows
+
+    def committed(self, columns: list[str]) -> dict[str, pa.Table]:
+        """Each committed data file's `columns` (null where a file lacks one); empty for a new
+        output."""
+        dataset = self._dataset()
+        if dataset is None:
+            return {}
+        files = {}
+        for fragment in dataset.get_fragments():
+            present = [c for c in columns if c in fragment.physical_schema.names]
+            table = fragment.to_table(columns=present)
+            for name in columns:
+                if name not in present:
+                    table = table.append_column(name, pa.nulls(table.num_rows))
+            files[fragment.path] = table.select(columns)
+        return files
+
+    def rows(self, columns: list[str] | None = None) -> pa.Table:
+        """The committed rows, as readers see them."""
+        return ds.dataset(self.root, filesystem=self.filesystem, format="parquet").to_table(
+            columns=columns
+        )
+
+    def withdraw(self, files: dict[str, pa.Table], video_ids: pa.Array, lock: Fence) -> int:
+        """Remove the rows of `video_ids` from the committed files that hold them, each file
+        replaced whole, so that a reader never sees a video twice: a video is absent until the
+        run commits its new row. A file left with no rows stays, empty: a reader may have
+        listed it a moment before. Returns the rows removed."""
+        removed = 0
+        for path, rows in files.items():
+            stale = pa.compute.is_in(rows.column("video_id"), video_ids)
+            count = pa.compute.sum(stale).as_py() or 0
+            if not count:
+                continue
+            table = pq.read_table(path, filesystem=self.filesystem)
+            kept = table.filter(pa.compute.invert(stale))
+            self.write(path, parquet_bytes(kept), lock, stage_as=posixpath.basename(path))
+            removed += count
+        return removed
+
+    def archive(self, identity: dict, lock: Fence) -> str:
+        """Move the data files and identity under `_versions/<name>/` (same relative paths,
+        `.archived` appended to data files), the identity last, so that an interrupted move
+        is finished by the next run that asks for it. The name comes from the identity: the
+        weights' sha256 and a digest of the rest."""
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        name = f"{identity['weights_sha256'][:12]}-{digest[:8]}"
+        archive = self.path(VERSIONS_DIR, name)
+        for path in self._dataset().files:  # it has an identity: it exists
+            target = posixpath.join(archive, posixpath.relpath(path, self.root))
+            self.move(path, target + ARCHIVED_SUFFIX, lock)
+        self.move(self.path(IDENTITY_FILE), posixpath.join(archive, IDENTITY_FILE), lock)
+        return self.uri_of(archive)
+
+    def hide_legacy_archives(self, lock: Fence) -> int:
+        """Versions archived by vivit-batch 0.1 kept their `.parquet` names, which DuckDB's
+        recursive glob reads as current rows: rename them. Returns how many."""
+        legacy = self.filesystem.glob(self.path(VERSIONS_DIR, "**", "*.parquet"))
+        for path in legacy:
+            self.move(path, path + ARCHIVED_SUFFIX, lock)
+        return len(legacy)
+
+    def _dataset(self) -> ds.Dataset | None:
+        """The data files as readers see them; None for a new output."""
+        if not self.filesystem.exists(self.root):
+            return None
+        return ds.dataset(self.root, filesystem=self.filesystem, format="parquet")
+
+    # Staging and committing
+
+    def stage(self, data: bytes, run_id: str, name: str) -> str:
+        """Write `data` whole under `_tmp/<run_id>/` (fsync'd locally); returns its path. Runs
+        anywhere (write tasks too): nothing is visible to readers until `commit`."""
+        staged = self.path(TMP_DIR, run_id, f"{name}.{uuid.uuid4().hex[:8]}.tmp")
+        if self.is_local:
+            os.makedirs(posixpath.dirname(staged), exist_ok=True)
+            with open(staged, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+        else:
+            self.filesystem.pipe_file(staged, data)
+        return staged
+
+    def commit(self, staged: str, final: str, lock: Fence) -> None:
+        """Put a staged file at `final` (replacing any file there) while `lock` holds."""
+        self.move(staged, final, lock)
+
+    def move(self, source: str, target: str, lock: Fence) -> None:
+        """Move one file inside the output, fenced by `lock`: an atomic rename locally (and
+        the folder synced), one server-side copy on S3 (then the source deleted)."""
+        if self.is_local:
+            os.makedirs(posixpath.dirname(target), exist_ok=True)
+            with lock.fenced():
+                os.replace(source, target)
+            sync_directory(posixpath.dirname(target))
+            return
+        with lock.fenced():
+            self._copy(source, target)
+        self.filesystem.rm_file(source)
+
+    def write(self, final: str, data: bytes, lock: Fence, stage_as: str) -> None:
+        """Stage `data` and commit it at `final`."""
+        self.commit(self.stage(data, "driver", stage_as), final, lock)
+
+    def clear_staging(self) -> None:
+        """Remove what earlier runs staged and never committed (run it holding the lock)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem.rm(self.path(TMP_DIR), recursive=True)
+
+    def _copy(self, source: str, target: str) -> None:
+        if self.is_s3:  # one CopyObject request, so the fenced block is one request
+            bucket, key, _ = self.filesystem.split_path(target)
+            source_bucket, source_key, _ = self.filesystem.split_path(source)
+            self.filesystem.call_s3(
+                "copy_object",
+                Bucket=bucket,
+                Key=key,
+                CopySource={"Bucket": source_bucket, "Key": source_key},
+            )
+        else:
+            self.filesystem.copy(source, target)
+
+    # Run reports
+
+    def report_uri(self, run_id: str) -> str:
+        return self.uri_of(self.path(RUNS_DIR, f"{run_id}.json"))
+
+    def write_report(self, report: RunReport, lock: Fence) -> None:
+        path = self.path(RUNS_DIR, f"{report.run_id}.json")
+        data = json.dumps(report.to_dict(), indent=2, default=str).encode()
+        self.write(path, data, lock, stage_as=posixpath.basename(path))
+
+    def read_reports(self) -> list[RunReport]:
+        reports = []
+        for path in sorted(self.filesystem.glob(self.path(RUNS_DIR, "*.json"))):
+            with self.filesystem.open(path, "rb") as stream:
+                reports.append(RunReport.from_dict(json.load(stream)))
+        return reports
+
+
+class Fence(Protocol):
+    """What `Output` needs of a lock: `fenced()` around each commit (`OutputLock`, or
+    `Unlocked` for `run.locking=none`)."""
+
+    def fenced(self) -> contextlib.AbstractContextManager: ...
+
+
+class Unlocked:
+    """`run.locking=none`: no lock is taken and commits are not fenced; the user makes sure
+    that one run at a time writes the output."""
+
+    generation = None
+
+    def __enter__(self) -> Unlocked:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def fenced(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()

@@ -1,0 +1,345 @@
+"""One run at a time per output: a lease on `_lock.json`, renewed by compare-and-swap.
+
+The protocol (the README's "Re-running" section states its guarantees):
+
+- Taking the lock is one atomic create-if-absent of the record (`records`); taking over a
+  released or stale lock is a replace of exactly the version that was seen released or stale.
+  Of two runs racing, one wins, however late either's writes land.
+- The holder renews (heartbeats) every `stale_after_s / 4` with a replace of its own last
+  version. A failed renewal is retried; if another run replaced the record, or no renewal has
+  succeeded for `stale_after_s / 2`, the lock is lost: `check` raises `LockLost` and the
+  `on_lost` callback tells the run to stop.
+- A lock is stale only when a run has watched the same version for the holder's own
+  `stale_after_s` (written in the record) on its own clock: no other host's clock or settings
+  are trusted. Only a holder on provably the same machine (boot id and PID namespace) whose
+  process is gone is taken over at once.
+- Every commit runs inside `fenced()`: the lease is valid on the holder's clock and the record
+  still names this run and generation; locally the guard is held shared across the commit, so a
+  takeover (which holds it exclusively) cannot fall between the check and the commit.
+- Releasing replaces the record with a `released` one (no delete: a conditional delete is not
+  something every S3-compatible store has).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from vivit_batch.config import ConfigError
+from vivit_batch.output.records import Conflict, Versioned
+
+log = logging.getLogger("vivit_batch")
+
+HELD, RELEASED = "held", "released"
+DEFAULT_STALE_AFTER_S = 120.0
+"""For records that do not say (written by an older vivit-batch, or unreadable)."""
+
+
+class OutputLocked(ConfigError):
+    """Another run holds this output."""
+
+
+class LockLost(RuntimeError):
+    """This run no longer holds the output's lock: it must not commit anything more."""
+
+
+def lease_clock() -> float:
+    """Seconds on a clock that never jumps and keeps counting while the machine sleeps
+    (CLOCK_BOOTTIME), so a suspended laptop does not believe its lease is still fresh."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.monotonic()
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """Who holds a lock, and what it takes to be sure that a holder is the same machine."""
+
+    host: str
+    pid: int
+    pid_start: str | None
+    boot_id: str | None
+    pid_namespace: str | None
+
+    @classmethod
+    def current(cls) -> ProcessIdentity:
+        return cls(
+            host=platform.node(),
+            pid=os.getpid(),
+            pid_start=_process_start(os.getpid()),
+            boot_id=_read("/proc/sys/kernel/random/boot_id"),
+            pid_namespace=_readlink("/proc/self/ns/pid"),
+        )
+
+    def to_record(self) -> dict:
+        return {
+            "host": self.host,
+            "pid": self.pid,
+            "pid_start": self.pid_start,
+            "boot_id": self.boot_id,
+            "pid_namespace": self.pid_namespace,
+        }
+
+    def holder_is_gone(self, holder: dict) -> bool:
+        """True only when `holder` ran on this very machine and PID namespace and its process
+        no longer exists (or the PID now belongs to a process started later)."""
+        same_machine = (
+            self.boot_id is not None
+            and self.pid_namespace is not None
+            and holder.get("boot_id") == self.boot_id
+            and holder.get("pid_namespace") == self.pid_namespace
+        )
+        if not same_machine or not isinstance(holder.get("pid"), int):
+            return False
+        started = _process_start(holder["pid"])
+        recorded = holder.get("pid_start")
+        return started is None or (recorded is not None and started != recorded)
+
+
+class OutputLock:
+    """The lease of one run on one output. Use as a context manager, or `acquire`/`release`."""
+
+    def __init__(
+        self,
+        store,
+        output_uri: str,
+        run_id: str,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        wait_s: float | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = lease_clock,
+    ):
+        self.store = store
+        self.output_uri = output_uri
+        self.run_id = run_id
+        self.stale_after_s = stale_after_s
+        self.wait_s = wait_s
+        """most seconds to wait for another run's lock; None: as long as it takes to be stale"""
+        self.on_lost = on_lost
+        self.clock = clock
+        self.me = ProcessIdentity.current()
+        self.generation = 0
+        self.lost: str | None = None
+        self._version: str | None = None
+        self._beats = 0
+        self._renewed_at = 0.0
+        """lease clock when the last successful renewal was sent"""
+        self._writing = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="lock-heartbeat")
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    # Taking the lock
+
+    def acquire(self) -> None:
+        started = self.clock()
+        watched: Versioned | None = None
+        watched_since = 0.0
+        while True:
+            current = self.store.read()
+            if current is None:
+                if self._try_take(None):
+                    return
+                continue
+            holder = current.record
+            if holder.get("state") == RELEASED or self.me.holder_is_gone(holder):
+                if self._try_take(current):
+                    return
+                continue
+            if watched is not None and watched.version != current.version:
+                raise self._locked(holder, "it renewed its lock while this run waited")
+            if watched is None:
+                watched, watched_since = current, self.clock()
+                log.info(self._waiting_message(holder))
+            if self.clock() - watched_since >= _stale_after(holder):
+                if self._try_take(current):
+                    log.warning("took over the lock of run %s, stale", holder.get("run_id"))
+                    return
+                continue  # another run moved first: the next read shows who
+            pause = min(5.0, max(0.05, _stale_after(holder) / 20))
+            if self.wait_s is not None:
+                waited = self.clock() - started
+                if waited >= self.wait_s:
+                    raise self._locked(holder, f"it did not go stale within {self.wait_s:g} s")
+                pause = min(pause, self.wait_s - waited)
+            time.sleep(pause)
+
+    def _try_take(self, current: Versioned | None) -> bool:
+        generation = 1 if current is None else int(current.record.get("generation") or 0) + 1
+        sent = self.clock()
+        try:
+            self._version = self._write(self._record(HELD, generation, 0), current)
+        except Conflict:
+            return False
+        self.generation, self._beats, self._renewed_at = generation, 0, sent
+        self._heartbeat.start()
+        return True
+
+    # Holding it
+
+    def _beat(self) -> None:
+        interval = self.stale_after_s / 4
+        wait = interval
+        while not self._stop.wait(wait):
+            try:
+                self.renew()
+                wait = interval
+            except LockLost:
+                return
+            except OSError as error:
+                log.warning("could not renew the lock on %s (retrying): %s", self.output_uri, error)
+                if self.clock() - self._renewed_at >= self.stale_after_s / 2:
+                    self._lose(f"no renewal succeeded for {self.stale_after_s / 2:g} s ({error})")
+                    return
+                wait = min(interval, max(0.05, self.stale_after_s / 40))
+
+    def renew(self) -> None:
+        """One heartbeat: replace this run's own last version. `LockLost` if another run wrote
+        the record since; `OSError` if the store could not be reached."""
+        with self._writing:
+            if self.lost:
+                raise LockLost(self.lost)
+            sent = self.clock()
+            record = self._record(HELD, self.generation, self._beats + 1)
+            try:
+                self._version = self._write(record, Versioned({}, self._version))
+            except Conflict:
+                self._lose("another run took the lock over")
+                raise LockLost(self.lost) from None
+            self._beats += 1
+            self._renewed_at = sent
+
+    def check(self) -> None:
+        """Raise `LockLost` unless this run certainly still holds the lock: its lease is fresh on
+        its own clock (renewed at once if not) and the record still names its generation."""
+        if self.lost:
+            raise LockLost(self.lost)
+        if self.clock() - self._renewed_at >= self.stale_after_s / 2:
+            try:
+                self.renew()
+            except OSError as error:
+                self._lose(f"its lease expired and could not be renewed ({error})")
+                raise LockLost(self.lost) from error
+        current = self.store.read()
+        record = current.record if current else {}
+        if (record.get("run_id"), record.get("generation"), record.get("state")) != (
+            self.run_id,
+            self.generation,
+            HELD,
+        ):
+            self._lose(f"the lock now belongs to run {record.get('run_id')}")
+            raise LockLost(self.lost)
+
+    @contextlib.contextmanager
+    def fenced(self) -> Iterator[None]:
+        """Commit inside this: the check holds for the whole block on local disk; on S3 the
+        block should be one request, issued with at least half the stale period of lease left."""
+        with self.store.guarded(exclusive=False):
+            self.check()
+            yield
+
+    # Letting go
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join()
+        if self.lost or self._version is None:
+            return
+        with self._writing:
+            try:
+                record = self._record(RELEASED, self.generation, self._beats + 1)
+                self._write(record, Versioned({}, self._version))
+            except (Conflict, OSError) as error:
+                log.warning("could not release the lock on %s: %r", self.output_uri, error)
+
+    def _lose(self, reason: str) -> None:
+        self.lost = (
+            f"run {self.run_id} lost the lock on {self.output_uri}: {reason}. It commits nothing "
+            "more; what it committed before stays, and a later run labels what is missing."
+        )
+        log.error(self.lost)
+        if self.on_lost:
+            self.on_lost(self.lost)
+
+    # The record
+
+    def _record(self, state: str, generation: int, beat: int) -> dict:
+        return {
+            "state": state,
+            "run_id": self.run_id,
+            "generation": generation,
+            "beat": beat,
+            "stale_after_s": self.stale_after_s,
+            **self.me.to_record(),
+            "written_at": time.time(),  # for people reading the file; never trusted
+            "write_id": uuid.uuid4().hex,
+        }
+
+    def _write(self, record: dict, current: Versioned | None) -> str:
+        """Create or replace; a `Conflict` caused by this very write having landed already (a
+        retried request) counts as success."""
+        try:
+            if current is None:
+                return self.store.create(record)
+            return self.store.replace(record, current.version)
+        except Conflict:
+            now = self.store.read()
+            if now is not None and now.record.get("write_id") == record["write_id"]:
+                return now.version
+            raise
+
+    def _locked(self, holder: dict, why: str) -> OutputLocked:
+        return OutputLocked(
+            f"output {self.output_uri} is being written by run {holder.get('run_id')} (host "
+            f"{holder.get('host')}, pid {holder.get('pid')}): {why}. Wait for it to finish; a "
+            f"dead run's lock is taken over once it stays unchanged for "
+            f"{_stale_after(holder):g} s (the holder's run.lock_stale_after_s)."
+        )
+
+    def _waiting_message(self, holder: dict) -> str:
+        return (
+            f"output {self.output_uri} is locked by run {holder.get('run_id')} (host "
+            f"{holder.get('host')}, pid {holder.get('pid')}); waiting: it is taken over if it "
+            f"stays unchanged for {_stale_after(holder):g} s, this run stops if it is renewed"
+        )
+
+
+def _stale_after(holder: dict) -> float:
+    value = holder.get("stale_after_s")
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if valid else DEFAULT_STALE_AFTER_S
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (None when it does not exist)."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[1].split()[19] if stat else None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as stream:
+            return stream.read().strip()
+    except OSError:
+        return None
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None

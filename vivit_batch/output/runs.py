@@ -1,0 +1,160 @@
+"""The run report: what one run did, as a typed object, written to `OUT/_runs/<run_id>.json`.
+
+The CLI's summary, `vivit-batch report`, the benchmarks and the tests all read this object;
+`to_dict`/`from_dict` are its JSON form (reports written by older versions read with defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class WriteStats:
+    """What a set of committed files holds, summed from the rows' internal columns."""
+
+    rows: int = 0
+    files: list[str] = field(default_factory=list)
+    status: Counter = field(default_factory=Counter)
+    error_codes: Counter = field(default_factory=Counter)
+    clips: int = 0
+    decode_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    bytes_read: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {**vars(self), "status": dict(self.status), "error_codes": dict(self.error_codes)}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WriteStats:
+        values = json.loads(text)
+        counters = {name: Counter(values[name]) for name in ("status", "error_codes")}
+        return cls(**{**values, **counters})
+
+    def add(self, other: WriteStats) -> None:
+        self.rows += other.rows
+        self.files += other.files
+        self.status.update(other.status)
+        self.error_codes.update(other.error_codes)
+        self.clips += other.clips
+        self.decode_seconds += other.decode_seconds
+        self.inference_seconds += other.inference_seconds
+        self.bytes_read += other.bytes_read
+
+
+@dataclass
+class Throughput:
+    """Clips per second end to end, and per stage from the time its actors were busy."""
+
+    clips: int = 0
+    clips_per_second: float | None = None
+    decode_clips_per_second: float | None = None
+    inference_clips_per_second: float | None = None
+    bytes_read: int = 0
+    bytes_read_per_video: int | None = None
+
+    @classmethod
+    def of(
+        cls, stats: WriteStats, wall_seconds: float, decode_actors: int, inference_actors: int
+    ) -> Throughput:
+        def per_second(busy_seconds: float, actors: int) -> float | None:
+            return round(stats.clips * actors / busy_seconds, 3) if busy_seconds else None
+
+        return cls(
+            clips=stats.clips,
+            clips_per_second=round(stats.clips / wall_seconds, 3) if wall_seconds else None,
+            decode_clips_per_second=per_second(stats.decode_seconds, decode_actors),
+            inference_clips_per_second=per_second(stats.inference_seconds, inference_actors),
+            bytes_read=stats.bytes_read,
+            bytes_read_per_video=round(stats.bytes_read / stats.rows) if stats.rows else None,
+        )
+
+
+@dataclass
+class ErrorBudget:
+    """The run fails (exit code 3) when the manifest's videos whose row in the output is an
+    error, this run's and earlier runs' alike, exceed `max_error_fraction` of the manifest."""
+
+    manifest_rows: int = 0
+    errors_this_run: int = 0
+    errors_kept: int = 0
+    """the manifest's videos whose error row from an earlier run this run left in place"""
+    max_error_fraction: float = 1.0
+
+    @property
+    def errors(self) -> int:
+        return self.errors_this_run + self.errors_kept
+
+    @property
+    def error_fraction(self) -> float:
+        return self.errors / self.manifest_rows if self.manifest_rows else 0.0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.error_fraction > self.max_error_fraction
+
+
+@dataclass
+class ModelUsed:
+    source: str = ""
+    revision: str | None = None
+    """as asked for (a branch, tag or commit), None for local checkpoints"""
+    commit: str | None = None
+    """the hub commit every inference actor loaded"""
+    weights_sha256: str = ""
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    started_at: str = ""
+    wall_seconds: float = 0.0
+    mode: str = "incremental"
+    model: ModelUsed = field(default_factory=ModelUsed)
+    manifest_rows: int = 0
+    rows_written: int = 0
+    skipped_committed: int = 0
+    rows_replaced: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """{"status": {"ok": n, "error": m}, "error_code": {code: n}} of the rows written"""
+    error_budget: ErrorBudget = field(default_factory=ErrorBudget)
+    throughput: Throughput = field(default_factory=Throughput)
+    lock_generation: int | None = None
+    """how many times the output's lock had been taken when this run took it"""
+    resources: dict = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["error_budget"].update(
+            error_fraction=self.error_budget.error_fraction, exceeded=self.error_budget.exceeded
+        )
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunReport:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict):
+    """`cls` from its `asdict` form: nested dataclasses rebuilt, unknown keys ignored, missing
+    ones left at their defaults."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for item in dataclasses.fields(cls):
+        if item.name not in data:
+            continue
+        value = data[item.name]
+        kind = hints[item.name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = _from_dict(kind, value)
+        values[item.name] = value
+    return cls(**values)

@@ -1,0 +1,92 @@
+"""Writing rows: write tasks stage Parquet files, the driver commits them under the lock.
+
+`FileWriter` runs in Ray Data tasks: it turns a batch of labelled rows into files of at most
+`rows_per_file` rows, in output column order, stages each (`Output.stage`) and returns one row
+per file: where it is staged, where it goes, and what it holds. The driver commits each one
+(`commit_staged`) inside the lock's fence, so only the process that holds the lease ever makes
+rows visible. File names carry the run id and a digest of the video ids inside, so a retried
+task rewrites the same file instead of adding a second copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vivit_batch.output.dataset import Fence, Output, parquet_bytes
+from vivit_batch.output.runs import WriteStats
+from vivit_batch.output.schema import BYTES_READ, DECODE_SECONDS, INFERENCE_SECONDS, VIEWS
+
+STAGED_SCHEMA = pa.schema([("staged", pa.string()), ("final", pa.string()), ("stats", pa.string())])
+
+
+@dataclass(frozen=True)
+class FileWriter:
+    output: Output
+    run_id: str
+    schema: pa.Schema
+    rows_per_file: int
+    partition_values: dict[str, str] = dataclasses.field(default_factory=dict)
+    """this run's value of each partition column"""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        # Sorted, so that a retried task cuts the same files.
+        batch = batch.sort_by("video_id")
+        staged = []
+        for start in range(0, batch.num_rows, self.rows_per_file):
+            rows = batch.slice(start, self.rows_per_file)
+            table = self.to_output_table(rows)
+            final = self.final_path(table)
+            name = final.rsplit("/", 1)[1]
+            path = self.output.stage(parquet_bytes(table), self.run_id, name)
+            staged.append((path, final, stats_of(rows).to_json()))
+        return pa.Table.from_pylist(
+            [dict(zip(STAGED_SCHEMA.names, row, strict=True)) for row in staged], STAGED_SCHEMA
+        )
+
+    def to_output_table(self, table: pa.Table) -> pa.Table:
+        """Output columns in schema order, then the manifest's; internal `_` columns dropped."""
+        for name, value in self.partition_values.items():
+            table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+        passthrough = [
+            n for n in table.column_names if n not in self.schema.names and not n.startswith("_")
+        ]
+        columns = [table.column(f.name).cast(f.type) for f in self.schema]
+        columns += [table.column(name) for name in passthrough]
+        return pa.Table.from_arrays(columns, names=self.schema.names + passthrough)
+
+    def final_path(self, table: pa.Table) -> str:
+        ids = "\n".join(sorted(table.column("video_id").to_pylist()))
+        digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
+        # Hive-style `name=value` folders: every row of this run has the run's values.
+        folders = [f"{name}={value}" for name, value in self.partition_values.items()]
+        return self.output.path(*folders, f"part-{self.run_id}-{digest}.parquet")
+
+
+def commit_staged(output: Output, lock: Fence, staged: dict) -> WriteStats:
+    """Commit one file `FileWriter` staged (a row of its output); returns what it holds."""
+    output.commit(staged["staged"], staged["final"], lock)
+    stats = WriteStats.from_json(staged["stats"])
+    stats.files = [output.uri_of(staged["final"])]
+    return stats
+
+
+def stats_of(table: pa.Table) -> WriteStats:
+    def total(name: str) -> float:
+        return pc.sum(table.column(name)).as_py() or 0
+
+    codes = [c for c in table.column("error_code").to_pylist() if c]
+    return WriteStats(
+        rows=table.num_rows,
+        status=Counter(table.column("status").to_pylist()),
+        error_codes=Counter(codes),
+        clips=int(total(VIEWS)),
+        decode_seconds=float(total(DECODE_SECONDS)),
+        inference_seconds=float(total(INFERENCE_SECONDS)),
+        bytes_read=int(total(BYTES_READ)),
+    )
