@@ -64,6 +64,7 @@ import pyarrow.csv as pa_csv  # noqa: E402
 
 from benchmarks.results import cpu_model, load_average, write_section  # noqa: E402
 from tests.checkpoints import BASE  # noqa: E402
+from vivit_batch.output.schema import VIEWS  # noqa: E402
 
 CPUS = 2
 OVERHEAD_TARGET = 0.10
@@ -171,16 +172,8 @@ def time_stage(stage, inputs: list[pa.Table]) -> tuple[Timing, list[pa.Table]]:
     for batch in inputs:
         outputs.append(stage(batch))
     timing = Timing(time.perf_counter() - wall, own_cpu() - cpu)
-    timing.clips = sum(int(pa.compute.sum(t.column("_views")).as_py() or 0) for t in outputs)
+    timing.clips = sum(int(pa.compute.sum(t.column(VIEWS)).as_py() or 0) for t in outputs)
     return timing, outputs
-
-
-def inference_settings(job, resources, run_id: str):
-    """What `pipeline.build_dataset` gives the inference actors."""
-    from vivit_batch.pipeline import inference_settings
-
-    threads = getattr(resources, "inference_threads", None) or int(resources.inference_cpus)
-    return inference_settings(job, run_id, None if resources.inference_gpus else threads)
 
 
 ROLES = ("decode actor", "inference actor", "driver", "other Ray")
@@ -387,7 +380,7 @@ def run_case(case: dict, directory: Path) -> dict:
     decoded_rows = pa.concat_tables(decoded).slice(0, case["alone_rows"] or case["rows"])
     inference_inputs = batches(decoded_rows, config.resources.batch_size)
     half = (len(inference_inputs) + 1) // 2
-    inference_stage = InferenceStage(inference_settings(job, resources, "alone"))
+    inference_stage = InferenceStage(pipeline.inference_settings(job, "alone", resources))
     inference_stage(inference_inputs[0].slice(0, 1))  # warm-up
     inference_before, _ = time_stage(inference_stage, inference_inputs[:half])
 

@@ -74,43 +74,73 @@ def test_ray_job_submit_runs_the_job_on_the_cluster(ray_cluster, tmp_path, job_i
 
 
 MULTI_NODE_SCRIPT = """
-import json, sys
+import contextlib, io, json, sys
 import ray
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors, list_nodes
+from ray.util.state import list_actors
 from vivit_batch.cli import main
 
 directory, output = sys.argv[1], sys.argv[2]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0})
-gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)
+gpu_node = cluster.add_node(num_cpus=1, num_gpus=1)  # a GPU to Ray; this torch has no CUDA
 ray.init(address=cluster.address)
-code = main(["run", "--manifest", directory + "/manifest.txt", "--output", output,
-             "--model", directory + "/checkpoint", "--address", cluster.address])
-gpu_node_id = gpu_node.node_id
-placements = {}
-for actor in list_actors(address=cluster.address, detail=True, limit=1000):
-    name = actor.class_name
-    if "DecodeStage" in name or "InferenceStage" in name:
-        stage = "decode" if "DecodeStage" in name else "inference"
-        placements.setdefault(stage, set()).add("gpu" if actor.node_id == gpu_node_id else "cpu")
-print(json.dumps({"code": code, "placements": {k: sorted(v) for k, v in placements.items()}}))
+job = ["--manifest", directory + "/manifest.txt", "--output", output,
+       "--model", directory + "/checkpoint", "--address", cluster.address]
+
+def cli(*arguments):
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(list(arguments))
+    return {"code": code, "printed": printed.getvalue()}
+
+def placements():
+    found = {}
+    for actor in list_actors(address=cluster.address, detail=True, limit=1000):
+        name = actor.class_name
+        if "DecodeStage" in name or "InferenceStage" in name:
+            stage = "decode" if "DecodeStage" in name else "inference"
+            node = "gpu" if actor.node_id == gpu_node.node_id else "cpu"
+            found.setdefault(stage, set()).add(node)
+    return {stage: sorted(nodes) for stage, nodes in found.items()}
+
+outcome = {"gpu_plan": cli("run", *job), "placements": placements()}
+outcome["validate"] = cli("validate", *job)
+outcome["cpu_plan"] = cli("run", *job, "--set", "resources.inference_gpus=0")
+print(json.dumps(outcome))
 ray.shutdown()
 cluster.shutdown()
 """
 
 
 @pytest.mark.slow
-def test_decode_on_cpu_node_inference_on_gpu_node(tmp_path, job_inputs):
+def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job_inputs):
+    """A CPU node and a node Ray counts one GPU on, with this machine's CPU-only torch:
+    decode actors go to the CPU node and the inference actor to the GPU node, where it finds
+    that torch cannot use CUDA, so the run and `validate` stop with exit code 2 before any row
+    is labelled. With resources.inference_gpus=0 the same cluster labels on the CPU, with the
+    planned torch threads."""
     output = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-c", MULTI_NODE_SCRIPT, str(job_inputs), str(output)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    assert outcome["code"] == 0
     assert outcome["placements"] == {"decode": ["cpu"], "inference": ["gpu"]}
-    assert ds.dataset(output).count_rows() == 3
+    for refused in (outcome["gpu_plan"], outcome["validate"]):
+        assert refused["code"] == 2, refused["printed"][-3000:]
+        assert "cannot use CUDA" in refused["printed"]
+        assert "resources.inference_gpus=0" in refused["printed"]
+        assert "torch " in refused["printed"] and "CPU-only build" in refused["printed"]
+    cpu_run = outcome["cpu_plan"]
+    assert cpu_run["code"] == 0, cpu_run["printed"][-3000:]
+    [report_file] = (output / "_runs").glob("*.json")  # the refused runs wrote nothing
+    report = json.loads(report_file.read_text())
+    assert ds.dataset(output).to_table()["run_id"].to_pylist() == [report["run_id"]] * 3
+    assert report["resources"]["inference_gpus"] == 0
+    [device] = report["inference_devices"]
+    assert device["device"] == "cpu"
+    assert device["threads"] == report["resources"]["inference_threads"] == 1  # 3 CPUs // 2

@@ -137,15 +137,29 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
     assert report["model"]["weights_sha256"] == ok.model_sha256.iloc[0]
     assert {"python", "torch", "ray", "av"} <= set(report["versions"])
     assert report["throughput"]["clips"] == 4
+    [device] = report["inference_devices"]  # what really labelled the rows
+    assert (device["device"], device["precision"]) == ("cpu", "fp32")
+    assert device["threads"] == report["resources"]["inference_threads"]
+    assert device["torch"] == report["versions"]["torch"] and not report["warnings"]
 
 
-def test_predictions_match_the_stages_run_directly(ray_cluster, tmp_path, checkpoint, videos):
+def test_predictions_match_the_stages_run_directly(
+    ray_cluster, tmp_path, checkpoint, videos, capsys
+):
     """The Ray wiring keeps each row's prediction with its video, in files of at most
-    `output.rows_per_file` rows."""
+    `output.rows_per_file` rows. bf16 is asked for, which CPU actors cannot autocast: they
+    label in fp32 (the same predictions) and the report and the summary say so."""
     good = [videos[name] for name, *_ in GOOD_VIDEOS]
     manifest = write_csv(tmp_path / "m.csv", [{"uri": str(p)} for p in good])
     settings = ["--set", "resources.batch_size=3", "--set", "output.rows_per_file=3"]
-    assert run(manifest, tmp_path / "out", checkpoint, *settings) == 0
+    bf16 = ["--set", "model.precision=bf16"]
+    assert run(manifest, tmp_path / "out", checkpoint, *settings, *bf16) == 0
+    [report_file] = (tmp_path / "out" / "_runs").glob("*.json")
+    report = json.loads(report_file.read_text())
+    [device] = report["inference_devices"]
+    assert (device["precision"], device["requested_precision"]) == ("fp32", "bf16")
+    assert report["warnings"] == [device["warning"]] and "in fp32" in device["warning"]
+    assert f"warning: {device['warning']}" in capsys.readouterr().out
     frame = read_rows(tmp_path / "out").set_index("uri")
     files = ds.dataset(tmp_path / "out").get_fragments()
     assert sorted(f.count_rows() for f in files) == [1, 3]  # rows_per_file is an upper bound
@@ -257,5 +271,7 @@ def test_validate_labels_a_sample_and_writes_nothing(
     [ok_line] = [line for line in printed.splitlines() if line.startswith("  ok")]
     assert ok_line.split(": ")[1].split(" (")[0] in labels
     assert f"  error {videos['notes.mp4']}: " in printed
+    assert "plan: 1 inference actor(s), each" in printed
+    assert "inference actor: cpu " in printed and ", fp32, torch " in printed
     assert not (tmp_path / "out").exists()
     assert main(["validate", *arguments, "--model", str(tmp_path / "none")]) == 2

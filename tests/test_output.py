@@ -24,6 +24,7 @@ from vivit_batch.output import (
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
+    INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     METADATA_COLUMNS,
     PREDICTION_COLUMNS,
@@ -54,6 +55,7 @@ def labelled_rows(ids: list[str], errors: tuple[str, ...] = ()) -> pa.Table:
         DECODE_SECONDS: pa.array([0.5] * rows),
         INFERENCE_SECONDS: pa.array([0.25] * rows),
         BYTES_READ: pa.array([100] * rows, pa.int64()),
+        INFERENCE_DEVICE: pa.array(['{"device": "cpu"}'] * rows),
         "split": pa.array(["train"] * rows),
     }
     return pa.table(columns)
@@ -84,6 +86,7 @@ def test_files_appear_only_when_committed(tmp_path):
     assert [s.rows for s in stats] == [2, 1]
     assert sum((s.status for s in stats), Counter()) == {"ok": 2, "error": 1}
     assert (sum(s.clips for s in stats), sum(s.bytes_read for s in stats)) == (6, 300)
+    assert stats[0].devices == ['{"device": "cpu"}']
     table = ds.dataset(output.root).to_table()
     assert table.column_names == output_schema(HIDDEN).names + ["split"]  # no "_" column
     assert sorted(table["video_id"].to_pylist()) == ["a", "b", "c"] == duckdb_ids(output)

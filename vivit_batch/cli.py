@@ -7,6 +7,7 @@ manifest (nothing processed), 3 error budget exceeded, 1 anything else.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
 from vivit_batch.model import CheckpointError
 from vivit_batch.output import LockLost, RunReport
+from vivit_batch.output.schema import INFERENCE_DEVICE
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 
@@ -181,6 +183,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def print_run_summary(report: RunReport) -> None:
     from vivit_batch.output import Output
+    from vivit_batch.report import device_lines
 
     output_uri = report.config["output"]["uri"]
     print(
@@ -190,13 +193,16 @@ def print_run_summary(report: RunReport) -> None:
     print(f"  status: {report.counts['status']}")
     if report.counts["error_code"]:
         print(f"  errors: {report.counts['error_code']}")
+    for line in device_lines(report):
+        print(f"  {line}")
     print(f"  output: {output_uri}")
     print(f"  report: {Output(output_uri).report_uri(report.run_id)}")
 
 
 def validate_command(args: argparse.Namespace) -> int:
     from vivit_batch import pipeline
-    from vivit_batch.stages import DecodeStage, InferenceStage
+    from vivit_batch.device import summary
+    from vivit_batch.stages import DecodeStage
 
     config = config_from(args)
     start_ray(args.address)
@@ -205,9 +211,14 @@ def validate_command(args: argparse.Namespace) -> int:
         f"config ok; model {config.model.source} ({job.model_config.num_labels} labels, "
         f"weights sha256 {job.checkpoint.weights_sha256[:12]}); manifest {job.manifest.rows} rows"
     )
+    resources = pipeline.plan_resources(config)
+    print(f"plan: {resources.describe()}")
     decoded = DecodeStage(job.decode)(pipeline.first_rows(job, args.videos))
-    settings = pipeline.inference_settings(job, "validate", torch_threads=None)
-    labelled = InferenceStage(settings)(decoded)
+    labelled = pipeline.label_on_cluster(job, resources, decoded)
+    [device] = [json.loads(d) for d in labelled.column(INFERENCE_DEVICE).unique().to_pylist()]
+    print(f"inference actor: {summary(device)}")
+    if "warning" in device:
+        print(f"warning: {device['warning']}")
     for row in labelled.select(["uri", "status", "error_message", "label", "score"]).to_pylist():
         if row["status"] == "ok":
             print(f"  ok    {row['uri']}: {row['label']} ({row['score']:.2f})")

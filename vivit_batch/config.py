@@ -112,6 +112,9 @@ class ResourcesSection:
     """default: one per GPU; one on a CPU-only cluster"""
     inference_cpus: int | None = None
     """CPUs (torch threads) per CPU inference actor; default: half the cluster's CPUs"""
+    inference_gpus: float | None = None
+    """GPUs per inference actor; default: 1 on a cluster with GPUs, else 0. 0 labels on the
+    CPU (with inference_cpus threads) also on a GPU cluster; 0.5 puts two actors on a GPU"""
     batch_size: int = 8
     """videos per inference batch"""
     decode_batch_size: int = 16
@@ -199,7 +202,12 @@ POSITIVE = {
 }
 
 
-NON_NEGATIVE = {"decode.crash_retries", "sampling.seed", "run.lock_wait_s"}
+NON_NEGATIVE = {
+    "decode.crash_retries",
+    "sampling.seed",
+    "run.lock_wait_s",
+    "resources.inference_gpus",
+}
 
 
 def all_keys() -> dict[str, type]:

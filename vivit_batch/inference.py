@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vivit_batch.device import precision_on
 from vivit_batch.model import VivitForVideoClassification
 from vivit_batch.processor import ProcessorConfig
 
@@ -46,7 +47,9 @@ class VideoClassifier:
         self.device = next(model.parameters()).device
         self.top_k = min(top_k, model.config.num_labels)
         self.labels = labels or model.config.id2label
-        self.autocast_dtype = PRECISIONS[precision] if self.device.type == "cuda" else None
+        self.precision = precision_on(self.device, precision)
+        """what runs: autocast is CUDA's only (see `device`)"""
+        self.autocast_dtype = PRECISIONS[self.precision]
         self.clips_per_forward = clips_per_forward
         scale, shift = processor.pixel_affine()
         self.scale = torch.from_numpy(scale).to(self.device).view(1, 1, 3, 1, 1)
@@ -63,6 +66,13 @@ class VideoClassifier:
         ):
             predictions.append(self._predict(probs.mean(0), embeds.mean(0)))
         return predictions
+
+    def warm_up(self) -> None:
+        """One forward pass of `clips_per_forward` blank full-size clips: allocates what
+        labelling needs (and raises on CUDA if it does not fit)."""
+        config = self.model.config
+        size = (config.num_frames, config.image_size, config.image_size, config.num_channels)
+        self._run(np.zeros((self.clips_per_forward, *size), np.uint8))
 
     def _run(self, clips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """All views through the model in chunks; (probabilities, embeddings) on the CPU."""

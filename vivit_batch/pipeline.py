@@ -28,6 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from vivit_batch import storage
 from vivit_batch.config import ConfigError, JobConfig, RunSection, require_job_inputs
+from vivit_batch.device import CPU, CUDA
 from vivit_batch.incremental import (
     EMPTY_IDS,
     all_ids,
@@ -118,6 +119,23 @@ class Resources:
     inference_gpus: float
     decode_nodes: list[str] = dataclasses.field(default_factory=list)
     """CPU-only nodes that decode actors are placed on (when the cluster has GPU nodes)"""
+
+    @property
+    def inference_device(self) -> str:
+        return CUDA if self.inference_gpus else CPU
+
+    def describe(self) -> str:
+        inference = (
+            f"{self.inference_gpus:g} GPU ({CUDA}) + {self.inference_cpus:g} CPU"
+            if self.inference_gpus
+            else f"{self.inference_cpus:g} CPU ({CPU}, {self.inference_threads} torch threads)"
+        )
+        nodes = f" on CPU-only nodes {', '.join(self.decode_nodes)}" if self.decode_nodes else ""
+        return (
+            f"{self.inference_actors} inference actor(s), each {inference}; "
+            f"{self.decode_actors} decode actor(s), each {self.decode_cpus:.2g} CPU with "
+            f"{self.decode_threads} PyAV thread(s){nodes}"
+        )
 
 
 @dataclass
@@ -243,16 +261,22 @@ def _scan_manifest_task(section, reserved, options) -> ManifestSummary:
 def plan_resources(config: JobConfig) -> Resources:
     """Actor pools from the cluster's resources; explicit settings win.
 
-    Without GPUs, torch gets half the cores and decoding the other half. With GPUs, one
-    inference actor per GPU, and decoding on the CPU-only nodes if there are any (else on the
-    GPU nodes' spare cores). The pools' CPU reservations are scaled to leave
+    Without GPUs for inference (none in the cluster, or `resources.inference_gpus=0`), torch
+    gets half the cores and decoding the other half. With GPUs, one inference actor per GPU (or
+    per `inference_gpus` of one), and decoding on the CPU-only nodes if there are any (else on
+    the GPU nodes' spare cores). The pools' CPU reservations are scaled to leave
     RAY_DATA_HEADROOM_CPUS free for Ray Data's own tasks.
     """
     cluster = ray.cluster_resources()
-    cpus, gpus = int(cluster.get("CPU", 1)), int(cluster.get("GPU", 0))
+    cpus, cluster_gpus = int(cluster.get("CPU", 1)), cluster.get("GPU", 0)
     r = config.resources
+    default_gpus = 1.0 if cluster_gpus else 0.0
+    gpus_per_actor = default_gpus if r.inference_gpus is None else r.inference_gpus
+    gpus = gpus_per_actor > 0
     decode_threads = config.decode.threads
-    inference_actors = r.inference_actors or max(1, gpus)
+    inference_actors = r.inference_actors or (
+        max(1, int(cluster_gpus / gpus_per_actor)) if gpus else 1
+    )
     inference_threads = 1 if gpus else r.inference_cpus or max(1, cpus // 2)
     inference_total = inference_actors * inference_threads
     cpu_nodes = cpu_only_nodes() if gpus else {}
@@ -272,7 +296,7 @@ def plan_resources(config: JobConfig) -> Resources:
         inference_actors=inference_actors,
         inference_threads=inference_threads,
         inference_cpus=inference_threads * min(1.0, max(0.1, inference_scale)),
-        inference_gpus=1.0 if gpus else 0.0,
+        inference_gpus=float(gpus_per_actor),
         decode_nodes=sorted(cpu_nodes),
     )
 
@@ -300,9 +324,9 @@ def build_dataset(
 ) -> ray.data.Dataset:
     """The pipeline; videos whose ids are in `skip` are left out."""
     config = job.config
-    # A stage's exception reaches the driver as itself (an inference actor's CheckpointChanged
-    # must end the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context
-    # when they are made, so this comes first.
+    # A stage's exception reaches the driver as itself (an inference actor's refusal must end
+    # the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context when they
+    # are made, so this comes first.
     ray.data.DataContext.get_current().raise_original_map_exception = True
     dataset = manifest_with_ids(job, skip).map_batches(
         with_versions,
@@ -321,9 +345,7 @@ def build_dataset(
     )
     return dataset.map_batches(
         InferenceStage,
-        fn_constructor_kwargs={
-            "settings": inference_settings(job, run_id, resources.inference_threads)
-        },
+        fn_constructor_kwargs={"settings": inference_settings(job, run_id, resources)},
         compute=ray.data.ActorPoolStrategy(size=resources.inference_actors),
         num_cpus=resources.inference_cpus,
         num_gpus=resources.inference_gpus,
@@ -364,9 +386,7 @@ def partition_values(partition_by: tuple[str, ...], started: float) -> dict[str,
     return {name: {"run_date": run_date}[name] for name in partition_by}
 
 
-def inference_settings(
-    job: PreparedJob, run_id: str, torch_threads: int | None
-) -> InferenceSettings:
+def inference_settings(job: PreparedJob, run_id: str, resources: Resources) -> InferenceSettings:
     config = job.config
     return InferenceSettings(
         model_source=config.model.source,
@@ -378,8 +398,33 @@ def inference_settings(
         labels=job.labels,
         precision=config.model.precision,
         clips_per_forward=config.resources.clips_per_forward,
-        torch_threads=torch_threads,
+        device=resources.inference_device,
+        torch_threads=None if resources.inference_gpus else resources.inference_threads,
     )
+
+
+def label_on_cluster(job: PreparedJob, resources: Resources, decoded: pa.Table) -> pa.Table:
+    """Label `decoded` rows in one inference actor placed as the run would place it (`validate`:
+    the device check runs where the run's would)."""
+    stage = ray.remote(InferenceStage).options(
+        num_cpus=resources.inference_cpus, num_gpus=resources.inference_gpus
+    )
+    actor = stage.remote(inference_settings(job, "validate", resources))
+    try:
+        with stage_errors():
+            return ray.get(actor.__call__.remote(decoded))
+    finally:
+        ray.kill(actor)  # now, not when the handle is collected: it may hold a GPU
+
+
+@contextlib.contextmanager
+def stage_errors() -> Iterator[None]:
+    """A stage's refusal (a device or checkpoint error: exit code 2) raised as itself, not as
+    Ray's wrapper of it."""
+    try:
+        yield
+    except (ConfigError, CheckpointError) as error:
+        raise getattr(error, "cause", error) from None
 
 
 def manifest_with_ids(job: PreparedJob, skip: pa.Array | None = None) -> ray.data.Dataset:
@@ -520,12 +565,10 @@ def write_rows(
         writer, batch_size=config.output.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
     )
     stats = WriteStats()
-    try:
+    with stage_errors():
         for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
                 stats.add(commit_staged(output, lock, row))
-    except CheckpointError as error:  # Ray's RayTaskError(CheckpointChanged): its `cause`
-        raise error.cause from None
     return stats
 
 
@@ -540,6 +583,7 @@ def run_report(
 ) -> RunReport:
     config = job.config
     wall = time.time() - started
+    devices = [json.loads(record) for record in stats.devices]
     return RunReport(
         run_id=run_id,
         started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
@@ -563,6 +607,8 @@ def run_report(
             max_error_fraction=config.run.max_error_fraction,
         ),
         throughput=Throughput.of(stats, wall, resources.decode_actors, resources.inference_actors),
+        inference_devices=devices,
+        warnings=[d["warning"] for d in devices if "warning" in d],
         lock_generation=lock.generation,
         resources=vars(resources),
         files=stats.files,

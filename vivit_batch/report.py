@@ -6,7 +6,8 @@ from collections import Counter
 
 import pyarrow as pa
 
-from vivit_batch.output import Output
+from vivit_batch.device import summary
+from vivit_batch.output import Output, RunReport
 
 
 def summarise_output(output_uri: str, top: int = 10) -> str:
@@ -28,7 +29,16 @@ def summarise_output(output_uri: str, top: int = 10) -> str:
             f"{speed.clips_per_second} clips/s (decode {speed.decode_clips_per_second}, "
             f"inference {speed.inference_clips_per_second})"
         )
+        lines += [f"      {line}" for line in device_lines(run)]
     return "\n".join(lines)
+
+
+def device_lines(report: RunReport) -> list[str]:
+    """'inference: ...' for each kind of device the run's inference actors used, then the
+    run's warnings."""
+    kinds = Counter(summary(device) for device in report.inference_devices)
+    lines = [f"inference: {n} actor(s) on {kind}" for kind, n in kinds.items()]
+    return lines + [f"warning: {warning}" for warning in dict.fromkeys(report.warnings)]
 
 
 def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:

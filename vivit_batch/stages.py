@@ -7,6 +7,8 @@ never an exception: an exception would make Ray Data drop or retry a whole batch
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,6 +16,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
+from vivit_batch.device import DeviceError, describe, open_device, require_fit
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import CheckpointError, load_pretrained
 from vivit_batch.output.schema import (
@@ -22,6 +25,7 @@ from vivit_batch.output.schema import (
     CLIPS,
     DECODE_SECONDS,
     DECODED_COLUMNS,
+    INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     METADATA_COLUMNS,
     PREDICTION_COLUMNS,
@@ -32,6 +36,8 @@ from vivit_batch.output.schema import (
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.video import DecodeLimits, SamplingConfig, VideoError, decode_video
 from vivit_batch.video.isolation import DEFAULT_MAX_MEMORY_BYTES, IsolatedDecoder
+
+log = logging.getLogger("vivit_batch")
 
 
 class CheckpointChanged(CheckpointError):
@@ -120,28 +126,39 @@ class InferenceSettings:
     labels: dict[int, str] | None = None
     precision: str = "fp32"
     clips_per_forward: int = 8
+    device: str = "cpu"
+    """what the plan gave the actor: cuda (a GPU from Ray) or cpu"""
     torch_threads: int | None = None
+    """CPU plans: the torch threads the actor was planned with"""
 
 
 class InferenceStage:
     def __init__(self, settings: InferenceSettings):
-        import torch
+        self.settings = settings
+        # A refusal is raised from the first batch rather than here: Ray reports an error in an
+        # actor's constructor as text only, and retries the constructor without end.
+        self.refusal: Exception | None = None
+        try:
+            self.classifier = self._start()
+        except (DeviceError, CheckpointChanged) as error:
+            self.refusal = error
+            return
+        self.device = describe(self.classifier.device, settings.precision)
+        if "warning" in self.device:
+            log.warning(self.device["warning"])
 
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    def _start(self) -> VideoClassifier:
+        settings = self.settings
+        device = open_device(settings.device, settings.torch_threads)
         model = load_pretrained(settings.model_source, settings.revision, device=device)
-        self.refusal = None
         if model.checkpoint.weights_sha256 != settings.weights_sha256:
-            # Raised from the first batch rather than here: Ray reports an error in an actor's
-            # constructor as text only, and retries the constructor without end.
-            self.refusal = CheckpointChanged(
+            raise CheckpointChanged(
                 f"model {settings.model_source} changed after the run started: the driver "
                 f"checked weights sha256 {settings.weights_sha256[:12]}, an inference actor "
                 f"loaded {model.checkpoint.weights_sha256[:12]}. Nothing was labelled with it. "
                 "Do not modify a checkpoint while a run uses it; run again."
             )
-        self.classifier = VideoClassifier(
+        classifier = VideoClassifier(
             model,
             settings.processor,
             top_k=settings.top_k,
@@ -149,8 +166,11 @@ class InferenceStage:
             precision=settings.precision,
             clips_per_forward=settings.clips_per_forward,
         )
-        self.settings = settings
-        self.weights_sha256 = model.checkpoint.weights_sha256
+        if device.type == "cuda":
+            require_fit(
+                classifier.warm_up, device, settings.clips_per_forward, classifier.precision
+            )
+        return classifier
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.refusal:
@@ -163,6 +183,7 @@ class InferenceStage:
         columns = self._prediction_columns(predictions, batch.num_rows)
         elapsed = time.perf_counter() - started
         columns[INFERENCE_SECONDS] = pa.array([elapsed / batch.num_rows] * batch.num_rows)
+        columns[INFERENCE_DEVICE] = pa.array([json.dumps(self.device)] * batch.num_rows)
         for name, column in columns.items():
             batch = batch.append_column(name, column)
         return batch
@@ -182,7 +203,7 @@ class InferenceStage:
         )
         provenance = {
             "model": self.settings.model_source,
-            "model_sha256": self.weights_sha256,
+            "model_sha256": self.settings.weights_sha256,
             "run_id": self.settings.run_id,
             "processed_at": datetime.now(timezone.utc),
         }

@@ -25,6 +25,8 @@ class WriteStats:
     decode_seconds: float = 0.0
     inference_seconds: float = 0.0
     bytes_read: int = 0
+    devices: list[str] = field(default_factory=list)
+    """the distinct inference actors' device records (JSON), see `device.describe`"""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -46,6 +48,7 @@ class WriteStats:
         self.decode_seconds += other.decode_seconds
         self.inference_seconds += other.inference_seconds
         self.bytes_read += other.bytes_read
+        self.devices += [d for d in other.devices if d not in self.devices]
 
 
 @dataclass
@@ -125,6 +128,10 @@ class RunReport:
     """{"status": {"ok": n, "error": m}, "error_code": {code: n}} of the rows written"""
     error_budget: ErrorBudget = field(default_factory=ErrorBudget)
     throughput: Throughput = field(default_factory=Throughput)
+    inference_devices: list[dict] = field(default_factory=list)
+    """what each inference actor labelled with: node, device, GPU name and memory or CPU
+    threads, precision, torch and CUDA versions (see `device.describe`)"""
+    warnings: list[str] = field(default_factory=list)
     lock_generation: int | None = None
     """how many times the output's lock had been taken when this run took it"""
     resources: dict = field(default_factory=dict)

@@ -60,6 +60,8 @@ VIEWS = "_views"
 BYTES_READ = "_bytes_read"
 DECODE_SECONDS = "_decode_s"
 INFERENCE_SECONDS = "_inference_s"
+INFERENCE_DEVICE = "_inference_device"
+"""JSON: what the inference actor that labelled the row runs on (see `device.describe`)"""
 DECODED_COLUMNS = {
     **OUTCOME_COLUMNS,
     **METADATA_COLUMNS,

@@ -20,7 +20,13 @@ import pyarrow.compute as pc
 
 from vivit_batch.output.dataset import Fence, Output, parquet_bytes
 from vivit_batch.output.runs import WriteStats
-from vivit_batch.output.schema import BYTES_READ, DECODE_SECONDS, INFERENCE_SECONDS, VIEWS
+from vivit_batch.output.schema import (
+    BYTES_READ,
+    DECODE_SECONDS,
+    INFERENCE_DEVICE,
+    INFERENCE_SECONDS,
+    VIEWS,
+)
 
 STAGED_SCHEMA = pa.schema([("staged", pa.string()), ("final", pa.string()), ("stats", pa.string())])
 
@@ -89,4 +95,5 @@ def stats_of(table: pa.Table) -> WriteStats:
         decode_seconds=float(total(DECODE_SECONDS)),
         inference_seconds=float(total(INFERENCE_SECONDS)),
         bytes_read=int(total(BYTES_READ)),
+        devices=pc.unique(table.column(INFERENCE_DEVICE)).drop_null().to_pylist(),
     )

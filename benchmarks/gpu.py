@@ -1,0 +1,288 @@
+"""GPU figures: the model's forward pass on CUDA, and the whole job on one GPU machine.
+
+    python benchmarks/gpu.py --json PATH [--rows N] [--quick]
+    python benchmarks/gpu.py --render PATH      # BENCHMARKS.md's GPU section from a --json file
+
+1. Model forward, base size (random weights in Hugging Face layout): this ViViT and
+   transformers' sdpa path, fp32 and bf16 / fp16 autocast (as `VideoClassifier` runs them), at
+   batch sizes 1, 8 and 32. CUDA-synchronised wall time, median of 5 after 2 warm-ups;
+   clips/s and the TFLOP/s that the model's exact FLOP count gives.
+2. The job: `prepare_job` + `run_job` on embedded local Ray with every CPU and the GPU (the
+   default plan), the base checkpoint at bf16, over N manifest rows that point round robin at 16
+   generated 1280x720 H.264 videos (30 fps, 5 s, x264 defaults): end-to-end clips/s, the run
+   report's per-stage rates, and what the inference actor reports of its device.
+3. The device check: `vivit-batch validate` with resources.clips_per_forward=4096, which
+   cannot fit the GPU, must stop with exit code 2 and say so.
+
+`--quick` runs a tiny model and 64 small-video rows (a smoke test; it also runs on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the `tests` helpers
+
+from benchmarks.model_forward import flops_per_clip  # noqa: E402
+from benchmarks.results import cpu_model, write_section  # noqa: E402
+from tests.checkpoints import BASE, TINY, make_checkpoint  # noqa: E402
+from vivit_batch.config import ResourcesSection  # noqa: E402
+from vivit_batch.inference import PRECISIONS  # noqa: E402
+from vivit_batch.model import load_pretrained  # noqa: E402
+
+DISTINCT_VIDEOS = 16
+VIDEO = dict(width=1280, height=720, fps=30, num_frames=150, codec="libx264", content="detailed")
+QUICK_VIDEO = dict(VIDEO, width=320, height=240, num_frames=60)
+
+
+def model_forward(directory: Path, architecture: dict, batches: list[int]) -> list[dict]:
+    from transformers import VivitForVideoClassification as HFModel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    make_checkpoint(directory, **architecture)
+    ours = load_pretrained(directory, device=device)
+    theirs = HFModel.from_pretrained(directory, attn_implementation="sdpa").to(device).eval()
+    config = ours.config
+    flops = sum(flops_per_clip(config).values())
+    figures = []
+    for precision, dtype in PRECISIONS.items():
+        for batch in batches:
+            size = (batch, config.num_frames, 3, config.image_size, config.image_size)
+            pixels = torch.randn(size, device=device)
+            for name, model in (("vivit_batch", ours), ("transformers sdpa", theirs)):
+                seconds = median_seconds(lambda m=model, x=pixels: m(x), device, dtype)
+                figures.append(
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "batch": batch,
+                        "clips_per_second": batch / seconds,
+                        "tflops": flops * batch / seconds / 1e12,
+                    }
+                )
+                print(f"  {figures[-1]}", flush=True)
+    return figures
+
+
+def median_seconds(run, device: str, dtype, warm_ups: int = 2, repeats: int = 5) -> float:
+    autocast = torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
+    times = []
+    with torch.inference_mode(), autocast:
+        for index in range(warm_ups + repeats):
+            synchronise(device)
+            started = time.perf_counter()
+            run()
+            synchronise(device)
+            if index >= warm_ups:
+                times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def synchronise(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_inputs(directory: Path, rows: int, video: dict) -> Path:
+    """Videos, and a manifest of `rows` rows pointing at them round robin."""
+    paths = [directory / f"v{i:02d}.mp4" for i in range(DISTINCT_VIDEOS)]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_write_video, paths, [video] * len(paths)))
+    manifest = directory / "manifest.csv"
+    lines = [f"{paths[i % len(paths)]},row{i:06d}" for i in range(rows)]
+    manifest.write_text("uri,video_id\n" + "\n".join(lines) + "\n")
+    return manifest
+
+
+def _write_video(path: Path, video: dict) -> None:
+    from tests.media import write_video
+
+    write_video(path, **video)
+
+
+def job(directory: Path, manifest: Path, checkpoint: Path) -> dict:
+    import ray
+
+    from vivit_batch.cli import main
+    from vivit_batch.config import load_config
+    from vivit_batch.pipeline import prepare_job, run_job
+
+    ray.init(address="local", logging_level=logging.WARNING)
+    settings = ["model.precision=bf16", "run.max_error_fraction=0"]
+    config = load_config(
+        None,
+        settings,
+        manifest_uri=str(manifest),
+        output_uri=str(directory / "out"),
+        model_source=str(checkpoint),
+    )
+    report = run_job(prepare_job(config))
+    arguments = ["--manifest", str(manifest), "--output", str(directory / "validate")]
+    arguments += ["--model", str(checkpoint), "--videos", "1"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(["validate", *arguments, "--set", "resources.clips_per_forward=4096"])
+    ray.shutdown()
+    return {
+        "rows": report.rows_written,
+        "batch_size": report.config["resources"]["batch_size"],
+        "status": report.counts["status"],
+        "wall_s": report.wall_seconds,
+        "throughput": vars(report.throughput),
+        "resources": report.resources,
+        "inference_devices": report.inference_devices,
+        "warnings": report.warnings,
+        "oversized_validate": {"code": code, "printed": printed.getvalue()[-2000:]},
+    }
+
+
+def machine() -> dict:
+    gpu = "none"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+    import av
+    import ray
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "gpu": gpu,
+        "cpu": f"{cpu_model()} ({os.cpu_count()} cores)",
+        "python": platform.python_version(),
+        "torch": f"{torch.__version__} (CUDA {torch.version.cuda})",
+        "ray": ray.__version__,
+        "av": av.__version__,
+    }
+
+
+def render(figures: dict) -> str:
+    m, run = figures["machine"], figures["job"]
+    lines = [
+        "## GPU",
+        "",
+        f"`python benchmarks/gpu.py`, {m['date']}, on a lent {m['gpu']}; {m['cpu']}, Python "
+        f"{m['python']}, torch {m['torch']}, Ray {m['ray']}, PyAV {m['av']}.",
+        "",
+        "### Model forward",
+        "",
+        "Base size (hidden 768, 12 layers, 32x224x224 clips, random weights); one forward pass, "
+        "CUDA-synchronised wall time, median of 5 after 2 warm-ups. bf16 and fp16 are autocast "
+        "over fp32 weights, as the inference stage runs them. Clips/s (TFLOP/s).",
+        "",
+        "| precision | batch | vivit-batch | transformers sdpa | vivit-batch / transformers |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    rows: dict[tuple, dict] = {}
+    for f in figures["model_forward"]:
+        rows.setdefault((f["precision"], f["batch"]), {})[f["model"]] = f
+    for (precision, batch), pair in rows.items():
+        ours, theirs = pair["vivit_batch"], pair["transformers sdpa"]
+        lines.append(
+            f"| {precision} | {batch} | {ours['clips_per_second']:.1f} ({ours['tflops']:.0f}) "
+            f"| {theirs['clips_per_second']:.1f} ({theirs['tflops']:.0f}) "
+            f"| {ours['clips_per_second'] / theirs['clips_per_second']:.2f}x |"
+        )
+    speed = run["throughput"]
+    [device] = run["inference_devices"] or [{}]
+    refused = run["oversized_validate"]
+    batch = run.get("batch_size", ResourcesSection().batch_size)  # older figures: the default
+    forward = rows.get(("bf16", batch), {}).get("vivit_batch", {}).get("clips_per_second")
+    lines += [
+        "",
+        "### The job on one GPU machine",
+        "",
+        f"`prepare_job` + `run_job` on embedded local Ray with the default plan "
+        f"({json.dumps(run['resources'])}), the base checkpoint at `model.precision=bf16`, "
+        f"{run['rows']} manifest rows pointing round robin at {DISTINCT_VIDEOS} generated "
+        f"{figures['video']['width']}x{figures['video']['height']} H.264 videos "
+        f"({figures['video']['num_frames']} frames at 30 fps), one centre clip each "
+        "(32 frames at stride 4).",
+        "",
+        f"- End to end: {speed['clips_per_second']} clips/s ({run['rows']} clips in "
+        f"{run['wall_s']:.1f} s, start-up included); status {run['status']}.",
+        f"- Per stage, from the actors' busy time: decode {speed['decode_clips_per_second']} "
+        f"clips/s over {run['resources']['decode_actors']} decode actors, inference "
+        f"{speed['inference_clips_per_second']} clips/s on the GPU actor.",
+        f"- So the GPU actor was busy at most "
+        f"{speed['clips_per_second'] / speed['inference_clips_per_second']:.0%} of the run: "
+        "the job is decode-bound on this machine's CPUs.",
+        "- The inference stage ran at "
+        + (
+            f"{speed['inference_clips_per_second'] / forward:.2f}x the bare forward pass at "
+            f"batch {batch}, bf16 ({forward:.0f} clips/s, above): the rest of its time is "
+            "outside the model (clips from Arrow into pinned memory and to the GPU, "
+            "normalisation, top-k, the output columns)."
+            if forward
+            else "(no forward figure at that batch size)"
+        ),
+        f"- The inference actor's own report: `{device.get('device')}` {device.get('name')} "
+        f"({device.get('memory_gib')} GiB), precision {device.get('precision')}, torch "
+        f"{device.get('torch')}, CUDA {device.get('cuda')}.",
+        f"- `validate` with `resources.clips_per_forward=4096`: exit code {refused['code']}: "
+        f"{_last_error(refused['printed'])}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _last_error(printed: str) -> str:
+    errors = [line for line in printed.splitlines() if line.startswith("error: ")]
+    return f"`{errors[-1]}`" if errors else "(no error printed)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="PATH", help="write the raw figures there")
+    parser.add_argument("--render", metavar="PATH", help="only render a --json file's figures")
+    parser.add_argument("--rows", type=int, default=2000, help="manifest rows for the job")
+    parser.add_argument("--quick", action="store_true", help="tiny model, small videos")
+    args = parser.parse_args()
+    if args.render:
+        write_section("GPU", render(json.loads(Path(args.render).read_text())))
+        return
+    architecture = TINY if args.quick else BASE
+    video = QUICK_VIDEO if args.quick else VIDEO
+    rows = 64 if args.quick else args.rows
+    figures = {"machine": machine(), "video": video}
+
+    def save() -> None:  # after each part: a run cut short keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+
+    with tempfile.TemporaryDirectory(prefix="vivit-gpu-") as scratch:
+        scratch = Path(scratch)
+        print("model forward", flush=True)
+        batches = [1, 2] if args.quick else [1, 8, 32]
+        figures["model_forward"] = model_forward(scratch / "checkpoint", architecture, batches)
+        save()
+        print("inputs", flush=True)
+        manifest = write_inputs(scratch, rows, video)
+        print("job", flush=True)
+        figures["job"] = job(scratch, manifest, scratch / "checkpoint")
+        save()
+    print(render(figures))
+
+
+if __name__ == "__main__":
+    main()
