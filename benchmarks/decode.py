@@ -38,7 +38,7 @@ from av.video.reformatter import VideoReformatter
 
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.storage import open_input
-from vivit_batch.video import SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.container import open_container, probe_stream, select_video_stream
 from vivit_batch.video.frames import ClipDecoder, Deadline
 from vivit_batch.video.sampling import frame_positions
@@ -57,7 +57,7 @@ KEYINT = 250
 """Frames from one keyframe to the next: x264's default, so ffmpeg's."""
 PHONE_KEYINT = 30
 """One keyframe a second, as phone cameras record."""
-SAMPLING = SamplingConfig()
+SAMPLING = SamplingConfig(num_frames=32)
 PROCESSOR = ProcessorConfig(shortest_edge=224)  # google/vivit-b-16x2-kinetics400's settings
 TARGETS = {("720p", 10): 2.5, ("720p", 60): 8.0}
 """Least stage / reference speed-up wanted, by video."""
@@ -119,7 +119,7 @@ def make_reference(path: Path) -> Callable[[], np.ndarray]:
 
 
 def make_stage(path: Path) -> Callable[[], np.ndarray]:
-    return lambda: decode_video(str(path), SAMPLING, PROCESSOR).clips[0]
+    return lambda: decode_video(DecodeRequest(str(path), SAMPLING, PROCESSOR)).clips[0]
 
 
 def make_floor(path: Path) -> Callable[[], object]:

@@ -39,14 +39,16 @@ from benchmarks.decode import generate  # noqa: E402
 from benchmarks.results import cpu_model, write_section  # noqa: E402
 from tests.media import write_video  # noqa: E402
 from vivit_batch.processor import ProcessorConfig  # noqa: E402
-from vivit_batch.video import SamplingConfig, decode_video  # noqa: E402
+from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video  # noqa: E402
 from vivit_batch.video.isolation import IsolatedDecoder  # noqa: E402
 
 PROCESSOR = ProcessorConfig(shortest_edge=224)
 CASES = {  # views: sampling, processor
-    "1 view": (SamplingConfig(), PROCESSOR),
+    "1 view": (SamplingConfig(num_frames=32), PROCESSOR),
     "4x3 views": (
-        SamplingConfig(temporal_views="uniform", num_temporal_views=4, spatial_crops="three"),
+        SamplingConfig(
+            num_frames=32, temporal_views="uniform", num_temporal_views=4, spatial_crops="three"
+        ),
         PROCESSOR,
     ),
     "1 view of 4x32x32": (
@@ -74,10 +76,10 @@ def measure(decoder: IsolatedDecoder, path: Path, case: tuple, rounds: int, budg
     sampling, processor = case
 
     def in_process():
-        decode_video(str(path), sampling, processor)
+        decode_video(DecodeRequest(str(path), sampling, processor))
 
     def isolated():
-        decoder.decode(str(path), sampling, processor)
+        decoder.decode(DecodeRequest(str(path), sampling, processor))
 
     runs = {"in-process": in_process, "isolated": isolated}
     for run in runs.values():
@@ -105,12 +107,12 @@ def replacement_cost(decoder: IsolatedDecoder, path: Path, rounds: int = 10) -> 
     extra = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        decoder.decode(str(path), sampling, PROCESSOR)
+        decoder.decode(DecodeRequest(str(path), sampling, PROCESSOR))
         normal = time.perf_counter() - t0
         os.kill(decoder.child_pid, signal.SIGKILL)
         time.sleep(0.2)
         t0 = time.perf_counter()
-        decoder.decode(str(path), sampling, PROCESSOR)
+        decoder.decode(DecodeRequest(str(path), sampling, PROCESSOR))
         extra.append(time.perf_counter() - t0 - normal)
     return min(extra)
 
@@ -135,7 +137,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, IsolatedDecoder() as decoder:
         tiny = write_video(Path(tmp) / "tiny.mp4", num_frames=60, content="detailed")
         started = time.perf_counter()
-        decoder.decode(str(tiny), *CASES["1 view"])
+        decoder.decode(DecodeRequest(str(tiny), *CASES["1 view"]))
         startup = time.perf_counter() - started
         videos = [("64x48", tiny)] + [
             (name, generate(Path(tmp) / f"{name}.mp4", *SIZES[name], 10, 250)) for name in sizes

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from vivit_batch.config import ConfigError, JobConfig, load_config
+from vivit_batch.cli import main
+from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
+from vivit_batch.settings import BYTES, SECONDS, rule_of, show
+from vivit_batch.video import DecodeConfig, SamplingConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -38,10 +41,10 @@ def test_every_problem_is_reported_at_once():
         )
     message = str(error.value)
     assert "unknown key 'model.topk'; did you mean 'model.top_k'?" in message
-    assert "sampling.num_frames must be int, got 'zero'" in message
-    assert "sampling.temporal_views must be one of ['center', 'random', 'uniform']" in message
-    assert "resources.batch_size must be positive" in message
-    assert "decode.crash_retries must be 0 or more, got -1" in message
+    assert "sampling.num_frames must be a whole number, got 'zero'" in message
+    assert "sampling.temporal_views must be one of center, uniform, random, got 'middle'" in message
+    assert "resources.batch_size must be at least 1, got 0" in message
+    assert "decode.crash_retries must be at least 0, got -1" in message
 
 
 def test_set_needs_key_value():
@@ -60,3 +63,64 @@ def test_shipped_configs_are_valid():
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        (["sampling.num_temporal_views=3"], "sampling.num_temporal_views=3 needs"),
+        (["sampling.temporal_views=random", "sampling.num_temporal_views=2"], "needs"),
+        (["decode.timeout_s=0"], "decode.timeout_s must be more than 0s, got 0s"),
+        (["decode.max_memory_bytes=lots"], "decode.max_memory_bytes must be a size in bytes"),
+        (["run.lock_stale_after_s=soon"], "run.lock_stale_after_s must be a duration"),
+        (["run.max_error_fraction=2"], "run.max_error_fraction must be at most 1, got 2"),
+        (["resources.inference_gpus=-1"], "resources.inference_gpus must be at least 0"),
+        (["model.top_k=2.5"], "model.top_k must be a whole number, got 2.5"),
+        (["manifest.allow_http=maybe"], "manifest.allow_http must be true or false"),
+        (["output.partition_by=day"], "output.partition_by must be one of run_date"),
+    ],
+)
+def test_each_bad_value_or_combination_is_a_config_error_naming_the_key(settings, named):
+    with pytest.raises(ConfigError, match=named) as error:
+        load_config(None, settings)
+    assert "Config(" not in str(error.value) and "Limits" not in str(error.value)
+
+
+def test_sizes_and_durations_take_units():
+    config = load_config(
+        None,
+        ["decode.max_memory_bytes=2GiB", "decode.max_file_bytes=500MB", "decode.timeout_s=5m"]
+        + ["decode.max_duration_s=6h", "run.lock_wait_s=90s", "storage.timeout_s=30"],
+    )
+    assert (config.decode.max_memory_bytes, config.decode.max_file_bytes) == (2 * 2**30, 5 * 10**8)
+    assert (config.decode.timeout_s, config.decode.max_duration_s) == (300, 6 * 3600)
+    assert (config.run.lock_wait_s, config.storage.timeout_s) == (90, 30)
+    assert (show(2 * 2**30, BYTES), show(300.0, SECONDS), show(21600, SECONDS)) == (
+        "2GiB",
+        "5m",
+        "6h",
+    )
+
+
+def test_every_key_is_declared_once_with_help():
+    for key, (item, _kind) in all_keys().items():
+        assert rule_of(item).help, f"{key} has no help text"
+    # the video layer's settings are the configuration's sections, not copies of them
+    assert JobConfig().decode == DecodeConfig() and JobConfig().sampling == SamplingConfig()
+
+
+def test_run_help_shows_each_key_with_its_description_and_unit(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    printed = capsys.readouterr().out
+    for key, (item, _kind) in all_keys().items():
+        assert f"  {key}  (" in printed
+        assert rule_of(item).help.split()[0] in printed
+    assert "decode.max_memory_bytes  (size; default 4GiB)" in printed
+    assert "decode.timeout_s  (duration; default 5m)" in printed
+
+
+def test_readme_documents_every_key():
+    readme = (CONFIGS.parent / "README.md").read_text()
+    missing = [key for key in all_keys() if f"`{key}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"

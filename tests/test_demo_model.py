@@ -22,7 +22,7 @@ from vivit_batch.demo.train import PROCESSOR, TRAINING_FILE, inference_sampling
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.sampling import frame_positions
 
 transformers = pytest.importorskip("transformers")
@@ -46,7 +46,10 @@ def held_out(tmp_path_factory, ours):
     """(video, decoded) pairs: fresh videos decoded as the job decodes them for this checkpoint."""
     videos = write_sample_set(tmp_path_factory.mktemp("held-out"), HELD_OUT_VIDEOS, HELD_OUT_SEED)
     sampling = inference_sampling(ours.config.num_frames)
-    return [(video, decode_video(str(video.path), sampling, PROCESSOR)) for video in videos]
+    return [
+        (video, decode_video(DecodeRequest(str(video.path), sampling, PROCESSOR)))
+        for video in videos
+    ]
 
 
 def test_checkpoint_is_small_with_readable_labels_and_the_training_processor():

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.media import write_video
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import DecodeLimits, ErrorCode, SamplingConfig, VideoError
+from vivit_batch.video import DecodeConfig, DecodeRequest, ErrorCode, SamplingConfig, VideoError
 from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
 
 EXAMPLES = int(os.environ.get("VIVIT_FUZZ_EXAMPLES", "50"))
@@ -48,7 +48,7 @@ def seeds(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def decoder():
-    with IsolatedDecoder(crash_retries=0) as decoder:
+    with IsolatedDecoder(DecodeConfig(crash_retries=0)) as decoder:
         yield decoder
 
 
@@ -113,7 +113,7 @@ def test_mutated_videos_give_clips_or_an_error_in_bounded_time(
     started = time.monotonic()
     try:
         video = decoder.decode(
-            str(path), SAMPLING, PROCESSOR, limits=DecodeLimits(timeout_s=TIMEOUT_S)
+            DecodeRequest(str(path), SAMPLING, PROCESSOR, config=DecodeConfig(timeout_s=TIMEOUT_S))
         )
     except VideoError as error:
         assert error.code in ErrorCode and str(path) in str(error)

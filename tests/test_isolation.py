@@ -22,9 +22,17 @@ import pytest
 from tests.local_http import LocalHTTPServer
 from tests.media import write_video
 from vivit_batch.config import ConfigError, load_config
+from vivit_batch.output.schema import DECODE_SECONDS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages import DecodeSettings, DecodeStage
-from vivit_batch.video import DecodeLimits, ErrorCode, SamplingConfig, VideoError, decode_video
+from vivit_batch.video import (
+    DecodeConfig,
+    DecodeRequest,
+    ErrorCode,
+    SamplingConfig,
+    VideoError,
+    decode_video,
+)
 from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
 
 PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
@@ -174,26 +182,26 @@ def test_isolated_decode_equals_in_process(decoder, videos):
     for path in videos.values():
         for s in (SAMPLING, sampling):
             assert_same_video(
-                decoder.decode(str(path), s, PROCESSOR, video_id="v"),
-                decode_video(str(path), s, PROCESSOR, video_id="v"),
+                decoder.decode(DecodeRequest(str(path), s, PROCESSOR, video_id="v")),
+                decode_video(DecodeRequest(str(path), s, PROCESSOR, video_id="v")),
             )
 
 
 def test_video_errors_come_back_unchanged_and_keep_the_worker(decoder, videos, tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video\n" * 20)
     cases = [
-        (str(tmp_path / "missing.mp4"), DecodeLimits(), ErrorCode.NOT_FOUND),
-        (str(tmp_path / "notes.mp4"), DecodeLimits(), ErrorCode.UNREADABLE),
-        (str(videos["mp4"]), DecodeLimits(max_pixels=100), ErrorCode.TOO_LARGE),
-        (str(videos["mp4"]), DecodeLimits(timeout_s=1e-9), ErrorCode.TIMEOUT),  # the soft one
+        (str(tmp_path / "missing.mp4"), DecodeConfig(), ErrorCode.NOT_FOUND),
+        (str(tmp_path / "notes.mp4"), DecodeConfig(), ErrorCode.UNREADABLE),
+        (str(videos["mp4"]), DecodeConfig(max_pixels=100), ErrorCode.TOO_LARGE),
+        (str(videos["mp4"]), DecodeConfig(timeout_s=1e-9), ErrorCode.TIMEOUT),  # the soft one
     ]
-    decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR)
+    decoder.decode(DecodeRequest(str(videos["mkv"]), SAMPLING, PROCESSOR))
     worker, restarts = decoder.child_pid, decoder.restarts
     for uri, limits, code in cases:
         with pytest.raises(VideoError) as isolated:
-            decoder.decode(uri, SAMPLING, PROCESSOR, limits=limits)
+            decoder.decode(DecodeRequest(uri, SAMPLING, PROCESSOR, config=limits))
         with pytest.raises(VideoError) as in_process:
-            decode_video(uri, SAMPLING, PROCESSOR, limits=limits)
+            decode_video(DecodeRequest(uri, SAMPLING, PROCESSOR, config=limits))
         assert isolated.value.code == in_process.value.code == code
         if code != ErrorCode.TIMEOUT:
             assert str(isolated.value) == str(in_process.value)
@@ -204,28 +212,34 @@ def test_a_bug_in_the_worker_is_raised_in_the_caller(decoder, videos):
     no_crop = ProcessorConfig(shortest_edge=64, do_center_crop=False)
     with pytest.raises(ValueError, match="needs a processor with a crop size") as raised:
         decoder.decode(
-            str(videos["mp4"]), SamplingConfig(spatial_crops="three"), no_crop, video_id="v"
+            DecodeRequest(
+                str(videos["mp4"]), SamplingConfig(spatial_crops="three"), no_crop, video_id="v"
+            )
         )
     assert "decode_video" in str(raised.value.__cause__)  # the worker's traceback
-    assert decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR).clips.shape[0] == 1
+    assert (
+        decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR)).clips.shape[0] == 1
+    )
 
 
 def test_stalled_pipe_times_out_and_the_worker_is_replaced(decoder, videos, tmp_path):
     os.mkfifo(tmp_path / "stalled.mp4")  # nobody ever writes: opening it blocks for good
-    decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
+    decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
     stuck = decoder.child_pid
     started = time.monotonic()
     with pytest.raises(VideoError) as caught:
         decoder.decode(
-            str(tmp_path / "stalled.mp4"), SAMPLING, PROCESSOR, limits=DecodeLimits(timeout_s=1)
+            DecodeRequest(
+                str(tmp_path / "stalled.mp4"), SAMPLING, PROCESSOR, config=DecodeConfig(timeout_s=1)
+            )
         )
     elapsed = time.monotonic() - started
     assert caught.value.code == ErrorCode.TIMEOUT and "was killed" in str(caught.value)
     assert 1 + KILL_GRACE_S - 0.1 <= elapsed < 1 + KILL_GRACE_S + SLACK_S
     assert not Path(f"/proc/{stuck}").exists() or stuck not in readers_of(tmp_path / "stalled.mp4")
-    video = decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
+    video = decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
     assert decoder.child_pid != stuck
-    assert_same_video(video, decode_video(str(videos["mp4"]), SAMPLING, PROCESSOR))
+    assert_same_video(video, decode_video(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR)))
 
 
 def test_stalled_http_server_times_out(decoder, videos):
@@ -233,12 +247,16 @@ def test_stalled_http_server_times_out(decoder, videos):
     try:
         started = time.monotonic()
         with pytest.raises(VideoError) as caught:
-            decoder.decode(server.url, SAMPLING, PROCESSOR, limits=DecodeLimits(timeout_s=1))
+            decoder.decode(
+                DecodeRequest(server.url, SAMPLING, PROCESSOR, config=DecodeConfig(timeout_s=1))
+            )
         assert caught.value.code == ErrorCode.TIMEOUT
         assert time.monotonic() - started < 1 + KILL_GRACE_S + SLACK_S
     finally:
         server.stop()
-    assert decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR).clips.shape[0] == 1
+    assert (
+        decoder.decode(DecodeRequest(str(videos["mkv"]), SAMPLING, PROCESSOR)).clips.shape[0] == 1
+    )
 
 
 def test_decoder_crash_is_retried_then_reported(decoder, videos, tmp_path):
@@ -246,15 +264,15 @@ def test_decoder_crash_is_retried_then_reported(decoder, videos, tmp_path):
     restarts = decoder.restarts
     try:
         with pytest.raises(VideoError) as caught:
-            decoder.decode(str(poison.path), SAMPLING, PROCESSOR)
+            decoder.decode(DecodeRequest(str(poison.path), SAMPLING, PROCESSOR))
     finally:
         poison.stop()
     assert caught.value.code == ErrorCode.DECODE_CRASH  # crash_retries=1: two attempts
     assert "died on each of 2 attempts" in str(caught.value)
     assert str(caught.value).count("killed by SIGSEGV") == 2
     assert len(poison.killed) == 2 and decoder.restarts == restarts + 2
-    video = decoder.decode(str(videos["avi"]), SAMPLING, PROCESSOR)
-    assert_same_video(video, decode_video(str(videos["avi"]), SAMPLING, PROCESSOR))
+    video = decoder.decode(DecodeRequest(str(videos["avi"]), SAMPLING, PROCESSOR))
+    assert_same_video(video, decode_video(DecodeRequest(str(videos["avi"]), SAMPLING, PROCESSOR)))
 
 
 def test_the_retry_after_a_crash_gives_the_result(decoder, videos, tmp_path):
@@ -262,7 +280,7 @@ def test_the_retry_after_a_crash_gives_the_result(decoder, videos, tmp_path):
     poison = CrashingFifo(tmp_path / "once.mp4", kills=1, head=b"no video here")
     try:
         with pytest.raises(VideoError) as caught:
-            decoder.decode(str(poison.path), SAMPLING, PROCESSOR)
+            decoder.decode(DecodeRequest(str(poison.path), SAMPLING, PROCESSOR))
         assert caught.value.code == ErrorCode.UNREADABLE
         assert len(poison.killed) == 1
     finally:
@@ -270,12 +288,15 @@ def test_the_retry_after_a_crash_gives_the_result(decoder, videos, tmp_path):
 
 
 def test_a_worker_that_died_while_idle_is_replaced_without_blame(decoder, videos):
-    decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR)
+    decoder.decode(DecodeRequest(str(videos["mkv"]), SAMPLING, PROCESSOR))
     os.kill(decoder.child_pid, signal.SIGKILL)
     time.sleep(0.2)
     decoder.crash_retries, retries = 0, decoder.crash_retries
     try:
-        assert decoder.decode(str(videos["mkv"]), SAMPLING, PROCESSOR).clips.shape[0] == 1
+        assert (
+            decoder.decode(DecodeRequest(str(videos["mkv"]), SAMPLING, PROCESSOR)).clips.shape[0]
+            == 1
+        )
     finally:
         decoder.crash_retries = retries
 
@@ -284,16 +305,20 @@ def test_memory_cap_makes_a_big_video_too_large_and_the_next_one_fine(decoder, v
     big = write_video(
         tmp_path / "4k.mp4", num_frames=2, width=3840, height=2160, options={"preset": "ultrafast"}
     )
-    decoder.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
+    decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
     with open(f"/proc/{decoder.child_pid}/status") as status:
         imports = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmData"))
     # A 4K picture alone is 25 MB in RGB: 48 MiB over what the imports hold is too little.
-    with IsolatedDecoder(max_memory_bytes=imports + 48 * 2**20) as capped:
+    with IsolatedDecoder(DecodeConfig(max_memory_bytes=imports + 48 * 2**20)) as capped:
         with pytest.raises(VideoError) as caught:
-            capped.decode(str(big), SAMPLING, PROCESSOR, threads=2)
+            capped.decode(
+                DecodeRequest(str(big), SAMPLING, PROCESSOR, config=DecodeConfig(threads=2))
+            )
         assert caught.value.code == ErrorCode.TOO_LARGE and "max_memory_bytes" in str(caught.value)
-        video = capped.decode(str(videos["mp4"]), SAMPLING, PROCESSOR)
-        assert_same_video(video, decode_video(str(videos["mp4"]), SAMPLING, PROCESSOR))
+        video = capped.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
+        assert_same_video(
+            video, decode_video(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
+        )
         assert capped.restarts >= 1  # workers left above half the cap are replaced
 
 
@@ -302,9 +327,10 @@ def test_processes_end_with_their_parent(tmp_path, videos):
         "import os, sys\n"
         "from vivit_batch.video.isolation import IsolatedDecoder\n"
         "from vivit_batch.processor import ProcessorConfig\n"
-        "from vivit_batch.video import SamplingConfig\n"
+        "from vivit_batch.video import DecodeRequest, SamplingConfig\n"
         "d = IsolatedDecoder()\n"
-        "d.decode(sys.argv[1], SamplingConfig(num_frames=2), ProcessorConfig(shortest_edge=32))\n"
+        "sampling, processor = SamplingConfig(num_frames=2), ProcessorConfig(shortest_edge=32)\n"
+        "d.decode(DecodeRequest(sys.argv[1], sampling, processor))\n"
         "print(d.child_pid, d._processes.zygote.process.pid, flush=True)\n"
         "os._exit(0)\n"  # no clean-up: as if the actor were killed
     )
@@ -334,12 +360,13 @@ def test_decode_stage_gives_the_same_rows_with_and_without_isolation(decoder, vi
     (tmp_path / "random.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     uris = [str(videos["mp4"]), str(tmp_path / "random.mp4"), str(videos["avi"]), "/nope.mkv"]
     batch = pa.table({"video_id": [f"v{i}" for i in range(len(uris))], "uri": uris})
-    isolated = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeLimits()))
-    in_actor = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeLimits(), isolation="none"))
+    isolated = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeConfig()))
+    in_actor = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeConfig(isolation="none")))
     assert isinstance(isolated.decoder, IsolatedDecoder) and in_actor.decoder is None
     isolated.decoder.close()  # the module's decoder saves this test starting another
     isolated.decoder = decoder
-    a, b = isolated(batch).drop_columns(["_decode_s"]), in_actor(batch).drop_columns(["_decode_s"])
+    a = isolated(batch).drop_columns([DECODE_SECONDS])
+    b = in_actor(batch).drop_columns([DECODE_SECONDS])
     assert a.equals(b)
     assert a.column("error_code").to_pylist() == [None, "unreadable", None, "not_found"]
 
@@ -363,8 +390,8 @@ def test_decode_config_keys():
     assert defaults.manifest.allow_http is False
     with pytest.raises(ConfigError) as error:
         load_config(None, ["decode.isolation=thread", "decode.max_memory_bytes=0"])
-    assert "decode.isolation must be one of ['none', 'process']" in str(error.value)
-    assert "decode.max_memory_bytes must be positive" in str(error.value)
+    assert "decode.isolation must be one of process, none, got 'thread'" in str(error.value)
+    assert "decode.max_memory_bytes must be at least 1, got 0" in str(error.value)
 
 
 def test_frames_per_clip_cap(videos):
@@ -373,10 +400,14 @@ def test_frames_per_clip_cap(videos):
     # keyframe takes about 20
     with pytest.raises(VideoError) as caught:
         decode_video(
-            str(videos["mp4"]), sparse, PROCESSOR, limits=DecodeLimits(max_frames_per_clip=2)
+            DecodeRequest(
+                str(videos["mp4"]), sparse, PROCESSOR, config=DecodeConfig(max_frames_per_clip=2)
+            )
         )
     assert caught.value.code == ErrorCode.TOO_LARGE and "max_frames_per_clip" in str(caught.value)
     video = decode_video(
-        str(videos["mp4"]), sparse, PROCESSOR, limits=DecodeLimits(max_frames_per_clip=40)
+        DecodeRequest(
+            str(videos["mp4"]), sparse, PROCESSOR, config=DecodeConfig(max_frames_per_clip=40)
+        )
     )
     assert video.clips.shape[:2] == (1, 4)

@@ -19,7 +19,7 @@ from vivit_batch.cli import main
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.output import output_schema
-from vivit_batch.video import SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 
 GOOD_VIDEOS = [  # name, encoder, size, frames
     ("a.mp4", "libx264", (64, 48), 24),
@@ -169,7 +169,7 @@ def test_predictions_match_the_stages_run_directly(
     classifier = VideoClassifier(model, processor, top_k=5)
     sampling = SamplingConfig(num_frames=4, frame_sample_rate=4)
     for path in good:
-        clips = decode_video(str(path), sampling, processor).clips
+        clips = decode_video(DecodeRequest(str(path), sampling, processor)).clips
         [expected] = classifier.classify([clips])
         row = frame.loc[str(path)]
         assert list(row.topk_ids) == expected.label_ids

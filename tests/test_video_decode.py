@@ -11,7 +11,7 @@ import pytest
 
 from tests.media import has_encoder, read_index, write_video
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import SamplingConfig, decode_video
+from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.sampling import frame_positions
 from vivit_batch.video.transform import FrameConverter
 
@@ -58,7 +58,7 @@ CODECS = [
 @pytest.mark.parametrize(("name", "kwargs"), CODECS, ids=[name for name, _ in CODECS])
 def test_codecs_and_containers_give_the_sampled_frames(tmp_path, name, kwargs):
     path = encode(tmp_path, name, num_frames=60, **kwargs)
-    video = decode_video(str(path), SHORT, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     assert video.clips.shape == (1, 8, 224, 224, 3) and video.clips.dtype == np.uint8
     # span 32 of 60 frames: the centre clip starts at frame 14
     assert indices(video.clips[0]) == [14, 18, 22, 26, 30, 34, 38, 42]
@@ -71,7 +71,7 @@ def test_codecs_and_containers_give_the_sampled_frames(tmp_path, name, kwargs):
 
 def test_codec_names_are_the_codecs_not_the_decoder_libraries(tmp_path):
     path = encode(tmp_path, "av1.webm", codec=av1_encoder(), num_frames=10)
-    assert decode_video(str(path), SHORT, CHECKPOINT).metadata.codec == "av1"
+    assert decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT)).metadata.codec == "av1"
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_codec_names_are_the_codecs_not_the_decoder_libraries(tmp_path):
 )
 def test_odd_frame_sizes(tmp_path, name, kwargs):
     path = encode(tmp_path, name, width=321, height=241, num_frames=40, **kwargs)
-    video = decode_video(str(path), SHORT, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     assert video.clips.shape == (1, 8, 224, 224, 3)
     assert indices(video.clips[0]) == frame_positions(40, SHORT)[0].tolist()
     assert (video.metadata.width, video.metadata.height) == (321, 241)
@@ -93,7 +93,7 @@ def test_odd_frame_sizes(tmp_path, name, kwargs):
 
 def test_portrait_video_is_cropped_along_its_long_side(tmp_path):
     path = encode(tmp_path, "portrait.mp4", width=240, height=320, num_frames=40)
-    video = decode_video(str(path), SHORT, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     assert video.clips.shape == (1, 8, 224, 224, 3)
     assert indices(video.clips[0]) == frame_positions(40, SHORT)[0].tolist()
     assert (video.metadata.width, video.metadata.height) == (240, 320)
@@ -107,7 +107,7 @@ def test_rotation_metadata_is_applied_as_ffmpeg_does(tmp_path, rotation):
         stored = next(container.decode(video=0))
     if rotation != 180:
         assert (stored.width, stored.height) == (240, 320)
-    video = decode_video(str(path), SHORT, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     # read_index checks the guard stripes, so a picture turned the wrong way fails here
     assert indices(video.clips[0]) == frame_positions(30, SHORT)[0].tolist()
     assert video.metadata.rotation == rotation
@@ -121,7 +121,7 @@ def test_rotation_metadata_is_applied_as_ffmpeg_does(tmp_path, rotation):
 def test_rotated_portrait_phone_video_is_upright_and_uncropped_at_the_right_size(tmp_path):
     path = encode(tmp_path, "phone.mov", width=180, height=320, rotation=270, num_frames=20)
     unrotated = ProcessorConfig(shortest_edge=224, do_center_crop=False)
-    video = decode_video(str(path), SHORT, unrotated)
+    video = decode_video(DecodeRequest(str(path), SHORT, unrotated))
     assert video.clips.shape == (1, 8, 398, 224, 3)  # portrait: 224 wide, 224 * 320 / 180 high
     assert indices(video.clips[0]) == frame_positions(20, SHORT)[0].tolist()
 
@@ -136,7 +136,7 @@ def test_variable_frame_rate_picks_the_frame_nearest_each_sampled_time(tmp_path)
         fps, frames = float(stream.average_rate), stream.frames
     targets = frame_positions(frames, SHORT)[0] / fps
     expected = [int(np.argmin(np.abs(timestamps - t))) for t in targets]
-    video = decode_video(str(path), SHORT, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     assert indices(video.clips[0]) == expected
     assert len(np.unique(np.diff(timestamps).round(2))) == 3  # really variable
 
@@ -145,14 +145,14 @@ def test_containers_without_a_frame_count_estimate_it_from_the_duration(tmp_path
     path = encode(tmp_path, "vp9.webm", codec="libvpx-vp9", num_frames=75)
     with av.open(str(path)) as container:
         assert container.streams.video[0].frames == 0
-    video = decode_video(str(path), SHORT, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     assert video.metadata.num_frames == 75
     assert indices(video.clips[0]) == frame_positions(75, SHORT)[0].tolist()
 
 
 def test_single_frame_video_repeats_its_frame(tmp_path):
     path = encode(tmp_path, "one.mp4", num_frames=1)
-    video = decode_video(str(path), SamplingConfig(), CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SamplingConfig(num_frames=32), CHECKPOINT))
     assert video.clips.shape == (1, 32, 224, 224, 3)
     assert indices(video.clips[0]) == [0] * 32
     assert video.metadata.num_frames == 1
@@ -160,7 +160,9 @@ def test_single_frame_video_repeats_its_frame(tmp_path):
 
 def test_video_shorter_than_the_span_is_sampled_whole(tmp_path):
     path = encode(tmp_path, "short.mkv", num_frames=20)
-    video = decode_video(str(path), SamplingConfig(num_frames=8, frame_sample_rate=4), CHECKPOINT)
+    video = decode_video(
+        DecodeRequest(str(path), SamplingConfig(num_frames=8, frame_sample_rate=4), CHECKPOINT)
+    )
     assert indices(video.clips[0]) == [0, 2, 5, 7, 10, 12, 15, 17]
     assert video.metadata.clip_start_s == 0 and video.metadata.clip_end_s == pytest.approx(20 / 30)
 
@@ -170,7 +172,7 @@ def test_uniform_views_across_a_long_gop_video_seek_between_views(tmp_path):
     sampling = SamplingConfig(
         num_frames=4, frame_sample_rate=4, temporal_views="uniform", num_temporal_views=4
     )
-    video = decode_video(str(path), sampling, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), sampling, CHECKPOINT))
     assert video.clips.shape == (4, 4, 224, 224, 3)
     expected = frame_positions(600, sampling)
     assert expected[:, 0].tolist() == [0, 195, 389, 584]
@@ -183,16 +185,18 @@ def test_centre_clip_reads_only_part_of_a_long_video(tmp_path):
     path = encode(
         tmp_path, "long.mp4", num_frames=300, gop=30, width=160, height=120, options={"crf": "4"}
     )
-    video = decode_video(str(path), SHORT, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     assert indices(video.clips[0]) == frame_positions(300, SHORT)[0].tolist()
     assert video.metadata.bytes_read < 0.4 * path.stat().st_size
 
 
 def test_three_spatial_crops_are_start_centre_and_end_of_the_long_side(tmp_path):
     path = encode(tmp_path, "wide.mp4", width=160, height=90, num_frames=30)
-    three = decode_video(str(path), SamplingConfig(num_frames=4, spatial_crops="three"), CHECKPOINT)
+    three = decode_video(
+        DecodeRequest(str(path), SamplingConfig(num_frames=4, spatial_crops="three"), CHECKPOINT)
+    )
     uncropped = ProcessorConfig(shortest_edge=224, do_center_crop=False)
-    whole = decode_video(str(path), SamplingConfig(num_frames=4), uncropped).clips[0]
+    whole = decode_video(DecodeRequest(str(path), SamplingConfig(num_frames=4), uncropped)).clips[0]
     assert whole.shape == (4, 224, 398, 3)
     assert three.clips.shape == (3, 4, 224, 224, 3)
     np.testing.assert_array_equal(three.clips[0], whole[:, :, :224])
@@ -209,14 +213,14 @@ def test_views_are_temporal_major_then_spatial(tmp_path):
         num_temporal_views=2,
         spatial_crops="three",
     )
-    video = decode_video(str(path), sampling, CHECKPOINT)
+    video = decode_video(DecodeRequest(str(path), sampling, CHECKPOINT))
     assert [indices(clip) for clip in video.clips] == [[0, 4]] * 3 + [[92, 96]] * 3
 
 
 def test_crop_larger_than_the_picture_is_zero_padded_like_transformers(tmp_path):
     path = encode(tmp_path, "tiny.mp4", width=64, height=48, num_frames=10)
     processor = ProcessorConfig(do_resize=False, crop_height=56, crop_width=60)
-    video = decode_video(str(path), SamplingConfig(num_frames=2), processor)
+    video = decode_video(DecodeRequest(str(path), SamplingConfig(num_frames=2), processor))
     frame = video.clips[0, 0]
     assert frame.shape == (56, 60, 3)
     assert not frame[:4].any() and not frame[-4:].any()  # 8 rows of padding split 4 / 4
@@ -226,17 +230,19 @@ def test_crop_larger_than_the_picture_is_zero_padded_like_transformers(tmp_path)
 def test_three_crops_need_a_crop_size():
     with pytest.raises(ValueError, match="do_center_crop"):
         decode_video(
-            "unused.mp4",
-            SamplingConfig(spatial_crops="three"),
-            ProcessorConfig(do_center_crop=False),
+            DecodeRequest(
+                "unused.mp4",
+                SamplingConfig(spatial_crops="three"),
+                ProcessorConfig(do_center_crop=False),
+            )
         )
 
 
 @pytest.mark.parametrize("codec", ["libx264", "libx265"])
 def test_decoder_threads_give_the_same_pixels(tmp_path, codec):
     path = encode(tmp_path, "t.mp4", codec=codec, width=320, height=240, num_frames=120)
-    one = decode_video(str(path), SHORT, CHECKPOINT, threads=1)
-    two = decode_video(str(path), SHORT, CHECKPOINT, threads=2)
+    one = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT, config=DecodeConfig(threads=1)))
+    two = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT, config=DecodeConfig(threads=2)))
     np.testing.assert_array_equal(one.clips, two.clips)
 
 
@@ -258,6 +264,6 @@ def thread_count() -> int:
 
 def test_file_urls_work_like_paths(tmp_path):
     path = encode(tmp_path, "a.mp4", num_frames=20)
-    by_path = decode_video(str(path), SHORT, CHECKPOINT)
-    by_url = decode_video(path.as_uri(), SHORT, CHECKPOINT)
+    by_path = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
+    by_url = decode_video(DecodeRequest(path.as_uri(), SHORT, CHECKPOINT))
     np.testing.assert_array_equal(by_path.clips, by_url.clips)

@@ -11,7 +11,14 @@ import pytest
 
 from tests.media import cut_at_frame, garble_packets, read_index, write_audio_only, write_video
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import DecodeLimits, ErrorCode, SamplingConfig, VideoError, decode_video
+from vivit_batch.video import (
+    DecodeConfig,
+    DecodeRequest,
+    ErrorCode,
+    SamplingConfig,
+    VideoError,
+    decode_video,
+)
 from vivit_batch.video.sampling import frame_positions
 
 PROCESSOR = ProcessorConfig(shortest_edge=224)
@@ -20,7 +27,7 @@ SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=4)
 
 def error_of(uri: str | Path, **kwargs) -> VideoError:
     with pytest.raises(VideoError) as caught:
-        decode_video(str(uri), SAMPLING, PROCESSOR, **kwargs)
+        decode_video(DecodeRequest(str(uri), SAMPLING, PROCESSOR, **kwargs))
     assert caught.value.uri == str(uri)
     assert str(uri) in str(caught.value)
     return caught.value
@@ -91,7 +98,7 @@ def test_video_cut_midway_gives_a_clip_from_what_is_left(tmp_path, name, contain
         tmp_path / name, num_frames=150, codec=codec, container_options=container_options
     )
     cut_at_frame(path, 80)  # the centre clip would need frames 59 to 87
-    video = decode_video(str(path), SAMPLING, PROCESSOR)
+    video = decode_video(DecodeRequest(str(path), SAMPLING, PROCESSOR))
     decodable = video.metadata.num_frames
     assert 70 <= decodable <= 80  # the header promised 150
     assert [read_index(f) for f in video.clips[0]] == frame_positions(decodable, SAMPLING)[
@@ -114,7 +121,7 @@ def test_video_cut_to_a_few_frames_is_a_decode_error(tmp_path):
 def test_some_corrupt_packets_still_give_a_clip_and_are_counted(tmp_path, name, kwargs):
     path = write_video(tmp_path / name, num_frames=60, width=160, height=120, **kwargs)
     assert len(garble_packets(path, every=7)) == 8
-    video = decode_video(str(path), SAMPLING, PROCESSOR)
+    video = decode_video(DecodeRequest(str(path), SAMPLING, PROCESSOR))
     assert video.clips.shape == (1, 8, 224, 224, 3)
     assert video.metadata.corrupt_frames >= 3
 
@@ -129,26 +136,28 @@ def test_stream_with_nearly_every_packet_corrupt_is_a_decode_error(tmp_path):
 @pytest.mark.parametrize(
     ("limits", "words"),
     [
-        (DecodeLimits(max_pixels=64 * 48 - 1), "max_pixels"),
-        (DecodeLimits(max_duration_s=0.5), "max_duration_s"),
-        (DecodeLimits(max_file_bytes=100), "max_file_bytes"),
+        (DecodeConfig(max_pixels=64 * 48 - 1), "max_pixels"),
+        (DecodeConfig(max_duration_s=0.5), "max_duration_s"),
+        (DecodeConfig(max_file_bytes=100), "max_file_bytes"),
     ],
 )
 def test_caps(tmp_path, limits, words):
     path = write_video(tmp_path / "v.mp4", num_frames=30)
-    error = error_of(path, limits=limits)
+    error = error_of(path, config=limits)
     assert error.code == ErrorCode.TOO_LARGE and words in str(error)
 
 
 def test_uncapped_limits_accept_the_same_video(tmp_path):
     path = write_video(tmp_path / "v.mp4", num_frames=30)
-    none = DecodeLimits(max_pixels=None, max_duration_s=None, max_file_bytes=None, timeout_s=None)
-    assert decode_video(str(path), SAMPLING, PROCESSOR, limits=none).clips.shape[0] == 1
+    none = DecodeConfig(max_pixels=None, max_duration_s=None, max_file_bytes=None, timeout_s=None)
+    assert (
+        decode_video(DecodeRequest(str(path), SAMPLING, PROCESSOR, config=none)).clips.shape[0] == 1
+    )
 
 
 def test_timeout(tmp_path):
     path = write_video(tmp_path / "v.mp4", num_frames=30)
-    error = error_of(path, limits=DecodeLimits(timeout_s=1e-9))
+    error = error_of(path, config=DecodeConfig(timeout_s=1e-9))
     assert error.code == ErrorCode.TIMEOUT and "timeout_s" in str(error)
 
 
@@ -202,7 +211,7 @@ def code_as_unprivileged_user(uri: str) -> str:
         try:
             os.setgid(65534)
             os.setuid(65534)
-            decode_video(uri, SAMPLING, PROCESSOR)
+            decode_video(DecodeRequest(uri, SAMPLING, PROCESSOR))
         except VideoError as error:
             outcome = error.code.value
         except BaseException as error:  # reported to the parent, which fails the test

@@ -15,7 +15,7 @@ from tests.checkpoints import TINY
 from tests.media import has_encoder, write_video
 from tests.reference import image_processor, read_video_pyav
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.sampling import frame_positions
 
 transformers = pytest.importorskip("transformers")
@@ -53,7 +53,7 @@ def to_255(inputs: np.ndarray, processor: ProcessorConfig) -> np.ndarray:
 
 
 def stage_and_reference(path: Path, processor: ProcessorConfig, total: int):
-    video = decode_video(str(path), SAMPLING, processor)
+    video = decode_video(DecodeRequest(str(path), SAMPLING, processor))
     indices = frame_positions(total, SAMPLING)[0]
     return video.clips[0], reference_inputs(path, processor, indices)
 
@@ -110,7 +110,7 @@ def test_default_processor_settings_match_too(tmp_path):
 def test_embeddings_of_both_inputs_agree(tmp_path, checkpoint_processor):
     path = write_video(tmp_path / "v.mp4", num_frames=24, width=640, height=360, content="detailed")
     sampling = SamplingConfig(num_frames=8, frame_sample_rate=2)
-    clip = decode_video(str(path), sampling, checkpoint_processor).clips[0]
+    clip = decode_video(DecodeRequest(str(path), sampling, checkpoint_processor)).clips[0]
     reference = reference_inputs(path, checkpoint_processor, frame_positions(24, sampling)[0])
     torch.manual_seed(0)
     larger_frames = {"image_size": 224, "num_frames": 8, "tubelet_size": [2, 16, 16]}

@@ -7,32 +7,37 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vivit_batch.settings import ConfigError
 from vivit_batch.video.sampling import NearestFrameMatcher, SamplingConfig, frame_positions
 
 
-def test_defaults_match_the_page_recipe():
+def test_defaults_match_the_page_recipe_with_the_checkpoints_frames():
     sampling = SamplingConfig()
-    assert (sampling.num_frames, sampling.frame_sample_rate, sampling.span) == (32, 4, 128)
-    assert sampling.num_views == 1
+    assert (sampling.num_frames, sampling.frame_sample_rate) == (None, 4)  # the checkpoint's
+    with pytest.raises(ConfigError, match="sampling.num_frames is not set"):
+        sampling.span  # noqa: B018
+    assert SamplingConfig(num_frames=32).span == 128 and sampling.num_views == 1
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("num_frames", 0, "num_frames"),
-        ("frame_sample_rate", 0, "frame_sample_rate"),
-        ("temporal_views", "middle", "center, uniform, random"),
-        ("num_temporal_views", 0, "num_temporal_views"),
-        ("spatial_crops", "five", "center, three"),
+        ("num_frames", 0, "sampling.num_frames must be at least 1, got 0"),
+        ("frame_sample_rate", 0, "sampling.frame_sample_rate must be at least 1"),
+        ("temporal_views", "middle", "one of center, uniform, random, got 'middle'"),
+        ("num_temporal_views", 0, "sampling.num_temporal_views must be at least 1"),
+        ("spatial_crops", "five", "sampling.spatial_crops must be one of center, three"),
     ],
 )
-def test_invalid_settings_name_the_field_and_allowed_values(field, value, message):
-    with pytest.raises(ValueError, match=message):
+def test_invalid_settings_name_the_key_and_allowed_values(field, value, message):
+    with pytest.raises(ConfigError, match=message):
         SamplingConfig(**{field: value})
 
 
 def test_several_temporal_views_need_uniform():
-    with pytest.raises(ValueError, match="num_temporal_views > 1 needs temporal_views='uniform'"):
+    with pytest.raises(
+        ConfigError, match="sampling.num_temporal_views=4 needs sampling.temporal_views=uniform"
+    ):
         SamplingConfig(temporal_views="center", num_temporal_views=4)
 
 
@@ -52,17 +57,18 @@ def test_uniform_views_run_from_start_to_end():
 
 
 def test_single_uniform_view_is_the_center_clip():
-    uniform = SamplingConfig(temporal_views="uniform")
-    assert np.array_equal(frame_positions(500, uniform), frame_positions(500, SamplingConfig()))
+    uniform = SamplingConfig(num_frames=32, temporal_views="uniform")
+    center = SamplingConfig(num_frames=32)
+    assert np.array_equal(frame_positions(500, uniform), frame_positions(500, center))
 
 
 def test_random_view_is_reproducible_per_video_and_seed():
-    sampling = SamplingConfig(temporal_views="random", seed=7)
+    sampling = SamplingConfig(num_frames=32, temporal_views="random", seed=7)
     first = frame_positions(1000, sampling, "video-a")
     assert np.array_equal(first, frame_positions(1000, sampling, "video-a"))
     starts = {int(frame_positions(1000, sampling, f"video-{i}")[0, 0]) for i in range(20)}
     assert len(starts) > 10  # different videos land in different places
-    other_seed = SamplingConfig(temporal_views="random", seed=8)
+    other_seed = SamplingConfig(num_frames=32, temporal_views="random", seed=8)
     assert not np.array_equal(first, frame_positions(1000, other_seed, "video-a"))
 
 

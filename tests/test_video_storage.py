@@ -11,7 +11,7 @@ import pytest
 from tests.media import write_video
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.storage import InputFile, StorageError, open_input
-from vivit_batch.video import ErrorCode, SamplingConfig, VideoError, decode_video
+from vivit_batch.video import DecodeRequest, ErrorCode, SamplingConfig, VideoError, decode_video
 
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=4)
 PROCESSOR = ProcessorConfig(shortest_edge=224)
@@ -82,8 +82,8 @@ def _no_real_aws(monkeypatch):
 def test_s3_video_decodes_like_the_local_file(tmp_path, s3_options):
     path = write_video(tmp_path / "v.mp4", num_frames=60)
     uri = _upload(path, s3_options, "v.mp4")
-    remote = decode_video(uri, SAMPLING, PROCESSOR, storage_options=s3_options)
-    local = decode_video(str(path), SAMPLING, PROCESSOR)
+    remote = decode_video(DecodeRequest(uri, SAMPLING, PROCESSOR, storage_options=s3_options))
+    local = decode_video(DecodeRequest(str(path), SAMPLING, PROCESSOR))
     np.testing.assert_array_equal(remote.clips, local.clips)
     assert remote.metadata.num_frames == 60
     assert 0 < remote.metadata.bytes_read <= path.stat().st_size
@@ -104,5 +104,9 @@ def test_s3_reads_ranges_around_the_seeks_not_the_whole_object(tmp_path, s3_opti
 
 def test_missing_s3_object_is_not_found(s3_options):
     with pytest.raises(VideoError) as caught:
-        decode_video("s3://videos/missing.mp4", SAMPLING, PROCESSOR, storage_options=s3_options)
+        decode_video(
+            DecodeRequest(
+                "s3://videos/missing.mp4", SAMPLING, PROCESSOR, storage_options=s3_options
+            )
+        )
     assert caught.value.code == ErrorCode.NOT_FOUND

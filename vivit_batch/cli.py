@@ -11,12 +11,14 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
 from vivit_batch.model import CheckpointError
 from vivit_batch.output import LockLost, RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
+from vivit_batch.settings import describe, rule_of, show
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 
@@ -127,12 +129,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_reference() -> str:
-    lines = ["configuration keys (YAML sections, or --set section.key=value):"]
-    defaults = JobConfig().to_dict()
-    for key, kind in all_keys().items():
-        section, name = key.split(".")
-        kind_name = getattr(kind, "__name__", str(kind))
-        lines.append(f"  {key:<30} {kind_name:<14} default: {defaults[section][name]!r}")
+    lines = [
+        "configuration keys (YAML sections, or --set section.key=value; sizes and durations "
+        "take units: 4GiB, 500MB, 6h, 5m, 300s):"
+    ]
+    for key, (item, kind) in all_keys().items():
+        rule = rule_of(item)
+        default = show(item.default, rule.unit)
+        lines.append(f"  {key}  ({describe(kind, rule)}; default {default})")
+        lines += textwrap.wrap(rule.help, 94, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines) + "\n\n" + EPILOG
 
 

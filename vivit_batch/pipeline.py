@@ -68,7 +68,6 @@ from vivit_batch.output.dataset import Fence
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sources import with_versions
 from vivit_batch.stages import DecodeSettings, DecodeStage, InferenceSettings, InferenceStage
-from vivit_batch.video import DecodeLimits, SamplingConfig
 
 log = logging.getLogger("vivit_batch")
 
@@ -154,32 +153,17 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     """Everything checked before any work: raises ConfigError or CheckpointError."""
     require_job_inputs(config)
     checkpoint, model_config = inspect_pretrained(config.model.source, config.model.revision)
-    sampling = SamplingConfig(
-        num_frames=config.sampling.num_frames or model_config.num_frames,
-        frame_sample_rate=config.sampling.frame_sample_rate,
-        temporal_views=config.sampling.temporal_views,
-        num_temporal_views=config.sampling.num_temporal_views,
-        spatial_crops=config.sampling.spatial_crops,
-        seed=config.sampling.seed,
-    )
-    limits = DecodeLimits(
-        max_pixels=config.decode.max_pixels,
-        max_duration_s=config.decode.max_duration_s,
-        max_file_bytes=config.decode.max_file_bytes,
-        timeout_s=config.decode.timeout_s,
-        max_frames_per_clip=config.decode.max_frames_per_clip,
-    )
+    sampling = config.sampling
+    if sampling.num_frames is None:
+        sampling = replace(sampling, num_frames=model_config.num_frames)
+    processor = processor_for(config, checkpoint.processor)
+    if sampling.spatial_crops == "three" and not processor.do_center_crop:
+        raise ConfigError(
+            f"sampling.spatial_crops=three needs a crop size, and model {config.model.source}'s "
+            "preprocessor_config.json has no center crop: use sampling.spatial_crops=center"
+        )
     options = storage_options(config)
-    decode = DecodeSettings(
-        sampling,
-        processor_for(config, checkpoint.processor),
-        limits,
-        threads=config.decode.threads,
-        storage_options=options,
-        isolation=config.decode.isolation,
-        crash_retries=config.decode.crash_retries,
-        max_memory_bytes=config.decode.max_memory_bytes,
-    )
+    decode = DecodeSettings(sampling, processor, config.decode, options)
     labels = read_labels(config.model.labels, model_config.num_labels, options)
     manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))
     if manifest.problems:
@@ -336,7 +320,7 @@ def build_dataset(
     )
     dataset = dataset.map_batches(
         DecodeStage,
-        fn_constructor_kwargs={"settings": replace(job.decode, threads=resources.decode_threads)},
+        fn_constructor_kwargs={"settings": job.decode},
         compute=ray.data.ActorPoolStrategy(size=resources.decode_actors),
         num_cpus=resources.decode_cpus,
         ray_remote_args_fn=placement_on(resources.decode_nodes),

@@ -34,8 +34,14 @@ from vivit_batch.output.schema import (
     embedding_type,
 )
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import DecodeLimits, SamplingConfig, VideoError, decode_video
-from vivit_batch.video.isolation import DEFAULT_MAX_MEMORY_BYTES, IsolatedDecoder
+from vivit_batch.video import (
+    DecodeConfig,
+    DecodeRequest,
+    SamplingConfig,
+    VideoError,
+    decode_video,
+)
+from vivit_batch.video.isolation import IsolatedDecoder
 
 log = logging.getLogger("vivit_batch")
 
@@ -46,25 +52,25 @@ class CheckpointChanged(CheckpointError):
 
 @dataclass(frozen=True)
 class DecodeSettings:
+    """What every video of a run is decoded with: a `DecodeRequest` less the video."""
+
     sampling: SamplingConfig
     processor: ProcessorConfig
-    limits: DecodeLimits
-    threads: int = 1
+    config: DecodeConfig = DecodeConfig()  # noqa: RUF009 (frozen: sharing it is safe)
     storage_options: dict | None = None
-    isolation: str = "process"
-    """process: decode in a child process (`IsolatedDecoder`); none: in this one"""
-    crash_retries: int = 1
-    max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES
+
+    def request(self, uri: str, video_id: str) -> DecodeRequest:
+        return DecodeRequest(
+            uri, self.sampling, self.processor, video_id, self.config, self.storage_options
+        )
 
 
 class DecodeStage:
     def __init__(self, settings: DecodeSettings):
         self.settings = settings
         self.decoder = None
-        if settings.isolation == "process":
-            self.decoder = IsolatedDecoder(
-                crash_retries=settings.crash_retries, max_memory_bytes=settings.max_memory_bytes
-            )
+        if settings.config.isolation == "process":
+            self.decoder = IsolatedDecoder(settings.config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [
@@ -81,20 +87,11 @@ class DecodeStage:
         return batch
 
     def decode_one(self, uri: str, video_id: str) -> dict:
-        s = self.settings
         started = time.perf_counter()
         row = dict.fromkeys(DECODED_COLUMNS)
         decode = self.decoder.decode if self.decoder else decode_video
         try:
-            video = decode(
-                uri,
-                s.sampling,
-                s.processor,
-                video_id=video_id,
-                limits=s.limits,
-                threads=s.threads,
-                storage_options=s.storage_options,
-            )
+            video = decode(self.settings.request(uri, video_id))
         except VideoError as error:
             row.update(status="error", error_code=str(error.code), error_message=str(error))
         else:

@@ -28,7 +28,7 @@ from vivit_batch.demo.synthetic import MOTION_CLASSES, write_sample_video
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import VivitConfig, VivitForVideoClassification, save_pretrained
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 
 TRAINING_FILE = "training.json"
 VALIDATION_SEED_OFFSET = 7919  # held-out videos come from a seed the training set never uses
@@ -163,7 +163,7 @@ def decode_sample_set(
 
     def write_and_decode(index: int) -> tuple[np.ndarray, int]:
         video = write_sample_video(directory, index, seed)
-        decoded = decode_video(str(video.path), sampling, PROCESSOR)
+        decoded = decode_video(DecodeRequest(str(video.path), sampling, PROCESSOR))
         video.path.unlink()
         return decoded.clips, MOTION_CLASSES.index(video.label)
 

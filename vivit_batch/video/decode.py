@@ -14,6 +14,7 @@ import av
 import numpy as np
 
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.settings import BYTES, SECONDS, Section, setting
 from vivit_batch.storage import InputFile, open_input
 from vivit_batch.video.container import (
     StreamInfo,
@@ -26,18 +27,68 @@ from vivit_batch.video.frames import ClipDecoder, Deadline
 from vivit_batch.video.sampling import SamplingConfig, frame_positions
 from vivit_batch.video.transform import FrameConverter, copy_picture, crop_views
 
+ISOLATION = ("process", "none")
+
 
 @dataclass(frozen=True)
-class DecodeLimits:
-    """Caps on what one video may cost; None means no cap."""
+class DecodeConfig(Section, name="decode"):
+    """How videos are decoded and what one may cost (the configuration's `decode` section);
+    a cap of None means no cap."""
 
-    max_pixels: int | None = 7680 * 4320
-    max_duration_s: float | None = 4 * 3600.0
-    max_file_bytes: int | None = 20 * 2**30
-    timeout_s: float | None = 120.0
-    """Soft deadline for the whole decode, checked between packets and frames."""
-    max_frames_per_clip: int | None = None
-    """Most frames decoded for one temporal view, counting those decoded only to reach it."""
+    threads: int = setting(1, "PyAV decoder threads per decode actor", minimum=1)
+    max_pixels: int | None = setting(
+        7680 * 4320, "frames with more pixels make a too_large row (default: 8K)", minimum=1
+    )
+    max_duration_s: float | None = setting(
+        6 * 3600.0, "longer videos make a too_large row", unit=SECONDS, above=0
+    )
+    max_file_bytes: int | None = setting(
+        50 * 2**30, "larger files make a too_large row", unit=BYTES, minimum=1
+    )
+    timeout_s: float | None = setting(
+        300.0,
+        "a video taking longer makes a timeout row (checked between packets and frames; with "
+        "isolation=process its process is also killed a few seconds later)",
+        unit=SECONDS,
+        above=0,
+    )
+    max_frames_per_clip: int | None = setting(
+        None,
+        "most frames decoded for one clip, counting those decoded only to reach it",
+        minimum=1,
+    )
+    isolation: str = setting(
+        "process",
+        "process: decode in a child process per actor, killed and replaced when a video hangs "
+        "or crashes it; none: in the actor itself (no hard timeout; a crash takes the actor)",
+        choices=ISOLATION,
+    )
+    crash_retries: int = setting(
+        1,
+        "attempts after the first when the decoding process dies on a video; then decode_crash",
+        minimum=0,
+    )
+    max_memory_bytes: int | None = setting(
+        4 * 2**30,
+        "memory cap of the decoding process (isolation=process; an 8K H.264 clip peaks near 0.9 "
+        "GiB with 4 threads); a video needing more makes a too_large row",
+        unit=BYTES,
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One video to decode, and how: what `decode_video` and `IsolatedDecoder.decode` take,
+    and what goes to the decoding process."""
+
+    uri: str
+    sampling: SamplingConfig
+    processor: ProcessorConfig
+    video_id: str = ""
+    """seeds the views of temporal_views=random"""
+    config: DecodeConfig = DecodeConfig()  # noqa: RUF009 (frozen: sharing it is safe)
+    storage_options: dict | None = None
 
 
 @dataclass
@@ -68,33 +119,22 @@ class DecodedVideo:
     metadata: VideoMetadata
 
 
-def decode_video(
-    uri: str,
-    sampling: SamplingConfig,
-    processor: ProcessorConfig,
-    *,
-    video_id: str = "",
-    limits: DecodeLimits = DecodeLimits(),  # noqa: B008 (frozen, so sharing it is safe)
-    threads: int = 1,
-    storage_options: dict | None = None,
-) -> DecodedVideo:
-    """Decode the clips `sampling` asks for from `uri`, preprocessed as `processor` says.
+def decode_video(request: DecodeRequest) -> DecodedVideo:
+    """Decode the clips `request.sampling` asks for, preprocessed as `request.processor` says.
 
-    Raises `VideoError` for anything wrong with the video or its storage; `threads` is the decoder
-    thread count (keep decode actors x threads within the cores).
+    Raises `VideoError` for anything wrong with the video or its storage.
     """
-    if sampling.spatial_crops == "three" and not processor.do_center_crop:
+    uri, config = request.uri, request.config
+    if request.sampling.spatial_crops == "three" and not request.processor.do_center_crop:
         raise ValueError(
             "spatial_crops='three' needs a processor with a crop size (do_center_crop)"
         )
-    deadline = Deadline(uri, limits.timeout_s)
+    deadline = Deadline(uri, config.timeout_s)
     try:
-        with open_input(uri, storage_options) as source:
-            _check_file_size(uri, source, limits)
+        with open_input(uri, request.storage_options) as source:
+            _check_file_size(uri, source, config)
             with open_container(uri, source) as container:
-                video = _decode_container(
-                    uri, container, sampling, processor, video_id, limits, threads, deadline
-                )
+                video = _decode_container(request, container, deadline)
             video.metadata.bytes_read = source.bytes_fetched()
             return video
     except VideoError:
@@ -108,30 +148,24 @@ def decode_video(
 
 
 def _decode_container(
-    uri: str,
-    container: av.container.InputContainer,
-    sampling: SamplingConfig,
-    processor: ProcessorConfig,
-    video_id: str,
-    limits: DecodeLimits,
-    threads: int,
-    deadline: Deadline,
+    request: DecodeRequest, container: av.container.InputContainer, deadline: Deadline
 ) -> DecodedVideo:
+    uri, sampling, config = request.uri, request.sampling, request.config
     stream = select_video_stream(uri, container)
     info = probe_stream(container, stream)
-    _check_limits(uri, info, limits)
+    _check_limits(uri, info, config)
     stream.thread_type = "AUTO"
-    stream.thread_count = threads
-    decoder = ClipDecoder(container, stream, info, deadline, limits.max_frames_per_clip)
-    converter = FrameConverter(processor, threads)
+    stream.thread_count = config.threads
+    decoder = ClipDecoder(container, stream, info, deadline, config.max_frames_per_clip)
+    converter = FrameConverter(request.processor, config.threads)
 
     # Unknown length: sample the first span; if the stream is shorter, the retry below fixes it.
     frame_count = info.frame_count
-    positions = frame_positions(frame_count or sampling.span, sampling, video_id)
+    positions = frame_positions(frame_count or sampling.span, sampling, request.video_id)
     pictures = decoder.decode_at(info.times(positions), converter)
     if decoder.ended_early:  # cut short, or the header overstates: sample what is there
         frame_count = decoder.frames_until_end()
-        if info.frame_count and frame_count < min(sampling.num_frames, info.frame_count):
+        if info.frame_count and frame_count < min(sampling.frames, info.frame_count):
             raise VideoError(
                 ErrorCode.DECODE_ERROR,
                 uri,
@@ -139,7 +173,7 @@ def _decode_container(
                 f"decodable ({decoder.corrupt} packets or frames failed); the file is cut "
                 "short or damaged",
             )
-        positions = frame_positions(frame_count, sampling, video_id)
+        positions = frame_positions(frame_count, sampling, request.video_id)
         pictures = decoder.decode_at(info.times(positions), converter)
     _check_corruption(uri, decoder)
 
@@ -159,7 +193,7 @@ def _decode_container(
         rotation=turns * 90,
         corrupt_frames=decoder.corrupt,
     )
-    return DecodedVideo(_assemble(pictures, processor, sampling), metadata)
+    return DecodedVideo(_assemble(pictures, request.processor, sampling), metadata)
 
 
 def _assemble(
@@ -176,24 +210,24 @@ def _assemble(
     return clips
 
 
-def _check_file_size(uri: str, source: InputFile, limits: DecodeLimits) -> None:
+def _check_file_size(uri: str, source: InputFile, limits: DecodeConfig) -> None:
     if limits.max_file_bytes is not None and source.size and source.size > limits.max_file_bytes:
         raise VideoError(
             ErrorCode.TOO_LARGE,
             uri,
             f"file is {source.size} bytes, above the max_file_bytes cap of "
-            f"{limits.max_file_bytes}; raise DecodeLimits.max_file_bytes to accept it",
+            f"{limits.max_file_bytes}; raise decode.max_file_bytes to accept it",
         )
 
 
-def _check_limits(uri: str, info: StreamInfo, limits: DecodeLimits) -> None:
+def _check_limits(uri: str, info: StreamInfo, limits: DecodeConfig) -> None:
     pixels = info.width * info.height
     if limits.max_pixels is not None and pixels > limits.max_pixels:
         raise VideoError(
             ErrorCode.TOO_LARGE,
             uri,
             f"frames are {info.width}x{info.height}, above the max_pixels cap of "
-            f"{limits.max_pixels}; raise DecodeLimits.max_pixels to accept it",
+            f"{limits.max_pixels}; raise decode.max_pixels to accept it",
         )
     if (
         limits.max_duration_s is not None
@@ -204,7 +238,7 @@ def _check_limits(uri: str, info: StreamInfo, limits: DecodeLimits) -> None:
             ErrorCode.TOO_LARGE,
             uri,
             f"video lasts {info.duration_s:.0f} s, above the max_duration_s cap of "
-            f"{limits.max_duration_s:g}; raise DecodeLimits.max_duration_s to accept it",
+            f"{limits.max_duration_s:g}; raise decode.max_duration_s to accept it",
         )
 
 

@@ -43,7 +43,7 @@ class Deadline:
             raise VideoError(
                 ErrorCode.TIMEOUT,
                 self.uri,
-                f"decoding took longer than {self._timeout_s:g} s; raise DecodeLimits.timeout_s "
+                f"decoding took longer than {self._timeout_s:g} s; raise decode.timeout_s "
                 "if videos this long or large are expected",
             )
 
@@ -242,7 +242,7 @@ class ClipDecoder:
                     self._deadline.uri,
                     f"a clip needs more than the max_frames_per_clip cap of "
                     f"{self._max_frames_per_clip} decoded frames (sparse keyframes, or no index "
-                    "to seek with); raise DecodeLimits.max_frames_per_clip to accept it",
+                    "to seek with); raise decode.max_frames_per_clip to accept it",
                 )
             self.corrupt += frame.is_corrupt
             frame_time = frame.time

@@ -22,27 +22,26 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-import resource
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
-import time
-import traceback
 import weakref
 from multiprocessing.connection import Connection
 
 import numpy as np
 
-from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video.decode import DecodedVideo, DecodeLimits, decode_video
+from vivit_batch.video.decode import DecodeConfig, DecodedVideo, DecodeRequest
 from vivit_batch.video.errors import ErrorCode, VideoError
-from vivit_batch.video.sampling import SamplingConfig
+from vivit_batch.video.worker import (
+    STILL_RUNNING,
+    Decoded,
+    DecoderProcessError,
+    Failed,
+    receive_into,
+)
 
-DEFAULT_MAX_MEMORY_BYTES = 4 * 2**30
-"""An 8K H.264 clip peaks near 0.9 GiB with 4 decoder threads (0.25 GiB of it imports)."""
 KILL_GRACE_S = 3.0
 """The hard deadline is the soft one plus this, so a video that merely runs long gets the soft
 deadline's error and keeps its worker."""
@@ -50,35 +49,26 @@ STARTUP_TIMEOUT_S = 180.0
 """Most the zygote may take to import PyAV, numpy and torch and say it is ready."""
 _CONTROL_TIMEOUT_S = 60.0
 """Most the zygote may take to fork a worker or report one's exit."""
-_REAP_WAIT_S = 10.0
-_STILL_RUNNING = -(2**31)
-_PIPE_BYTES = 2**20
-"""Pipe buffer asked for (Linux), so a clip crosses in a few writes rather than 64 KiB ones."""
-_F_SETPIPE_SZ = 1031
-
-
-class DecoderProcessError(RuntimeError):
-    """The decoding processes could not be started, or failed outside any one video."""
 
 
 class IsolatedDecoder:
-    """`decode_video` in a killable worker process; `decode` takes the same arguments.
+    """`decode_video` in a killable worker process: `decode` takes the same `DecodeRequest`.
 
-    One decode at a time (not thread-safe). `close()` (or garbage collection) ends the
-    processes.
+    `config` gives the worker's memory cap (`max_memory_bytes`) and the retries after a crash
+    (`crash_retries`); each request's own config its deadline. One decode at a time (not
+    thread-safe). `close()` (or garbage collection) ends the processes.
     """
 
     def __init__(
         self,
+        config: DecodeConfig = DecodeConfig(),  # noqa: B008 (frozen: sharing it is safe)
         *,
-        crash_retries: int = 1,
-        max_memory_bytes: int | None = DEFAULT_MAX_MEMORY_BYTES,
         startup_timeout_s: float = STARTUP_TIMEOUT_S,
     ):
-        self.crash_retries = crash_retries
-        self.max_memory_bytes = max_memory_bytes
+        self.crash_retries = config.crash_retries
+        self.max_memory_bytes = config.max_memory_bytes
         self.startup_timeout_s = startup_timeout_s
-        self._processes = _Processes(max_memory_bytes)
+        self._processes = _Processes(config.max_memory_bytes)
         self._finalizer = weakref.finalize(self, self._processes.close)
 
     @property
@@ -92,28 +82,16 @@ class IsolatedDecoder:
         worker = self._processes.worker
         return worker.pid if worker else None
 
-    def decode(
-        self,
-        uri: str,
-        sampling: SamplingConfig,
-        processor: ProcessorConfig,
-        *,
-        video_id: str = "",
-        limits: DecodeLimits = DecodeLimits(),  # noqa: B008 (frozen, so sharing it is safe)
-        threads: int = 1,
-        storage_options: dict | None = None,
-    ) -> DecodedVideo:
+    def decode(self, request: DecodeRequest) -> DecodedVideo:
         """What `decode_video` returns or raises, plus `timeout` and `decode_crash` errors."""
-        request = pickle.dumps(
-            (uri, sampling, processor, video_id, limits, threads, storage_options),
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
-        deadline = None if limits.timeout_s is None else limits.timeout_s + KILL_GRACE_S
+        uri, timeout_s = request.uri, request.config.timeout_s
+        message = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        deadline = None if timeout_s is None else timeout_s + KILL_GRACE_S
         deaths: list[str] = []
         while True:
             worker = self._processes.ready_worker(self.startup_timeout_s)
             try:
-                reply = worker.ask(request, deadline)
+                reply, clips = worker.ask(message, deadline)
             except _Stuck:
                 self._processes.end_worker()
                 raise VideoError(
@@ -136,7 +114,7 @@ class IsolatedDecoder:
                 continue
             if self.max_memory_bytes and reply.rss_bytes > self.max_memory_bytes // 2:
                 self._processes.end_worker()
-            return reply.result()
+            return _result(reply, clips)
 
     def close(self) -> None:
         self._finalizer()
@@ -197,7 +175,7 @@ class _Processes:
             self.zygote.stop()
             self.zygote = None
             return "its zygote process ended too"
-        if code == _STILL_RUNNING:
+        if code == STILL_RUNNING:
             return "did not end when killed"
         if code < 0:
             return f"killed by {signal.Signals(-code).name}"
@@ -221,7 +199,7 @@ class _Zygote:
     def __init__(self, max_memory_bytes: int | None):
         ours, theirs = socket.socketpair()
         command = (
-            "from vivit_batch.video.isolation import zygote_main; "
+            "from vivit_batch.video.worker import zygote_main; "
             f"zygote_main({theirs.fileno()}, {os.getpid()}, {max_memory_bytes or 0})"
         )
         try:
@@ -307,17 +285,20 @@ class _Worker:
     def died_while_idle(self) -> bool:
         return self.replies.poll(0)  # nothing is due: readable means the pipe's end
 
-    def ask(self, request: bytes, deadline: float | None) -> _Reply:
+    def ask(
+        self, request: bytes, deadline: float | None
+    ) -> tuple[Decoded | Failed, np.ndarray | None]:
+        """Send a pickled `DecodeRequest`; the reply, and the clips that follow a `Decoded`."""
         try:
             self.requests.send_bytes(request)
             if not self.replies.poll(deadline):
                 raise _Stuck()
-            outcome = pickle.loads(self.replies.recv_bytes())
+            reply = pickle.loads(self.replies.recv_bytes())
             clips = None
-            if outcome[0] == "ok":
-                clips = np.empty(outcome[2], np.uint8)
-                _receive_into(self.replies.fileno(), clips)
-            return _Reply(outcome, clips)
+            if isinstance(reply, Decoded):
+                clips = np.empty(reply.shape, np.uint8)
+                receive_into(self.replies.fileno(), clips)
+            return reply, clips
         except (EOFError, OSError) as error:
             raise _Died() from error
 
@@ -328,18 +309,15 @@ class _Worker:
         self.replies.close()
 
 
-class _Reply:
-    def __init__(self, outcome: tuple, clips: np.ndarray | None):
-        self.kind, self.value, self.rss_bytes = outcome[0], outcome[1], outcome[-1]
-        self.clips = clips
-
-    def result(self) -> DecodedVideo:
-        if self.kind == "ok":
-            return DecodedVideo(self.clips, self.value)
-        if self.kind == "error":
-            raise self.value
-        error, child_traceback = self.value
-        raise error from DecoderProcessError(f"raised in the decoding process:\n{child_traceback}")
+def _result(reply: Decoded | Failed, clips: np.ndarray | None) -> DecodedVideo:
+    """What `decode_video` would have returned or raised."""
+    if isinstance(reply, Decoded):
+        return DecodedVideo(clips, reply.metadata)
+    if reply.traceback is None:
+        raise reply.error
+    raise reply.error from DecoderProcessError(
+        f"raised in the decoding process:\n{reply.traceback}"
+    )
 
 
 def _zygote_environment() -> dict[str, str]:
@@ -347,170 +325,3 @@ def _zygote_environment() -> dict[str, str]:
     and OpenBLAS kept from starting threads at import, so that the zygote forks with one."""
     paths = os.pathsep.join(p for p in sys.path if p)
     return {**os.environ, "PYTHONPATH": paths, "OPENBLAS_NUM_THREADS": "1"}
-
-
-def _receive_into(fd: int, array: np.ndarray) -> None:
-    """Read exactly the array's bytes from the pipe, straight into it."""
-    view = memoryview(array).cast("B")
-    done = 0
-    while done < len(view):
-        count = os.readv(fd, [view[done:]])
-        if not count:
-            raise EOFError("the decoding process closed the pipe midway through a clip")
-        done += count
-
-
-def _send_all(fd: int, array: np.ndarray) -> None:
-    view = memoryview(array).cast("B")
-    done = 0
-    while done < len(view):
-        done += os.write(fd, view[done:])
-
-
-# The zygote and the workers.
-
-
-def zygote_main(control_fd: int, parent_pid: int, max_memory_bytes: int) -> None:
-    """Fork workers on request until the parent closes the socket or dies, then exit."""
-    control = socket.socket(fileno=control_fd)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file per crash and retry
-    exited: dict[int, int] = {}
-    control.sendall(b"R")
-    while True:
-        command = _receive_command(control)
-        if command is None or os.getppid() != parent_pid:
-            os._exit(0)  # nothing to clean up; tearing down torch & co. takes seconds
-        kind, pid = command
-        if kind == b"F":
-            pid, fds = _fork_worker(control, max_memory_bytes)
-            socket.send_fds(control, [struct.pack("<i", pid)], fds)
-            for fd in fds:
-                os.close(fd)
-        else:
-            control.sendall(struct.pack("<i", _reap(pid, exited)))
-
-
-def _receive_command(control: socket.socket) -> tuple[bytes, int] | None:
-    data = b""
-    while len(data) < 5:
-        chunk = control.recv(5 - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data[:1], struct.unpack("<i", data[1:])[0]
-
-
-def _reap(pid: int, exited: dict[int, int]) -> int:
-    """`pid`'s exit code, waiting for it a while; reaps any other finished worker on the way."""
-    end = time.monotonic() + _REAP_WAIT_S
-    while pid not in exited and time.monotonic() < end:
-        try:
-            found, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if found:
-            exited[found] = os.waitstatus_to_exitcode(status)
-        else:
-            time.sleep(0.005)
-    return exited.pop(pid, _STILL_RUNNING)
-
-
-def _fork_worker(control: socket.socket, max_memory_bytes: int) -> tuple[int, list[int]]:
-    """Fork a worker; its pid and the parent's ends of its request and reply pipes."""
-    request_read, request_write = os.pipe()
-    reply_read, reply_write = os.pipe()
-    with contextlib.suppress(OSError):  # a smaller pipe only means more, smaller writes
-        import fcntl
-
-        fcntl.fcntl(reply_write, _F_SETPIPE_SZ, _PIPE_BYTES)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            control.close()
-            os.close(request_write)
-            os.close(reply_read)
-            _serve(request_read, reply_write, max_memory_bytes)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(request_read)
-    os.close(reply_write)
-    return pid, [request_write, reply_read]
-
-
-def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
-    """A worker: decode each request until the request pipe closes or the zygote ends."""
-    requests = Connection(request_fd, writable=False)
-    replies = Connection(reply_fd, readable=False)
-    if max_memory_bytes:
-        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-        if hard != resource.RLIM_INFINITY:
-            max_memory_bytes = min(max_memory_bytes, hard)
-        resource.setrlimit(resource.RLIMIT_DATA, (max_memory_bytes, hard))
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    while True:
-        try:
-            request = requests.recv_bytes()
-        except (EOFError, OSError):
-            return
-        reply, clips = _decode_request(pickle.loads(request), max_memory_bytes)
-        replies.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-        if clips is not None:
-            _send_all(reply_fd, clips)
-        del reply, clips
-
-
-def _decode_request(request: tuple, max_memory_bytes: int) -> tuple[tuple, np.ndarray | None]:
-    """(reply, clips to send after it) for one request."""
-    uri, sampling, processor, video_id, limits, threads, options = request
-    try:
-        video = decode_video(
-            uri,
-            sampling,
-            processor,
-            video_id=video_id,
-            limits=limits,
-            threads=threads,
-            storage_options=options,
-        )
-    except VideoError as error:
-        if isinstance(error.__cause__, MemoryError):
-            error = _out_of_memory(uri, max_memory_bytes)
-        return ("error", error, _rss_bytes()), None
-    except MemoryError:
-        return ("error", _out_of_memory(uri, max_memory_bytes), _rss_bytes()), None
-    except Exception as error:  # a bug: the parent raises it, as decode_video would
-        return ("raised", (_picklable(error), traceback.format_exc()), _rss_bytes()), None
-    clips = np.ascontiguousarray(video.clips)
-    return ("ok", video.metadata, clips.shape, _rss_bytes()), clips
-
-
-def _out_of_memory(uri: str, max_memory_bytes: int) -> VideoError:
-    return VideoError(
-        ErrorCode.TOO_LARGE,
-        uri,
-        f"decoding it needs more memory than the decode.max_memory_bytes cap of "
-        f"{max_memory_bytes}; raise the cap (or lower decode.max_pixels) to keep such videos out",
-    )
-
-
-def _picklable(error: Exception) -> Exception:
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        return DecoderProcessError(f"{type(error).__name__}: {error}")
-    return error
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """Exit once the zygote is gone (this process re-parented), even mid-decode."""
-    while os.getppid() == parent_pid:
-        time.sleep(1.0)
-    os._exit(0)

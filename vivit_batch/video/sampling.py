@@ -15,53 +15,56 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from vivit_batch.settings import ConfigError, Section, setting
+
 TEMPORAL_VIEWS = ("center", "uniform", "random")
 SPATIAL_CROPS = ("center", "three")
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    num_frames: int = 32
-    frame_sample_rate: int = 4
-    """Stride between sampled frames; a clip spans `num_frames * frame_sample_rate` frames."""
-    temporal_views: str = "center"
-    """`center`: one clip in the middle; `uniform`: `num_temporal_views` clips evenly spaced from
-    the start to the end (the paper's multi-view protocol); `random`: one clip at a random place,
-    reproducible from (`seed`, video id)."""
-    num_temporal_views: int = 1
-    spatial_crops: str = "center"
-    """`center`, or `three`: left, centre and right along the long side (the paper's 3-crop)."""
-    seed: int = 0
+class SamplingConfig(Section, name="sampling"):
+    """Which frames of a video make its clips (the configuration's `sampling` section)."""
 
-    def __post_init__(self) -> None:
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
-        if self.frame_sample_rate < 1:
-            raise ValueError(f"frame_sample_rate must be at least 1, got {self.frame_sample_rate}")
-        if self.temporal_views not in TEMPORAL_VIEWS:
-            raise ValueError(
-                f"temporal_views must be one of {', '.join(TEMPORAL_VIEWS)}, "
-                f"got {self.temporal_views!r}"
-            )
-        if self.num_temporal_views < 1:
-            raise ValueError(
-                f"num_temporal_views must be at least 1, got {self.num_temporal_views}"
-            )
+    num_frames: int | None = setting(
+        None, "frames per clip; default: the checkpoint's num_frames", minimum=1
+    )
+    frame_sample_rate: int = setting(
+        4, "stride between sampled frames: a clip spans num_frames x this", minimum=1
+    )
+    temporal_views: str = setting(
+        "center",
+        "center: one clip in the middle; uniform: num_temporal_views clips evenly spaced from "
+        "the start to the end (the paper's protocol); random: one clip at a place reproducible "
+        "from (seed, video id)",
+        choices=TEMPORAL_VIEWS,
+    )
+    num_temporal_views: int = setting(1, "clips per video with temporal_views=uniform", minimum=1)
+    spatial_crops: str = setting(
+        "center",
+        "center, or three: left, centre and right along the long side (the paper's 3-crop)",
+        choices=SPATIAL_CROPS,
+    )
+    seed: int = setting(0, "run seed for temporal_views=random", minimum=0)
+
+    def combination_problems(self) -> list[str]:
         if self.num_temporal_views > 1 and self.temporal_views != "uniform":
-            raise ValueError(
-                f"num_temporal_views > 1 needs temporal_views='uniform', "
-                f"got {self.temporal_views!r} with num_temporal_views={self.num_temporal_views}"
-            )
-        if self.spatial_crops not in SPATIAL_CROPS:
-            raise ValueError(
-                f"spatial_crops must be one of {', '.join(SPATIAL_CROPS)}, "
-                f"got {self.spatial_crops!r}"
-            )
+            return [
+                f"sampling.num_temporal_views={self.num_temporal_views} needs "
+                f"sampling.temporal_views=uniform (it is {self.temporal_views})"
+            ]
+        return []
+
+    @property
+    def frames(self) -> int:
+        """`num_frames`, which the job fills in from the checkpoint when it is not set."""
+        if self.num_frames is None:
+            raise ConfigError("sampling.num_frames is not set (the job takes the checkpoint's)")
+        return self.num_frames
 
     @property
     def span(self) -> int:
         """Frames covered by one clip."""
-        return self.num_frames * self.frame_sample_rate
+        return self.frames * self.frame_sample_rate
 
     @property
     def num_spatial_crops(self) -> int:
@@ -80,9 +83,9 @@ def frame_positions(total_frames: int, sampling: SamplingConfig, video_id: str =
     """
     if total_frames < 1:
         raise ValueError(f"total_frames must be at least 1, got {total_frames}")
-    steps = np.arange(sampling.num_frames, dtype=np.int64)
+    steps = np.arange(sampling.frames, dtype=np.int64)
     if total_frames < sampling.span:
-        whole = steps * total_frames // sampling.num_frames
+        whole = steps * total_frames // sampling.frames
         return np.tile(whole, (sampling.num_temporal_views, 1))
     starts = _view_starts(total_frames - sampling.span, sampling, video_id)
     return starts[:, None] + steps[None, :] * sampling.frame_sample_rate
