@@ -123,7 +123,7 @@ def job(directory: Path, manifest: Path, checkpoint: Path) -> dict:
 
     from vivit_batch.cli import main
     from vivit_batch.config import load_config
-    from vivit_batch.pipeline import prepare_job, run_job
+    from vivit_batch.job import prepare_job, run_job
 
     ray.init(address="local", logging_level=logging.WARNING)
     settings = ["model.precision=bf16", "run.max_error_fraction=0"]

@@ -13,7 +13,7 @@ video ids) is labelled, in a subprocess with a private local Ray (`address="loca
   inference alone  `InferenceStage` over rows decoded above, in the pipeline's inference
                    batches, with the torch threads the pipeline gives its inference actor: one
                    inference actor. Half before the pipeline run, half after.
-  pipeline         `pipeline.run_job` on the same manifest, with `plan_resources`' default plan.
+  pipeline         `job.run_job` on the same manifest, with `plan_resources`' default plan.
 
 Expected end-to-end rate = the slowest stage's clips/s x its actor count. The pipeline's rate is
 taken over its whole wall time (start-up included) and in steady state (from the output's
@@ -136,7 +136,7 @@ def write_manifest(path: Path, videos: list[Path], rows: int) -> Path:
 
 
 def manifest_rows(config) -> pa.Table:
-    from vivit_batch.manifest import CSV_CONVERT, base_directory, with_ids
+    from vivit_batch.manifest.read import CSV_CONVERT, base_directory, with_ids
 
     table = pa_csv.read_csv(config.manifest.uri, convert_options=CSV_CONVERT)
     return with_ids(table, base_directory(config.manifest))
@@ -354,7 +354,7 @@ def case_inputs(case: dict, directory: Path) -> None:
 
 
 def run_case(case: dict, directory: Path) -> dict:
-    from vivit_batch import pipeline
+    from vivit_batch import job as pipeline
     from vivit_batch.config import load_config
     from vivit_batch.stages import DecodeStage, InferenceStage
 
@@ -370,7 +370,7 @@ def run_case(case: dict, directory: Path) -> dict:
     job = pipeline.prepare_job(config)
     prepare_s = time.perf_counter() - started
     driver_rss_after_prepare = peak_rss_mib()
-    resources = pipeline.plan_resources(config)
+    resources = pipeline.plan_resources(config, pipeline.cluster_shape())
 
     # Alone, before the pipeline: decode all rows; inference on the first half of its share.
     decode_stage = DecodeStage(replace(job.decode, threads=resources.decode_threads))
@@ -575,7 +575,7 @@ def memory_child(rows: int, mode: str, inputs: str, output: str) -> None:
     manifest come from another), so the peaks compare like with like."""
     import ray
 
-    from vivit_batch import pipeline
+    from vivit_batch import job as pipeline
     from vivit_batch.config import load_config
 
     start_ray()
@@ -945,7 +945,7 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
             m["kind"] != "fresh" and m["peak_mib"] / small["peak_mib"] > MEMORY_TARGET for m in mem
         ):
             lines.append(
-                "- A rerun's driver holds state per committed row (`pipeline.run_job`), all of "
+                "- A rerun's driver holds state per committed row (`job.run_job`), all of "
                 "it in Arrow arrays: the (video_id, status) table of every committed file "
                 "(`Output.committed`), the ids to relabel and the ids to skip "
                 "(`incremental`), and the tables of the files it withdraws rows from."

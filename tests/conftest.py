@@ -41,6 +41,13 @@ os.environ.update(
 )
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Tests on a Ray cluster are end to end: `-m "not slow"` leaves them out."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class RayCluster:
     address: str

@@ -32,6 +32,7 @@ from vivit_batch.output.schema import (
     VERSION_COLUMNS,
     VIEWS,
 )
+from vivit_batch.report import run_summary, summarise_output
 
 HIDDEN = 4
 
@@ -180,3 +181,27 @@ def test_run_reports_round_trip_and_older_reports_read(tmp_path):
 )
 def test_the_error_budget_counts_kept_error_rows(budget, exceeded):
     assert budget.exceeded is exceeded
+
+
+def test_report_summarises_rows_runs_and_devices(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    write(output, ["a", "b", "c"])
+    device = {"node": "n1", "device": "cpu", "name": "EPYC", "memory_gib": None, "threads": 2}
+    device |= {"precision": "fp32", "torch": "2.13.0", "cuda": None}
+    warning = "model.precision=bf16 is autocast on CUDA only"
+    report = RunReport(
+        run_id="r1",
+        rows_written=3,
+        counts={"status": {"ok": 3}, "error_code": {}},
+        inference_devices=[device, {**device, "node": "n2"}],
+        warnings=[warning, warning],
+        config={"output": {"uri": output.uri}},
+    )
+    output.write_report(report, Unlocked())
+    summary = summarise_output(output.uri)
+    assert f"{output.uri}: 3 rows" in summary and "status: {'ok': 3}" in summary
+    assert "    r1: 3 rows" in summary
+    assert "inference: 1 actor(s) on cpu EPYC, 2 threads, fp32" in summary  # one per node
+    assert summary.count(f"warning: {warning}") == 1
+    printed = run_summary(report)
+    assert "run r1: 3 rows" in printed and output.report_uri("r1") in printed

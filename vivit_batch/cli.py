@@ -154,72 +154,49 @@ def config_from(args: argparse.Namespace) -> JobConfig:
     )
 
 
-def start_ray(address: str | None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            address=address or "local",  # not a cluster some earlier `ray start` left
-            logging_level=logging.WARNING,
-            runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}} if not address else None,
-        )
-
-
 def run_command(args: argparse.Namespace) -> int:
-    from vivit_batch import pipeline
+    from vivit_batch import job
+    from vivit_batch.report import run_summary
 
     config = config_from(args)
-    start_ray(args.address)
-    job = pipeline.prepare_job(config)
-    report = pipeline.run_job(job)
-    print_run_summary(report)
+    job.connect(args.address)
+    report = job.run_job(job.prepare_job(config))
+    print(run_summary(report))
+    return exit_code_of(report)
+
+
+def exit_code_of(report: RunReport) -> int:
+    """EXIT_OK, or EXIT_ERROR_BUDGET (saying why) when the error budget is exceeded."""
     budget = report.error_budget
-    if budget.exceeded:
-        print(
-            f"error: {budget.error_fraction:.1%} of the manifest's videos have error rows "
-            f"({budget.errors_this_run} from this run, {budget.errors_kept} kept from earlier "
-            f"runs), above run.max_error_fraction={budget.max_error_fraction}. Fix the videos "
-            "and rerun with --rerun-errors, or raise run.max_error_fraction",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR_BUDGET
-    return EXIT_OK
-
-
-def print_run_summary(report: RunReport) -> None:
-    from vivit_batch.output import Output
-    from vivit_batch.report import device_lines
-
-    output_uri = report.config["output"]["uri"]
+    if not budget.exceeded:
+        return EXIT_OK
     print(
-        f"\nrun {report.run_id}: {report.rows_written} rows in {report.wall_seconds:.1f} s "
-        f"({report.throughput.clips_per_second} clips/s)"
+        f"error: {budget.error_fraction:.1%} of the manifest's videos have error rows "
+        f"({budget.errors_this_run} from this run, {budget.errors_kept} kept from earlier "
+        f"runs), above run.max_error_fraction={budget.max_error_fraction}. Fix the videos "
+        "and rerun with --rerun-errors, or raise run.max_error_fraction",
+        file=sys.stderr,
     )
-    print(f"  status: {report.counts['status']}")
-    if report.counts["error_code"]:
-        print(f"  errors: {report.counts['error_code']}")
-    for line in device_lines(report):
-        print(f"  {line}")
-    print(f"  output: {output_uri}")
-    print(f"  report: {Output(output_uri).report_uri(report.run_id)}")
+    return EXIT_ERROR_BUDGET
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from vivit_batch import pipeline
+    from vivit_batch import job
     from vivit_batch.device import summary
     from vivit_batch.stages import DecodeStage
 
     config = config_from(args)
-    start_ray(args.address)
-    job = pipeline.prepare_job(config)
+    job.connect(args.address)
+    prepared = job.prepare_job(config)
     print(
-        f"config ok; model {config.model.source} ({job.model_config.num_labels} labels, "
-        f"weights sha256 {job.checkpoint.weights_sha256[:12]}); manifest {job.manifest.rows} rows"
+        f"config ok; model {config.model.source} ({prepared.model_config.num_labels} labels, "
+        f"weights sha256 {prepared.checkpoint.weights_sha256[:12]}); manifest "
+        f"{prepared.manifest.rows} rows"
     )
-    resources = pipeline.plan_resources(config)
+    resources = job.plan_resources(config, job.cluster_shape())
     print(f"plan: {resources.describe()}")
-    decoded = DecodeStage(job.decode)(pipeline.first_rows(job, args.videos))
-    labelled = pipeline.label_on_cluster(job, resources, decoded)
+    decoded = DecodeStage(prepared.decode)(job.first_rows(prepared, args.videos))
+    labelled = job.label_on_cluster(prepared, resources, decoded)
     [device] = [json.loads(d) for d in labelled.column(INFERENCE_DEVICE).unique().to_pylist()]
     print(f"inference actor: {summary(device)}")
     if "warning" in device:
@@ -242,7 +219,7 @@ def report_command(args: argparse.Namespace) -> int:
 def demo_command(args: argparse.Namespace) -> int:
     from vivit_batch.demo.run import run_demo
 
-    return run_demo(args.dir, args.videos, args.seed)
+    return exit_code_of(run_demo(args.dir, args.videos, args.seed))
 
 
 if __name__ == "__main__":

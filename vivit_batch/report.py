@@ -44,3 +44,21 @@ def device_lines(report: RunReport) -> list[str]:
 def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:
     """The output's committed rows, as any reader sees them."""
     return Output(output_uri).rows(columns)
+
+
+def run_summary(report: RunReport) -> str:
+    """What a finished run prints."""
+    output_uri = report.config["output"]["uri"]
+    lines = [
+        f"\nrun {report.run_id}: {report.rows_written} rows in {report.wall_seconds:.1f} s "
+        f"({report.throughput.clips_per_second} clips/s)",
+        f"  status: {report.counts['status']}",
+    ]
+    if report.counts["error_code"]:
+        lines.append(f"  errors: {report.counts['error_code']}")
+    lines += [f"  {line}" for line in device_lines(report)]
+    lines += [
+        f"  output: {output_uri}",
+        f"  report: {Output(output_uri).report_uri(report.run_id)}",
+    ]
+    return "\n".join(lines)

@@ -54,10 +54,10 @@ def changed_ids(table: pa.Table, recorded: pa.Table, options: dict | None) -> pa
         ["video_id", *(f"recorded_{name}" for name in VERSION_COLUMNS)]
     )
     both = now.join(then, "video_id")
-    return both.filter(_differs(both)).select(["video_id"])
+    return both.filter(source_differs(both)).select(["video_id"])
 
 
-def _differs(rows: pa.Table) -> pa.Array:
+def source_differs(rows: pa.Table) -> pa.Array:
     """Size differs, or the ETag where both have one, else the modification time. A side that
     is unknown (unreadable now, or recorded before versions were) counts as a change."""
 

@@ -7,7 +7,11 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from vivit_batch import job
+from vivit_batch.config import load_config
 from vivit_batch.demo import CHECKPOINT_DIR, FRAME_SAMPLE_RATE, write_sample_set
+from vivit_batch.output import RunReport
+from vivit_batch.report import read_output, run_summary
 
 
 def write_demo_manifest(directory: Path, count: int, seed: int) -> Path:
@@ -24,34 +28,26 @@ def write_demo_manifest(directory: Path, count: int, seed: int) -> Path:
     return manifest
 
 
-def run_demo(directory: str | Path, count: int, seed: int) -> int:
-    from vivit_batch.cli import EXIT_OK, main
-    from vivit_batch.report import read_output
-
+def run_demo(directory: str | Path, count: int, seed: int) -> RunReport:
+    """Write the sample set, label it with the bundled model on embedded local Ray, print the
+    run's summary and the demo's score; the run report."""
     directory = Path(directory)
     output = directory / "output"
     shutil.rmtree(output, ignore_errors=True)
     print(f"writing {count} sample videos and a corrupt one to {directory / 'videos'} ...")
-    manifest = write_demo_manifest(directory, count, seed)
-    code = main(
-        [
-            "run",
-            "--manifest",
-            str(manifest),
-            "--output",
-            str(output),
-            "--model",
-            str(CHECKPOINT_DIR),
-            "--set",
-            f"sampling.frame_sample_rate={FRAME_SAMPLE_RATE}",
-            "--set",
-            "run.max_error_fraction=0.2",
-        ]
+    config = load_config(
+        None,
+        [f"sampling.frame_sample_rate={FRAME_SAMPLE_RATE}", "run.max_error_fraction=0.2"],
+        manifest_uri=str(write_demo_manifest(directory, count, seed)),
+        output_uri=str(output),
+        model_source=str(CHECKPOINT_DIR),
     )
-    if code != EXIT_OK:
-        return code
-    print(demo_summary(read_output(str(output)).to_pylist(), output))
-    return EXIT_OK
+    job.connect(None)
+    report = job.run_job(job.prepare_job(config))
+    print(run_summary(report))
+    if not report.error_budget.exceeded:
+        print(demo_summary(read_output(str(output)).to_pylist(), output))
+    return report
 
 
 def demo_summary(rows: list[dict], output: Path) -> str:

@@ -1,0 +1,173 @@
+"""The driver's decisions without Ray, in milliseconds: resource planning, the output's
+identity, which committed videos a run relabels, and when a source counts as changed."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from vivit_batch.config import ConfigError, JobConfig, load_config
+from vivit_batch.incremental import (
+    all_ids,
+    count_listed,
+    error_ids,
+    relabel_candidates,
+    select_relabelled,
+    without,
+)
+from vivit_batch.job import ClusterShape, PreparedJob, plan_resources
+from vivit_batch.job.prepare import check_identity, identity_differences
+from vivit_batch.manifest import ManifestSummary
+from vivit_batch.model import CheckpointInfo, VivitConfig
+from vivit_batch.output.schema import VERSION_COLUMNS
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.sources import changed_ids, source_differs, source_version
+from vivit_batch.stages import DecodeSettings
+from vivit_batch.video import SamplingConfig
+
+
+def plan(*settings: str, cpus: int = 2, gpus: float = 0, cpu_nodes: dict | None = None):
+    shape = ClusterShape(cpus=cpus, gpus=gpus, cpu_only_nodes=cpu_nodes or {})
+    return plan_resources(load_config(None, list(settings)), shape)
+
+
+def test_cpu_cluster_splits_the_cores_between_decoding_and_torch():
+    small = plan()
+    assert (small.decode_actors, small.inference_actors, small.inference_threads) == (1, 1, 1)
+    assert small.decode_cpus + small.inference_cpus == 1.0  # one CPU left to Ray Data
+    assert (small.inference_gpus, small.inference_device) == (0.0, "cpu")
+    big = plan(cpus=16)
+    assert (big.decode_actors, big.inference_threads) == (8, 8)
+    assert big.decode_cpus * 8 + big.inference_cpus == pytest.approx(15)
+
+
+def test_gpu_cluster_one_inference_actor_per_gpu_decoding_on_the_rest():
+    one = plan(cpus=16, gpus=1)
+    assert (one.inference_actors, one.inference_gpus, one.inference_cpus) == (1, 1.0, 1.0)
+    assert one.decode_actors == 15 and one.decode_cpus == pytest.approx(14 / 15)
+    assert one.inference_device == "cuda"
+    shared = plan("resources.inference_gpus=0.5", cpus=16, gpus=2)
+    assert (shared.inference_actors, shared.inference_gpus) == (4, 0.5)
+
+
+def test_cpu_only_nodes_of_a_gpu_cluster_do_the_decoding():
+    cluster = plan(cpus=40, gpus=2, cpu_nodes={"b": 16.0, "a": 16.0})
+    assert cluster.decode_nodes == ["a", "b"] and cluster.decode_actors == 32
+    assert cluster.inference_actors == 2
+
+
+def test_inference_gpus_0_labels_on_the_cpu_of_a_gpu_cluster_with_planned_threads():
+    cpu = plan("resources.inference_gpus=0", cpus=16, gpus=1, cpu_nodes={"a": 8.0})
+    assert (cpu.inference_gpus, cpu.inference_device, cpu.inference_threads) == (0, "cpu", 8)
+    assert cpu.decode_nodes == []  # no GPU actors to keep the CPU nodes apart for
+    assert plan("resources.inference_gpus=0", "resources.inference_cpus=3", cpus=16, gpus=1)
+
+
+def test_explicit_pools_win():
+    explicit = plan("resources.decode_actors=3", "resources.inference_actors=2", cpus=8)
+    assert (explicit.decode_actors, explicit.inference_actors) == (3, 2)
+    assert "2 inference actor(s)" in explicit.describe()
+
+
+def prepared(
+    sha: str = "a" * 64, partition_by: str | None = None, new_version: bool = False
+) -> PreparedJob:
+    settings = [f"run.new_version={str(new_version).lower()}", "output.uri=out/"]
+    if partition_by:
+        settings.append(f"output.partition_by={partition_by}")
+    config: JobConfig = load_config(None, settings, model_source="ckpt")
+    checkpoint = CheckpointInfo("ckpt", None, Path("ckpt"), (), sha, ProcessorConfig())
+    decode = DecodeSettings(SamplingConfig(num_frames=4), ProcessorConfig())
+    return PreparedJob(config, checkpoint, VivitConfig(), decode, {}, ManifestSummary())
+
+
+def test_identity_differences_name_what_changed():
+    recorded = prepared().identity
+    assert identity_differences(None, recorded) == []
+    assert identity_differences(recorded, prepared().identity) == []
+    assert identity_differences(recorded, prepared(sha="b" * 64).identity) == ["weights_sha256"]
+    old_layout = {k: v for k, v in recorded.items() if k != "partition_by"}  # before 0.1's run_date
+    assert identity_differences(old_layout, prepared().identity) == []
+    changed = prepared(partition_by="run_date").identity
+    assert identity_differences(recorded, changed) == ["partition_by"]
+
+
+def test_another_model_is_refused_unless_new_version():
+    recorded = prepared().identity
+    with pytest.raises(ConfigError, match="--new-version") as refused:
+        check_identity(prepared(sha="b" * 64), recorded)
+    assert "weights sha256 aaaaaaaaaaaa" in str(refused.value) and "new output" in str(
+        refused.value
+    )
+    check_identity(prepared(sha="b" * 64, new_version=True), recorded)  # allowed: archived
+
+
+def ids(*values: str) -> pa.Array:
+    return pa.array(values, pa.string())
+
+
+COMMITTED = pa.table({"video_id": ids("a", "b", "c"), "status": ["ok", "error", "ok"]})
+
+
+def test_relabel_candidates_by_mode():
+    assert relabel_candidates(COMMITTED, "incremental").to_pylist() == []
+    assert relabel_candidates(COMMITTED, "rerun_errors").to_pylist() == ["b"]
+    assert relabel_candidates(COMMITTED, "force").to_pylist() == ["a", "b", "c"]
+
+
+def test_only_candidates_the_manifest_still_lists_are_relabelled():
+    manifest = pa.table({"video_id": ids("b", "c", "new"), "uri": ["x", "y", "z"]})
+    chosen = select_relabelled(manifest, ids("a", "b"), None, None)
+    assert chosen["video_id"].to_pylist() == ["b"]
+    assert without(all_ids([COMMITTED]), chosen["video_id"]).to_pylist() == ["a", "c"]
+    assert error_ids([COMMITTED]).to_pylist() == ["b"]
+    assert count_listed(manifest, ids("b", "a"))["count"].to_pylist() == [1]
+
+
+def versions_table(rows: dict[str, dict]) -> pa.Table:
+    """Committed rows' ids and source versions."""
+    schema = pa.schema([("video_id", pa.string()), *VERSION_COLUMNS.items()])
+    return pa.Table.from_pylist([{"video_id": k, **v} for k, v in rows.items()], schema)
+
+
+def test_a_source_changed_by_size_or_modification_time_is_relabelled(tmp_path):
+    files = {name: tmp_path / f"{name}.mp4" for name in "abc"}
+    for path in files.values():
+        path.write_bytes(b"0123456789")
+    versions = {name: source_version(str(path), None) for name, path in files.items()}
+    files["a"].write_bytes(b"longer than before")  # a new upload
+    later = files["b"].stat().st_mtime + 60
+    os.utime(files["b"], (later, later))  # rewritten in place, same size
+    uris = [str(p) for p in files.values()] + [str(tmp_path / "new.mp4")]
+    manifest = pa.table({"video_id": ids("a", "b", "c", "new"), "uri": uris})
+    assert changed_ids(manifest, versions_table(versions), None)["video_id"].to_pylist() == [
+        "a",
+        "b",
+    ]
+    before_versions = {**versions, "c": dict.fromkeys(VERSION_COLUMNS)}  # rows older than them
+    changed = changed_ids(manifest, versions_table(before_versions), None)
+    assert sorted(changed["video_id"].to_pylist()) == ["a", "b", "c"]
+
+
+def test_an_etag_where_both_sides_have_one_decides_over_the_modification_time():
+    then, now = (datetime(year, 1, 1, tzinfo=timezone.utc) for year in (2020, 2026))
+    recorded = versions_table(
+        {
+            "touched": {"source_size": 10, "source_modified": then, "source_etag": '"1"'},
+            "replaced": {"source_size": 10, "source_modified": now, "source_etag": '"1"'},
+        }
+    )
+    current = {
+        "touched": {"source_size": 10, "source_modified": now, "source_etag": '"1"'},
+        "replaced": {"source_size": 10, "source_modified": now, "source_etag": '"2"'},
+    }
+    rows = versions_table(current).join(
+        recorded.rename_columns(["video_id", *(f"recorded_{name}" for name in VERSION_COLUMNS)]),
+        "video_id",
+    )
+    flags = dict(zip(rows["video_id"].to_pylist(), source_differs(rows).to_pylist(), strict=True))
+    assert flags == {"touched": False, "replaced": True}

@@ -1,0 +1,169 @@
+"""The job as Ray Data datasets: the manifest with ids, and manifest -> versions -> decode
+actors -> inference actors. Also the light manifest passes that choose the work, and the one
+inference actor `validate` places on the cluster."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import ray
+
+from vivit_batch.config import ConfigError, JobConfig
+from vivit_batch.incremental import (
+    EMPTY_IDS,
+    all_ids,
+    count_listed,
+    relabel_candidates,
+    select_relabelled,
+)
+from vivit_batch.job.cluster import placement_on
+from vivit_batch.job.prepare import LIGHT_TASK, PreparedJob, storage_options
+from vivit_batch.job.resources import Resources
+from vivit_batch.manifest import base_directory, read_dataset, with_ids
+from vivit_batch.model import CheckpointError
+from vivit_batch.sources import with_versions
+from vivit_batch.stages import DecodeStage, InferenceSettings, InferenceStage
+
+
+def build_dataset(
+    job: PreparedJob, resources: Resources, run_id: str, skip: pa.Array | None = None
+) -> ray.data.Dataset:
+    """The pipeline; videos whose ids are in `skip` are left out."""
+    config = job.config
+    # A stage's exception reaches the driver as itself (an inference actor's refusal must end
+    # the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context when they
+    # are made, so this comes first.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    dataset = manifest_with_ids(job, skip).map_batches(
+        with_versions,
+        fn_kwargs={"options": job.decode.storage_options},
+        batch_format="pyarrow",
+        **LIGHT_TASK,
+    )
+    dataset = dataset.map_batches(
+        DecodeStage,
+        fn_constructor_kwargs={"settings": job.decode},
+        compute=ray.data.ActorPoolStrategy(size=resources.decode_actors),
+        num_cpus=resources.decode_cpus,
+        ray_remote_args_fn=placement_on(resources.decode_nodes),
+        batch_size=config.resources.decode_batch_size,
+        batch_format="pyarrow",
+    )
+    return dataset.map_batches(
+        InferenceStage,
+        fn_constructor_kwargs={"settings": inference_settings(job, run_id, resources)},
+        compute=ray.data.ActorPoolStrategy(size=resources.inference_actors),
+        num_cpus=resources.inference_cpus,
+        num_gpus=resources.inference_gpus,
+        batch_size=config.resources.batch_size,
+        batch_format="pyarrow",
+    )
+
+
+def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array:
+    """Committed videos of this manifest that this run labels again (see `incremental`)."""
+    config = job.config
+    if not committed:
+        return EMPTY_IDS
+    rows = pa.concat_tables(committed.values())
+    candidates = relabel_candidates(rows, config.run.mode)
+    if not len(candidates) and not config.run.refresh_changed:
+        return EMPTY_IDS
+    options = job.decode.storage_options
+    selected = manifest_with_ids(job).map_batches(
+        select_relabelled,
+        fn_kwargs={
+            "candidates": candidates,
+            "recorded": rows if config.run.refresh_changed else None,
+            "options": options,
+        },
+        batch_format="pyarrow",
+        **LIGHT_TASK,
+    )
+    return pa.compute.unique(all_ids(_tables(selected)))
+
+
+def count_in_manifest(job: PreparedJob, ids: pa.Array) -> int:
+    """How many of the manifest's rows have one of `ids` (one pass over the manifest)."""
+    if not len(ids):
+        return 0
+    counts = manifest_with_ids(job).map_batches(
+        count_listed, fn_kwargs={"ids": ids}, batch_format="pyarrow", **LIGHT_TASK
+    )
+    return sum(int(pa.compute.sum(t["count"]).as_py() or 0) for t in _tables(counts))
+
+
+def _tables(dataset: ray.data.Dataset) -> list[pa.Table]:
+    return ray.get(dataset.to_arrow_refs())
+
+
+def partition_values(partition_by: tuple[str, ...], started: float) -> dict[str, str]:
+    run_date = datetime.fromtimestamp(started, timezone.utc).date().isoformat()
+    return {name: {"run_date": run_date}[name] for name in partition_by}
+
+
+def inference_settings(job: PreparedJob, run_id: str, resources: Resources) -> InferenceSettings:
+    config = job.config
+    return InferenceSettings(
+        model_source=config.model.source,
+        revision=job.checkpoint.commit,
+        weights_sha256=job.checkpoint.weights_sha256,
+        processor=job.decode.processor,
+        run_id=run_id,
+        top_k=config.model.top_k,
+        labels=job.labels,
+        precision=config.model.precision,
+        clips_per_forward=config.resources.clips_per_forward,
+        device=resources.inference_device,
+        torch_threads=None if resources.inference_gpus else resources.inference_threads,
+    )
+
+
+def label_on_cluster(job: PreparedJob, resources: Resources, decoded: pa.Table) -> pa.Table:
+    """Label `decoded` rows in one inference actor placed as the run would place it (`validate`:
+    the device check runs where the run's would)."""
+    stage = ray.remote(InferenceStage).options(
+        num_cpus=resources.inference_cpus, num_gpus=resources.inference_gpus
+    )
+    actor = stage.remote(inference_settings(job, "validate", resources))
+    try:
+        with stage_errors():
+            return ray.get(actor.__call__.remote(decoded))
+    finally:
+        ray.kill(actor)  # now, not when the handle is collected: it may hold a GPU
+
+
+@contextlib.contextmanager
+def stage_errors() -> Iterator[None]:
+    """A stage's refusal (a device or checkpoint error: exit code 2) raised as itself, not as
+    Ray's wrapper of it."""
+    try:
+        yield
+    except (ConfigError, CheckpointError) as error:
+        raise getattr(error, "cause", error) from None
+
+
+def manifest_with_ids(job: PreparedJob, skip: pa.Array | None = None) -> ray.data.Dataset:
+    """The manifest's rows with resolved URIs and ids, less those in `skip`."""
+    return read_manifest_dataset(job.config).map_batches(
+        with_ids,
+        fn_kwargs={
+            "base": base_directory(job.config.manifest, job.decode.storage_options),
+            "skip": skip,
+        },
+        batch_format="pyarrow",
+        **LIGHT_TASK,
+    )
+
+
+def read_manifest_dataset(config: JobConfig) -> ray.data.Dataset:
+    return read_dataset(config.manifest, storage_options(config), **LIGHT_TASK)
+
+
+def first_rows(job: PreparedJob, count: int) -> pa.Table:
+    """The manifest's first `count` rows, with ids, as the decode stage receives them."""
+    table = pa.concat_tables(_tables(read_manifest_dataset(job.config).limit(count)))
+    return with_ids(table, base_directory(job.config.manifest, job.decode.storage_options))

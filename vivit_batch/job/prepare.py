@@ -1,0 +1,142 @@
+"""Everything checked before any work: configuration, checkpoint, labels, the manifest (one
+streaming scan, in a Ray task), and the output's identity. Raises `ConfigError` or
+`CheckpointError` (exit code 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, replace
+
+import ray
+
+from vivit_batch import storage
+from vivit_batch.config import ConfigError, JobConfig, require_job_inputs
+from vivit_batch.manifest import ManifestSummary, scan_manifest
+from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
+from vivit_batch.output import RESERVED_COLUMNS, Output
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.stages import DecodeSettings
+
+LIGHT_TASK = {"num_cpus": 0}
+"""Reading the manifest, assigning ids and writing Parquet are light and short: they take no CPU
+slot, so the decode and inference pools can have all of them."""
+
+
+@dataclass
+class PreparedJob:
+    config: JobConfig
+    checkpoint: CheckpointInfo
+    model_config: VivitConfig
+    decode: DecodeSettings
+    labels: dict[int, str]
+    manifest: ManifestSummary
+
+    @property
+    def partition_by(self) -> tuple[str, ...]:
+        partition = self.config.output.partition_by
+        return (partition,) if partition else ()
+
+    @property
+    def identity(self) -> dict:
+        """What makes rows comparable (the weights and the preprocessing), and the layout."""
+        return {
+            "model_source": self.config.model.source,
+            "weights_sha256": self.checkpoint.weights_sha256,
+            "preprocessing": self.decode.processor.to_dict(),
+            "sampling": dataclasses.asdict(self.decode.sampling),
+            "partition_by": list(self.partition_by),
+        }
+
+
+def prepare_job(config: JobConfig) -> PreparedJob:
+    """Everything checked before any work: raises ConfigError or CheckpointError."""
+    require_job_inputs(config)
+    checkpoint, model_config = inspect_pretrained(config.model.source, config.model.revision)
+    sampling = config.sampling
+    if sampling.num_frames is None:
+        sampling = replace(sampling, num_frames=model_config.num_frames)
+    processor = processor_for(config, checkpoint.processor)
+    if sampling.spatial_crops == "three" and not processor.do_center_crop:
+        raise ConfigError(
+            f"sampling.spatial_crops=three needs a crop size, and model {config.model.source}'s "
+            "preprocessor_config.json has no center crop: use sampling.spatial_crops=center"
+        )
+    options = storage_options(config)
+    decode = DecodeSettings(sampling, processor, config.decode, options)
+    labels = read_labels(config.model.labels, model_config.num_labels, options)
+    manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))
+    if manifest.problems:
+        raise ConfigError("\n".join(manifest.problems))
+    job = PreparedJob(
+        config, checkpoint, model_config, decode, labels or model_config.id2label, manifest
+    )
+    check_identity(job, Output(config.output.uri, options).read_identity())
+    return job
+
+
+def check_identity(job: PreparedJob, recorded: dict | None) -> None:
+    """One model, preprocessing and layout per output dataset: refuse to mix rows from another
+    (`recorded`, the output's identity), unless this run starts a new version of the dataset
+    (`run.new_version`)."""
+    current = job.identity
+    differ = identity_differences(recorded, current)
+    if not differ or job.config.run.new_version:
+        return
+    raise ConfigError(
+        f"output {job.config.output.uri} holds rows from model {recorded['model_source']} "
+        f"(weights sha256 {recorded['weights_sha256'][:12]}, partition_by "
+        f"{recorded.get('partition_by', [])}); this run's {' and '.join(differ)} differ (model "
+        f"{current['model_source']}, weights sha256 {current['weights_sha256'][:12]}, "
+        f"partition_by {current['partition_by']}). Rows from different models, preprocessing or "
+        "layouts must not share a dataset: write this run to a new output, or pass "
+        "--new-version to move the current rows aside (under _versions/) and relabel the "
+        "manifest into this output"
+    )
+
+
+def identity_differences(recorded: dict | None, current: dict) -> list[str]:
+    """The keys of the dataset identity in which `current` differs from `recorded`."""
+    if recorded is None:
+        return []
+    recorded = {"partition_by": [], **recorded}  # outputs written before partitioning existed
+    keys = ("weights_sha256", "preprocessing", "sampling", "partition_by")
+    return [key for key in keys if recorded.get(key) != current[key]]
+
+
+def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorConfig:
+    if config.model.normalization == "scenic":
+        return replace(
+            processor, do_rescale=True, rescale_factor=1 / 127.5, offset=True, do_normalize=False
+        )
+    return processor
+
+
+def storage_options(config: JobConfig) -> dict:
+    return storage.storage_options(**dataclasses.asdict(config.storage))
+
+
+def read_labels(path: str | None, num_labels: int, options: dict) -> dict[int, str] | None:
+    """Class names from a file: one per line in id order, or a JSON object {id: name}."""
+    if not path:
+        return None
+    try:
+        filesystem, file = storage.filesystem(path, options)
+        with filesystem.open(file, "r") as stream:
+            text = stream.read()
+    except FileNotFoundError as error:
+        raise ConfigError(f"model.labels: {path} does not exist") from error
+    if path.endswith(".json"):
+        labels = {int(k): str(v) for k, v in json.loads(text).items()}
+    else:
+        labels = dict(enumerate(line.strip() for line in text.splitlines() if line.strip()))
+    if sorted(labels) != list(range(num_labels)):
+        raise ConfigError(
+            f"model.labels: {path} names {len(labels)} classes, the model has {num_labels}"
+        )
+    return labels
+
+
+@ray.remote(**LIGHT_TASK)
+def _scan_manifest_task(section, reserved, options) -> ManifestSummary:
+    return scan_manifest(section, reserved, options)

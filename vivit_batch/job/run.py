@@ -1,0 +1,225 @@
+"""A run: lock -> reconcile the output's identity -> choose the work -> write -> report."""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import json
+import logging
+import os
+import platform
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import ray
+
+from vivit_batch.config import RunSection
+from vivit_batch.incremental import all_ids, committed_columns, error_ids, without
+from vivit_batch.job.cluster import cluster_shape
+from vivit_batch.job.dataset import (
+    LIGHT_TASK,
+    build_dataset,
+    count_in_manifest,
+    ids_to_relabel,
+    partition_values,
+    stage_errors,
+)
+from vivit_batch.job.prepare import PreparedJob, check_identity, identity_differences
+from vivit_batch.job.resources import Resources, plan_resources
+from vivit_batch.output import (
+    ErrorBudget,
+    FileWriter,
+    LockLost,
+    ModelUsed,
+    Output,
+    RunReport,
+    Throughput,
+    Unlocked,
+    WriteStats,
+    commit_staged,
+    output_schema,
+)
+from vivit_batch.output.dataset import Fence
+
+log = logging.getLogger("vivit_batch")
+
+
+@dataclass
+class Work:
+    """What a run into an existing output does with the videos it already holds."""
+
+    skip: pa.Array
+    """committed ids the run leaves as they are"""
+    withdrawn: int = 0
+    """committed rows taken out because the run labels their videos again"""
+    errors_kept: int = 0
+    """the manifest's videos whose committed error row the run leaves in place"""
+
+
+def run_job(job: PreparedJob) -> RunReport:
+    """Label the manifest into the output: lock -> reconcile identity -> choose the work ->
+    write -> report. Raises `LockLost` if another run takes the output over meanwhile."""
+    config = job.config
+    run_id = config.run.run_id or new_run_id()
+    resources = plan_resources(config, cluster_shape())
+    log.info("run %s: %d videos; %s", run_id, job.manifest.rows, resources.describe())
+    output = Output(config.output.uri, job.decode.storage_options)
+    started = time.time()
+    with holding_lock(output, run_id, config.run) as lock:
+        output.clear_staging()
+        output.hide_legacy_archives(lock)
+        reconcile_identity(job, output, lock)
+        work = choose_work(job, output, lock)
+        dataset = build_dataset(job, resources, run_id, work.skip)
+        stats = write_rows(job, output, lock, dataset, run_id, started)
+        report = run_report(job, run_id, started, work, stats, resources, lock)
+        output.write_report(report, lock)
+        output.clear_staging()
+    return report
+
+
+@contextlib.contextmanager
+def holding_lock(output: Output, run_id: str, run: RunSection) -> Iterator[Fence]:
+    """The output's lock for the block; a lost lock interrupts the block (from the heartbeat
+    thread) and ends it with `LockLost`."""
+    if run.locking == "none":
+        log.warning("run.locking=none: no lock; nothing stops another run writing %s", output.uri)
+        yield Unlocked()
+        return
+    lock = output.lock(run_id, run.lock_stale_after_s, run.lock_wait_s, _interrupt_main_thread)
+    with lock:
+        try:
+            yield lock
+        except KeyboardInterrupt:
+            if lock.lost:
+                raise LockLost(lock.lost) from None
+            raise
+
+
+def _interrupt_main_thread(reason: str) -> None:
+    """Stop the run's main thread at once when the heartbeat thread finds the lock lost (the
+    commits would refuse anyway, but decoding and labelling would go on)."""
+    if threading.current_thread() is not threading.main_thread():
+        _thread.interrupt_main()
+
+
+def reconcile_identity(job: PreparedJob, output: Output, lock: Fence) -> None:
+    """Read under the lock: another run may have changed the identity since `prepare_job`."""
+    recorded = output.read_identity()
+    if identity_differences(recorded, job.identity):
+        check_identity(job, recorded)
+        archived = output.archive(recorded, lock)
+        log.info("the output's previous version is now under %s", archived)
+    output.write_identity(job.identity, lock)
+
+
+def choose_work(job: PreparedJob, output: Output, lock: Fence) -> Work:
+    """Which committed videos the run skips; the rows of those it relabels are withdrawn."""
+    committed = output.committed(committed_columns(job.config.run.refresh_changed))
+    relabel = ids_to_relabel(job, committed)
+    withdrawn = output.withdraw(committed, relabel, lock)
+    kept_errors = without(error_ids(committed.values()), relabel)
+    return Work(
+        skip=without(all_ids(committed.values()), relabel),
+        withdrawn=withdrawn,
+        errors_kept=count_in_manifest(job, kept_errors),
+    )
+
+
+def write_rows(
+    job: PreparedJob,
+    output: Output,
+    lock: Fence,
+    dataset: ray.data.Dataset,
+    run_id: str,
+    started: float,
+) -> WriteStats:
+    """Write tasks stage the labelled rows as files; this process commits each one."""
+    config = job.config
+    writer = FileWriter(
+        output,
+        run_id,
+        output_schema(job.model_config.hidden_size, job.partition_by),
+        config.output.rows_per_file,
+        partition_values(job.partition_by, started),
+    )
+    staged = dataset.map_batches(
+        writer, batch_size=config.output.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
+    )
+    stats = WriteStats()
+    with stage_errors():
+        for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                stats.add(commit_staged(output, lock, row))
+    return stats
+
+
+def run_report(
+    job: PreparedJob,
+    run_id: str,
+    started: float,
+    work: Work,
+    stats: WriteStats,
+    resources: Resources,
+    lock: Fence,
+) -> RunReport:
+    config = job.config
+    wall = time.time() - started
+    devices = [json.loads(record) for record in stats.devices]
+    return RunReport(
+        run_id=run_id,
+        started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        wall_seconds=round(wall, 3),
+        mode=config.run.mode,
+        model=ModelUsed(
+            source=config.model.source,
+            revision=config.model.revision,
+            commit=job.checkpoint.commit,
+            weights_sha256=job.checkpoint.weights_sha256,
+        ),
+        manifest_rows=job.manifest.rows,
+        rows_written=stats.rows,
+        skipped_committed=job.manifest.rows - stats.rows,
+        rows_replaced=work.withdrawn,
+        counts={"status": dict(stats.status), "error_code": dict(stats.error_codes)},
+        error_budget=ErrorBudget(
+            manifest_rows=job.manifest.rows,
+            errors_this_run=stats.status.get("error", 0),
+            errors_kept=work.errors_kept,
+            max_error_fraction=config.run.max_error_fraction,
+        ),
+        throughput=Throughput.of(stats, wall, resources.decode_actors, resources.inference_actors),
+        inference_devices=devices,
+        warnings=[d["warning"] for d in devices if "warning" in d],
+        lock_generation=lock.generation,
+        resources=vars(resources),
+        files=stats.files,
+        config=config.to_dict(),
+        versions=versions(),
+    )
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def versions() -> dict:
+    import av
+    import torch
+
+    from vivit_batch import __version__
+
+    return {
+        "vivit_batch": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "av": av.__version__,
+        "host": platform.node(),
+        "pid": os.getpid(),
+    }

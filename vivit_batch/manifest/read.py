@@ -1,0 +1,235 @@
+"""Reading manifests: their format, their rows as Arrow batches (streamed here, or as a Ray
+Data dataset), URIs resolved and ids assigned. `FORMATS` is the one place that knows how each
+format is read, both ways.
+
+A manifest is a CSV, JSONL, Parquet or text file (one URI per line) with a `uri` column and an
+optional `video_id`, or a directory, glob or prefix of videos. Relative URIs resolve against the
+manifest's location.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from vivit_batch import storage
+from vivit_batch.config import ConfigError, ManifestSection
+
+VIDEO_EXTENSIONS = (
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".ts",
+    ".mts",
+    ".mpg",
+    ".mpeg",
+    ".flv",
+    ".wmv",
+    ".3gp",
+    ".ogv",
+)
+FORMATS_BY_EXTENSION = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".txt": "txt",
+}
+SCHEMES = ("file", "s3", "s3a")
+"""URI schemes videos and manifests may have, besides plain local paths."""
+HTTP_SCHEMES = ("http", "https")
+"""Also accepted with `manifest.allow_http`."""
+
+
+CSV_CONVERT = pa_csv.ConvertOptions(column_types={"video_id": pa.string(), "uri": pa.string()})
+
+
+def drop_blank_lines(table: pa.Table) -> pa.Table:
+    """A text manifest's raw lines (a `text` column) as URIs, less blank and `#` lines."""
+    lines = pc.utf8_trim_whitespace(table.column("text"))
+    keep = pc.and_(pc.not_equal(lines, ""), pc.invert(pc.starts_with(lines, "#")))
+    return pa.table({"uri": lines}).filter(keep)
+
+
+def _text_batches(stream: BinaryIO) -> Iterator[pa.RecordBatch]:
+    for lines in _chunks(line.decode() for line in stream):
+        yield from drop_blank_lines(pa.table({"text": lines})).to_batches()
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one manifest format is read: streamed from a file, and by Ray Data."""
+
+    stream: Callable[[BinaryIO], Iterator[pa.RecordBatch]]
+    ray_reader: str
+    """the `ray.data` function that reads it"""
+    ray_options: dict = field(default_factory=dict)
+    then: Callable[[pa.Table], pa.Table] | None = None
+    """applied to each block Ray Data reads"""
+
+
+FORMATS = {
+    "csv": Format(
+        lambda stream: pa_csv.open_csv(stream, convert_options=CSV_CONVERT),
+        "read_csv",
+        {"convert_options": CSV_CONVERT},
+    ),
+    "jsonl": Format(
+        lambda stream: pa_json.read_json(stream).to_batches(), "read_json", {"lines": True}
+    ),
+    "parquet": Format(lambda stream: pq.ParquetFile(stream).iter_batches(), "read_parquet"),
+    "txt": Format(_text_batches, "read_text", then=drop_blank_lines),
+}
+"""Every file format; "videos" (a listing) is read by `list_videos`."""
+
+
+def manifest_format(section: ManifestSection, options: dict | None = None) -> str:
+    if section.format != "auto":
+        return section.format
+    uri = section.uri.rstrip("/")
+    if section.uri.endswith("/") or _is_glob(uri) or uri.endswith(VIDEO_EXTENSIONS):
+        return "videos"
+    extension = posixpath.splitext(uri)[1].lower()
+    if extension in FORMATS_BY_EXTENSION:
+        return FORMATS_BY_EXTENSION[extension]
+    filesystem, path = storage.filesystem(uri, options)
+    if filesystem.isdir(path):
+        return "videos"
+    raise ConfigError(
+        f"manifest {section.uri}: cannot tell its format from the extension; use .csv, .jsonl, "
+        ".parquet or .txt, a directory or glob of videos, or set manifest.format"
+    )
+
+
+def base_directory(section: ManifestSection, options: dict | None = None) -> str:
+    """Where relative URIs in the manifest are resolved from."""
+    if manifest_format(section, options) == "videos":
+        return ""
+    uri = section.uri
+    if "://" not in uri:
+        uri = posixpath.abspath(uri)
+    return posixpath.dirname(uri)
+
+
+def resolve_uri(uri: str, base: str) -> str:
+    """Absolute form of a manifest URI: schemes kept, relative paths joined to `base`."""
+    uri = uri.strip()
+    if "://" in uri:
+        return uri
+    if uri.startswith("~"):
+        return posixpath.expanduser(uri)
+    if posixpath.isabs(uri) or not base:
+        return posixpath.abspath(uri)
+    joined = posixpath.join(base, uri)
+    return joined if "://" in joined else posixpath.normpath(joined)
+
+
+def video_id_for(uri: str) -> str:
+    """Stable id of a resolved URI when the manifest gives none."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:20]
+
+
+def with_ids(table: pa.Table, base: str, skip: pa.Array | None = None) -> pa.Table:
+    """Resolve `uri` and fill `video_id` (string) for one block of manifest rows; rows whose id
+    is in `skip` (already committed) are dropped."""
+    uris = [resolve_uri(u, base) for u in table.column("uri").to_pylist()]
+    if "video_id" in table.column_names:
+        given = table.column("video_id").cast(pa.string()).to_pylist()
+        ids = [v or video_id_for(u) for v, u in zip(given, uris, strict=True)]
+        table = table.drop_columns(["video_id"])
+    else:
+        ids = [video_id_for(u) for u in uris]
+    uri_index = table.schema.get_field_index("uri")
+    table = table.set_column(uri_index, "uri", pa.array(uris, pa.string()))
+    table = table.add_column(0, "video_id", pa.array(ids, pa.string()))
+    if skip is not None and len(skip):
+        table = table.filter(pa.compute.invert(pa.compute.is_in(table["video_id"], skip)))
+    return table
+
+
+def list_videos(uri: str, options: dict | None = None) -> list[str]:
+    """Video files under a directory or prefix, or matching a glob; sorted, with schemes kept."""
+    filesystem, path = storage.filesystem(uri, options)
+    found = filesystem.glob(path) if _is_glob(path) else filesystem.find(path)
+    protocol = (
+        filesystem.protocol if isinstance(filesystem.protocol, str) else filesystem.protocol[0]
+    )
+    prefix = "" if storage.is_local(uri) else f"{protocol}://"
+    return sorted(prefix + p for p in found if p.lower().endswith(VIDEO_EXTENSIONS))
+
+
+def _is_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def supported_uri(uri: str, allow_http: bool = False) -> bool:
+    """Whether `uri` is a local path or has a scheme this job reads."""
+    if "://" not in uri:
+        return True
+    scheme = uri.split("://", 1)[0].lower()
+    return scheme in SCHEMES or (allow_http and scheme in HTTP_SCHEMES)
+
+
+def supported_schemes(section: ManifestSection) -> str:
+    accepted = ", ".join(f"{s}://" for s in SCHEMES + (HTTP_SCHEMES if section.allow_http else ()))
+    http = "" if section.allow_http else "; http:// and https:// with manifest.allow_http=true"
+    return f"Supported: local paths, {accepted}{http}"
+
+
+def batches(uri: str, fmt: str, options: dict | None) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(row offset, batch) over the manifest, streamed in this process."""
+    offset = 0
+    for batch in _record_batches(uri, fmt, options):
+        yield offset, batch
+        offset += batch.num_rows
+
+
+def _record_batches(uri: str, fmt: str, options: dict | None) -> Iterator[pa.RecordBatch]:
+    if fmt == "videos":
+        uris = list_videos(uri, options)
+        yield pa.RecordBatch.from_pydict({"uri": pa.array(uris, pa.string())})
+        return
+    filesystem, path = storage.filesystem(uri, options)
+    with filesystem.open(path, "rb") as stream:
+        yield from FORMATS[fmt].stream(stream)
+
+
+def read_dataset(section: ManifestSection, options: dict | None, **ray_options):
+    """The manifest's rows as a Ray Data dataset (uris as given, no ids yet); `ray_options` go
+    to Ray Data's reader and to the steps after it."""
+    import ray
+
+    fmt = manifest_format(section, options)
+    if fmt == "videos":
+        return ray.data.from_items([{"uri": u} for u in list_videos(section.uri, options)])
+    reader = FORMATS[fmt]
+    filesystem = storage.arrow_filesystem(section.uri, options)
+    read = getattr(ray.data, reader.ray_reader)
+    dataset = read(section.uri, filesystem=filesystem, **reader.ray_options, **ray_options)
+    if reader.then:
+        dataset = dataset.map_batches(reader.then, batch_format="pyarrow", **ray_options)
+    return dataset
+
+
+def _chunks(lines: Iterator[str], size: int = 65536) -> Iterator[list[str]]:
+    chunk = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
