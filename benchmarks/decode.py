@@ -1,6 +1,6 @@
 """Clips per second per core: the Hugging Face recipe vs this stage vs the decode floor.
 
-    python benchmarks/decode.py [--quick]
+    python -m benchmarks.decode [--quick]
 
 Generates H.264 videos (360p, 720p, 1080p; 10 s and 60 s; 30 fps; x264 preset `fast`, ffmpeg's
 default keyframe interval of 250 frames; plus a 60 s 720p video with a keyframe a second, as
@@ -25,31 +25,26 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from benchmarks.results import cpu_model, write_section
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.storage import open_input
+from vivit_batch.testing.reference import image_processor, read_video_pyav
 from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.container import open_container, probe_stream, select_video_stream
 from vivit_batch.video.frames import ClipDecoder, Deadline
 from vivit_batch.video.sampling import frame_positions
 from vivit_batch.video.transform import crop_views
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.results import cpu_model, write_section  # noqa: E402
-from tests.reference import image_processor, read_video_pyav  # noqa: E402
 
 SIZES = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
 FPS = 30
@@ -100,7 +95,7 @@ def _bounce(step: int, limit: int) -> int:
 def clip_positions(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return frame_positions(probe_stream(container, stream).frame_count, SAMPLING)
+        return frame_positions(probe_stream(container, stream).frame_count or 0, SAMPLING)
 
 
 def make_reference(path: Path) -> Callable[[], np.ndarray]:
@@ -149,14 +144,14 @@ def make_sampled_decode(path: Path, convert: Callable[[av.VideoFrame], object]) 
             stream = select_video_stream(uri, container)
             stream.thread_type, stream.thread_count = "AUTO", 1
             info = probe_stream(container, stream)
-            times = info.times(frame_positions(info.frame_count, SAMPLING))
+            times = info.times(frame_positions(info.frame_count or 0, SAMPLING))
             decoder = ClipDecoder(container, stream, info, Deadline(uri, None))
             return decoder.decode_at(times, convert)
 
     return run
 
 
-def mean_differences(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
+def mean_differences(runs: dict[str, Callable[[], Any]]) -> dict[str, float]:
     """Mean absolute difference of each variant's pixels from the reference's (0-255 scale)."""
     reference = runs["reference"]()
     return {
@@ -198,7 +193,7 @@ class Row:
     def extra_ms_per_frame(self, variant: str) -> float:
         """CPU milliseconds per sampled frame over the floor."""
         extra = self.cpu_seconds[variant] - self.cpu_seconds["floor"]
-        return 1000 * extra / SAMPLING.num_frames
+        return 1000 * extra / SAMPLING.frames
 
     def markdown(self) -> str:
         ref, stage, floor, fused = (
@@ -249,7 +244,7 @@ def render_section(rows: list[Row]) -> str:
     lines = [
         "## Decode",
         "",
-        f"`python benchmarks/decode.py`, {datetime.date.today().isoformat()}, "
+        f"`python -m benchmarks.decode`, {datetime.date.today().isoformat()}, "
         f"{cpu_model()} ({os.cpu_count()} cores on the machine; the run is pinned to one core, "
         "one decoder thread; rates are 1 / least CPU seconds per clip over repeated, interleaved "
         f"runs), PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
@@ -285,7 +280,7 @@ def render_section(rows: list[Row]) -> str:
             lines.append(
                 f"- {name} {seconds} s: stage at least {factor}x the reference: "
                 f"{ratio:.1f}x, {verdict} (the floor: {ceiling:.1f}x; swscale: {fused:.1f}x). "
-                f"{factor}x leaves {allowed / SAMPLING.num_frames:.2f} ms per sampled frame over "
+                f"{factor}x leaves {allowed / SAMPLING.frames:.2f} ms per sampled frame over "
                 f"the floor; the stage spends {row.extra_ms_per_frame('stage'):.2f}, swscale "
                 f"{row.extra_ms_per_frame('swscale'):.2f}"
             )

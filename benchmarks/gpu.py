@@ -1,7 +1,7 @@
 """GPU figures: the model's forward pass on CUDA, and the whole job on one GPU machine.
 
-    python benchmarks/gpu.py --json PATH [--rows N] [--quick]
-    python benchmarks/gpu.py --render PATH      # BENCHMARKS.md's GPU section from a --json file
+    python -m benchmarks.gpu --json PATH [--rows N] [--quick]
+    python -m benchmarks.gpu --render PATH      # BENCHMARKS.md's GPU section from a --json file
 
 1. Model forward, base size (random weights in Hugging Face layout): this ViViT and
    transformers' sdpa path, fp32 and bf16 / fp16 autocast (as `VideoClassifier` runs them), at
@@ -29,24 +29,20 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the `tests` helpers
-
-from benchmarks.model_forward import flops_per_clip  # noqa: E402
-from benchmarks.results import cpu_model, write_section  # noqa: E402
-from tests.checkpoints import BASE, TINY, make_checkpoint  # noqa: E402
-from vivit_batch.config import ResourcesSection  # noqa: E402
-from vivit_batch.inference import PRECISIONS  # noqa: E402
-from vivit_batch.model import load_pretrained  # noqa: E402
+from benchmarks.model_forward import flops_per_clip
+from benchmarks.results import cpu_model, write_section
+from vivit_batch.config import ResourcesSection
+from vivit_batch.inference import PRECISIONS
+from vivit_batch.model import load_pretrained
+from vivit_batch.testing.checkpoints import BASE, TINY, make_checkpoint
 
 DISTINCT_VIDEOS = 16
 VIDEO = dict(width=1280, height=720, fps=30, num_frames=150, codec="libx264", content="detailed")
@@ -59,7 +55,8 @@ def model_forward(directory: Path, architecture: dict, batches: list[int]) -> li
     device = "cuda" if torch.cuda.is_available() else "cpu"
     make_checkpoint(directory, **architecture)
     ours = load_pretrained(directory, device=device)
-    theirs = HFModel.from_pretrained(directory, attn_implementation="sdpa").to(device).eval()
+    theirs = HFModel.from_pretrained(directory, attn_implementation="sdpa")
+    theirs = theirs.to(device).eval()  # type: ignore[arg-type]  # transformers' .to stubs
     config = ours.config
     flops = sum(flops_per_clip(config).values())
     figures = []
@@ -113,7 +110,7 @@ def write_inputs(directory: Path, rows: int, video: dict) -> Path:
 
 
 def _write_video(path: Path, video: dict) -> None:
-    from tests.media import write_video
+    from vivit_batch.testing.media import write_video
 
     write_video(path, **video)
 
@@ -182,7 +179,7 @@ def render(figures: dict) -> str:
     lines = [
         "## GPU",
         "",
-        f"`python benchmarks/gpu.py`, {m['date']}, on a lent {m['gpu']}; {m['cpu']}, Python "
+        f"`python -m benchmarks.gpu`, {m['date']}, on a lent {m['gpu']}; {m['cpu']}, Python "
         f"{m['python']}, torch {m['torch']}, Ray {m['ray']}, PyAV {m['av']}.",
         "",
         "### Model forward",
@@ -264,14 +261,14 @@ def main() -> None:
     architecture = TINY if args.quick else BASE
     video = QUICK_VIDEO if args.quick else VIDEO
     rows = 64 if args.quick else args.rows
-    figures = {"machine": machine(), "video": video}
+    figures: dict[str, Any] = {"machine": machine(), "video": video}
 
     def save() -> None:  # after each part: a run cut short keeps what it measured
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
 
-    with tempfile.TemporaryDirectory(prefix="vivit-gpu-") as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="vivit-gpu-") as temporary:
+        scratch = Path(temporary)
         print("model forward", flush=True)
         batches = [1, 2] if args.quick else [1, 8, 32]
         figures["model_forward"] = model_forward(scratch / "checkpoint", architecture, batches)

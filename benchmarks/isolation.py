@@ -1,7 +1,7 @@
 """What decoding in a killable worker process costs per video: `decode_video` in this process vs
 `IsolatedDecoder.decode` on the same videos.
 
-    python benchmarks/isolation.py [--quick] [--no-write]
+    python -m benchmarks.isolation [--quick] [--no-write]
 
 Generates H.264 videos as benchmarks/decode.py does (360p, 720p, 1080p; 10 s; 30 fps), plus a
 tiny 64x48 one, and times, pinned to one core (parent and worker share it, as in a decode actor
@@ -24,23 +24,18 @@ import datetime
 import os
 import platform
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import av
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.decode import generate  # noqa: E402
-from benchmarks.results import cpu_model, write_section  # noqa: E402
-from tests.media import write_video  # noqa: E402
-from vivit_batch.processor import ProcessorConfig  # noqa: E402
-from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video  # noqa: E402
-from vivit_batch.video.isolation import IsolatedDecoder  # noqa: E402
+from benchmarks.decode import generate
+from benchmarks.results import cpu_model, write_section
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.testing.media import write_video
+from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video.isolation import IsolatedDecoder
 
 PROCESSOR = ProcessorConfig(shortest_edge=224)
 CASES = {  # views: sampling, processor
@@ -84,11 +79,11 @@ def measure(decoder: IsolatedDecoder, path: Path, case: tuple, rounds: int, budg
     runs = {"in-process": in_process, "isolated": isolated}
     for run in runs.values():
         run()  # warm-up
-    samples = {name: [] for name in runs}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     started = time.perf_counter()
     while len(samples["isolated"]) < rounds or time.perf_counter() - started < budget_s:
         for name, run in runs.items():
-            pid = decoder.child_pid
+            pid = worker_pid(decoder)
             worker0 = worker_cpu_seconds(pid)
             cpu0, wall0 = time.process_time(), time.perf_counter()
             run()
@@ -101,6 +96,12 @@ def measure(decoder: IsolatedDecoder, path: Path, case: tuple, rounds: int, budg
     }
 
 
+def worker_pid(decoder: IsolatedDecoder) -> int:
+    pid = decoder.child_pid
+    assert pid is not None, "the decoder has not decoded anything yet"
+    return pid
+
+
 def replacement_cost(decoder: IsolatedDecoder, path: Path, rounds: int = 10) -> float:
     """Least extra wall seconds for the decode after the worker was killed while idle."""
     sampling = SamplingConfig(num_frames=4, frame_sample_rate=1)
@@ -109,7 +110,7 @@ def replacement_cost(decoder: IsolatedDecoder, path: Path, rounds: int = 10) -> 
         t0 = time.perf_counter()
         decoder.decode(DecodeRequest(str(path), sampling, PROCESSOR))
         normal = time.perf_counter() - t0
-        os.kill(decoder.child_pid, signal.SIGKILL)
+        os.kill(worker_pid(decoder), signal.SIGKILL)
         time.sleep(0.2)
         t0 = time.perf_counter()
         decoder.decode(DecodeRequest(str(path), sampling, PROCESSOR))
@@ -152,7 +153,9 @@ def main() -> None:
                     tiny_overhead[views] = timings["isolated"][0] - timings["in-process"][0]
                 print(rows[-1], flush=True)
         replacement = replacement_cost(decoder, tiny)
-        memory = pss_mib(decoder._processes.zygote.process.pid), pss_mib(decoder.child_pid)
+        zygote = decoder._processes.zygote
+        assert zygote is not None  # it has forked workers
+        memory = pss_mib(zygote.process.pid), pss_mib(worker_pid(decoder))
     section = render_section(rows, tiny_overhead, startup, replacement, memory)
     print(section)
     if not args.no_write:
@@ -178,7 +181,7 @@ def render_section(
     lines = [
         "## Decode isolation",
         "",
-        f"`python benchmarks/isolation.py`, {datetime.date.today().isoformat()}, {cpu_model()} "
+        f"`python -m benchmarks.isolation`, {datetime.date.today().isoformat()}, {cpu_model()} "
         f"({os.cpu_count()} cores on the machine, shared with other work; the run is pinned to "
         "one core, which parent and worker share; one decoder thread; least of at least 15 "
         f"interleaved rounds), PyAV {av.__version__}, Python {platform.python_version()}.",

@@ -1,6 +1,6 @@
 """Seconds per 32x224x224 clip, fp32 on CPU: this ViViT vs transformers' (sdpa, eager) vs a GEMM.
 
-    python benchmarks/model_forward.py [--quick] [--threads N] [--profile] [--no-write]
+    python -m benchmarks.model_forward [--quick] [--threads N] [--profile] [--no-write]
 
 Builds a random base-size `transformers.VivitForVideoClassification` (hidden 768, 12 layers, 12
 heads, MLP 3072, 400 labels), saves it with `save_pretrained`, and loads the same weights three
@@ -35,14 +35,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results import cpu_model, load_average, write_section
 from vivit_batch.model import VivitConfig, load_pretrained
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.results import cpu_model, load_average, write_section  # noqa: E402
-from tests.checkpoints import BASE, make_checkpoint  # noqa: E402
+from vivit_batch.testing.checkpoints import BASE, make_checkpoint
 
 SPEEDUP_TARGET = 1.1  # over transformers' sdpa path
 GEMM_FRACTION_TARGET = 0.85
@@ -77,7 +72,7 @@ def build_models(directory: Path) -> dict[str, torch.nn.Module]:
     from transformers import VivitForVideoClassification as HFModel
 
     make_checkpoint(directory, **BASE)
-    models = {"vivit_batch": load_pretrained(directory)}
+    models: dict[str, torch.nn.Module] = {"vivit_batch": load_pretrained(directory)}
     for implementation in ("sdpa", "eager"):
         hf = HFModel.from_pretrained(directory, attn_implementation=implementation)
         models[f"hf {implementation}"] = hf.eval().requires_grad_(False)
@@ -90,7 +85,7 @@ def forward(name: str, model: torch.nn.Module) -> Callable[[torch.Tensor], torch
     return lambda pixels: model(pixel_values=pixels).logits
 
 
-def gemm(rows: int, inner: int, cols: int) -> Callable[[], None]:
+def gemm(rows: int, inner: int, cols: int) -> Callable[[], torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(rows, inner, generator=generator)
     b = torch.randn(inner, cols, generator=generator)
@@ -104,7 +99,7 @@ def timed(run: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def gemm_seconds(run: Callable[[], None], calls: int = 5) -> tuple[float, float]:
+def gemm_seconds(run: Callable[[], object], calls: int = 5) -> tuple[float, float]:
     """The medians of a few back-to-back calls (each is ~0.1 s; one would be noisy)."""
     walls, cpus = zip(*(timed(run) for _ in range(calls)), strict=True)
     return statistics.median(walls), statistics.median(cpus)
@@ -124,11 +119,11 @@ def main() -> None:
     repeats = args.repeats or (2 if args.quick else 5)
     torch.set_num_threads(args.threads)
     load_before = load_average()
-    command = "python benchmarks/model_forward.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.model_forward " + " ".join(sys.argv[1:])
 
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(Path(tmp))
-    config = models["vivit_batch"].config
+        config = VivitConfig.from_json_file(Path(tmp) / "config.json")
     flops = sum(flops_per_clip(config).values())
     generator = torch.Generator().manual_seed(1)
     shape = (config.num_frames, config.num_channels, config.image_size, config.image_size)
@@ -330,9 +325,11 @@ def render_section(
             "| variant | " + " | ".join(categories) + " | total |",
             "| --- | " + " | ".join("---" for _ in categories) + " | --- |",
         ]
-        for name, parts in profile.items():
-            total = sum(parts.values())
-            cells = [f"{parts.get(c, 0):.2f} ({parts.get(c, 0) / total:.0%})" for c in categories]
+        for name, seconds in profile.items():
+            total = sum(seconds.values())
+            cells = [
+                f"{seconds.get(c, 0):.2f} ({seconds.get(c, 0) / total:.0%})" for c in categories
+            ]
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {total:.2f} |")
     return "\n".join(lines) + "\n"
 

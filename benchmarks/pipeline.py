@@ -1,7 +1,7 @@
 """Ray overhead of the whole job versus its slowest stage alone, and driver memory versus manifest
 length.
 
-    python benchmarks/pipeline.py [--quick] [--no-write] [--only overhead|memory] [--json PATH]
+    python -m benchmarks.pipeline [--quick] [--no-write] [--only overhead|memory] [--json PATH]
 
 Overhead. For each model, a manifest of many rows pointing at a few generated videos (distinct
 video ids) is labelled, in a subprocess with a private local Ray (`address="local"`,
@@ -46,30 +46,36 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from benchmarks.cpu_sampler import CpuSampler, own_cpu
+from benchmarks.pipeline_report import (
+    CPUS,
+    MEMORY_SETTINGS,
+    fmt,
+    pct,
+    render_section,
+)
+from benchmarks.results import cpu_model, load_average, write_section
+from vivit_batch.output.schema import VIEWS
+from vivit_batch.testing.checkpoints import BASE
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # before ray is imported
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the `tests` helpers
+THIS = [sys.executable, "-m", "benchmarks.pipeline"]
+"""This benchmark in another process (run from ROOT)."""
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import pyarrow as pa  # noqa: E402
-import pyarrow.csv as pa_csv  # noqa: E402
-
-from benchmarks.results import cpu_model, load_average, write_section  # noqa: E402
-from tests.checkpoints import BASE  # noqa: E402
-from vivit_batch.output.schema import VIEWS  # noqa: E402
-
-CPUS = 2
-OVERHEAD_TARGET = 0.10
-MEMORY_TARGET = 1.2
-VIDEO = dict(width=320, height=240, fps=30, codec="libx264", content="detailed")
+VIDEO: dict[str, Any] = dict(width=320, height=240, fps=30, codec="libx264", content="detailed")
 DISTINCT_VIDEOS = 4
 
 
@@ -176,147 +182,6 @@ def time_stage(stage, inputs: list[pa.Table]) -> tuple[Timing, list[pa.Table]]:
     return timing, outputs
 
 
-ROLES = ("decode actor", "inference actor", "driver", "other Ray")
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-ACTOR_ROLES = {"DecodeStage": "decode actor", "InferenceStage": "inference actor"}
-
-
-def process_table() -> tuple[dict[int, list[int]], dict[int, float]]:
-    """(children of each pid, CPU seconds (user + system) of each pid), from /proc."""
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / TICK
-    return children, cpu
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except (OSError, UnicodeDecodeError):
-        return ""
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process and of its own helper processes (the decode stage's isolated
-    decoder: children whose command line names vivit_batch), not of Ray's."""
-    children, cpu = process_table()
-    helpers = [pid for pid in children.get(os.getpid(), []) if "vivit_batch" in command_line(pid)]
-    todo, total = helpers, time.process_time()
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0.0)
-        todo += children.get(pid, [])
-    return total
-
-
-class CpuSampler(threading.Thread):
-    """CPU seconds of this process and all its descendants (with `address="local"`: GCS, raylet,
-    their agents and every Ray worker), sampled from /proc, by role. A process inherits its
-    parent's role, so the decode actor's isolated decoder counts as the decode actor, and this
-    process's own helpers as the driver."""
-
-    def __init__(self, interval: float = 0.5):
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.samples: list[tuple[float, dict[int, float]]] = []
-        self.stopping = threading.Event()
-        self.roles: dict[int, str] = {}
-        self.commands: dict[int, str] = {}
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            self.sample()
-            self.stopping.wait(self.interval)
-        self.sample()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join()
-
-    def sample(self) -> None:
-        now = time.time()
-        children, cpu = process_table()
-        me = os.getpid()
-        # This thread's own CPU, as a negative pseudo-process of the driver: sampling is not the
-        # driver's work.
-        found: dict[int, float] = {-1: -time.thread_time()}
-        todo = [(me, "")]
-        while todo:
-            pid, parent_role = todo.pop()
-            if pid not in cpu:
-                continue
-            found[pid] = cpu[pid]
-            role = self.role(pid, me, parent_role)
-            todo += [(child, role) for child in children.get(pid, [])]
-        self.samples.append((now, found))
-
-    def role(self, pid: int, me: int, parent_role: str) -> str:
-        if pid == me:
-            return "driver"
-        if pid not in self.commands:
-            self.commands[pid] = command_line(pid)
-        if self.roles.get(pid) in ACTOR_ROLES.values():  # a worker stays an actor once it is one
-            return self.roles[pid]
-        command = self.commands[pid] = command_line(pid) or self.commands[pid]
-        role = next((r for name, r in ACTOR_ROLES.items() if name in command), None)
-        if role is None and parent_role in ACTOR_ROLES.values():
-            role = parent_role
-        if role is None:
-            role = "driver" if parent_role == "driver" and "vivit_batch" in command else "other Ray"
-        self.roles[pid] = role
-        return role
-
-    def at(self, when: float) -> dict[int, float]:
-        """CPU seconds per process at `when`: interpolated between the samples either side of it
-        for a process in both, else at its last sample before (exited processes included)."""
-        state: dict[int, float] = {}
-        previous = None
-        for stamp, found in self.samples:
-            if stamp > when and state:
-                if previous is not None:
-                    weight = (when - previous) / (stamp - previous)
-                    for pid, cpu in found.items():
-                        if pid in state:
-                            state[pid] += weight * (cpu - state[pid])
-                break
-            state.update(found)
-            previous = stamp
-        return state
-
-    def by_process(self, start: float, end: float, top: int = 8) -> list[tuple[str, str, float]]:
-        """(role, command line, CPU seconds) of the processes that used the most CPU between two
-        times."""
-        before, after = self.at(start), self.at(end)
-        used = [
-            (
-                self.roles.get(pid, "driver"),
-                self.commands.get(pid, "")[:80],
-                cpu - before.get(pid, 0),
-            )
-            for pid, cpu in after.items()
-        ]
-        return sorted(used, key=lambda item: -item[2])[:top]
-
-    def used(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds each role used between two times."""
-        before, after = self.at(start), self.at(end)
-        totals = dict.fromkeys(ROLES, 0.0)
-        for pid, cpu in after.items():
-            totals[self.roles.get(pid, "driver")] += cpu - before.get(pid, 0.0)
-        return totals
-
-
 def output_timeline(output: Path) -> list[tuple[float, int]]:
     """(time.time() of the `processed_at` stamp, rows) per distinct stamp (one per inference
     batch), in time order."""
@@ -342,8 +207,8 @@ def steady_window(timeline: list[tuple[float, int]]) -> tuple[float, float, int]
 
 def case_inputs(case: dict, directory: Path) -> None:
     """The case's checkpoint, videos and manifest."""
-    from tests.checkpoints import make_checkpoint
-    from tests.media import write_video
+    from vivit_batch.testing.checkpoints import make_checkpoint
+    from vivit_batch.testing.media import write_video
 
     make_checkpoint(directory / "checkpoint", **case["checkpoint"])
     videos = [
@@ -373,7 +238,7 @@ def run_case(case: dict, directory: Path) -> dict:
     resources = pipeline.plan_resources(config, pipeline.cluster_shape())
 
     # Alone, before the pipeline: decode all rows; inference on the first half of its share.
-    decode_stage = DecodeStage(replace(job.decode, threads=resources.decode_threads))
+    decode_stage = DecodeStage(job.decode)
     decode_inputs = batches(manifest_rows(config), config.resources.decode_batch_size)
     decode_stage(decode_inputs[0])  # warm-up: imports, file cache (the actors pay it in start-up)
     decode_before, decoded = time_stage(decode_stage, decode_inputs)
@@ -400,7 +265,7 @@ def run_case(case: dict, directory: Path) -> dict:
     actors = {"decode": resources.decode_actors, "inference": resources.inference_actors}
     alone = {"decode": decode, "inference": inference}
     stage_rates = {stage: alone[stage].rate * actors[stage] for stage in alone}
-    slowest = min(stage_rates, key=stage_rates.get)
+    slowest = min(stage_rates, key=lambda stage: stage_rates[stage])
     expected = stage_rates[slowest]
 
     clips = report.throughput.clips
@@ -486,7 +351,7 @@ def case_child(indexes: list[int], quick: bool, work: str) -> None:
     for index in indexes:
         directory = Path(work) / str(index)
         directory.mkdir()
-        command = [sys.executable, __file__, *flags, "--case-inputs", str(index), str(directory)]
+        command = [*THIS, *flags, "--case-inputs", str(index), str(directory)]
         subprocess.run(command, check=True, cwd=ROOT)
     start_ray()
     try:
@@ -496,13 +361,17 @@ def case_child(indexes: list[int], quick: bool, work: str) -> None:
     print("RESULT " + json.dumps(figures), flush=True)
 
 
+def case_child_arguments(arguments: list[str], work: Path) -> list[str]:
+    return [*arguments, str(work)]
+
+
 def child(arguments: Callable[[Path], list[str]], what: str, attempts: int = 3):
     """Run this script in a subprocess, with `arguments(a fresh temporary directory)`, and return
     the JSON it prints. Tried again when it dies: on a shared machine, another session's
     `ray stop --force` kills every Ray on it, ours too."""
     for attempt in range(1, attempts + 1):
         with tempfile.TemporaryDirectory(prefix="vivit-pipeline-bench-") as work:
-            command = [sys.executable, __file__, *arguments(Path(work))]
+            command = [*THIS, *arguments(Path(work))]
             done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
         if done.returncode == 0 and lines:
@@ -521,7 +390,7 @@ def overhead(quick: bool) -> list[dict]:
         names = ", ".join(cases(quick)[i]["name"] for i in group)
         print(f"overhead: {names}", file=sys.stderr, flush=True)
         which = ",".join(map(str, group))
-        runs += child(lambda work, w=which: [*flags, "--case-child", w, str(work)], names)
+        runs += child(partial(case_child_arguments, [*flags, "--case-child", which]), names)
     for r in runs:
         print(
             f"  {r['name']}: end to end {r['end_to_end']:.3f}, steady {fmt(r['steady'], 3)}, "
@@ -545,16 +414,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-MEMORY_SETTINGS = [
-    "resources.decode_batch_size=500",
-    "resources.batch_size=500",
-    "run.max_error_fraction=1",
-]
-
-
 def memory_inputs(directory: Path, sizes: tuple[int, ...]) -> None:
     """The tiny checkpoint, and for each size a manifest of that many files that do not exist."""
-    from tests.checkpoints import make_checkpoint
+    from vivit_batch.testing.checkpoints import make_checkpoint
 
     make_checkpoint(directory / "checkpoint")
     for rows in sizes:
@@ -611,7 +473,7 @@ def memory_child(rows: int, mode: str, inputs: str, output: str) -> None:
 def memory(sizes: tuple[int, ...], reruns: tuple[str, ...]) -> list[dict]:
     """Fresh runs over each size; then, over the largest one's output, a rerun in each of the
     `reruns` modes (each on its own copy of that output)."""
-    results = []
+    results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="vivit-pipeline-mem-") as shared:
         inputs = Path(shared) / "inputs"
         inputs.mkdir()
@@ -656,307 +518,6 @@ def memory_gib() -> float:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) / 2**20
     return float("nan")
-
-
-def fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:+.1f}%"
-
-
-def missed_note(r: dict) -> str:
-    """Why a case's CPU-seconds overhead is above the target, from its own figures."""
-    from vivit_batch.config import load_config
-
-    c, stage = r["cpu"], r["slowest"]
-    alone_runs = ", ".join(fmt(x, 3) for x in r[f"{stage}_alone_runs"])
-    noise = (
-        "On this shared machine the figure also moves between runs by about as much as the "
-        f"target (the two runs of the stage alone here: {alone_runs} clips/s)."
-    )
-    alone = c["alone_per_clip"][stage]
-    if stage != "decode":
-        window = c.get("window")
-        span = f" ({window[0]} clips in {window[1]:.1f} s)" if window else ""
-        return (
-            f"Missed: the {stage} actor used {pct(c['bottleneck_overhead'])} CPU per clip "
-            f"against the stage alone over a short steady window{span}; Ray's per-call "
-            f"cost is milliseconds (see the decode-bound case) against {alone:.1f} s of work "
-            "per clip, so this is more likely the measurement's noise and sharing the cores "
-            "(caches, memory bandwidth) with the driver and Ray's processes than Ray's own "
-            "work. " + noise
-        )
-    resources = load_config(None, r["settings"]).resources
-    batch = resources.decode_batch_size
-    extra_ms = (c["per_clip"][f"{stage} actor"] - alone) * batch * 1000
-    return (
-        f"Missed: it is the {stage} actor's own extra CPU, {extra_ms:.1f} ms per call of "
-        f"{batch} videos that take {1000 * alone:.1f} ms each alone: Ray's per-call work in "
-        "the actor (task dispatch, block conversion, putting the output block in the object "
-        "store) and sharing the cores with the driver and Ray's processes. Being per call, it "
-        "should shrink with a larger `resources.decode_batch_size` and matter less for videos "
-        "that take longer to decode (a 720p clip: about 200 ms, see the Decode section). " + noise
-    )
-
-
-def short_name(command: str, role: str) -> str:
-    """A process's name for the table, from its command line."""
-    if command.startswith("ray::"):
-        return "`" + command.split()[0].removesuffix(".__init__") + "`"
-    if "vivit_batch.video.isolation" in command:
-        return f"isolated decoder of the {role}"
-    words = command.split()
-    if not words:
-        return role
-    name = words[0].rsplit("/", 1)[-1]
-    if name.startswith("python") and len(words) > 1:
-        name = words[1].rsplit("/", 1)[-1]
-    return f"{name} ({role})"
-
-
-def describe_plan(runs: list[dict]) -> str:
-    plans = {
-        json.dumps({k: v for k, v in r["resources"].items() if k != "decode_nodes"}) for r in runs
-    }
-    return "; ".join(sorted(plans))
-
-
-def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -> str:
-    lines = [
-        "## Pipeline",
-        "",
-        f"`{command}`, {env['date']}, {env['cpu']} ({env['cores']} cores, "
-        f"{env['memory_gib']:.0f} GiB), Python {env['python']}, torch {env['torch']}, "
-        f"Ray {env['ray']}, PyAV {env['av']}. The machine is shared with other work: load "
-        f"average {env['load_before']} before the run, {env['load_after']} after. Ray runs "
-        f'locally (`address="local"`, `num_cpus={CPUS}`).',
-    ]
-    if runs:
-        lines += [
-            "",
-            "### Ray overhead: end to end versus the slowest stage alone",
-            "",
-            f"`plan_resources`' plan: {describe_plan(runs)}.",
-            "",
-            "Each manifest's rows point, round robin, at 4 generated H.264 videos (320x240, "
-            "30 fps, x264 defaults) under distinct video ids; one centre clip per video (the "
-            "checkpoint's frames at stride 4, resized and centre-cropped to its image size). "
-            "*alone*: the stage in this process over the same rows, in the pipeline's batches "
-            "and with the pipeline's threads (decode timed before and after the pipeline run; "
-            "inference half before, half after). *expected*: slowest stage alone x its actor "
-            "count. *end to end*: clips / the pipeline's wall time (`run_job`; start-up "
-            "included). *steady*: the pipeline's rate from the output's `processed_at` stamps, "
-            "after the first quarter of the rows. *start-up*: wall - clips / steady. "
-            "*in-pipeline*: the run report's per-stage rates (clips / the actors' busy "
-            "seconds). Rates in clips/s, wall clock.",
-            "",
-            "| model | clips | decode alone | inference alone | expected | end to end | steady "
-            "| overhead end to end | overhead steady | first output | start-up | wall "
-            "| in-pipeline decode / inference |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in runs:
-            lines.append(
-                f"| {r['name']} | {r['clips']} | {fmt(r['decode_alone'])} "
-                f"| {fmt(r['inference_alone'], 3)} | {fmt(r['expected'], 3)} ({r['slowest']}) "
-                f"| {fmt(r['end_to_end'], 3)} | {fmt(r['steady'], 3)} "
-                f"| {pct(r['overhead_end_to_end'])} | {pct(r['overhead_steady'])} "
-                f"| {fmt(r['first_output_s'], 1)} s | {fmt(r['startup_s'], 1)} s "
-                f"| {fmt(r['wall_s'], 1)} s "
-                f"| {fmt(r['in_pipeline_decode'])} / {fmt(r['in_pipeline_inference'], 3)} |"
-            )
-        lines += [
-            "",
-            "The same runs in CPU seconds, which other work on the machine does not inflate "
-            "the way it does wall time: each process's user + system time from /proc (this "
-            "process, i.e. the driver, and all its descendants: GCS, raylet, agents, workers), "
-            "per clip over the steady window. *alone*: the stage's CPU seconds per clip in this "
-            "process. *core share*: the bottleneck actor's CPU seconds / wall seconds in the "
-            "window (1.0 = a whole core; below it, other work took the rest). *CPU-bound rate*: "
-            f"min(actors / actor CPU per clip, {CPUS} cores / all CPU per clip), for the "
-            "pipeline and for the stages alone; their ratio is the steady-state overhead that "
-            f"an otherwise idle {CPUS}-core machine would see. *fixed*: CPU seconds of the "
-            "whole run beyond per-clip cost x clips (start-up and shutdown).",
-            "",
-            "| model | decode actor s/clip (alone) | inference actor s/clip (alone) "
-            "| driver s/clip | other Ray s/clip | core share | bottleneck actor vs alone "
-            "| CPU-bound rate (alone) | overhead | fixed |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in runs:
-            c = r["cpu"]
-            if not c:
-                lines.append(f"| {r['name']} | n/a (fewer than two output stamps) |")
-                continue
-            p, a = c["per_clip"], c["alone_per_clip"]
-            lines.append(
-                f"| {r['name']} | {p['decode actor']:.4f} ({a['decode']:.4f}) "
-                f"| {p['inference actor']:.4f} ({a['inference']:.4f}) "
-                f"| {p['driver']:.4f} | {p['other Ray']:.4f} | {c['bottleneck_share']:.2f} "
-                f"| {pct(c['bottleneck_overhead'])} | {fmt(c['rate'], 3)} "
-                f"({fmt(c['expected'], 3)}) | {pct(c['overhead'])} | {c['fixed_s']:.1f} s |"
-            )
-        lines += [
-            "",
-            "Target: steady-state overhead at most 10% (overhead = 1 - rate / expected). The "
-            "wall-clock comparison is only as good as the machine is steady: where the slowest "
-            "stage alone ran more than 10% apart before and after the pipeline run, it is "
-            "inconclusive, and the CPU-seconds figure is the one to go by.",
-        ]
-        for r in runs:
-            o = r["overhead_steady"]
-            before, after = r[f"{r['slowest']}_alone_runs"]
-            spread = abs(before - after) / ((before + after) / 2)
-            verdict = "n/a" if o is None else ("met" if o <= OVERHEAD_TARGET else "missed")
-            if o is not None and spread > OVERHEAD_TARGET:
-                verdict = f"inconclusive ({r['slowest']} alone ran {100 * spread:.0f}% apart)"
-            c = r["cpu"]
-            cpu_verdict = "n/a"
-            if c:
-                cpu_verdict = "met" if c["overhead"] <= OVERHEAD_TARGET else "missed"
-                if c["bottleneck_share"] < 0.5:
-                    cpu_verdict += (
-                        f" (but the bottleneck actor got only {c['bottleneck_share']:.2f} of a "
-                        "core: per-second costs, such as Ray's background threads, then weigh "
-                        "more per clip)"
-                    )
-            decode_runs = ", ".join(fmt(x) for x in r["decode_alone_runs"])
-            lines.append(
-                f"- {r['name']}: wall clock, steady {pct(o)}, {verdict}; in CPU seconds "
-                f"{pct(c['overhead'] if c else None)}, {cpu_verdict}. With start-up, end to "
-                f"end: {pct(r['overhead_end_to_end'])} over {r['clips']} clips. (Decode alone "
-                f"before, after the pipeline: {decode_runs} clips/s; inference alone timed on "
-                f"{r['inference_alone_clips']} clips; `prepare_job`, in the driver and outside "
-                f"the wall time: {r['prepare_s']:.1f} s; settings: "
-                f"{', '.join(r['settings']) or 'defaults'}.)"
-            )
-        lines += [
-            "",
-            "Start-up, the fixed cost: *first output* is the first `processed_at` stamp after "
-            "`run_job` started; *start-up* (wall - clips / steady) and *fixed CPU* (as above) "
-            "are from the table above. Whole-run CPU seconds by role, and the processes that "
-            "used the most. `prepare_job` (checks, manifest scan, the checkpoint's config and "
-            "weight shapes read from its files' headers) runs before `run_job` and is not in its "
-            "wall time.",
-            "",
-            "| model | first output | start-up | fixed CPU | whole-run CPU s by role "
-            "| top processes (CPU s) | `prepare_job` | driver peak RSS after `prepare_job` "
-            "| load average during the case |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in runs:
-            c = r["cpu"] or {}
-            roles = ", ".join(f"{k} {v:.1f}" for k, v in c.get("whole_run", {}).items())
-            top = "; ".join(
-                f"{short_name(name, role)} {seconds:.1f}"
-                for role, name, seconds in c.get("top_processes", [])[:5]
-            )
-            lines.append(
-                f"| {r['name']} | {fmt(r['first_output_s'], 1)} s | {fmt(r['startup_s'], 1)} s "
-                f"| {fmt(c.get('fixed_s'), 1)} s | {roles} | {top} | {r['prepare_s']:.1f} s "
-                f"| {r['driver_peak_rss_after_prepare_mib']:.0f} MiB "
-                f"| {r['load'][0]} / {r['load'][1]} |"
-            )
-        lines += ["", "Where the overhead and the fixed cost come from:"]
-        for r in runs:
-            c = r["cpu"]
-            if not c:
-                continue
-            lines.append(
-                f"- {r['name']}: in steady state the driver and Ray's own processes "
-                f"(GCS, raylet, agents, Ray Data's internal actors, task workers) used "
-                f"{c['ray_cores']:.2f} of a core; the bottleneck actor used "
-                f"{pct(c['bottleneck_overhead'])} CPU per clip against the stage alone."
-            )
-            if c["overhead"] > OVERHEAD_TARGET:
-                lines.append("  " + missed_note(r))
-        lines.append(
-            "- Start-up is mostly processes importing Python packages: each actor (Ray worker + "
-            "torch + PyAV), the decode actor's isolated decoder (a second interpreter), Ray "
-            "Data's `_StatsActor` and `_AutoscalingCoordinatorActor`, and the prestarted "
-            "`ray::IDLE` workers; the inference actor also loads and hashes the checkpoint."
-        )
-        if len(runs) > 1:
-            rss = [r["driver_peak_rss_after_prepare_mib"] for r in runs]
-            lines.append(
-                f"- `prepare_job` does not load the weights into the driver (it checks their "
-                f"shapes from the files' headers): its peak RSS after `prepare_job` is "
-                f"{rss[-1]:.0f} MiB with the {runs[-1]['name'].split(' (')[0]} model against "
-                f"{rss[0]:.0f} MiB with the tiny one."
-            )
-    if mem:
-        fresh = [m for m in mem if m["kind"] == "fresh"]
-        small, large = fresh[0], fresh[-1]
-        ratio = large["peak_mib"] / small["peak_mib"]
-        verdict = "met" if ratio <= MEMORY_TARGET else "missed"
-
-        def growth(m: dict) -> float:
-            return m["peak_mib"] - m["peak_before_run_mib"]
-
-        per_row = (growth(large) - growth(small)) * 2**20 / (large["rows"] - small["rows"])
-        lines += [
-            "",
-            "### Driver memory versus manifest length",
-            "",
-            "One subprocess per run does `ray.init` + `prepare_job` + `run_job` and nothing else "
-            "(the tiny checkpoint and the manifests come from another process). The rows name "
-            "files that do not exist, so each becomes a `not_found` row; "
-            f"{', '.join(f'`{x}`' for x in MEMORY_SETTINGS)}. *fresh*: into an empty output. "
-            "*rerun*: the same manifest again over a copy of the fresh run's output, in that "
-            "`run.mode` (`incremental` skips every committed row; `rerun_errors` relabels the "
-            "error rows, here all of them, withdrawing the old ones first). Peak RSS of the driver "
-            "process, MiB: VmHWM from /proc/self/status (not `ru_maxrss`, which Linux carries "
-            "over from the parent through fork + exec, so that a child reports at least its "
-            "parent's peak).",
-            "",
-            "| rows | run | after `ray.init` | after `prepare_job` | after `run_job` (peak) "
-            "| growth in `run_job` | peak / fresh 1,000-row peak | rows written (replaced) "
-            "| files | `run_job` time |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for m in mem:
-            lines.append(
-                f"| {m['rows']:,} | {m['kind']} | {m['peak_after_init_mib']:.0f} "
-                f"| {m['peak_before_run_mib']:.0f} | {m['peak_mib']:.0f} | {growth(m):+.0f} "
-                f"| {m['peak_mib'] / small['peak_mib']:.2f}x "
-                f"| {m['rows_written']:,} ({m['rows_replaced']:,}) | {m['files']} "
-                f"| {m['run_s']:.1f} s |"
-            )
-        lines += [
-            "",
-            f"Target: peak with {large['rows']:,} rows at most {MEMORY_TARGET}x that with "
-            f"{small['rows']:,} (fresh runs): {ratio:.2f}x, {verdict}. Growth of the peak "
-            f"during `run_job` per extra row: {per_row:+.0f} bytes.",
-        ]
-        for m in mem:
-            if m["kind"] == "fresh":
-                continue
-            extra = (growth(m) - growth(large)) * 2**20 / m["rows"]
-            rerun_ratio = m["peak_mib"] / small["peak_mib"]
-            lines.append(
-                f"- {m['kind']} over {m['rows']:,} committed rows: {rerun_ratio:.2f}x the fresh "
-                f"{small['rows']:,}-row peak "
-                f"({'within' if rerun_ratio <= MEMORY_TARGET else 'above'} {MEMORY_TARGET}x); "
-                f"{extra:+.0f} bytes per committed row over the fresh run's growth."
-            )
-        if any(
-            m["kind"] != "fresh" and m["peak_mib"] / small["peak_mib"] > MEMORY_TARGET for m in mem
-        ):
-            lines.append(
-                "- A rerun's driver holds state per committed row (`job.run_job`), all of "
-                "it in Arrow arrays: the (video_id, status) table of every committed file "
-                "(`Output.committed`), the ids to relabel and the ids to skip "
-                "(`incremental`), and the tables of the files it withdraws rows from."
-            )
-        rows_per_file = large["rows"] / large["files"] if large["files"] else 0
-        lines.append(
-            f"- Files: the fresh {large['rows']:,}-row run wrote {large['files']} files, "
-            f"{rows_per_file:,.0f} rows each on average, with `output.rows_per_file` at its "
-            "default of 5,000 (documented as an upper bound)."
-        )
-    return "\n".join(lines) + "\n"
 
 
 def environment(load_before: str) -> dict:
@@ -1014,7 +575,7 @@ def main() -> None:
     sizes = (1_000, 20_000 if args.quick else 100_000)
     reruns = () if args.quick else ("incremental", "rerun_errors")
     mem = memory(sizes, reruns) if args.only != "overhead" else []
-    command = "python benchmarks/pipeline.py" + (" --quick" if args.quick else "")
+    command = "python -m benchmarks.pipeline" + (" --quick" if args.quick else "")
     if args.only:
         command += f" --only {args.only}"
     env = environment(load_before)

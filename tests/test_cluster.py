@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from tests.checkpoints import make_checkpoint
 from tests.conftest import RAY
-from tests.media import write_video
+from vivit_batch.testing.checkpoints import make_checkpoint
+from vivit_batch.testing.media import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reference import read_video_pyav
 from vivit_batch.demo import CHECKPOINT_DIR, MOTION_CLASSES, write_sample_set
 from vivit_batch.demo.train import PROCESSOR, TRAINING_FILE, inference_sampling
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.testing.reference import read_video_pyav
 from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.sampling import frame_positions
 

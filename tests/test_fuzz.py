@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.media import write_video
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeConfig, DecodeRequest, ErrorCode, SamplingConfig, VideoError
 from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
 

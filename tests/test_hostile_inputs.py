@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from tests.checkpoints import make_checkpoint
 from tests.local_http import LocalHTTPServer
-from tests.media import write_audio_only, write_video
 from tests.test_isolation import CrashingFifo, StallingServer, open_when_read
 from vivit_batch.cli import main
 from vivit_batch.config import ManifestSection
 from vivit_batch.manifest import scan_manifest
 from vivit_batch.output import RESERVED_COLUMNS
+from vivit_batch.testing.checkpoints import make_checkpoint
+from vivit_batch.testing.media import write_audio_only, write_video
 
 TIMEOUT_S = 5
 GOOD = {  # name: write_video arguments

@@ -14,8 +14,6 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from tests.checkpoints import make_checkpoint
-from tests.media import write_video
 from vivit_batch.cli import main
 from vivit_batch.config import load_config
 from vivit_batch.job import (
@@ -26,6 +24,8 @@ from vivit_batch.job import (
     run_job,
 )
 from vivit_batch.stages import CheckpointChanged
+from vivit_batch.testing.checkpoints import make_checkpoint
+from vivit_batch.testing.media import write_video
 
 
 @pytest.fixture()
@@ -77,16 +77,6 @@ def test_rerun_labels_only_new_videos(ray_cluster, workspace):
     after = rows(workspace)
     assert set(after) == {"a.mp4", "b.mp4", "broken.mp4", "c.mp4"}
     assert after["a.mp4"]["run_id"] == first["a.mp4"]["run_id"]  # untouched
-
-
-def test_rerun_errors_relabels_only_the_failed_rows(ray_cluster, workspace):
-    assert run(workspace, ["a", "broken"]) == 0
-    assert rows(workspace)["broken.mp4"]["error_code"] == "unreadable"
-    shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")  # the upload was fixed
-    assert run(workspace, ["a", "broken"], "--rerun-errors") == 0
-    report = last_report(workspace)
-    assert (report["rows_written"], report["rows_replaced"]) == (1, 1)
-    assert rows(workspace)["broken.mp4"]["status"] == "ok"
 
 
 def test_force_relabels_everything_once(ray_cluster, workspace):
@@ -203,7 +193,9 @@ def test_partition_by_run_date(ray_cluster, workspace, capsys):
     assert "partition_by" in capsys.readouterr().err
 
 
-def test_a_rerun_after_too_many_errors_fails_again_until_they_are_fixed(ray_cluster, workspace):
+def test_a_rerun_after_too_many_errors_fails_again_until_they_are_relabelled(
+    ray_cluster, workspace
+):
     budget = ["--set", "run.max_error_fraction=0.4"]
     assert run(workspace, ["a", "broken"], *budget) == 3
     assert run(workspace, ["a", "broken"], *budget) == 3  # nothing fixed, nothing to do: still 3
@@ -212,8 +204,12 @@ def test_a_rerun_after_too_many_errors_fails_again_until_they_are_fixed(ray_clus
     assert (report["error_budget"]["errors_kept"], report["error_budget"]["exceeded"]) == (1, True)
     shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")  # fixed, but not relabelled
     assert run(workspace, ["a", "broken"], *budget) == 3
+    assert rows(workspace)["broken.mp4"]["error_code"] == "unreadable"
     assert run(workspace, ["a", "broken"], "--rerun-errors", *budget) == 0
-    assert last_report(workspace)["error_budget"]["error_fraction"] == 0
+    report = last_report(workspace)
+    assert (report["rows_written"], report["rows_replaced"]) == (1, 1)  # only the failed row
+    assert report["error_budget"]["error_fraction"] == 0
+    assert rows(workspace)["broken.mp4"]["status"] == "ok"
 
 
 def test_a_checkpoint_changed_after_the_driver_checked_it_fails_before_writing(

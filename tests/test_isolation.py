@@ -20,11 +20,11 @@ import pyarrow as pa
 import pytest
 
 from tests.local_http import LocalHTTPServer
-from tests.media import write_video
 from vivit_batch.config import ConfigError, load_config
 from vivit_batch.output.schema import DECODE_SECONDS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages import DecodeSettings, DecodeStage
+from vivit_batch.testing.media import write_video
 from vivit_batch.video import (
     DecodeConfig,
     DecodeRequest,

@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
-from tests.checkpoints import make_checkpoint
-from tests.media import write_video
 from vivit_batch.cli import main
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.output import output_schema
+from vivit_batch.testing.checkpoints import make_checkpoint
+from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 
 GOOD_VIDEOS = [  # name, encoder, size, frames

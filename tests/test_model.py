@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.checkpoints import BASE, make_checkpoint
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import CheckpointError, VivitConfig, inspect_pretrained, load_pretrained
 from vivit_batch.model.loading import read_weights
 from vivit_batch.model.modeling import VivitEmbeddings
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.testing.checkpoints import BASE, make_checkpoint
 
 CONFIGS = {
     "tiny": {},

@@ -8,10 +8,10 @@ import pyarrow.dataset as ds
 import pytest
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-from tests.checkpoints import make_checkpoint
-from tests.media import write_video
 from tests.s3 import SECRET_KEY, FaultyProxy
 from vivit_batch.cli import main
+from vivit_batch.testing.checkpoints import make_checkpoint
+from vivit_batch.testing.media import write_video
 
 BUCKET = "media"
 

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.media import cut_at_frame, garble_packets, read_index, write_audio_only, write_video
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.testing.media import (
+    cut_at_frame,
+    garble_packets,
+    read_index,
+    write_audio_only,
+    write_video,
+)
 from vivit_batch.video import (
     DecodeConfig,
     DecodeRequest,

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.checkpoints import TINY
-from tests.media import has_encoder, write_video
-from tests.reference import image_processor, read_video_pyav
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.testing.checkpoints import TINY
+from vivit_batch.testing.media import has_encoder, write_video
+from vivit_batch.testing.reference import image_processor, read_video_pyav
 from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.sampling import frame_positions
 

@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from tests.media import write_video
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.storage import InputFile, StorageError, open_input
+from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, ErrorCode, SamplingConfig, VideoError, decode_video
 
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,7 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS: tuple[type[Section], ...] = tuple(
-    f.default_factory
-    for f in dataclasses.fields(JobConfig)  # type: ignore[misc]
-)
+SECTIONS: tuple[type[Section], ...] = tuple(typing.get_type_hints(JobConfig).values())
 FLAG_KEYS = {
     "manifest_uri": "manifest.uri",
     "output_uri": "output.uri",
@@ -243,7 +241,7 @@ def build_config(values: dict[str, object]) -> JobConfig:
             problems += error.problems
     if problems:
         raise ConfigError.of(problems)
-    return JobConfig(**sections)
+    return JobConfig(**sections)  # type: ignore[arg-type]  # each name gets its own section
 
 
 def require_job_inputs(config: JobConfig) -> None:

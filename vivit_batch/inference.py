@@ -99,8 +99,8 @@ class VideoClassifier:
         return (pixels.to(dtype) * self.scale + self.shift).to(dtype)
 
     def _predict(self, probabilities: torch.Tensor, embedding: torch.Tensor) -> Prediction:
-        scores, ids = probabilities.topk(self.top_k)
-        ids = ids.tolist()
+        scores, top = probabilities.topk(self.top_k)
+        ids = top.tolist()
         return Prediction(
             label_ids=ids,
             labels=[self.labels.get(i, f"LABEL_{i}") for i in ids],

@@ -67,6 +67,7 @@ class ProcessorConfig:
 
     def to_dict(self) -> dict:
         """The settings in `preprocessor_config.json` form (what `VivitImageProcessor` reads)."""
+        size: dict[str, int | None]
         if self.shortest_edge is not None:
             size = {"shortest_edge": self.shortest_edge}
         else:
@@ -91,6 +92,7 @@ class ProcessorConfig:
         if not self.do_resize:
             return height, width
         if self.shortest_edge is None:
+            assert self.resize_height and self.resize_width  # from_dict sets one or the other
             return self.resize_height, self.resize_width
         short, long = (height, width) if height <= width else (width, height)
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
@@ -114,5 +116,6 @@ class ProcessorConfig:
 
 def _triple(value: float | list[float]) -> tuple[float, float, float]:
     if isinstance(value, (int, float)):
-        return (float(value),) * 3
-    return tuple(float(v) for v in value)
+        return float(value), float(value), float(value)
+    first, second, third = (float(v) for v in value)
+    return first, second, third

@@ -16,7 +16,6 @@ the user-facing key (`decode.timeout_s`), never a class. Sizes and durations als
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import types
 import typing
@@ -94,13 +93,9 @@ class Section:
     @classmethod
     def keys(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
         """`section.name` -> (field, type) for every key of the section."""
-        return _keys(cls)
-
-
-@functools.cache
-def _keys(section: type) -> dict[str, tuple[dataclasses.Field, Any]]:
-    hints = typing.get_type_hints(section)
-    return {f"{section.name}.{f.name}": (f, hints[f.name]) for f in dataclasses.fields(section)}
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]  # sections are dataclasses
+        return {f"{cls.name}.{f.name}": (f, hints[f.name]) for f in fields}
 
 
 def rule_of(item: dataclasses.Field) -> Rule:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 
 TRAINING_FILE = "training.json"
 VALIDATION_SEED_OFFSET = 7919  # held-out videos come from a seed the training set never uses
-MODEL = dict(
+MODEL: dict[str, Any] = dict(
     image_size=32,
     num_frames=8,
     tubelet_size=(4, 8, 8),

@@ -81,7 +81,7 @@ def check_identity(job: PreparedJob, recorded: dict | None) -> None:
     (`run.new_version`)."""
     current = job.identity
     differ = identity_differences(recorded, current)
-    if not differ or job.config.run.new_version:
+    if recorded is None or not differ or job.config.run.new_version:
         return
     raise ConfigError(
         f"output {job.config.output.uri} holds rows from model {recorded['model_source']} "

@@ -111,7 +111,7 @@ def _interrupt_main_thread(reason: str) -> None:
 def reconcile_identity(job: PreparedJob, output: Output, lock: Fence) -> None:
     """Read under the lock: another run may have changed the identity since `prepare_job`."""
     recorded = output.read_identity()
-    if identity_differences(recorded, job.identity):
+    if recorded is not None and identity_differences(recorded, job.identity):
         check_identity(job, recorded)
         archived = output.archive(recorded, lock)
         log.info("the output's previous version is now under %s", archived)

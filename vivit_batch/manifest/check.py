@@ -47,7 +47,7 @@ def scan_manifest(
         return summary
     fmt = manifest_format(section, options)
     base = base_directory(section, options)
-    first_row_of: dict[bytes, int] = {}
+    first_row_of: dict[bytes, str] = {}
     duplicates, empty, unsupported = [], [], []
     try:
         for offset, batch in batches(section.uri, fmt, options):

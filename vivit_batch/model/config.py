@@ -31,14 +31,14 @@ class VivitConfig:
     id2label: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.tubelet_size = tuple(self.tubelet_size)
+        frames, height, width = self.tubelet_size  # config.json gives a list
+        self.tubelet_size = (frames, height, width)
         self.id2label = {int(k): v for k, v in self.id2label.items()}
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of "
                 f"num_attention_heads {self.num_attention_heads}"
             )
-        frames, height, width = self.tubelet_size
         if self.num_frames % frames or self.image_size % height or self.image_size % width:
             raise ValueError(
                 f"num_frames {self.num_frames} and image_size {self.image_size} must be "

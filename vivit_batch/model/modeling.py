@@ -8,8 +8,10 @@ transformer layers -> final LayerNorm -> classifier on the CLS token.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,13 +19,17 @@ from torch import nn
 
 from vivit_batch.model.config import VivitConfig
 
+if TYPE_CHECKING:
+    from vivit_batch.model.loading import CheckpointInfo
+
 # hidden_act -> (activation, in-place version or None). The in-place one is for tensors that do
 # not require grad (inference): it spares a second (tokens x intermediate) buffer per layer.
 _TANH_GELU = (
     partial(F.gelu, approximate="tanh"),
     partial(torch.ops.aten.gelu_, approximate="tanh"),
 )
-ACTIVATIONS = {
+Activation = Callable[[torch.Tensor], torch.Tensor]
+ACTIVATIONS: dict[str, tuple[Activation, Activation | None]] = {
     "gelu_fast": _TANH_GELU,  # transformers' FastGELUActivation
     "gelu_new": _TANH_GELU,
     "gelu_pytorch_tanh": _TANH_GELU,
@@ -197,6 +203,9 @@ class VivitModel(nn.Module):
 
 
 class VivitForVideoClassification(nn.Module):
+    checkpoint: CheckpointInfo
+    """Where the weights came from (set by `load_pretrained`)."""
+
     def __init__(self, config: VivitConfig):
         super().__init__()
         self.config = config

@@ -82,6 +82,7 @@ class Output:
         """This output's lock for `run_id` (not yet taken). Refuses outputs whose store cannot
         make the conditional writes the lock needs."""
         self.create()
+        store: LocalRecord | S3Record
         if self.is_local:
             store = LocalRecord(self.path(LOCK_FILE), self.path(LOCK_GUARD))
         elif self.is_s3:
@@ -163,7 +164,8 @@ class Output:
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         name = f"{identity['weights_sha256'][:12]}-{digest[:8]}"
         archive = self.path(VERSIONS_DIR, name)
-        for path in self._dataset().files:  # it has an identity: it exists
+        dataset = self._dataset()
+        for path in dataset.files if dataset else []:
             target = posixpath.join(archive, posixpath.relpath(path, self.root))
             self.move(path, target + ARCHIVED_SUFFIX, lock)
         self.move(self.path(IDENTITY_FILE), posixpath.join(archive, IDENTITY_FILE), lock)
@@ -260,6 +262,9 @@ class Fence(Protocol):
     """What `Output` needs of a lock: `fenced()` around each commit (`OutputLock`, or
     `Unlocked` for `run.locking=none`)."""
 
+    @property
+    def generation(self) -> int | None: ...
+
     def fenced(self) -> contextlib.AbstractContextManager: ...
 
 
@@ -267,7 +272,7 @@ class Unlocked:
     """`run.locking=none`: no lock is taken and commits are not fenced; the user makes sure
     that one run at a time writes the output."""
 
-    generation = None
+    generation: int | None = None
 
     def __enter__(self) -> Unlocked:
         return self

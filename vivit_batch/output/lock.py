@@ -127,7 +127,8 @@ class OutputLock:
         self.me = ProcessIdentity.current()
         self.generation = 0
         self.lost: str | None = None
-        self._version: str | None = None
+        self._version = ""
+        """the version of the record this run last wrote"""
         self._beats = 0
         self._renewed_at = 0.0
         """lease clock when the last successful renewal was sent"""
@@ -257,7 +258,7 @@ class OutputLock:
         self._stop.set()
         if self._heartbeat.is_alive():
             self._heartbeat.join()
-        if self.lost or self._version is None:
+        if self.lost or not self._version:
             return
         with self._writing:
             try:
@@ -320,8 +321,9 @@ class OutputLock:
 
 def _stale_after(holder: dict) -> float:
     value = holder.get("stale_after_s")
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    return float(value) if valid else DEFAULT_STALE_AFTER_S
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_STALE_AFTER_S
 
 
 def _process_start(pid: int) -> str | None:

@@ -182,7 +182,11 @@ def _decode_container(
     fps = info.sampling_fps
     span_end = positions.max() + sampling.frame_sample_rate
     metadata = VideoMetadata(
-        duration_s=info.duration_s if frame_count == info.frame_count else frame_count / fps,
+        duration_s=(
+            info.duration_s
+            if frame_count is None or frame_count == info.frame_count
+            else frame_count / fps
+        ),
         fps=info.fps,
         width=width,
         height=height,

@@ -102,6 +102,8 @@ class ClipDecoder:
 
     def frames_until_end(self) -> int:
         """Frame count implied by the last frame decoded, at the average rate."""
+        if self.last_time is None:
+            return 0
         return round((self.last_time - self._start_s) / self._interval) + 1
 
     def _decode_run(

@@ -149,30 +149,32 @@ class _Processes:
             raise DecoderProcessError("this IsolatedDecoder is closed")
         if self.worker and self.worker.died_while_idle():  # not the next video's fault
             self.end_worker()
-        for attempt in range(2):  # a zygote that died is restarted once
-            if self.worker:
-                return self.worker
-            if self.zygote is None:
-                self.zygote = _Zygote(self.max_memory_bytes)
+        if self.worker:
+            return self.worker
+        restarted = False
+        while True:
+            zygote = self.zygote = self.zygote or _Zygote(self.max_memory_bytes)
             try:
-                self.zygote.wait_ready(startup_timeout_s)
-                self.worker = self.zygote.fork()
+                zygote.wait_ready(startup_timeout_s)
+                self.worker = zygote.fork()
+                return self.worker
             except _ZygoteGone as gone:
-                self.zygote.stop()
+                zygote.stop()
                 self.zygote = None
-                if attempt:
+                if restarted:  # a zygote that died is restarted once
                     raise DecoderProcessError(f"the decoding processes failed: {gone}") from None
-        return self.worker
+                restarted = True
 
     def end_worker(self) -> str:
         """Kill the worker (the next request forks another); how it ended."""
-        worker, self.worker = self.worker, None
+        worker, zygote, self.worker = self.worker, self.zygote, None
+        assert worker is not None and zygote is not None  # a worker was forked by the zygote
         self.replaced += 1
         worker.kill()
         try:
-            code = self.zygote.reap(worker.pid)
+            code = zygote.reap(worker.pid)
         except _ZygoteGone:
-            self.zygote.stop()
+            zygote.stop()
             self.zygote = None
             return "its zygote process ended too"
         if code == STILL_RUNNING:
@@ -312,6 +314,7 @@ class _Worker:
 def _result(reply: Decoded | Failed, clips: np.ndarray | None) -> DecodedVideo:
     """What `decode_video` would have returned or raised."""
     if isinstance(reply, Decoded):
+        assert clips is not None  # they follow every Decoded
         return DecodedVideo(clips, reply.metadata)
     if reply.traceback is None:
         raise reply.error

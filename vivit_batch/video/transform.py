@@ -45,23 +45,23 @@ class FrameConverter:
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         """(height, width, 3) uint8, resized as the processor says, display orientation."""
-        if self._stored_size is None:
-            self._fix_geometry(frame)
+        size = self._stored_size or self._fix_geometry(frame)
         # Not RGBA, though swscale writes it 8% faster: with FFmpeg 8.1 its left column varies
         # from one conversion of the same frame to the next.
         rgb = self._to_rgb.reformat(frame, format="rgb24", threads=self._threads).to_ndarray()
-        if rgb.shape[:2] != self._stored_size:
-            rgb = resize_bilinear(rgb, self._stored_size)
+        if rgb.shape[:2] != size:
+            rgb = resize_bilinear(rgb, size)
         return np.rot90(rgb, self.turns) if self.turns else rgb
 
-    def _fix_geometry(self, frame: av.VideoFrame) -> None:
-        """Orientation, and the size to resize stored frames to, for every frame of the video (a
-        stream that changes size midway still gives pictures of one size)."""
+    def _fix_geometry(self, frame: av.VideoFrame) -> tuple[int, int]:
+        """Orientation, and the size to resize stored frames to (returned), for every frame of
+        the video (a stream that changes size midway still gives pictures of one size)."""
         self.turns = quarter_turns(frame.rotation)
         sideways = self.turns % 2
         display = (frame.width, frame.height) if sideways else (frame.height, frame.width)
         new_h, new_w = self._processor.resized_size(*display)
         self._stored_size = (new_w, new_h) if sideways else (new_h, new_w)
+        return self._stored_size
 
 
 def resize_bilinear(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -199,7 +199,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 def receive_into(fd: int, array: np.ndarray) -> None:
     """Read exactly the array's bytes from the pipe, straight into it."""
-    view = memoryview(array).cast("B")
+    view = array.data.cast("B")
     done = 0
     while done < len(view):
         count = os.readv(fd, [view[done:]])
@@ -209,7 +209,7 @@ def receive_into(fd: int, array: np.ndarray) -> None:
 
 
 def _send_all(fd: int, array: np.ndarray) -> None:
-    view = memoryview(array).cast("B")
+    view = array.data.cast("B")
     done = 0
     while done < len(view):
         done += os.write(fd, view[done:])

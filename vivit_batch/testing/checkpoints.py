@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vivit_batch.processor import ProcessorConfig
 
-TINY = dict(
+TINY: dict[str, Any] = dict(
     image_size=32,
     num_frames=4,
     tubelet_size=[2, 8, 8],
@@ -19,7 +20,7 @@ TINY = dict(
     intermediate_size=64,
     num_labels=5,
 )
-BASE = dict(
+BASE: dict[str, Any] = dict(
     image_size=224,
     num_frames=32,
     tubelet_size=[2, 16, 16],
