@@ -124,3 +124,13 @@ def test_readme_documents_every_key():
     readme = (CONFIGS.parent / "README.md").read_text()
     missing = [key for key in all_keys() if f"`{key}`" not in readme]
     assert not missing, f"README.md does not document {missing}"
+
+
+def test_a_bad_combination_exits_2_naming_the_key_before_anything_starts(tmp_path, capsys):
+    arguments = ["--manifest", "m.csv", "--output", str(tmp_path / "out"), "--model", "ckpt"]
+    bad = ["--set", "sampling.num_temporal_views=3", "--set", "decode.timeout_s=soon"]
+    assert main(["run", *arguments, *bad]) == 2
+    printed = capsys.readouterr().err
+    assert "sampling.num_temporal_views=3 needs sampling.temporal_views=uniform" in printed
+    assert "decode.timeout_s must be a duration" in printed
+    assert "Traceback" not in printed and not (tmp_path / "out").exists()

@@ -23,6 +23,7 @@ from vivit_batch.job import (
     prepare_job,
     run_job,
 )
+from vivit_batch.output import Output, RunReport
 from vivit_batch.stages import CheckpointChanged
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
@@ -56,9 +57,8 @@ def run(workspace, names, *extra, model="ckpt"):
     )
 
 
-def last_report(workspace) -> dict:
-    reports = sorted((workspace / "out" / "_runs").glob("*.json"))
-    return json.loads(reports[-1].read_text())
+def last_report(workspace) -> RunReport:
+    return Output(str(workspace / "out")).read_reports()[-1]  # run ids sort by time
 
 
 def rows(workspace) -> dict[str, dict]:
@@ -73,7 +73,7 @@ def test_rerun_labels_only_new_videos(ray_cluster, workspace):
     first = rows(workspace)
     assert run(workspace, ["a", "b", "broken", "c"]) == 0
     report = last_report(workspace)
-    assert (report["rows_written"], report["skipped_committed"]) == (1, 3)
+    assert (report.rows_written, report.skipped_committed) == (1, 3)
     after = rows(workspace)
     assert set(after) == {"a.mp4", "b.mp4", "broken.mp4", "c.mp4"}
     assert after["a.mp4"]["run_id"] == first["a.mp4"]["run_id"]  # untouched
@@ -83,7 +83,7 @@ def test_force_relabels_everything_once(ray_cluster, workspace):
     assert run(workspace, ["a", "b"]) == 0
     first = rows(workspace)
     assert run(workspace, ["a", "b"], "--force") == 0
-    assert last_report(workspace)["rows_written"] == 2
+    assert last_report(workspace).rows_written == 2
     after = rows(workspace)
     assert len(after) == 2
     assert after["a.mp4"]["run_id"] != first["a.mp4"]["run_id"]
@@ -157,24 +157,24 @@ def test_refresh_changed_relabels_only_replaced_videos(ray_cluster, workspace):
     stamp = (workspace / "b.mp4").stat().st_mtime + 60
     os.utime(workspace / "b.mp4", (stamp, stamp))  # rewritten in place, same size
     assert run(workspace, ["a", "b", "c"]) == 0
-    assert last_report(workspace)["rows_written"] == 0  # not asked to look
+    assert last_report(workspace).rows_written == 0  # not asked to look
 
     assert run(workspace, ["a", "b", "c"], "--refresh-changed") == 0
     report = last_report(workspace)
-    assert (report["rows_written"], report["rows_replaced"]) == (2, 2)
+    assert (report.rows_written, report.rows_replaced) == (2, 2)
     after = rows(workspace)
-    assert after["a.mp4"]["num_frames"] == 28 and after["a.mp4"]["run_id"] == report["run_id"]
-    assert after["b.mp4"]["run_id"] == report["run_id"]
+    assert after["a.mp4"]["num_frames"] == 28 and after["a.mp4"]["run_id"] == report.run_id
+    assert after["b.mp4"]["run_id"] == report.run_id
     assert after["b.mp4"]["source_modified"].timestamp() == pytest.approx(stamp, abs=1e-3)
     assert after["c.mp4"]["run_id"] == first["c.mp4"]["run_id"]
     assert run(workspace, ["a", "b", "c"], "--refresh-changed") == 0
-    assert last_report(workspace)["rows_written"] == 0  # nothing changed since
+    assert last_report(workspace).rows_written == 0  # nothing changed since
 
 
 def test_partition_by_run_date(ray_cluster, workspace, capsys):
     assert run(workspace, ["a", "broken"], "--set", "output.partition_by=run_date") == 0
     report = last_report(workspace)
-    run_date = report["started_at"][:10]
+    run_date = report.started_at[:10]
     assert [p.name for p in (workspace / "out").glob("run_date=*")] == [f"run_date={run_date}"]
     shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")
     extra = ["--rerun-errors", "--set", "output.partition_by=run_date"]
@@ -200,15 +200,15 @@ def test_a_rerun_after_too_many_errors_fails_again_until_they_are_relabelled(
     assert run(workspace, ["a", "broken"], *budget) == 3
     assert run(workspace, ["a", "broken"], *budget) == 3  # nothing fixed, nothing to do: still 3
     report = last_report(workspace)
-    assert report["rows_written"] == 0
-    assert (report["error_budget"]["errors_kept"], report["error_budget"]["exceeded"]) == (1, True)
+    assert report.rows_written == 0
+    assert (report.error_budget.errors_kept, report.error_budget.exceeded) == (1, True)
     shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")  # fixed, but not relabelled
     assert run(workspace, ["a", "broken"], *budget) == 3
     assert rows(workspace)["broken.mp4"]["error_code"] == "unreadable"
     assert run(workspace, ["a", "broken"], "--rerun-errors", *budget) == 0
     report = last_report(workspace)
-    assert (report["rows_written"], report["rows_replaced"]) == (1, 1)  # only the failed row
-    assert report["error_budget"]["error_fraction"] == 0
+    assert (report.rows_written, report.rows_replaced) == (1, 1)  # only the failed row
+    assert report.error_budget.error_fraction == 0
     assert rows(workspace)["broken.mp4"]["status"] == "ok"
 
 

@@ -16,7 +16,7 @@ import pytest
 from vivit_batch.cli import main
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
-from vivit_batch.output import output_schema
+from vivit_batch.output import Output, output_schema
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
@@ -130,17 +130,16 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
     assert count == len(rows)
 
     # The report says what happened.
-    [report_file] = (output / "_runs").glob("*.json")
-    report = json.loads(report_file.read_text())
-    assert report["counts"]["status"] == {"ok": 4, "error": 2}
-    assert report["counts"]["error_code"] == {"unreadable": 1, "not_found": 1}
-    assert report["model"]["weights_sha256"] == ok.model_sha256.iloc[0]
-    assert {"python", "torch", "ray", "av"} <= set(report["versions"])
-    assert report["throughput"]["clips"] == 4
-    [device] = report["inference_devices"]  # what really labelled the rows
+    [report] = Output(str(output)).read_reports()
+    assert report.counts["status"] == {"ok": 4, "error": 2}
+    assert report.counts["error_code"] == {"unreadable": 1, "not_found": 1}
+    assert report.model.weights_sha256 == ok.model_sha256.iloc[0]
+    assert {"python", "torch", "ray", "av"} <= set(report.versions)
+    assert report.throughput.clips == 4
+    [device] = report.inference_devices  # what really labelled the rows
     assert (device["device"], device["precision"]) == ("cpu", "fp32")
-    assert device["threads"] == report["resources"]["inference_threads"]
-    assert device["torch"] == report["versions"]["torch"] and not report["warnings"]
+    assert device["threads"] == report.resources["inference_threads"]
+    assert device["torch"] == report.versions["torch"] and not report.warnings
 
 
 def test_predictions_match_the_stages_run_directly(
@@ -154,11 +153,10 @@ def test_predictions_match_the_stages_run_directly(
     settings = ["--set", "resources.batch_size=3", "--set", "output.rows_per_file=3"]
     bf16 = ["--set", "model.precision=bf16"]
     assert run(manifest, tmp_path / "out", checkpoint, *settings, *bf16) == 0
-    [report_file] = (tmp_path / "out" / "_runs").glob("*.json")
-    report = json.loads(report_file.read_text())
-    [device] = report["inference_devices"]
+    [report] = Output(str(tmp_path / "out")).read_reports()
+    [device] = report.inference_devices
     assert (device["precision"], device["requested_precision"]) == ("fp32", "bf16")
-    assert report["warnings"] == [device["warning"]] and "in fp32" in device["warning"]
+    assert report.warnings == [device["warning"]] and "in fp32" in device["warning"]
     assert f"warning: {device['warning']}" in capsys.readouterr().out
     frame = read_rows(tmp_path / "out").set_index("uri")
     files = ds.dataset(tmp_path / "out").get_fragments()

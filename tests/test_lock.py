@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -272,36 +271,31 @@ def test_outputs_without_a_lock_implementation_are_refused():
         Output("memory://bucket/out").lock("run", STALE)
 
 
-def test_same_host_name_in_another_pid_namespace_is_not_taken_over_at_once(tmp_path):
+def gone_holder_here(pid_namespace: str | None) -> dict:
+    """The lock record of a process that has ended, under this machine's name and boot id."""
     gone = subprocess.Popen(["true"])
     gone.wait()
     me = ProcessIdentity.current()
-    output = Output(str(tmp_path / "out"))
-    elsewhere = another_holder(
+    return another_holder(
         stale_after_s=30,
-        host=platform.node(),  # hostNetwork pods share the node's name
+        host=me.host,  # hostNetwork pods share the node's name
         pid=gone.pid,
         boot_id=me.boot_id,
-        pid_namespace="pid:[4026500000]",
+        pid_namespace=pid_namespace,
     )
-    output.lock("setup", STALE).store.create(elsewhere)
+
+
+def test_same_host_name_in_another_pid_namespace_is_not_taken_over_at_once(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    output.lock("setup", STALE).store.create(gone_holder_here("pid:[4026500000]"))
     with pytest.raises(OutputLocked):
         output.lock("reader", STALE, wait_s=1.0).acquire()
 
 
 def test_a_dead_holder_on_this_machine_is_taken_over_at_once(tmp_path):
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    me = ProcessIdentity.current()
     output = Output(str(tmp_path / "out"))
-    dead = another_holder(
-        stale_after_s=30,
-        host=me.host,
-        pid=gone.pid,
-        boot_id=me.boot_id,
-        pid_namespace=me.pid_namespace,
-    )
-    output.lock("setup", STALE).store.create(dead)
+    here = ProcessIdentity.current().pid_namespace
+    output.lock("setup", STALE).store.create(gone_holder_here(here))
     started = time.monotonic()
     with output.lock("reader", STALE, wait_s=1.0) as reader:
         assert reader.generation == 2
