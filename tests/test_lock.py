@@ -22,6 +22,7 @@ from tests.s3 import FaultyProxy, S3Server
 from vivit_batch.config import ConfigError
 from vivit_batch.output import LockLost, Output, OutputLock, OutputLocked
 from vivit_batch.output.lock import ProcessIdentity
+from vivit_batch.output.records import LocalRecord
 from vivit_batch.storage import storage_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,6 +254,45 @@ def test_a_run_that_stops_renewing_loses_the_lock_and_commits_nothing(backend):
         output.commit(output.stage(b"ok", "taker", "ok.txt"), output.path("ok.txt"), taker)
     holder.release()  # lost: it leaves the record alone
     assert record_of(output)["run_id"] == "taker"
+
+
+class Clock:
+    """A lease clock the test moves: a pause of the process without waiting for one."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_paused_holder_renews_before_it_commits_or_commits_nothing(tmp_path):
+    """After a pause longer than half the stale period, a commit first renews the lease
+    (outside the shared guard it commits under, so it cannot wait for itself), then commits;
+    where the store cannot be reached, the lease has expired and nothing is committed."""
+    output = Output(str(tmp_path / "out"))
+    output.create()
+    clock = Clock()
+    store = LocalRecord(output.path("_lock.json"), output.path("_lock.guard"))
+    lock = OutputLock(store, output.uri, "paused", stale_after_s=60, clock=clock)
+    lock.acquire()  # its heartbeat thread waits 15 s: the test moves the clock instead
+    clock.now += 31
+    staged = output.stage(b"renewed first", "paused", "a.txt")
+    committing = threading.Thread(
+        target=output.commit, args=(staged, output.path("a.txt"), lock), daemon=True
+    )
+    committing.start()
+    committing.join(timeout=10)
+    assert not committing.is_alive(), "the commit waited for its own renewal"
+    assert Path(output.path("a.txt")).read_bytes() == b"renewed first"
+    assert record_of(output)["beat"] == 1
+    lock.store = Failing(store, failures=10**6)
+    clock.now += 31
+    staged = output.stage(b"too late", "paused", "b.txt")
+    with pytest.raises(LockLost, match="no renewal succeeded for 30 s"):
+        output.commit(staged, output.path("b.txt"), lock)
+    assert not Path(output.path("b.txt")).exists()
+    lock.release()
 
 
 def test_a_store_that_ignores_conditional_writes_is_refused(backend):

@@ -225,15 +225,13 @@ class OutputLock:
 
     def check(self) -> None:
         """Raise `LockLost` unless this run certainly still holds the lock: its lease is fresh on
-        its own clock (renewed at once if not) and the record still names its generation."""
+        its own clock and the record still names its generation. Reads, never writes (it runs
+        under the shared guard)."""
         if self.lost:
             raise LockLost(self.lost)
         if self.clock() - self._renewed_at >= self.stale_after_s / 2:
-            try:
-                self.renew()
-            except OSError as error:
-                self._lose(f"its lease expired and could not be renewed ({error})")
-                raise LockLost(self.lost) from error
+            self._lose(f"no renewal succeeded for {self.stale_after_s / 2:g} s")
+            raise LockLost(self.lost)
         current = self.store.read()
         record = current.record if current else {}
         if (record.get("run_id"), record.get("generation"), record.get("state")) != (
@@ -247,7 +245,13 @@ class OutputLock:
     @contextlib.contextmanager
     def fenced(self) -> Iterator[None]:
         """Commit inside this: the check holds for the whole block on local disk; on S3 the
-        block should be one request, issued with at least half the stale period of lease left."""
+        block should be one request, issued with at least half the stale period of lease left.
+        A lease older than a renewal interval is renewed first, outside the guard (a renewal
+        needs the guard exclusively): a run that was paused renews, or learns it lost the lock,
+        before it commits."""
+        if not self.lost and self.clock() - self._renewed_at >= self.stale_after_s / 4:
+            with contextlib.suppress(OSError):  # check() decides whether the lease still holds
+                self.renew()
         with self.store.guarded(exclusive=False):
             self.check()
             yield
