@@ -68,7 +68,7 @@ def rows(workspace) -> dict[str, dict]:
     return {r["uri"].rsplit("/", 1)[1]: r for r in table.to_pylist()}
 
 
-def test_rerun_labels_only_new_videos(ray_cluster, workspace):
+def test_rerun_labels_only_new_videos_and_force_relabels_everything_once(ray_cluster, workspace):
     assert run(workspace, ["a", "b", "broken"]) == 0
     first = rows(workspace)
     assert run(workspace, ["a", "b", "broken", "c"]) == 0
@@ -78,16 +78,14 @@ def test_rerun_labels_only_new_videos(ray_cluster, workspace):
     assert set(after) == {"a.mp4", "b.mp4", "broken.mp4", "c.mp4"}
     assert after["a.mp4"]["run_id"] == first["a.mp4"]["run_id"]  # untouched
 
-
-def test_force_relabels_everything_once(ray_cluster, workspace):
-    assert run(workspace, ["a", "b"]) == 0
-    first = rows(workspace)
     assert run(workspace, ["a", "b"], "--force") == 0
-    assert last_report(workspace).rows_written == 2
-    after = rows(workspace)
-    assert len(after) == 2
-    assert after["a.mp4"]["run_id"] != first["a.mp4"]["run_id"]
-    assert after["a.mp4"]["label"] == first["a.mp4"]["label"]
+    report = last_report(workspace)
+    assert (report.rows_written, report.rows_replaced) == (2, 2)
+    forced = rows(workspace)
+    assert len(forced) == 4  # relabelled once each; the others stay
+    assert forced["a.mp4"]["run_id"] == report.run_id != first["a.mp4"]["run_id"]
+    assert forced["a.mp4"]["label"] == first["a.mp4"]["label"]
+    assert forced["c.mp4"]["run_id"] == after["c.mp4"]["run_id"]
 
 
 def test_another_model_is_refused_unless_it_starts_a_new_version(ray_cluster, workspace, capsys):

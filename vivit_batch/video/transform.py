@@ -11,7 +11,6 @@ from math import ceil
 
 import av
 import numpy as np
-import torch
 from av.video.reformatter import VideoReformatter
 
 from vivit_batch.processor import ProcessorConfig
@@ -71,6 +70,10 @@ def resize_bilinear(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     interleaving is left to whoever copies out the crops (`copy_picture`), so that only the
     cropped pixels are interleaved.
     """
+    # Imported here: the configuration imports this package, and Ray's light tasks (manifest,
+    # versions, the sink) import the configuration; torch would add 1.5 s to each of them.
+    import torch
+
     resized = torch.nn.functional.interpolate(
         torch.from_numpy(picture).permute(2, 0, 1)[None],
         size=size,

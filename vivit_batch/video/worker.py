@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import numpy as np
+import torch  # noqa: F401  (for the resize; imported once here, before the zygote forks)
 
 from vivit_batch.video.decode import DecodeRequest, VideoMetadata, decode_video
 from vivit_batch.video.errors import ErrorCode, VideoError
