@@ -104,6 +104,7 @@ def placements():
 
 outcome = {"gpu_plan": cli("run", *job), "placements": placements()}
 outcome["validate"] = cli("validate", *job)
+outcome["cpu_plan"] = cli("run", *job, "--set", "resources.inference_gpus=0")
 print(json.dumps(outcome))
 ray.shutdown()
 cluster.shutdown()
@@ -115,7 +116,8 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     """A CPU node and a node Ray counts one GPU on, with this machine's CPU-only torch:
     decode actors go to the CPU node and the inference actor to the GPU node, where it finds
     that torch cannot use CUDA, so the run and `validate` stop with exit code 2 before any row
-    is labelled (`test_driver` plans resources.inference_gpus=0 on such a cluster)."""
+    is labelled. With resources.inference_gpus=0 the same cluster labels on the CPU, with the
+    planned torch threads."""
     output = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-c", MULTI_NODE_SCRIPT, str(job_inputs), str(output)],
@@ -132,4 +134,12 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
         assert "cannot use CUDA" in refused["printed"]
         assert "resources.inference_gpus=0" in refused["printed"]
         assert "torch " in refused["printed"] and "CPU-only build" in refused["printed"]
-    assert not list(output.rglob("*.parquet"))  # refused before any row was labelled
+    cpu_run = outcome["cpu_plan"]
+    assert cpu_run["code"] == 0, cpu_run["printed"][-3000:]
+    [report_file] = (output / "_runs").glob("*.json")  # the refused runs wrote nothing
+    report = json.loads(report_file.read_text())
+    assert ds.dataset(output).to_table()["run_id"].to_pylist() == [report["run_id"]] * 3
+    assert report["resources"]["inference_gpus"] == 0
+    [device] = report["inference_devices"]
+    assert device["device"] == "cpu"
+    assert device["threads"] == report["resources"]["inference_threads"] == 1  # 3 CPUs // 2
