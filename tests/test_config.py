@@ -78,6 +78,10 @@ def test_missing_config_file_is_a_config_error(tmp_path):
         (["model.top_k=2.5"], "model.top_k must be a whole number, got 2.5"),
         (["manifest.allow_http=maybe"], "manifest.allow_http must be true or false"),
         (["output.partition_by=day"], "output.partition_by must be one of run_date"),
+        (["run.run_id=../x"], "run.run_id must be 1 to 128 letters, digits"),
+        (["run.run_id=a/b"], "run.run_id must be"),
+        ([f"run.run_id={'x' * 129}"], "run.run_id must be"),
+        (["model.top_k=[1"], "--set model.top_k is not valid YAML"),
     ],
 )
 def test_each_bad_value_or_combination_is_a_config_error_naming_the_key(settings, named):
@@ -134,3 +138,33 @@ def test_a_bad_combination_exits_2_naming_the_key_before_anything_starts(tmp_pat
     assert "sampling.num_temporal_views=3 needs sampling.temporal_views=uniform" in printed
     assert "decode.timeout_s must be a duration" in printed
     assert "Traceback" not in printed and not (tmp_path / "out").exists()
+
+
+def test_run_ids_people_and_the_default_write_are_accepted():
+    for run_id in ("nightly-2026.11.30_a", "20261130T184238Z-01084f", "x" * 128):
+        assert load_config(None, [f"run.run_id={run_id}"]).run.run_id == run_id
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, capsys):
+    """Under 400 bytes that expand to 9^9 strings ("billion laughs") if aliases are followed."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    names = "abcdefghi"
+    lines += [
+        f"{names[i]}: &{names[i]} [{','.join(['*' + names[i - 1]] * 9)}]" for i in range(1, 9)
+    ]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    arguments = ["--manifest", "m.csv", "--output", str(tmp_path / "out"), "--model", "ckpt"]
+    assert main(["run", "--config", str(bomb), *arguments]) == 2
+    printed = capsys.readouterr().err
+    assert "line 2: YAML aliases (*a) are not accepted" in printed
+    assert len(printed) < 500
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(None, ["model.top_k=[&x 1, *x]"])
+
+
+def test_error_messages_quote_at_most_a_little_of_a_long_value():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"model.top_k={'9' * 100_000}x"])
+    assert "model.top_k must be a whole number, got '999" in str(error.value)
+    assert "(100003 characters)" in str(error.value) and len(str(error.value)) < 300

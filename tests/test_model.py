@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +119,35 @@ def test_published_config_json_is_read_as_transformers_reads_it():
 def test_config_for_another_architecture_is_refused():
     with pytest.raises(ValueError, match="BertModel"):
         VivitConfig.from_dict({"architectures": ["BertModel"]})
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"num_labels": 10**9}, "num_labels is 1000000000: expected a whole number from 1 to"),
+        ({"id2label": "everything"}, "id2label is everything: expected an object"),
+        ({"hidden_size": 2**40}, "hidden_size is 1099511627776"),
+        ({"num_hidden_layers": -1}, "num_hidden_layers is -1"),
+        ({"image_size": "224"}, "image_size is 224: expected a whole number"),
+        ({"num_frames": 10**6}, "num_frames is 1000000"),
+        ({"tubelet_size": [2, 16]}, "tubelet_size is [2, 16]"),
+        ({"tubelet_size": [2, 10**6, 16]}, "tubelet_size is"),
+    ],
+)
+def test_checkpoint_config_sizes_are_bounded_before_anything_is_built(tmp_path, change, named):
+    """A hostile config.json ends in a CheckpointError (exit 2) naming the key, having built
+    nothing of its size: a billion labels would be 60 GB of label strings."""
+    make_checkpoint(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("id2label"), config.pop("label2id")
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=re.escape(named)):
+            inspect_pretrained(tmp_path)
+        assert tracemalloc.get_traced_memory()[1] < 50 * 2**20
+    finally:
+        tracemalloc.stop()
 
 
 def make_hub_cache(hf_home: Path, repo_id: str, checkpoint: Path, commit: str = "") -> str:

@@ -21,7 +21,9 @@ from vivit_batch.settings import (
     SECONDS,
     ConfigError,
     Section,
+    brief,
     coerce,
+    cut,
     rule_of,
     setting,
 )
@@ -168,7 +170,12 @@ class RunSection(Section, name="run"):
         "lock, for stores without them (you make sure that runs never overlap)",
         choices=("conditional", "none"),
     )
-    run_id: str | None = setting(None, "names the output files and the report; default: time")
+    run_id: str | None = setting(
+        None,
+        "names the output files and the report; default: the start time and a random suffix",
+        pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+        pattern_help="1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    )
 
 
 @dataclass(frozen=True)
@@ -215,7 +222,7 @@ def load_config(
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.top_k=3")
-        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        values[key.strip()] = _parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
     for flag, value in flags.items():
         if value is not None:
             values[FLAG_KEYS[flag]] = value
@@ -260,14 +267,36 @@ def require_job_inputs(config: JobConfig) -> None:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
     except FileNotFoundError as error:
         raise ConfigError(f"config file {path} does not exist") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    data = _parse_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of sections, got {data!r}")
+        raise ConfigError(f"config file {path}: expected a mapping of sections, got {brief(data)}")
     return data
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a few hundred bytes of nested aliases expand to billions
+    of values ("billion laughs"), and a configuration has no need of them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{cut(event.anchor, 40)}) "
+                "are not accepted in a configuration: write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def _parse_yaml(text: str, where: str) -> object:
+    try:
+        return yaml.load(text, Loader=_NoAliases)  # a SafeLoader: builds plain data only
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where} is not valid YAML: {cut(str(error), 300)}") from error
 
 
 def _flatten(data: dict) -> dict[str, object]:
@@ -283,4 +312,4 @@ def _flatten(data: dict) -> dict[str, object]:
 def _unknown_key_message(key: str, keys: dict) -> str:
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else "; run `vivit-batch run --help`"
-    return f"unknown key {key!r}{hint}"
+    return f"unknown key {brief(key)}{hint}"

@@ -50,6 +50,10 @@ class Rule:
     """an exclusive minimum"""
     maximum: float | None = None
     unit: str | None = None
+    pattern: str | None = None
+    """a regular expression text values must match in full"""
+    pattern_help: str = ""
+    """what `pattern` accepts, in words"""
 
 
 def setting(
@@ -61,9 +65,11 @@ def setting(
     above: float | None = None,
     maximum: float | None = None,
     unit: str | None = None,
+    pattern: str | None = None,
+    pattern_help: str = "",
 ) -> Any:
     """A configuration key: its default, what it means, and what it accepts."""
-    rule = Rule(help, tuple(choices), minimum, above, maximum, unit)
+    rule = Rule(help, tuple(choices), minimum, above, maximum, unit, pattern, pattern_help)
     return dataclasses.field(default=default, metadata={"rule": rule})
 
 
@@ -110,9 +116,11 @@ def check(key: str, kind: Any, rule: Rule, value: Any) -> str | None:
     base = next(t for t in allowed if t is not type(None))
     numeric = base in (int, float) and not isinstance(value, bool)
     if not (isinstance(value, base) or (base is float and numeric and isinstance(value, int))):
-        return f"{key} must be {_kind_name(base, rule)}, got {value!r}"
+        return f"{key} must be {_kind_name(base, rule)}, got {brief(value)}"
     if rule.choices and value not in rule.choices:
-        return f"{key} must be one of {', '.join(map(str, rule.choices))}, got {value!r}"
+        return f"{key} must be one of {', '.join(map(str, rule.choices))}, got {brief(value)}"
+    if rule.pattern and not re.fullmatch(rule.pattern, str(value)):
+        return f"{key} must be {rule.pattern_help}, got {brief(value)}"
     shown = show(value, rule.unit)
     if rule.minimum is not None and value < rule.minimum:
         return f"{key} must be at least {show(rule.minimum, rule.unit)}, got {shown}"
@@ -131,7 +139,7 @@ def coerce(key: str, kind: Any, rule: Rule, value: Any) -> Any:
     if isinstance(value, str) and rule.unit and base in (int, float):
         parsed = parse(value, rule.unit)
         if parsed is None:
-            raise ConfigError(f"{key} must be {_kind_name(base, rule)}, got {value!r}")
+            raise ConfigError(f"{key} must be {_kind_name(base, rule)}, got {brief(value)}")
         value = base(parsed)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -166,6 +174,15 @@ def show(value: Any, unit: str | None) -> str:
         if value >= factor and value % factor == 0:
             return f"{value // factor:g}{suffix}"
     return f"{value:g}" + ("s" if unit == SECONDS else "")
+
+
+def brief(value: Any, limit: int = 100) -> str:
+    """`repr(value)` cut to `limit` characters: messages stay short whatever was written."""
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _kind_name(base: type, rule: Rule) -> str:

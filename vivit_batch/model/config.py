@@ -12,6 +12,19 @@ ACCEPTED_ARCHITECTURES = {
     "ViViTForVideoClassification",
     "VivitModel",
 }
+LIMITS = {
+    "num_labels": 100_000,
+    "image_size": 4096,
+    "num_frames": 1024,
+    "num_channels": 4,
+    "hidden_size": 16_384,
+    "num_hidden_layers": 256,
+    "num_attention_heads": 256,
+    "intermediate_size": 65_536,
+}
+"""Far beyond any published ViViT (Kinetics-400: 400 labels, 32x224x224, hidden 768): a
+`config.json` outside them is refused before anything is built from it."""
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -73,12 +86,16 @@ class VivitConfig:
         kwargs = {key: value for key, value in data.items() if key in known}
         kwargs.setdefault("num_frames", video_size[0])
         kwargs.setdefault("image_size", video_size[1])
+        _check_sizes(kwargs, data)
         if "id2label" not in kwargs:  # transformers' PretrainedConfig default is 2 labels
             kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(data.get("num_labels", 2))}
         return cls(**kwargs)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> VivitConfig:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{size} bytes: a config.json is a few kB, at most 16 MiB is read")
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict:
@@ -94,3 +111,31 @@ class VivitConfig:
     def save(self, directory: str | Path) -> None:
         path = Path(directory) / CONFIG_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _check_sizes(kwargs: dict, data: dict) -> None:
+    """Every size within `LIMITS` (and tubelet sizes within the input's), before any is used."""
+    labels = kwargs.get("id2label")
+    if labels is not None and not isinstance(labels, dict):
+        raise ValueError(f"id2label is {str(labels)[:40]}: expected an object of id: name")
+    sizes = {key: kwargs[key] for key in LIMITS if key in kwargs}
+    sizes["num_labels"] = len(labels) if labels is not None else data.get("num_labels", 2)
+    for key, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= LIMITS[key]:
+            raise ValueError(
+                f"{key} is {str(value)[:40]}: expected a whole number from 1 to {LIMITS[key]:,} "
+                "(this is not a ViViT checkpoint vivit-batch can run)"
+            )
+    tubelet = kwargs.get("tubelet_size", VivitConfig.tubelet_size)
+    frames, image = kwargs["num_frames"], kwargs["image_size"]
+    if not (
+        isinstance(tubelet, (list, tuple))
+        and len(tubelet) == 3
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in tubelet)
+        and 1 <= tubelet[0] <= frames
+        and all(1 <= t <= image for t in tubelet[1:])
+    ):
+        raise ValueError(
+            f"tubelet_size is {str(tubelet)[:40]}: expected 3 whole numbers, at most num_frames "
+            "and image_size"
+        )
