@@ -25,7 +25,7 @@ from tests.test_isolation import CrashingFifo, StallingServer, open_when_read
 from vivit_batch.cli import main
 from vivit_batch.config import ManifestSection
 from vivit_batch.manifest import scan_manifest
-from vivit_batch.output import RESERVED_COLUMNS
+from vivit_batch.output import RESERVED_COLUMNS, Output
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_audio_only, write_video
 
@@ -211,6 +211,7 @@ def test_one_run_over_the_hostile_corpus(ray_cluster, tmp_path, corpus, checkpoi
         f"decode.timeout_s={TIMEOUT_S}",
         "decode.max_duration_s=3600",
         "manifest.allow_http=true",
+        "manifest.http_allow_hosts=127.0.0.1",
     )
     elapsed = time.monotonic() - started
     assert code == 0
@@ -237,6 +238,7 @@ def test_one_run_over_the_hostile_corpus(ray_cluster, tmp_path, corpus, checkpoi
             checkpoint,
             "decode.isolation=none",
             "manifest.allow_http=true",
+            "manifest.http_allow_hosts=127.0.0.1",
         )
         == 0
     )
@@ -315,3 +317,46 @@ def test_uri_checks_leave_the_arrow_types_alone(tmp_path):
     pq.write_table(pa.table({"uri": [1, 2]}), path)
     [problem] = scan_manifest(ManifestSection(str(path)), RESERVED_COLUMNS).problems
     assert "'uri' must be text, not int64" in problem
+
+
+PRESIGNED = (
+    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLEKEY%2F20261130%2Fus-east-1"
+    "%2Fs3%2Faws4_request&X-Amz-Date={date}&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+    "&X-Amz-Signature={signature}"
+)
+
+
+def test_presigned_urls_keep_their_secrets_out_of_rows_reports_and_logs(
+    ray_cluster, tmp_path, checkpoint, capfd
+):
+    """A presigned URL and a user:password URI: fetched as given, written and printed with
+    REDACTED in place of each secret; signed again, they keep their ids and are skipped."""
+    write_video(tmp_path / "v.mp4", content="detailed")
+    server = FileServer(tmp_path)
+    with_password = server.url.replace("://", "://reader:pa55word@")
+    manifest, output = tmp_path / "m.txt", tmp_path / "out"
+    try:
+        for signature, date in [("5ecret0ne", "20261130T000000Z"), ("5ecret2wo", "20261201T00")]:
+            query = PRESIGNED.format(signature=signature, date=date)
+            manifest.write_text(f"{server.url}/v.mp4?{query}\n{with_password}/gone.mp4?sig=s\n")
+            http = ["manifest.allow_http=true", "manifest.http_allow_hosts=127.0.0.1"]
+            assert label_run(manifest, output, checkpoint, *http) == 0
+    finally:
+        server.stop()
+    rows = {r["status"]: r for r in ds.dataset(output).to_table().to_pylist()}
+    assert rows["ok"]["uri"] == (
+        f"{server.url}/v.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=REDACTED"
+        "&X-Amz-Date=20261130T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=REDACTED"
+    )
+    assert rows["error"]["uri"] == f"http://REDACTED@{server.url[7:]}/gone.mp4?sig=REDACTED"
+    assert rows["error"]["error_code"] == "not_found"
+    assert rows["error"]["error_message"].startswith(rows["error"]["uri"])
+    [*_, report] = Output(str(output)).read_reports()
+    assert (report.rows_written, report.skipped_committed) == (0, 2)  # the same ids
+    written = [str(v) for row in rows.values() for v in row.values()]
+    written += [p.read_text() for p in (output / "_runs").iterdir()]
+    printed = capfd.readouterr()
+    for secret in ("5ecret0ne", "5ecret2wo", "AKIAEXAMPLEKEY", "pa55word"):
+        assert not [text for text in written if secret in text]
+        assert secret not in printed.out + printed.err

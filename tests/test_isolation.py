@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import errno
 import http.server
+import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from vivit_batch.video import (
     decode_video,
 )
 from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
+from vivit_batch.video.worker import Decoded, MalformedReply, encode_reply, parse_reply
 
 PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=2)
@@ -248,7 +251,13 @@ def test_stalled_http_server_times_out(decoder, videos):
         started = time.monotonic()
         with pytest.raises(VideoError) as caught:
             decoder.decode(
-                DecodeRequest(server.url, SAMPLING, PROCESSOR, config=DecodeConfig(timeout_s=1))
+                DecodeRequest(
+                    server.url,
+                    SAMPLING,
+                    PROCESSOR,
+                    config=DecodeConfig(timeout_s=1),
+                    storage_options={"http_allow_hosts": "127.0.0.1"},
+                )
             )
         assert caught.value.code == ErrorCode.TIMEOUT
         assert time.monotonic() - started < 1 + KILL_GRACE_S + SLACK_S
@@ -380,6 +389,7 @@ def test_decode_config_keys():
             "decode.max_memory_bytes=null",
             "decode.max_frames_per_clip=500",
             "manifest.allow_http=true",
+            "manifest.http_allow_hosts=127.0.0.1",
         ],
     )
     assert config.decode.isolation == "none" and config.decode.crash_retries == 3
@@ -411,3 +421,49 @@ def test_frames_per_clip_cap(videos):
         )
     )
     assert video.clips.shape[:2] == (1, 4)
+
+
+def test_the_decoding_processes_get_no_secrets_of_the_actor(videos, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    monkeypatch.setenv("DATABASE_PASSWORD", "hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "for-s3-sources")
+    with IsolatedDecoder() as decoder:
+        decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
+        raw = Path(f"/proc/{decoder.child_pid}/environ").read_bytes()
+    environment = dict(item.split("=", 1) for item in raw.decode().split("\0") if item)
+    assert "HF_TOKEN" not in environment and "DATABASE_PASSWORD" not in environment
+    assert environment["AWS_SECRET_ACCESS_KEY"] == "for-s3-sources"  # it reads S3 itself
+    assert environment["PATH"] == os.environ["PATH"]
+
+
+class RunsWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_reply_is_read_as_data_and_a_pickle_is_refused_unrun(videos, tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.raises(MalformedReply):
+        parse_reply(pickle.dumps(RunsWhenUnpickled(marker)), "v.mp4", 2**30)
+    assert not marker.exists()
+
+    decoded = decode_video(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
+    reply = Decoded(decoded.metadata, decoded.clips.shape, 123)
+    assert parse_reply(encode_reply(reply), "v.mp4", 2**30) == reply
+    header = json.loads(encode_reply(reply))
+    for field, value in [
+        ("shape", [1, 8, 2**20, 2**20, 3]),  # more bytes than the cap
+        ("shape", [1, 8, 64, 64]),
+        ("rss_bytes", -1),
+        ("metadata", {**header["metadata"], "fps": "fast"}),
+        ("metadata", {**header["metadata"], "extra": 1}),
+        ("kind", "pickle"),
+    ]:
+        with pytest.raises(MalformedReply):
+            parse_reply(json.dumps({**header, field: value}).encode(), "v.mp4", 2**30)
+    error = {"kind": "video_error", "code": "rm -rf", "detail": "x", "rss_bytes": 0}
+    with pytest.raises(MalformedReply):
+        parse_reply(json.dumps(error).encode(), "v.mp4", 2**30)

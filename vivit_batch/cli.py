@@ -18,6 +18,7 @@ from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
 from vivit_batch.model import CheckpointError
 from vivit_batch.output import LockLost, RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
+from vivit_batch.redact import redact
 from vivit_batch.settings import describe, rule_of, show
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)  # it may quote manifest lines
         return EXIT_CONFIG
     except LockLost as error:
         print(f"error: {error}", file=sys.stderr)

@@ -48,6 +48,11 @@ class ManifestSection(Section, name="manifest"):
     allow_http: bool = setting(
         False, "accept http(s):// video URIs (otherwise a manifest that names one is refused)"
     )
+    http_allow_hosts: str = setting(
+        "",
+        "hosts (or host:port), comma-separated, that http(s) sources may reach although they "
+        "resolve to loopback, link-local, private or other non-public addresses",
+    )
 
 
 @dataclass(frozen=True)

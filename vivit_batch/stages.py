@@ -34,6 +34,7 @@ from vivit_batch.output.schema import (
     embedding_type,
 )
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.redact import redact, redact_uri
 from vivit_batch.video import (
     DecodeConfig,
     DecodeRequest,
@@ -84,7 +85,8 @@ class DecodeStage:
         }
         for name, column in columns.items():
             batch = batch.append_column(name, column)
-        return batch
+        shown = [redact_uri(uri) for uri in batch.column("uri").to_pylist()]  # fetched: done
+        return batch.set_column(batch.schema.get_field_index("uri"), "uri", pa.array(shown))
 
     def decode_one(self, uri: str, video_id: str) -> dict:
         started = time.perf_counter()
@@ -93,7 +95,7 @@ class DecodeStage:
         try:
             video = decode(self.settings.request(uri, video_id))
         except VideoError as error:
-            row.update(status="error", error_code=str(error.code), error_message=str(error))
+            row.update(status="error", error_code=str(error.code), error_message=redact(str(error)))
         else:
             meta = video.metadata
             row.update({name: getattr(meta, name) for name in METADATA_COLUMNS})
@@ -183,7 +185,8 @@ class InferenceStage:
         columns[INFERENCE_DEVICE] = pa.array([json.dumps(self.device)] * batch.num_rows)
         for name, column in columns.items():
             batch = batch.append_column(name, column)
-        return batch
+        shown = [redact_uri(uri) for uri in batch.column("uri").to_pylist()]  # fetched: done
+        return batch.set_column(batch.schema.get_field_index("uri"), "uri", pa.array(shown))
 
     def _prediction_columns(self, predictions: dict, rows: int) -> dict[str, pa.Array]:
         hidden = self.classifier.model.config.hidden_size

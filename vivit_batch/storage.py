@@ -30,6 +30,16 @@ class StorageError(OSError):
     """A storage backend failed in a way that is not already an `OSError`."""
 
 
+class SourceRefused(PermissionError):
+    """An http(s) source resolved to an address the source policy refuses (`source_policy`).
+    aiohttp raises it wrapped in its own connection error: look along `__cause__`."""
+
+
+HTTP_PROTOCOLS = ("http", "https")
+HTTP_ALLOW_HOSTS = "http_allow_hosts"
+"""The key of the storage options that carries `manifest.http_allow_hosts`."""
+
+
 def _storage_call(call: Callable[[], T]) -> T:
     try:
         return call()
@@ -46,9 +56,12 @@ def storage_options(
     anon: bool = False,
     max_attempts: int = 10,
     timeout_s: float = 60,
+    http_allow_hosts: str = "",
 ) -> dict:
-    """s3fs options: botocore retries throttling, 5xx, resets and timeouts with backoff."""
+    """s3fs options: botocore retries throttling, 5xx, resets and timeouts with backoff; and
+    the hosts that http(s) sources may reach beyond public addresses (`source_policy`)."""
     options = {
+        HTTP_ALLOW_HOSTS: http_allow_hosts,
         "anon": anon,
         # Workers outlive runs: a cached listing would hide an object replaced since.
         "use_listings_cache": False,
@@ -68,13 +81,20 @@ def storage_options(
 
 
 def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem for `uri` and the path within it. `options` are s3fs's: they apply
-    to `s3://` URIs only (fsspec's HTTP filesystem, say, would hand them to aiohttp)."""
+    """The fsspec filesystem for `uri` and the path within it. `options` (`storage_options`)
+    are s3fs's for `s3://` URIs; http(s) URIs get a client that applies the source policy."""
     if is_local(uri):
         return fsspec.filesystem("file"), local_path(uri)
     protocol = get_protocol(uri)
-    applicable = (options or {}) if protocol in S3_PROTOCOLS else {}
-    return fsspec.core.url_to_fs(uri, **applicable)
+    options = dict(options or {})
+    allow_hosts = options.pop(HTTP_ALLOW_HOSTS, "")
+    if protocol in S3_PROTOCOLS:
+        return fsspec.core.url_to_fs(uri, **options)
+    if protocol in HTTP_PROTOCOLS:
+        from vivit_batch.source_policy import client_factory  # aiohttp: only where it is used
+
+        return fsspec.core.url_to_fs(uri, get_client=client_factory(allow_hosts))
+    return fsspec.core.url_to_fs(uri)
 
 
 def arrow_filesystem(uri: str, options: dict | None = None):

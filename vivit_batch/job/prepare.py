@@ -113,7 +113,9 @@ def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorCon
 
 
 def storage_options(config: JobConfig) -> dict:
-    return storage.storage_options(**dataclasses.asdict(config.storage))
+    return storage.storage_options(
+        **dataclasses.asdict(config.storage), http_allow_hosts=config.manifest.http_allow_hosts
+    )
 
 
 def read_labels(path: str | None, num_labels: int, options: dict) -> dict[int, str] | None:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from vivit_batch import storage
 from vivit_batch.config import ConfigError, ManifestSection
+from vivit_batch.redact import unsigned_uri
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -138,8 +139,9 @@ def resolve_uri(uri: str, base: str) -> str:
 
 
 def video_id_for(uri: str) -> str:
-    """Stable id of a resolved URI when the manifest gives none."""
-    return hashlib.sha256(uri.encode()).hexdigest()[:20]
+    """Stable id of a resolved URI when the manifest gives none; the same for a presigned URL
+    signed again (`unsigned_uri`)."""
+    return hashlib.sha256(unsigned_uri(uri).encode()).hexdigest()[:20]
 
 
 def with_ids(table: pa.Table, base: str, skip: pa.Array | None = None) -> pa.Table:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from vivit_batch.storage import StorageError
+from vivit_batch.storage import SourceRefused, StorageError
 
 
 class ErrorCode(str, Enum):
@@ -39,6 +39,9 @@ class VideoError(Exception):
     @classmethod
     def from_storage(cls, uri: str, error: BaseException) -> VideoError:
         """The error for a failure to open or read `uri` from its storage."""
+        refused = _caused_by(error, SourceRefused)
+        if refused:
+            return cls(ErrorCode.PERMISSION_DENIED, uri, str(refused))
         if isinstance(error, FileNotFoundError):
             return cls(ErrorCode.NOT_FOUND, uri, "no such file; check the path in the manifest")
         if isinstance(error, PermissionError):
@@ -56,3 +59,10 @@ class VideoError(Exception):
             f"could not read from storage ({described}); "
             "check the storage options and connectivity, then retry",
         )
+
+
+def _caused_by(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """`error` or the first exception of type `kind` along its `__cause__`s."""
+    while error is not None and not isinstance(error, kind):
+        error = error.__cause__
+    return error

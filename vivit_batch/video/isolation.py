@@ -39,6 +39,8 @@ from vivit_batch.video.worker import (
     Decoded,
     DecoderProcessError,
     Failed,
+    MalformedReply,
+    parse_reply,
     receive_into,
 )
 
@@ -47,6 +49,9 @@ KILL_GRACE_S = 3.0
 deadline's error and keeps its worker."""
 STARTUP_TIMEOUT_S = 180.0
 """Most the zygote may take to import PyAV, numpy and torch and say it is ready."""
+MAX_CLIP_BYTES = 2**34
+"""Most bytes of clips the parent accepts from a worker without a memory cap (with one: the cap,
+which the worker's clips cannot exceed)."""
 _CONTROL_TIMEOUT_S = 60.0
 """Most the zygote may take to fork a worker or report one's exit."""
 
@@ -68,6 +73,7 @@ class IsolatedDecoder:
         self.crash_retries = config.crash_retries
         self.max_memory_bytes = config.max_memory_bytes
         self.startup_timeout_s = startup_timeout_s
+        self._max_clip_bytes = config.max_memory_bytes or MAX_CLIP_BYTES
         self._processes = _Processes(config.max_memory_bytes)
         self._finalizer = weakref.finalize(self, self._processes.close)
 
@@ -91,7 +97,7 @@ class IsolatedDecoder:
         while True:
             worker = self._processes.ready_worker(self.startup_timeout_s)
             try:
-                reply, clips = worker.ask(message, deadline)
+                reply, clips = worker.ask(message, deadline, uri, self._max_clip_bytes)
             except _Stuck:
                 self._processes.end_worker()
                 raise VideoError(
@@ -102,8 +108,9 @@ class IsolatedDecoder:
                     "return) and its process was killed; raise decode.timeout_s if videos this "
                     "long or large are expected",
                 ) from None
-            except _Died:
-                deaths.append(self._processes.end_worker())
+            except _Died as died:
+                ended = self._processes.end_worker()
+                deaths.append(f"{died}; {ended}" if str(died) else ended)
                 if len(deaths) > self.crash_retries:
                     raise VideoError(
                         ErrorCode.DECODE_CRASH,
@@ -288,14 +295,15 @@ class _Worker:
         return self.replies.poll(0)  # nothing is due: readable means the pipe's end
 
     def ask(
-        self, request: bytes, deadline: float | None
+        self, request: bytes, deadline: float | None, uri: str, max_clip_bytes: int
     ) -> tuple[Decoded | Failed, np.ndarray | None]:
-        """Send a pickled `DecodeRequest`; the reply, and the clips that follow a `Decoded`."""
+        """Send a pickled `DecodeRequest`; the reply, and the clips that follow a `Decoded`.
+        A reply that is not one (`parse_reply`) counts as the worker's death."""
         try:
             self.requests.send_bytes(request)
             if not self.replies.poll(deadline):
                 raise _Stuck()
-            reply = pickle.loads(self.replies.recv_bytes())
+            reply = parse_reply(self.replies.recv_bytes(), uri, max_clip_bytes)
             clips = None
             if isinstance(reply, Decoded):
                 clips = np.empty(reply.shape, np.uint8)
@@ -303,6 +311,8 @@ class _Worker:
             return reply, clips
         except (EOFError, OSError) as error:
             raise _Died() from error
+        except MalformedReply as error:
+            raise _Died(f"it sent a reply that is not one ({error})") from None
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -323,8 +333,26 @@ def _result(reply: Decoded | Failed, clips: np.ndarray | None) -> DecodedVideo:
     )
 
 
+ENVIRONMENT_KEPT = frozenset(
+    {"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
+    | {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "SSL_CERT_FILE", "SSL_CERT_DIR"}
+    | {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "HTTP_PROXY", "HTTPS_PROXY"}
+    | {"no_proxy", "http_proxy", "https_proxy"}
+)
+ENVIRONMENT_PREFIXES_KEPT = ("LC_", "AWS_", "FSSPEC_")
+"""The decoding processes open the videos themselves (local files, S3 with the standard AWS
+credential chain and fsspec's defaults, http(s) through proxies), and need nothing else of the
+actor's environment: no HF_TOKEN, no other service's credentials, no LD_PRELOAD."""
+
+
 def _zygote_environment() -> dict[str, str]:
-    """The parent's environment, with its import path (a Ray working_dir, say) made explicit
-    and OpenBLAS kept from starting threads at import, so that the zygote forks with one."""
+    """What the decoding processes need of the parent's environment (`ENVIRONMENT_KEPT`), with
+    its import path (a Ray working_dir, say) made explicit and OpenBLAS kept from starting
+    threads at import, so that the zygote forks with one."""
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if name in ENVIRONMENT_KEPT or name.startswith(ENVIRONMENT_PREFIXES_KEPT)
+    }
     paths = os.pathsep.join(p for p in sys.path if p)
-    return {**os.environ, "PYTHONPATH": paths, "OPENBLAS_NUM_THREADS": "1"}
+    return {**kept, "PYTHONPATH": paths, "OPENBLAS_NUM_THREADS": "1"}

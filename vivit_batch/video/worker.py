@@ -4,11 +4,19 @@ The zygote (`zygote_main`) imports PyAV, numpy and torch once, then forks a work
 of the parent's `IsolatedDecoder` and reports their exits. A worker (`serve`) decodes one
 `DecodeRequest` at a time from its request pipe and answers on its reply pipe with a `Decoded`
 (followed by the clips' raw bytes) or a `Failed`. Both exit when the process above them does.
+
+Replies are data, never pickles: a JSON header (`encode_reply`) that the parent checks field by
+field (`parse_reply`) before it believes any of it, then the clips' raw uint8 bytes. A decoder
+exploit in the worker can send the parent wrong pixels or a malformed reply (the worker is then
+treated as crashed), not code to run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import os
 import pickle
 import resource
@@ -18,6 +26,7 @@ import struct
 import threading
 import time
 import traceback
+import typing
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -57,6 +66,101 @@ class Failed:
     error: Exception
     rss_bytes: int
     traceback: str | None = None
+
+
+class MalformedReply(Exception):
+    """A reply that is not what a worker sends: the parent treats the worker as crashed."""
+
+
+_MESSAGE_CHARS = 4000
+"""Most characters of a message or traceback a reply may carry."""
+_RAISED_AS_THEMSELVES = {
+    error.__name__: error
+    for error in (ValueError, TypeError, KeyError, IndexError, RuntimeError, AssertionError)
+}
+"""Bugs in the worker that the parent raises as their own type (others: DecoderProcessError)."""
+
+
+def encode_reply(reply: Decoded | Failed) -> bytes:
+    if isinstance(reply, Decoded):
+        header = {
+            "kind": "decoded",
+            "metadata": dataclasses.asdict(reply.metadata),
+            "shape": list(reply.shape),
+        }
+    elif isinstance(reply.error, VideoError):
+        header = {
+            "kind": "video_error",
+            "code": str(reply.error.code),
+            "detail": reply.error.detail,
+        }
+    else:
+        header = {
+            "kind": "bug",
+            "type": type(reply.error).__name__,
+            "message": str(reply.error)[:_MESSAGE_CHARS],
+            "traceback": (reply.traceback or "")[-_MESSAGE_CHARS:],
+        }
+    return json.dumps({**header, "rss_bytes": reply.rss_bytes}).encode()
+
+
+def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Failed:
+    """The reply `encode_reply` made, checked: `MalformedReply` for anything else (a pickle, a
+    field of the wrong type, clips larger than `max_clip_bytes`). Errors name `uri`, the
+    request's, whatever the reply says."""
+    try:
+        header = json.loads(data)
+        kind, rss_bytes = header["kind"], _count(header["rss_bytes"])
+        if kind == "decoded":
+            shape = tuple(_count(n) for n in header["shape"])
+            if len(shape) != 5 or shape[-1] != 3 or math.prod(shape) > max_clip_bytes:
+                raise MalformedReply(f"clips of shape {shape[:6]}")
+            return Decoded(_metadata(header["metadata"]), shape, rss_bytes)
+        if kind == "video_error":
+            detail = _text(header["detail"])
+            return Failed(VideoError(ErrorCode(header["code"]), uri, detail), rss_bytes)
+        if kind == "bug":
+            raised = _RAISED_AS_THEMSELVES.get(_text(header["type"]))
+            message = _text(header["message"])
+            error = (
+                raised(message)
+                if raised
+                else DecoderProcessError(f"{_text(header['type'])}: {message}")
+            )
+            return Failed(error, rss_bytes, _text(header["traceback"]))
+    except MalformedReply:
+        raise
+    except (ValueError, KeyError, TypeError) as error:  # JSON, a missing key, an unknown code
+        raise MalformedReply(f"{type(error).__name__}: {str(error)[:200]}") from None
+    raise MalformedReply(f"unknown kind of reply {str(kind)[:40]!r}")
+
+
+def _count(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedReply(f"{str(value)[:40]!r} where a count belongs")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise MalformedReply(f"{str(value)[:40]!r} where text belongs")
+    return value[:_MESSAGE_CHARS]
+
+
+def _metadata(fields: object) -> VideoMetadata:
+    """`VideoMetadata` from its fields, each of its declared type."""
+    hints = typing.get_type_hints(VideoMetadata)
+    if not isinstance(fields, dict) or set(fields) != set(hints):
+        raise MalformedReply("metadata without exactly the VideoMetadata fields")
+    for name, value in fields.items():
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        if float in allowed:
+            allowed += (int,)
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise MalformedReply(f"metadata {name}={str(value)[:40]!r}")
+        if isinstance(value, str):
+            fields[name] = value[:200]
+    return VideoMetadata(**fields)
 
 
 def zygote_main(control_fd: int, parent_pid: int, max_memory_bytes: int) -> None:
@@ -144,8 +248,8 @@ def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
             request = requests.recv_bytes()
         except (EOFError, OSError):
             return
-        reply, clips = _decode(pickle.loads(request), max_memory_bytes)
-        replies.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        reply, clips = _decode(pickle.loads(request), max_memory_bytes)  # from the parent
+        replies.send_bytes(encode_reply(reply))
         if clips is not None:
             _send_all(reply_fd, clips)
         del reply, clips
@@ -164,7 +268,7 @@ def _decode(
     except MemoryError:
         return Failed(_out_of_memory(request.uri, max_memory_bytes), _rss_bytes()), None
     except Exception as error:  # a bug: the parent raises it, as decode_video would
-        return Failed(_picklable(error), _rss_bytes(), traceback.format_exc()), None
+        return Failed(error, _rss_bytes(), traceback.format_exc()), None
     clips = np.ascontiguousarray(video.clips)
     return Decoded(video.metadata, clips.shape, _rss_bytes()), clips
 
@@ -176,14 +280,6 @@ def _out_of_memory(uri: str, max_memory_bytes: int) -> VideoError:
         f"decoding it needs more memory than the decode.max_memory_bytes cap of "
         f"{max_memory_bytes}; raise the cap (or lower decode.max_pixels) to keep such videos out",
     )
-
-
-def _picklable(error: Exception) -> Exception:
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        return DecoderProcessError(f"{type(error).__name__}: {error}")
-    return error
 
 
 def _rss_bytes() -> int:
