@@ -45,6 +45,7 @@ from vivit_batch.output import (
     output_schema,
 )
 from vivit_batch.output.dataset import Fence
+from vivit_batch.redact import redact
 
 log = logging.getLogger("vivit_batch")
 
@@ -199,7 +200,7 @@ def run_report(
         lock_generation=lock.generation,
         resources=vars(resources),
         files=stats.files,
-        config=config.to_dict(),
+        config=json.loads(redact(json.dumps(config.to_dict()))),  # a presigned manifest URL
         versions=versions(),
     )
 
