@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -104,8 +105,16 @@ def holding_lock(output: Output, run_id: str, run: RunSection) -> Iterator[Fence
 
 def _interrupt_main_thread(reason: str) -> None:
     """Stop the run's main thread at once when the heartbeat thread finds the lock lost (the
-    commits would refuse anyway, but decoding and labelling would go on)."""
-    if threading.current_thread() is not threading.main_thread():
+    commits would refuse anyway, but decoding and labelling would go on). A SIGINT sent to the
+    main thread itself wakes it from a blocking wait (for a video that takes decode.timeout_s,
+    say), which `_thread.interrupt_main` alone does not; that remains where SIGINT has another
+    handler (an embedding application's), and where it is ignored the next commit stops."""
+    main = threading.main_thread()
+    if threading.current_thread() is main or main.ident is None:
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.pthread_kill(main.ident, signal.SIGINT)
+    else:
         _thread.interrupt_main()
 
 
