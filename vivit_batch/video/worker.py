@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -147,16 +148,23 @@ def _text(value: object) -> str:
     return value[:_MESSAGE_CHARS]
 
 
+@functools.cache
+def _metadata_types() -> dict[str, tuple[type, ...]]:
+    """Each `VideoMetadata` field's accepted types (an int where a float belongs too)."""
+    accepted = {}
+    for name, hint in typing.get_type_hints(VideoMetadata).items():
+        types = typing.get_args(hint) or (hint,)
+        accepted[name] = types + (int,) if float in types else types
+    return accepted
+
+
 def _metadata(fields: object) -> VideoMetadata:
     """`VideoMetadata` from its fields, each of its declared type."""
-    hints = typing.get_type_hints(VideoMetadata)
-    if not isinstance(fields, dict) or set(fields) != set(hints):
+    accepted = _metadata_types()
+    if not isinstance(fields, dict) or set(fields) != set(accepted):
         raise MalformedReply("metadata without exactly the VideoMetadata fields")
     for name, value in fields.items():
-        allowed = typing.get_args(hints[name]) or (hints[name],)
-        if float in allowed:
-            allowed += (int,)
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if isinstance(value, bool) or not isinstance(value, accepted[name]):
             raise MalformedReply(f"metadata {name}={str(value)[:40]!r}")
         if isinstance(value, str):
             fields[name] = value[:200]
