@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.s3 import FaultyProxy, S3Server
-from vivit_batch.config import ConfigError
+from vivit_batch.config import ConfigError, RunSection
+from vivit_batch.job.run import LOCK_LOST_SIGNAL, holding_lock
 from vivit_batch.output import LockLost, Output, OutputLock, OutputLocked
 from vivit_batch.output.lock import ProcessIdentity
 from vivit_batch.output.records import LocalRecord
@@ -419,3 +420,30 @@ def test_a_takeover_cannot_fall_between_a_local_check_and_its_commit(tmp_path):
     finally:
         committer.kill()
         committer.wait()
+
+
+def test_a_lost_lock_wakes_the_runs_main_thread_from_a_blocking_wait(tmp_path):
+    """The heartbeat thread finds the lock taken over while the main thread waits (as in Ray
+    Data's wait for a slow video): the wait ends at once with LockLost, also with SIGINT
+    ignored, as it is in background jobs."""
+    output = Output(str(tmp_path / "out"))
+    store = output.lock("reader", STALE).store
+
+    def take_over() -> None:
+        while (current := store.read()) is None or current.record["run_id"] != "holder":
+            time.sleep(0.01)
+        store.replace(another_holder(generation=current.record["generation"] + 1), current.version)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started = time.monotonic()
+    try:
+        with (
+            pytest.raises(LockLost, match="another run took the lock over"),
+            holding_lock(output, "holder", RunSection(lock_stale_after_s=STALE)),
+        ):
+            threading.Thread(target=take_over, daemon=True).start()
+            threading.Event().wait(60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert time.monotonic() - started < 30
+    assert signal.getsignal(LOCK_LOST_SIGNAL) is signal.SIG_DFL  # put back

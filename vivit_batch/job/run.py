@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import json
 import logging
@@ -94,7 +93,7 @@ def holding_lock(output: Output, run_id: str, run: RunSection) -> Iterator[Fence
         yield Unlocked()
         return
     lock = output.lock(run_id, run.lock_stale_after_s, run.lock_wait_s, _interrupt_main_thread)
-    with lock:
+    with _interruptible(), lock:  # the lock (and its heartbeat) ends first
         try:
             yield lock
         except KeyboardInterrupt:
@@ -103,19 +102,39 @@ def holding_lock(output: Output, run_id: str, run: RunSection) -> Iterator[Fence
             raise
 
 
+LOCK_LOST_SIGNAL = signal.SIGUSR1
+"""Sent by the heartbeat thread to the main thread when the lock is lost. SIGINT would not do:
+background jobs (cron, `cmd &`) start with it ignored, and `_thread.interrupt_main` does not
+wake a thread blocked in a wait (Ray Data's, for a video that takes decode.timeout_s)."""
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """While the block runs in the main thread, `LOCK_LOST_SIGNAL` raises KeyboardInterrupt
+    there (BaseException: no library's `except Exception` swallows it on the way up)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(LOCK_LOST_SIGNAL, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(LOCK_LOST_SIGNAL, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _interrupt_main_thread(reason: str) -> None:
     """Stop the run's main thread at once when the heartbeat thread finds the lock lost (the
-    commits would refuse anyway, but decoding and labelling would go on). A SIGINT sent to the
-    main thread itself wakes it from a blocking wait (for a video that takes decode.timeout_s,
-    say), which `_thread.interrupt_main` alone does not; that remains where SIGINT has another
-    handler (an embedding application's), and where it is ignored the next commit stops."""
+    commits would refuse anyway, but decoding and labelling would go on). A run outside the
+    main thread is not interrupted: its next commit stops it."""
     main = threading.main_thread()
     if threading.current_thread() is main or main.ident is None:
-        return
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.pthread_kill(main.ident, signal.SIGINT)
-    else:
-        _thread.interrupt_main()
+        return  # the main thread itself found it: it raises LockLost
+    if signal.getsignal(LOCK_LOST_SIGNAL) is _raise_interrupt:
+        signal.pthread_kill(main.ident, LOCK_LOST_SIGNAL)
 
 
 def reconcile_identity(job: PreparedJob, output: Output, lock: Fence) -> None:
