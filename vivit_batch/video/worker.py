@@ -129,8 +129,6 @@ def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Failed:
                 else DecoderProcessError(f"{_text(header['type'])}: {message}")
             )
             return Failed(error, rss_bytes, _text(header["traceback"]))
-    except MalformedReply:
-        raise
     except (ValueError, KeyError, TypeError) as error:  # JSON, a missing key, an unknown code
         raise MalformedReply(f"{type(error).__name__}: {str(error)[:200]}") from None
     raise MalformedReply(f"unknown kind of reply {str(kind)[:40]!r}")
