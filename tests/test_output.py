@@ -185,6 +185,7 @@ def test_the_error_budget_counts_kept_error_rows(budget, exceeded):
 
 def test_report_summarises_rows_runs_and_devices(tmp_path):
     output = Output(str(tmp_path / "out"))
+    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())  # what `report` asks for
     write(output, ["a", "b", "c"])
     device = {"node": "n1", "device": "cpu", "name": "EPYC", "memory_gib": None, "threads": 2}
     device |= {"precision": "fp32", "torch": "2.13.0", "cuda": None}

@@ -1,0 +1,262 @@
+"""`vivit-batch report`: text, JSON and HTML from an output written with the real sink (no Ray),
+accuracy against a truth column, one-line errors for paths that are not outputs, and the HTML
+page rendered by a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from vivit_batch.cli import EXIT_CONFIG, EXIT_OK, main
+from vivit_batch.output import FileWriter, Output, RunReport, Unlocked, commit_staged
+from vivit_batch.output.schema import (
+    BYTES_READ,
+    DECODE_SECONDS,
+    INFERENCE_DEVICE,
+    INFERENCE_SECONDS,
+    METADATA_COLUMNS,
+    PREDICTION_COLUMNS,
+    VERSION_COLUMNS,
+    VIEWS,
+    output_schema,
+)
+from vivit_batch.report import output_stats
+from vivit_batch.report.html import render_html
+
+HIDDEN = 4
+START = datetime(2026, 11, 30, 2, 0, tzinfo=timezone.utc)
+# video: (truth, top-3 labels, top-1 score); the top-1 label is the first
+VIDEOS = {
+    "v0": ("cat", ["cat", "dog", "bird"], 0.9),
+    "v1": ("cat", ["cat", "bird", "dog"], 0.8),
+    "v2": ("cat", ["dog", "cat", "bird"], 0.55),  # top-3 hit only
+    "v3": ("dog", ["dog", "cat", "bird"], 0.7),
+    "v4": ("dog", ["bird", "fish", "cat"], 0.4),  # a miss
+    "v5": ("bird", ["bird", "dog", "cat"], 0.95),
+    "v6": ("", ["fish", "cat", "dog"], 0.3),  # no truth: not judged
+}
+ERRORS = {"e0": "unreadable", "e1": "unreadable", "e2": "timeout"}
+
+
+def rows_of(run_id: str, ids: list[str], started: datetime) -> pa.Table:
+    """Rows as the inference stage hands them to the sink, with a `truth` manifest column."""
+    count = len(ids)
+    videos = [VIDEOS.get(i) for i in ids]
+    columns = {
+        "video_id": pa.array(ids),
+        "uri": pa.array([f"/videos/{i}.mp4" for i in ids]),
+        "status": pa.array(["ok" if v else "error" for v in videos]),
+        "error_code": pa.array([ERRORS.get(i) for i in ids]),
+        "error_message": pa.nulls(count, pa.string()),
+        **{name: pa.nulls(count, kind) for name, kind in PREDICTION_COLUMNS.items()},
+        "label": pa.array([v[1][0] if v else None for v in videos]),
+        "score": pa.array([v[2] if v else None for v in videos], pa.float32()),
+        "topk_labels": pa.array([v[1] if v else None for v in videos]),
+        "embedding": pa.nulls(count, pa.list_(pa.float32(), HIDDEN)),
+        **{name: pa.nulls(count, kind) for name, kind in METADATA_COLUMNS.items()},
+        **{name: pa.nulls(count, kind) for name, kind in VERSION_COLUMNS.items()},
+        "model": pa.array(["demo"] * count),
+        "model_sha256": pa.array(["ab" * 32] * count),
+        "run_id": pa.array([run_id] * count),
+        "processed_at": pa.array([started + timedelta(seconds=20 * n) for n in range(count)]),
+        VIEWS: pa.array([3 if v else 0 for v in videos], pa.int32()),
+        DECODE_SECONDS: pa.array([0.5] * count),
+        INFERENCE_SECONDS: pa.array([0.25] * count),
+        BYTES_READ: pa.array([100] * count, pa.int64()),
+        INFERENCE_DEVICE: pa.array(['{"device": "cpu"}'] * count),
+        "truth": pa.array([v[0] if v else None for v in videos]),
+    }
+    return pa.table(columns)
+
+
+def commit_run(output: Output, run_id: str, ids: list[str], started: datetime) -> None:
+    """Commit `ids` as the job does, then the run's report."""
+    writer = FileWriter(output, run_id, output_schema(HIDDEN), rows_per_file=3)
+    for staged in writer(rows_of(run_id, ids, started)).to_pylist():
+        commit_staged(output, Unlocked(), staged)
+    device = {"node": "n1", "device": "cpu", "name": "EPYC", "threads": 2, "precision": "fp32"}
+    report = RunReport(
+        run_id=run_id,
+        started_at=started.isoformat(),
+        wall_seconds=20.0 * len(ids),
+        rows_written=len(ids),
+        counts={"status": {"error": sum(i in ERRORS for i in ids)}},
+        inference_devices=[device | {"torch": "2.13.0", "cuda": None}],
+    )
+    output.write_report(report, Unlocked())
+
+
+@pytest.fixture
+def output(tmp_path) -> Output:
+    """Two nightly runs: ten videos, three of them error rows."""
+    output = Output(str(tmp_path / "out"))
+    output.create()
+    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
+    commit_run(output, "night1", ["v0", "v1", "v2", "v3", "e0", "e1"], START)
+    commit_run(output, "night2", ["v4", "v5", "v6", "e2"], START + timedelta(days=1))
+    return output
+
+
+def test_stats_count_rows_and_judge_against_the_truth(output):
+    stats = output_stats(output.uri, truth_column="truth")
+    assert (stats.rows, stats.status) == (10, {"ok": 7, "error": 3})
+    assert stats.error_codes == {"unreadable": 2, "timeout": 1}
+    assert stats.labels == {"bird": 2, "cat": 2, "dog": 2, "fish": 1}
+    assert sum(stats.scores.counts) == 7 and stats.scores.counts[:6] == [0] * 6  # all >= 0.3
+    assert [run.run_id for run in stats.runs] == ["night1", "night2"]
+    assert stats.runs[0].errors == 2 and "cpu EPYC" in stats.runs[0].devices[0]
+    night1 = stats.timelines["night1"]  # six rows, one every 20 s from the start
+    assert (night1.seconds, night1.videos) == ([0, 0, 20, 40, 60, 80, 100], [0, 1, 2, 3, 4, 5, 6])
+    accuracy = stats.accuracy
+    assert accuracy is not None
+    assert (accuracy.rows, accuracy.top1, accuracy.top5) == (6, 0.6667, 0.8333)
+    assert accuracy.top5_name == "top-3"  # rows keep three labels
+    assert accuracy.classes == ["cat", "dog", "bird"]
+    # predicted: cat, dog, bird, (other)
+    assert accuracy.confusion == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0]]
+
+
+def test_text_and_json_reports(output, capsys):
+    assert main(["report", output.uri, "--truth-column", "truth"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert f"{output.uri}: 10 rows" in text and "errors: unreadable 2, timeout 1" in text
+    assert "accuracy against truth (6 labelled rows): top-1 66.7%, top-3 83.3%" in text
+    assert main(["report", output.uri, "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 10 and report["accuracy"] is None
+    assert report["status"] == {"ok": 7, "error": 3}
+    assert [run["run_id"] for run in report["runs"]] == ["night1", "night2"]
+
+
+def test_an_output_with_no_rows_reports_zero(tmp_path, capsys):
+    output = Output(str(tmp_path / "out"))
+    output.create()
+    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
+    assert main(["report", output.uri, "--html", str(tmp_path / "r.html")]) == EXIT_OK
+    assert f"{output.uri}: 0 rows" in capsys.readouterr().out
+    assert 'class="empty"' in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "path, truth, expected",
+    [
+        ("nowhere", "truth", "no such output"),
+        (".", "truth", "is not a vivit-batch output (it has no _dataset.json)"),
+        (
+            "out",
+            "nope",
+            "--truth-column nope: the output has no such manifest column; it has truth",
+        ),
+        ("out", "label", "--truth-column label: the output has no such manifest column"),
+    ],
+)
+def test_what_is_not_an_output_is_one_line_and_exit_2(
+    output, tmp_path, capsys, path, truth, expected
+):
+    (tmp_path / "notes.txt").write_text("not Parquet")
+    assert main(["report", str(tmp_path / path), "--truth-column", truth]) == EXIT_CONFIG
+    [line] = capsys.readouterr().err.splitlines()
+    assert expected in line
+
+
+def test_the_html_page_loads_nothing_from_elsewhere(output):
+    page = render_html(output_stats(output.uri, truth_column="truth"))
+    assert_loads_nothing_from_elsewhere(page)
+    assert page.count("* plotly.js v") == 1  # its banner: inlined once, not per chart
+    assert page.count("Plotly.newPlot(") == 5
+    assert 'id="page-errors" hidden' in page
+
+
+@pytest.mark.slow  # a headless browser: 5 to 10 s
+@pytest.mark.skipif(
+    not shutil.which("chromium"), reason="chromium is not installed (apt-get install chromium)"
+)
+def test_the_html_page_renders_in_headless_chromium(output, tmp_path):
+    page = tmp_path / "report.html"
+    assert main(["report", output.uri, "--truth-column", "truth", "--html", str(page)]) == 0
+    browser = chromium(page, tmp_path)
+    assert ":CONSOLE" not in browser.log, browser.log  # no console message, no uncaught error
+    assert browser.page_requests == []
+    assert 'id="page-errors" hidden=""></div>' in browser.dom  # its script saw no error
+    assert browser.dom.count('class="main-svg"') >= 5 * 2  # plotly draws two per chart
+    assert "night2" in browser.dom and "top-3 accuracy" in browser.dom
+    with Image.open(browser.screenshot) as image:
+        pixels = image.width * image.height
+        dark = sum(image.convert("L").histogram()[:200])
+        coloured = sum(image.convert("HSV").getchannel("S").histogram()[80:])
+    assert dark > 0.05 * pixels  # not blank
+    assert coloured > 0.05 * pixels  # the charts' bars, lines and cells, not only text
+
+
+def assert_loads_nothing_from_elsewhere(page: str) -> None:
+    """No tag outside the scripts' code refers to another host, no script has a `src`, no
+    style imports anything. (plotly.js's code names hosts for map tiles, which these charts
+    never use, and for its logo, which the page turns off.)"""
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", page, flags=re.DOTALL | re.IGNORECASE)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", markup, re.IGNORECASE)
+    assert not re.search(r"url\(\s*[\"']?(https?:)?//|@import", markup, re.IGNORECASE)
+
+
+@dataclass
+class Rendered:
+    dom: str
+    """the page's DOM after its scripts ran"""
+    log: str
+    """Chromium's log, console messages included"""
+    screenshot: Path
+    page_requests: list[str]
+    """the http(s) URLs the page asked for (Chromium's own requests left out)"""
+
+
+def chromium(page: Path, scratch: Path) -> Rendered:
+    """`page` loaded by headless Chromium, which can resolve no host name: whatever it or the
+    page asks for, nothing leaves this machine."""
+    screenshot, netlog = scratch / "screenshot.png", scratch / "netlog.json"
+    result = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--window-size=1280,2000",
+            "--virtual-time-budget=10000",  # lets the charts' scripts finish first
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--log-net-log={netlog}",
+            "--dump-dom",
+            f"--screenshot={screenshot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return Rendered(result.stdout, result.stderr, screenshot, requests_from_file_pages(netlog))
+
+
+def requests_from_file_pages(netlog: Path) -> list[str]:
+    """The http(s) URLs in a Chromium net log that a file:// page asked for (the network
+    isolation key names the page's origin)."""
+    events = json.loads(netlog.read_text())["events"]
+    return sorted(
+        {
+            params["url"]
+            for params in (event.get("params", {}) for event in events)
+            if str(params.get("url", "")).startswith("http")
+            and "file://" in str(params.get("network_isolation_key", ""))
+        }
+    )

@@ -1,0 +1,224 @@
+"""`vivit-batch report OUTPUT --html PATH`: one self-contained page that opens offline.
+
+plotly.js is inlined once (about 4.8 MB, the whole page's weight) and every chart is a plotly
+figure; the page loads no script, style or font from anywhere. Script errors, should a browser
+meet any, are shown at the top of the page instead of leaving charts silently blank.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from string import Template
+
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from vivit_batch.report.stats import OutputStats, RunStats
+from vivit_batch.report.text import accuracy_line
+
+LABELS_SHOWN = 20
+TIMELINE_RUNS = 10
+CHART_HEIGHT = 380
+PLOT_CONFIG = {"displaylogo": False, "responsive": True}  # the logo links to plotly.com
+
+
+def write_html(stats: OutputStats, path: str) -> None:
+    Path(path).write_text(render_html(stats), encoding="utf-8")
+
+
+def render_html(stats: OutputStats) -> str:
+    return PAGE.substitute(
+        title=html.escape(f"vivit-batch report: {stats.output}"),
+        output=html.escape(stats.output),
+        plotlyjs=get_plotlyjs(),
+        facts=facts(stats),
+        charts="\n".join(charts(stats)),
+        runs=runs_table(stats.runs),
+    )
+
+
+def facts(stats: OutputStats) -> str:
+    items = {
+        "rows": str(stats.rows),
+        **{f"status {name}": str(n) for name, n in stats.status.items()},
+        "distinct labels": str(len(stats.labels)),
+        "runs": str(len(stats.runs)),
+    }
+    if stats.accuracy and stats.accuracy.rows:
+        items["top-1 accuracy"] = f"{stats.accuracy.top1:.1%}"
+        items[f"{stats.accuracy.top5_name} accuracy"] = f"{stats.accuracy.top5:.1%}"
+    cells = [
+        f'<div class="fact"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>'
+        for k, v in items.items()
+    ]
+    note = f"<p>{html.escape(accuracy_line(stats.accuracy))}</p>" if stats.accuracy else ""
+    return '<div class="facts">' + "".join(cells) + "</div>" + note
+
+
+def charts(stats: OutputStats) -> list[str]:
+    sections = [
+        section(labels_title(stats), label_chart(stats)),
+        section("Top-1 score of labelled rows", score_chart(stats)),
+        section("Error codes", error_chart(stats), empty="no error rows"),
+        section(
+            f"Throughput over time: videos labelled, per run (the last {TIMELINE_RUNS})",
+            throughput_chart(stats),
+            empty="no labelled rows",
+        ),
+    ]
+    if stats.accuracy:
+        title = f"Confusion matrix: {stats.accuracy.truth_column} against the top-1 label"
+        sections.append(section(title, confusion_chart(stats), empty="no labelled truth"))
+    return sections
+
+
+def labels_title(stats: OutputStats) -> str:
+    title = "Top-1 labels of labelled rows"
+    if len(stats.labels) > LABELS_SHOWN:
+        title += f" (the {LABELS_SHOWN} most frequent of {len(stats.labels)})"
+    return title
+
+
+def section(title: str, figure: go.Figure | None, empty: str = "no rows") -> str:
+    body = chart_html(figure) if figure else f'<p class="empty">{html.escape(empty)}</p>'
+    return f'<section class="chart"><h2>{html.escape(title)}</h2>{body}</section>'
+
+
+def chart_html(figure: go.Figure) -> str:
+    figure.update_layout(
+        template="plotly_white", height=CHART_HEIGHT, margin={"l": 60, "r": 20, "t": 20, "b": 50}
+    )
+    return pio.to_html(figure, full_html=False, include_plotlyjs=False, config=PLOT_CONFIG)
+
+
+def label_chart(stats: OutputStats) -> go.Figure | None:
+    shown = list(stats.labels.items())[:LABELS_SHOWN]
+    if not shown:
+        return None
+    names, values = zip(*reversed(shown), strict=True)  # most frequent at the top
+    figure = go.Figure(go.Bar(x=values, y=names, orientation="h"))
+    return figure.update_layout(xaxis_title="rows", yaxis={"automargin": True})
+
+
+def score_chart(stats: OutputStats) -> go.Figure | None:
+    edges, counts = stats.scores.edges, stats.scores.counts
+    if not sum(counts):
+        return None
+    centres = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
+    figure = go.Figure(go.Bar(x=centres, y=counts, width=edges[1] - edges[0]))
+    return figure.update_layout(xaxis_title="score", yaxis_title="rows", xaxis_range=[0, 1])
+
+
+def error_chart(stats: OutputStats) -> go.Figure | None:
+    if not stats.error_codes:
+        return None
+    figure = go.Figure(go.Bar(x=list(stats.error_codes), y=list(stats.error_codes.values())))
+    return figure.update_layout(xaxis_title="error code", yaxis_title="rows")
+
+
+def throughput_chart(stats: OutputStats) -> go.Figure | None:
+    recent = sorted(stats.timelines.items(), key=lambda item: item[1].start)[-TIMELINE_RUNS:]
+    if not recent:
+        return None
+    figure = go.Figure()
+    for run_id, timeline in recent:
+        minutes = [s / 60 for s in timeline.seconds]
+        figure.add_trace(go.Scatter(x=minutes, y=timeline.videos, name=run_id, line_shape="hv"))
+    return figure.update_layout(
+        xaxis_title="minutes after the run started", yaxis_title="videos labelled"
+    )
+
+
+def confusion_chart(stats: OutputStats) -> go.Figure | None:
+    accuracy = stats.accuracy
+    if not accuracy or not accuracy.classes:
+        return None
+    figure = go.Figure(
+        go.Heatmap(
+            z=accuracy.confusion,
+            x=[*accuracy.classes, "(other)"],
+            y=accuracy.classes,
+            text=accuracy.confusion,
+            texttemplate="%{text}",
+            colorscale="Blues",
+        )
+    )
+    return figure.update_layout(
+        xaxis_title="top-1 label",
+        yaxis={"title": accuracy.truth_column, "autorange": "reversed", "automargin": True},
+    )
+
+
+RUN_COLUMNS = {
+    "run": lambda run: run.run_id,
+    "started": lambda run: run.started_at,
+    "mode": lambda run: run.mode,
+    "wall s": lambda run: f"{run.wall_seconds:.1f}",
+    "rows": lambda run: run.rows_written,
+    "skipped": lambda run: run.skipped_committed,
+    "errors": lambda run: run.errors,
+    "clips/s": lambda run: "" if run.clips_per_second is None else run.clips_per_second,
+    "inference": lambda run: "\n".join(run.devices),
+    "warnings": lambda run: "\n".join(run.warnings),
+}
+
+
+def runs_table(runs: list[RunStats]) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in RUN_COLUMNS)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(cell(run)))}</td>" for cell in RUN_COLUMNS.values())
+        + "</tr>"
+        for run in runs
+    )
+    return f'<table class="runs"><tr>{head}</tr>{body}</table>'
+
+
+PAGE = Template("""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>$title</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 16px; margin: 0 0 8px; }
+.output { color: #555; margin: 0 0 16px; word-break: break-all; }
+.facts { display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 8px; }
+.fact { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 90px; }
+.fact b { display: block; font-size: 20px; }
+.fact span { color: #666; font-size: 13px; }
+.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 16px; }
+.chart { border: 1px solid #ddd; border-radius: 6px; padding: 12px; }
+.empty { color: #888; }
+#page-errors { background: #fde8e8; color: #900; padding: 8px; white-space: pre-wrap; }
+table.runs { border-collapse: collapse; font-size: 13px; margin-top: 8px; }
+table.runs th, table.runs td { border: 1px solid #ddd; padding: 4px 8px; text-align: left;
+  white-space: pre-line; }
+</style>
+</head>
+<body>
+<div id="page-errors" hidden></div>
+<script>
+function showPageError(message) {
+  var box = document.getElementById("page-errors");
+  box.hidden = false;
+  box.textContent += "script error: " + message + "\\n";
+}
+window.addEventListener("error", function (event) { showPageError(event.message); });
+window.addEventListener("unhandledrejection", function (event) { showPageError(event.reason); });
+</script>
+<script>$plotlyjs</script>
+<h1>vivit-batch report</h1>
+<p class="output">$output</p>
+$facts
+<div class="charts">
+$charts
+</div>
+<h2 style="margin-top: 20px">Runs</h2>
+$runs
+</body>
+</html>
+""")

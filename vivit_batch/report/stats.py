@@ -1,0 +1,271 @@
+"""What an output holds and how its runs went, computed once for the text, JSON and HTML reports:
+`output_stats(uri, truth_column)` reads the committed rows' small columns (never the embeddings)
+and the run reports."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from vivit_batch.config import ConfigError
+from vivit_batch.device import summary
+from vivit_batch.output import RESERVED_COLUMNS, Output, RunReport
+from vivit_batch.output.dataset import IDENTITY_FILE
+from vivit_batch.output.schema import OUTCOME_COLUMNS, PREDICTION_COLUMNS, PROVENANCE_COLUMNS
+
+ROW_COLUMNS = ["status", "error_code", "label", "score", "topk_labels", "run_id", "processed_at"]
+KNOWN_TYPES = pa.schema(
+    {"video_id": pa.string(), **OUTCOME_COLUMNS, **PREDICTION_COLUMNS, **PROVENANCE_COLUMNS}
+)
+"""Columns every output row has, typed: what an output with no rows yet reads as."""
+WRITTEN_COLUMNS = RESERVED_COLUMNS | {"video_id", "uri"}
+"""What vivit-batch writes; the other columns are the manifest's."""
+SCORE_BINS = 20
+TIMELINE_POINTS = 100
+TOP_ACCURACY = 5
+CONFUSION_CLASSES = 10
+
+
+@dataclass
+class Histogram:
+    edges: list[float]
+    counts: list[int]
+
+
+@dataclass
+class Timeline:
+    """One run's progress: how many of its rows (those still in the output) had been labelled
+    by each moment, from the rows' `processed_at`. The slope is the run's throughput."""
+
+    start: str
+    """the run's start (its report's `started_at`), else its first row's `processed_at`"""
+    seconds: list[float]
+    """after `start`"""
+    videos: list[int]
+
+
+@dataclass
+class RunStats:
+    """One run, from its report."""
+
+    run_id: str
+    started_at: str
+    mode: str
+    wall_seconds: float
+    rows_written: int
+    skipped_committed: int
+    errors: int
+    clips_per_second: float | None
+    decode_clips_per_second: float | None
+    inference_clips_per_second: float | None
+    devices: list[str]
+    """'N actor(s) on <device summary>' for each kind of device its inference actors used"""
+    warnings: list[str]
+
+    @classmethod
+    def of(cls, report: RunReport) -> RunStats:
+        return cls(
+            run_id=report.run_id,
+            started_at=report.started_at,
+            mode=report.mode,
+            wall_seconds=report.wall_seconds,
+            rows_written=report.rows_written,
+            skipped_committed=report.skipped_committed,
+            errors=report.counts.get("status", {}).get("error", 0),
+            clips_per_second=report.throughput.clips_per_second,
+            decode_clips_per_second=report.throughput.decode_clips_per_second,
+            inference_clips_per_second=report.throughput.inference_clips_per_second,
+            devices=device_kinds(report),
+            warnings=list(dict.fromkeys(report.warnings)),
+        )
+
+
+@dataclass
+class Accuracy:
+    """Labelled (status ok) rows against a column of true labels; rows without a truth value
+    are left out."""
+
+    truth_column: str
+    rows: int
+    top1: float | None
+    top5: float | None
+    """the truth among the first five of `topk_labels`, or as many as the run kept"""
+    labels_per_row: int
+    """how many labels rows keep (model.top_k): top-5 is top-k when it is below 5"""
+    classes: list[str]
+    """the most frequent true classes, most frequent first"""
+    confusion: list[list[int]]
+    """[true class][predicted class] counts over `classes`, then a last column for
+    predictions outside them"""
+
+    @property
+    def top5_name(self) -> str:
+        """'top-5', or 'top-k' when rows keep fewer labels"""
+        return f"top-{min(TOP_ACCURACY, self.labels_per_row)}"
+
+
+@dataclass
+class OutputStats:
+    output: str
+    rows: int
+    status: dict[str, int]
+    error_codes: dict[str, int]
+    labels: dict[str, int]
+    """the ok rows' top-1 labels, most frequent first"""
+    scores: Histogram
+    """the ok rows' top-1 scores"""
+    runs: list[RunStats]
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    """by run id, for the runs that still have rows in the output"""
+    accuracy: Accuracy | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStats:
+    """Raises `ConfigError` for a path that is not an output, or a truth column it lacks."""
+    output = open_output(output_uri)
+    dataset = committed_dataset(output)
+    manifest_columns = [n for n in dataset.schema.names if n not in WRITTEN_COLUMNS]
+    if truth_column is not None and truth_column not in manifest_columns:
+        raise ConfigError(
+            f"--truth-column {truth_column}: the output has no such manifest column; it has "
+            + (", ".join(manifest_columns) or "none")
+        )
+    table = dataset.to_table(columns=ROW_COLUMNS + ([truth_column] if truth_column else []))
+    ok = table.filter(pc.equal(table["status"], "ok"))
+    reports = output.read_reports()
+    return OutputStats(
+        output=output_uri,
+        rows=table.num_rows,
+        status=counts(table["status"]),
+        error_codes=counts(table["error_code"]),
+        labels=counts(ok["label"]),
+        scores=score_histogram(ok["score"]),
+        runs=[RunStats.of(report) for report in reports],
+        timelines=timelines(table, {r.run_id: r.started_at for r in reports if r.started_at}),
+        accuracy=accuracy(ok, truth_column) if truth_column else None,
+    )
+
+
+def open_output(output_uri: str) -> Output:
+    output = Output(output_uri)
+    if not output.filesystem.exists(output.root):
+        raise ConfigError(f"{output_uri}: no such output; give the --output of earlier runs")
+    if output.read_identity() is None:
+        raise ConfigError(
+            f"{output_uri} is not a vivit-batch output (it has no {IDENTITY_FILE}); give the "
+            "--output of earlier runs"
+        )
+    return output
+
+
+def committed_dataset(output: Output) -> ds.Dataset:
+    """The committed rows with every file's columns (a column a file lacks reads as null
+    there: manifests may gain columns between runs); the known columns when there are none."""
+    dataset = ds.dataset(output.root, filesystem=output.filesystem, format="parquet")
+    schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
+    return dataset.replace_schema(
+        pa.unify_schemas(schemas or [KNOWN_TYPES], promote_options="permissive")
+    )
+
+
+def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The output's committed rows, as any reader sees them."""
+    return committed_dataset(Output(output_uri)).to_table(columns=columns)
+
+
+def device_kinds(report: RunReport) -> list[str]:
+    kinds = Counter(summary(device) for device in report.inference_devices)
+    return [f"{n} actor(s) on {kind}" for kind, n in kinds.items()]
+
+
+def counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """Non-null values by count, most frequent first (ties by value)."""
+    pairs = pc.value_counts(column.drop_null()).to_pylist()
+    ordered = sorted(pairs, key=lambda pair: (-pair["counts"], str(pair["values"])))
+    return {str(pair["values"]): pair["counts"] for pair in ordered}
+
+
+def score_histogram(scores: pa.ChunkedArray) -> Histogram:
+    values = scores.drop_null().to_numpy()
+    counted, edges = np.histogram(values, bins=SCORE_BINS, range=(0.0, 1.0))
+    return Histogram([round(float(e), 4) for e in edges], counted.tolist())
+
+
+def timelines(table: pa.Table, starts: dict[str, str]) -> dict[str, Timeline]:
+    """By run id; `starts`: the runs' start times, where known. One pass over the rows however
+    many runs there are: sorted by run, then cut."""
+    labelled = table.select(["run_id", "processed_at"]).drop_null().sort_by("run_id")
+    runs = pc.value_counts(labelled["run_id"]).to_pylist()  # in order of appearance: sorted
+    if not runs:
+        return {}
+    micros = labelled["processed_at"].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    cuts = np.cumsum([run["counts"] for run in runs])[:-1]
+    return {
+        run["values"]: timeline(rows, starts.get(run["values"]))
+        for run, rows in zip(runs, np.split(micros.to_numpy(), cuts), strict=True)
+    }
+
+
+def timeline(micros: np.ndarray, start: str | None) -> Timeline:
+    """`micros`: one run's `processed_at`, microseconds since the epoch."""
+    micros = np.sort(micros)
+    origin = micros[0] if not start else datetime.fromisoformat(start).timestamp() * 1e6
+    # at most TIMELINE_POINTS moments, evenly spaced in rows; rows share the moment of their
+    # inference batch, and each point counts every row labelled by then
+    picked = np.unique(micros[np.linspace(0, len(micros) - 1, TIMELINE_POINTS).astype(int)])
+    labelled = np.searchsorted(micros, picked, side="right")
+    return Timeline(
+        start=start or datetime.fromtimestamp(origin / 1e6, timezone.utc).isoformat(),
+        seconds=[0.0] + [round((float(t) - origin) / 1e6, 3) for t in picked],
+        videos=[0] + labelled.tolist(),
+    )
+
+
+def accuracy(ok: pa.Table, truth_column: str) -> Accuracy:
+    truth = pc.cast(ok[truth_column], pa.string())
+    # a null truth compares as null, which `filter` drops like the empty ones
+    judged = ok.append_column("_truth", truth).filter(pc.not_equal(truth, ""))
+    first = pc.list_slice(judged["topk_labels"], 0, TOP_ACCURACY)
+    rows = judged.num_rows
+    return Accuracy(
+        truth_column=truth_column,
+        rows=rows,
+        top1=share(pc.sum(pc.equal(judged["label"], judged["_truth"])).as_py(), rows),
+        top5=share(top_hits(first, judged["_truth"]), rows),
+        labels_per_row=pc.max(pc.list_value_length(first)).as_py() or 0,
+        **confusion(judged["_truth"], judged["label"]),
+    )
+
+
+def top_hits(top: pa.ChunkedArray, truth: pa.ChunkedArray) -> int:
+    """How many rows have their truth among their `top` labels."""
+    parents = pc.list_parent_indices(top)
+    hits = pc.equal(pc.list_flatten(top), pc.take(truth, parents))
+    return len(pc.unique(pc.filter(parents, hits)))
+
+
+def confusion(truth: pa.ChunkedArray, predicted: pa.ChunkedArray) -> dict:
+    classes = list(counts(truth))[:CONFUSION_CLASSES]
+    index = {name: i for i, name in enumerate(classes)}
+    matrix = [[0] * (len(classes) + 1) for _ in classes]
+    pairs = pa.table({"truth": truth, "predicted": predicted}).group_by(["truth", "predicted"])
+    for pair in pairs.aggregate([([], "count_all")]).to_pylist():
+        if pair["truth"] in index:
+            matrix[index[pair["truth"]]][index.get(pair["predicted"], len(classes))] += pair[
+                "count_all"
+            ]
+    return {"classes": classes, "confusion": matrix}
+
+
+def share(part: int | None, whole: int) -> float | None:
+    return round((part or 0) / whole, 4) if whole else None

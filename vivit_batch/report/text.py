@@ -1,0 +1,71 @@
+"""The text reports: `vivit-batch report OUTPUT`'s summary, and what a finished run prints."""
+
+from __future__ import annotations
+
+from vivit_batch.output import Output, RunReport
+from vivit_batch.report.stats import (
+    Accuracy,
+    OutputStats,
+    device_kinds,
+    output_stats,
+)
+
+
+def summarise_output(output_uri: str, top: int = 10, truth_column: str | None = None) -> str:
+    return summary_text(output_stats(output_uri, truth_column), top)
+
+
+def summary_text(stats: OutputStats, top: int = 10) -> str:
+    lines = [f"{stats.output}: {stats.rows} rows", f"  status: {stats.status}"]
+    if stats.error_codes:
+        lines.append("  errors: " + ", ".join(f"{c} {n}" for c, n in stats.error_codes.items()))
+    if stats.accuracy:
+        lines.append(f"  {accuracy_line(stats.accuracy)}")
+    lines.append(f"  top labels ({len(stats.labels)} distinct):")
+    lines += [f"    {n:>8}  {label}" for label, n in list(stats.labels.items())[:top]]
+    lines.append("  runs:")
+    for run in stats.runs:
+        lines.append(
+            f"    {run.run_id}: {run.rows_written} rows, {run.wall_seconds:.1f} s, "
+            f"{run.clips_per_second} clips/s (decode {run.decode_clips_per_second}, "
+            f"inference {run.inference_clips_per_second})"
+        )
+        lines += [f"      {line}" for line in devices_then_warnings(run.devices, run.warnings)]
+    return "\n".join(lines)
+
+
+def accuracy_line(accuracy: Accuracy) -> str:
+    if not accuracy.rows:
+        return f"accuracy: no labelled row has a {accuracy.truth_column} value"
+    return (
+        f"accuracy against {accuracy.truth_column} ({accuracy.rows} labelled rows): "
+        f"top-1 {accuracy.top1:.1%}, {accuracy.top5_name} {accuracy.top5:.1%}"
+    )
+
+
+def device_lines(report: RunReport) -> list[str]:
+    """'inference: ...' for each kind of device the run's inference actors used, then the
+    run's warnings."""
+    return devices_then_warnings(device_kinds(report), list(dict.fromkeys(report.warnings)))
+
+
+def devices_then_warnings(devices: list[str], warnings: list[str]) -> list[str]:
+    return [f"inference: {kind}" for kind in devices] + [f"warning: {w}" for w in warnings]
+
+
+def run_summary(report: RunReport) -> str:
+    """What a finished run prints."""
+    output_uri = report.config["output"]["uri"]
+    lines = [
+        f"\nrun {report.run_id}: {report.rows_written} rows in {report.wall_seconds:.1f} s "
+        f"({report.throughput.clips_per_second} clips/s)",
+        f"  status: {report.counts['status']}",
+    ]
+    if report.counts["error_code"]:
+        lines.append(f"  errors: {report.counts['error_code']}")
+    lines += [f"  {line}" for line in device_lines(report)]
+    lines += [
+        f"  output: {output_uri}",
+        f"  report: {Output(output_uri).report_uri(report.run_id)}",
+    ]
+    return "\n".join(lines)
