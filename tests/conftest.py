@@ -48,6 +48,15 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_runtest_setup(item) -> None:
+    """Tests marked `gpu` need CUDA: where torch cannot use it they are skipped, saying why."""
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip(f"needs CUDA, which torch {torch.__version__} here cannot use")
+
+
 @dataclass
 class RayCluster:
     address: str

@@ -165,12 +165,12 @@ class OutputLock:
             if watched is None:
                 watched, watched_since = current, self.clock()
                 log.info(self._waiting_message(holder))
-            if self.clock() - watched_since >= _stale_after(holder):
+            if self.clock() - watched_since >= stale_after(holder):
                 if self._try_take(current):
                     log.warning("took over the lock of run %s, stale", holder.get("run_id"))
                     return
                 continue  # another run moved first: the next read shows who
-            pause = min(5.0, max(0.05, _stale_after(holder) / 20))
+            pause = min(5.0, max(0.05, stale_after(holder) / 20))
             if self.wait_s is not None:
                 waited = self.clock() - started
                 if waited >= self.wait_s:
@@ -312,18 +312,19 @@ class OutputLock:
             f"output {self.output_uri} is being written by run {holder.get('run_id')} (host "
             f"{holder.get('host')}, pid {holder.get('pid')}): {why}. Wait for it to finish; a "
             f"dead run's lock is taken over once it stays unchanged for "
-            f"{_stale_after(holder):g} s (the holder's run.lock_stale_after_s)."
+            f"{stale_after(holder):g} s (the holder's run.lock_stale_after_s)."
         )
 
     def _waiting_message(self, holder: dict) -> str:
         return (
             f"output {self.output_uri} is locked by run {holder.get('run_id')} (host "
             f"{holder.get('host')}, pid {holder.get('pid')}); waiting: it is taken over if it "
-            f"stays unchanged for {_stale_after(holder):g} s, this run stops if it is renewed"
+            f"stays unchanged for {stale_after(holder):g} s, this run stops if it is renewed"
         )
 
 
-def _stale_after(holder: dict) -> float:
+def stale_after(holder: dict) -> float:
+    """The stale period a lock's holder declared (its run.lock_stale_after_s)."""
     value = holder.get("stale_after_s")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)

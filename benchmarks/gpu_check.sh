@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# GPU readiness in one go, on a machine with an NVIDIA GPU (about 5 minutes, 8 at most):
+#   1. the tests marked `gpu` (CUDA inference against the CPU in fp32 / bf16 / fp16, the device
+#      an inference actor opens and reports),
+#   2. `python -m benchmarks.gpu`: base-size model throughput in fp32, bf16 and fp16, and one
+#      pipeline run of the job on embedded Ray (ROWS manifest rows, 1500 by default),
+#   3. its figures rendered into BENCHMARKS.md's GPU section (dated, naming the machine).
+#
+#   benchmarks/gpu_check.sh              # from anywhere; runs in the repository root
+#   benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU: tiny model, 64 small
+#                                        # videos, GPU tests skipped; BENCHMARKS.md untouched
+#
+# Uses VENV (default .venv); if there is none, makes it with PyPI's torch, a CUDA build on
+# Linux (that install is outside the 8 minutes). Each step runs under its own `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dry_run=false
+case "${1:-}" in
+  --dry-run) dry_run=true ;;
+  "") ;;
+  *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
+esac
+venv=${VENV:-.venv}
+rows=${ROWS:-1500}
+python="$venv/bin/python"
+
+if [[ ! -x "$python" ]]; then
+  echo "== making $venv (pip install -c constraints.txt -e '.[test]')"
+  python3 -m venv "$venv"
+  timeout 1200 "$venv/bin/pip" install -q -c constraints.txt -e '.[test]'
+fi
+if ! $dry_run && ! "$python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  echo "error: torch in $venv cannot use CUDA ($("$python" -c 'import torch; print(torch.__version__)'))." \
+    "Install a CUDA build: $venv/bin/pip install --index-url https://download.pytorch.org/whl/cu130" \
+    "-c constraints.txt torch; or run with --dry-run" >&2
+  exit 2
+fi
+
+step() {  # step SECONDS COMMAND...: one step, killed if it runs past SECONDS
+  local limit=$1
+  shift
+  echo "== $* (at most $limit s)"
+  timeout --kill-after=10 "$limit" "$@"
+}
+
+started=$SECONDS
+figures=$(mktemp -d)/gpu.json
+step 120 "$python" -m pytest -m gpu -q -rs -p no:cacheprovider tests/
+if $dry_run; then
+  step 300 "$python" -m benchmarks.gpu --quick --json "$figures"
+  echo "dry run: BENCHMARKS.md left as it is; figures in $figures"
+else
+  step 300 "$python" -m benchmarks.gpu --rows "$rows" --json "$figures"
+  step 30 "$python" -m benchmarks.gpu --render "$figures"
+fi
+echo "== done in $((SECONDS - started)) s"

@@ -1,0 +1,298 @@
+"""The deployment files: the Dockerfile and the Kubernetes example (configs/k8s/). No cluster
+and no docker daemon needed: the manifests are parsed and checked against KubeRay's RayJob
+fields, the Dockerfile, the README and the real argument parser; the launcher's shell commands
+run for real against a local output. With a docker daemon and VIVIT_BATCH_DOCKER_BUILD=1 the
+CPU image is built too (that downloads from PyPI, so it is never on by default)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vivit_batch.cli import EXIT_LOCK_HELD, build_parser
+from vivit_batch.config import load_config
+from vivit_batch.output import Output
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "configs" / "k8s"
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+README = (ROOT / "README.md").read_text()
+VERSION = re.findall(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)[0]
+GPU = "nvidia.com/gpu"
+
+# The fields of KubeRay's ray.io/v1 types (ray-operator/apis/ray/v1/raycluster_types.go and
+# rayjob_types.go): a misspelt field is silently dropped by the API server.
+RAYJOB_FIELDS = {
+    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate",
+    "metadata", "clusterSelector", "submitterConfig", "managedBy", "deletionStrategy",
+    "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources",
+    "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes", "suspend", "schedule",
+}  # fmt: skip
+CLUSTER_FIELDS = {
+    "headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
+    "autoscalerOptions", "headServiceAnnotations", "suspend",
+}  # fmt: skip
+HEAD_FIELDS = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
+WORKER_FIELDS = {
+    "groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "rayStartParams",
+    "template", "scaleStrategy",
+}  # fmt: skip
+
+
+def documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def one(name: str, kind: str) -> dict:
+    [found] = [d for d in documents(name) if d["kind"] == kind]
+    return found
+
+
+RAYJOB = one("rayjob.yaml", "RayJob")
+CRONJOB = one("cronjob.yaml", "CronJob")
+LAUNCHER = CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def ray_groups() -> dict[str, dict]:
+    """Pod spec of the head and of each worker group, by group name."""
+    cluster = RAYJOB["spec"]["rayClusterSpec"]
+    groups = {"head": cluster["headGroupSpec"]["template"]["spec"]}
+    for group in cluster["workerGroupSpecs"]:
+        groups[group["groupName"]] = group["template"]["spec"]
+    return groups
+
+
+def documented_tags() -> dict[str, list[str]]:
+    """The Dockerfile's documented `docker build` lines: tag -> the line's arguments."""
+    builds = [
+        shlex.split(line) for line in re.findall(r"^#\s+(docker build .*)$", DOCKERFILE, re.M)
+    ]
+    return {b[b.index("-t") + 1]: b for b in builds}
+
+
+def entrypoint() -> list[str]:
+    return shlex.split(RAYJOB["spec"]["entrypoint"])
+
+
+def test_manifests_are_kinds_kubernetes_and_kuberay_know_with_their_field_names():
+    names = ("rayjob.yaml", "cronjob.yaml", "hf-cache.yaml")
+    kinds = {(d["apiVersion"], d["kind"]) for name in names for d in documents(name)}
+    assert kinds == {
+        ("ray.io/v1", "RayJob"),
+        ("batch/v1", "CronJob"),
+        ("v1", "ServiceAccount"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+        ("v1", "PersistentVolumeClaim"),
+    }
+    assert documents("rayjob.yaml") == [RAYJOB]  # the ConfigMap holds the RayJob only
+    spec = RAYJOB["spec"]
+    assert set(spec) <= RAYJOB_FIELDS
+    assert set(spec["rayClusterSpec"]) <= CLUSTER_FIELDS
+    assert set(spec["rayClusterSpec"]["headGroupSpec"]) <= HEAD_FIELDS
+    for group in spec["rayClusterSpec"]["workerGroupSpecs"]:
+        assert set(group) <= WORKER_FIELDS
+    ray_pin = re.search(r"^ray==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    assert ray_pin and spec["rayClusterSpec"]["rayVersion"] == ray_pin[1]
+
+
+def test_every_ray_pod_mounts_the_hugging_face_cache_at_hf_home():
+    claim = one("hf-cache.yaml", "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on many nodes at once
+    [image_hf_home] = re.findall(r"HF_HOME=(\S+)", DOCKERFILE)
+    groups = ray_groups()
+    assert set(groups) == {"head", "decode-cpu", "infer-gpu"}
+    for name, pod in groups.items():
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        [container] = pod["containers"]
+        hf_home = {e["name"]: e["value"] for e in container["env"]}["HF_HOME"]
+        cache = [
+            m
+            for m in container["volumeMounts"]
+            if volumes[m["name"]].get("persistentVolumeClaim", {}).get("claimName")
+            == claim["metadata"]["name"]
+        ]
+        assert [m["mountPath"] for m in cache] == [hf_home] == [image_hf_home], name
+        assert pod["securityContext"]["fsGroup"] == 1000  # the image's user, to write it
+        refs = [e["secretRef"]["name"] for e in container["envFrom"]]
+        assert "vivit-batch-s3" in refs, name
+
+
+def test_a_run_has_a_deadline_within_the_night_and_frees_its_gpus():
+    spec = RAYJOB["spec"]
+    assert 0 < spec["activeDeadlineSeconds"] < 24 * 3600  # the CronJob runs daily
+    assert CRONJOB["spec"]["schedule"].split()[2:] == ["*", "*", "*"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] <= 600
+    assert spec["backoffLimit"] == 0
+    cron = CRONJOB["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid" and cron["startingDeadlineSeconds"] > 0
+    launcher_deadline = cron["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    stale_after = load_config().run.lock_stale_after_s
+    assert launcher_deadline > stale_after  # the lock check may watch a lock that long
+
+
+def test_only_the_gpu_group_asks_for_gpus_and_it_runs_the_cuda_image():
+    for name, pod in ray_groups().items():
+        [container] = pod["containers"]
+        limits = container["resources"]["limits"]
+        if name == "infer-gpu":
+            assert limits[GPU] == container["resources"]["requests"][GPU] == "1"
+            assert container["image"].endswith(f"/vivit-batch:{VERSION}-cuda")
+            assert any(t["key"] == GPU for t in pod["tolerations"])
+        else:
+            assert GPU not in limits
+            assert container["image"].endswith(f"/vivit-batch:{VERSION}")
+
+
+def test_images_are_the_dockerfiles_documented_tags_for_this_version():
+    tags = documented_tags()
+    assert set(tags) == {f"vivit-batch:{VERSION}", f"vivit-batch:{VERSION}-cuda"}
+    [default_index] = re.findall(r"^ARG TORCH_INDEX=(\S+)$", DOCKERFILE, re.M)
+    assert default_index == "https://download.pytorch.org/whl/cpu"
+    cuda = tags[f"vivit-batch:{VERSION}-cuda"]
+    cuda_index = cuda[cuda.index("--build-arg") + 1]
+    assert re.fullmatch(r"TORCH_INDEX=https://download\.pytorch\.org/whl/cu\d+", cuda_index)
+    images = [c["image"] for pod in ray_groups().values() for c in pod["containers"]]
+    images += [c["image"] for c in LAUNCHER["initContainers"]]
+    assert {image.rsplit("/", 1)[-1] for image in images} == set(tags)
+
+
+def test_the_entrypoint_is_a_vivit_batch_run_whose_flags_parse():
+    command = entrypoint()
+    assert command[:2] == ["vivit-batch", "run"]
+    args = build_parser().parse_args(command[1:])
+    assert args.handler.__name__ == "run_command"
+    assert args.manifest and args.output and args.model
+    config_file = Path(args.config)
+    assert config_file.is_absolute() and config_file.parts[:3] == ("/", "app", "configs")
+    assert re.search(r"^WORKDIR /app$", DOCKERFILE, re.M)
+    config = load_config(ROOT / config_file.relative_to("/app"), args.set)
+    assert config.output.partition_by == "run_date"
+
+
+def lock_check_command() -> tuple[dict, str]:
+    [check] = LAUNCHER["initContainers"]
+    env = {e["name"]: e["value"] for e in check["env"]}
+    assert check["command"][:2] == ["sh", "-c"]
+    return env, check["command"][2]
+
+
+def test_the_cronjob_checks_the_lock_of_the_runs_output_before_kubectl_create():
+    env, script = lock_check_command()
+    [check_line] = [s for s in script.split(";") if "vivit-batch lock" in s]
+    argv = [env.get(a[1:], a) if a.startswith("$") else a for a in shlex.split(check_line)]
+    args = build_parser().parse_args(argv[1:])
+    run = build_parser().parse_args(entrypoint()[1:])
+    assert args.handler.__name__ == "lock_command"
+    assert (args.output, args.config) == (run.output, run.config)
+    assert f"-eq {EXIT_LOCK_HELD}" in script
+    [launch] = LAUNCHER["containers"]
+    assert "kubectl create -f /specs/rayjob.yaml" in launch["command"][2]
+    assert f"= {EXIT_LOCK_HELD} ]; then" in launch["command"][2]
+    specs = {v["name"]: v for v in LAUNCHER["volumes"]}["specs"]
+    assert specs["configMap"]["name"] == "vivit-batch-rayjob"
+    account = one("cronjob.yaml", "ServiceAccount")["metadata"]["name"]
+    assert LAUNCHER["serviceAccountName"] == account
+    [rule] = one("cronjob.yaml", "Role")["rules"]
+    assert (rule["apiGroups"], rule["resources"]) == (["ray.io"], ["rayjobs"])
+    assert rule["verbs"] == ["create"]
+
+
+def run_launcher(tmp_path: Path, output: str) -> tuple[str, list[str]]:
+    """The launcher pod's two commands, in order, as its containers would run them: against
+    a local output, the repository for /app, and a `kubectl` that records its arguments."""
+    env, check = lock_check_command()
+    [launch] = LAUNCHER["containers"]
+    launch_dir, bin_dir = tmp_path / "launch", tmp_path / "bin"
+    launch_dir.mkdir(parents=True)
+    bin_dir.mkdir()
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/kubectl-calls\n')
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
+    process_env = {
+        **os.environ,
+        **env,
+        "VIVIT_OUTPUT": output,
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    printed = []
+    for script in (check, launch["command"][2]):
+        script = script.replace("/app/", f"{ROOT}/").replace("/launch/", f"{launch_dir}/")
+        done = subprocess.run(["sh", "-c", script], env=process_env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        printed.append(done.stdout.strip())
+    calls = tmp_path / "kubectl-calls"
+    return "\n".join(printed), calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.slow  # two `vivit-batch lock` processes: torch's import, twice
+def test_the_launcher_skips_the_night_while_a_live_run_holds_the_output(tmp_path):
+    output = Output(str(tmp_path / "labels"))
+    with output.lock("last-night", stale_after_s=1.0):
+        printed, kubectl = run_launcher(tmp_path, output.uri)
+    assert "held by run last-night" in printed and "skipped tonight" in printed
+    assert kubectl == []
+    printed, kubectl = run_launcher(tmp_path / "next", output.uri)
+    assert printed.startswith("released by run last-night")
+    assert kubectl == ["create -f /specs/rayjob.yaml"]
+
+
+def pip_installs(text: str, variables: dict[str, str]) -> list[tuple]:
+    """Each `pip install` command: (index URL, constraints file, packages), options that do not
+    change what is installed (-q, --no-cache-dir) left out and -e . counted as ."""
+    installs = []
+    for match in re.finditer(r"pip install((?:[^\n&;\\]|\\\n)+)", text):
+        words = shlex.split(match[1].replace("\\\n", " "))
+        words = [re.sub(r"\$\{?(\w+)\}?", lambda m: variables[m[1]], w) for w in words]
+        options = {"--index-url": None, "-c": None}
+        packages = []
+        while words:
+            word = words.pop(0)
+            if word in options:
+                options[word] = words.pop(0)
+            elif word not in ("-q", "--no-cache-dir", "-e"):
+                packages.append(word)
+        installs.append((options["--index-url"], options["-c"], tuple(sorted(packages))))
+    return installs
+
+
+def test_the_dockerfile_installs_as_the_readme_says():
+    variables = dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE, re.M))
+    image = pip_installs(DOCKERFILE, variables)
+    code_blocks = "\n".join(re.findall(r"^```(?:bash|sh)\n(.*?)^```", README, re.M | re.S))
+    documented = pip_installs(code_blocks, {})
+    assert len(image) == 2 and all(install in documented for install in image)
+    [torch] = [i for i in image if i[2] == ("torch",)]
+    [project] = [i for i in image if "." in i[2]]
+    setup = [i for i in documented if i[2] == (".",)]  # the README's set-up install
+    assert setup and {i[1] for i in setup} == {torch[1]} == {project[1]} == {"constraints.txt"}
+    copied = re.findall(r"^COPY (.+) \S+$", DOCKERFILE, re.M)
+    kept = re.findall(r"^!(\S+?)/?$", (ROOT / ".dockerignore").read_text(), re.M)
+    for source in (s.rstrip("/") for line in copied for s in line.split()):
+        assert source in kept and (ROOT / source).exists(), source
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("VIVIT_BATCH_DOCKER_BUILD") or shutil.which("docker") is None,
+    reason="builds the image from PyPI: set VIVIT_BATCH_DOCKER_BUILD=1 on a machine with docker",
+)
+def test_the_cpu_image_builds_and_runs_the_cli():
+    tag = f"vivit-batch:{VERSION}-test"
+    subprocess.run(["docker", "build", "-t", tag, str(ROOT)], check=True)
+    done = subprocess.run(
+        ["docker", "run", "--rm", tag, "vivit-batch", "lock", "/tmp/out"],
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "free: no run has locked this output yet")
