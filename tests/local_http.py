@@ -1,9 +1,13 @@
-"""An HTTP server on 127.0.0.1 (a free port) that serves from a thread, for tests of http URIs."""
+"""HTTP servers on 127.0.0.1 (a free port) that serve from a thread, for tests of http URIs: a
+base class, one that stalls midway through a file, and one that crashes its clients."""
 
 from __future__ import annotations
 
 import http.server
+import os
+import signal
 import threading
+import time
 
 
 class LocalHTTPServer:
@@ -12,7 +16,123 @@ class LocalHTTPServer:
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        self.host = f"127.0.0.1:{self.httpd.server_port}"
+        """for manifest.http_allow_hosts"""
 
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `data` (set by the server) whole to HEAD and GET, without logging."""
+
+    data = b""
+
+    def do_HEAD(self):
+        self.send_headers()
+
+    def do_GET(self):
+        self.send_headers()
+        self.wfile.write(self.data)
+
+    def send_headers(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.data)))
+        self.send_header("Content-Type", "video/mp4")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class StallingServer(LocalHTTPServer):
+    """Announces a file, sends the start of it (2000 bytes) on each GET, and then nothing more
+    until it is stopped: its clients' reads block with the connection open."""
+
+    def __init__(self, data: bytes):
+        release = self.release = threading.Event()
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                self.send_headers()
+                self.wfile.write(self.data[:2000])
+                self.wfile.flush()
+                release.wait()
+
+        Handler.data = data
+        super().__init__(Handler)
+        self.url += "/stalls.mp4"
+
+    def stop(self) -> None:
+        self.release.set()
+        super().stop()
+
+
+class CrashingServer(LocalHTTPServer):
+    """Sends SIGSEGV to each process that asks it for the file's bytes (the first `kills` of
+    them; later ones get `data`, as HEAD requests always do): a decoder crash on a poison file,
+    the decoding process found from outside through /proc (client port -> socket inode ->
+    process), with no hook in the code under test. The reader dies midway through opening the
+    video, waiting for its first bytes."""
+
+    def __init__(self, kills: int | None = None, data: bytes = b""):
+        self.kills = kills
+        self.killed: list[int] = []
+        lock, server = threading.Lock(), self
+
+        class Handler(QuietHandler):
+            def do_GET(self):
+                with lock:
+                    if server.kills is None or len(server.killed) < server.kills:
+                        clients = processes_connected(self.client_address[1], self.server)
+                        for pid in clients:
+                            os.kill(pid, signal.SIGSEGV)
+                        server.killed += clients
+                    else:
+                        clients = []
+                if clients:
+                    wait_until_dead(clients)  # before the connection closes under them
+                else:
+                    super().do_GET()
+
+        Handler.data = data
+        super().__init__(Handler)
+        self.url += "/poison.mp4"
+
+
+def processes_connected(client_port: int, server: http.server.HTTPServer) -> list[int]:
+    """Pids of the other processes holding the client's end of a connection to `server` on
+    127.0.0.1 (local port `client_port`)."""
+    # /proc/net/tcp's addresses: 127.0.0.1 as little-endian hex, then the port in hex
+    ends = (f"0100007F:{client_port:04X}", f"0100007F:{server.server_port:04X}")
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == ends:
+                inodes.add(f"socket:[{fields[9]}]")
+    found, me = [], os.getpid()
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if pid != me and any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                found.append(pid)
+        except OSError:  # gone, or not ours to look into
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until_dead(pids: list[int], timeout_s: float = 30) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and any(map(alive, pids)):
+        time.sleep(0.01)

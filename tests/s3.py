@@ -9,9 +9,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import s3fs
 
@@ -74,7 +75,8 @@ class FaultyProxy:
     PUTs to keys ending in `slow_key` wait `delay_s` before they are forwarded, and the first
     `lost_answers` of them are forwarded and then answered with a dropped connection (the write
     happened, the client never hears of it). With `ignore_conditions`, If-Match and
-    If-None-Match headers are dropped, as by a store that does not implement them."""
+    If-None-Match headers are dropped, as by a store that does not implement them. Every
+    request is recorded in `requests` as (method, path with query)."""
 
     target_port: int
     every: int = 0
@@ -85,6 +87,7 @@ class FaultyProxy:
     ignore_conditions: bool = False
     port: int = field(default_factory=free_port)
     failures: int = 0
+    requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
         self._count = itertools.count(1)
@@ -99,6 +102,8 @@ class FaultyProxy:
 
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy._lock:
+                    proxy.requests.append((self.command, self.path))
                 if any(key in self.path for key in proxy.forbidden):
                     self._answer(
                         403,
@@ -178,3 +183,23 @@ class FaultyProxy:
 
     def stop(self) -> None:
         self._server.shutdown()
+
+
+def tally(requests: list[tuple[str, str]], prefix: str) -> Counter:
+    """The requests `FaultyProxy` recorded for keys under `prefix` (bucket/...): ("LIST", prefix)
+    per listing page, (method, key) per request on an object."""
+    bucket, _, key_prefix = prefix.partition("/")
+    counts: Counter = Counter()
+    for method, target in requests:
+        url = urlsplit(target)
+        in_bucket, _, key = url.path.lstrip("/").partition("/")
+        query = parse_qs(url.query)
+        if in_bucket != bucket:
+            continue
+        if method == "GET" and not key and "list-type" in query:
+            listed = query.get("prefix", [""])[0]
+            if listed.startswith(key_prefix):
+                counts["LIST", listed] += 1
+        elif key.startswith(key_prefix):
+            counts[method, key] += 1
+    return counts

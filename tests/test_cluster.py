@@ -1,9 +1,10 @@
-"""The job on real clusters: `ray job submit` to a `ray start` head, and a CPU + GPU two-node
-cluster where each actor pool lands on the node it should."""
+"""The job on real clusters: `ray job submit` to a `ray start` head, a CPU + GPU two-node
+cluster where each actor pool lands on the node it should, and a node that joins a run."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -143,3 +144,95 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     [device] = report["inference_devices"]
     assert device["device"] == "cpu"
     assert device["threads"] == report["resources"]["inference_threads"] == 1  # 3 CPUs // 2
+
+
+AUTOSCALING_SCRIPT = """
+import json, sys, threading, time
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.state import list_actors
+from tests.local_http import LocalHTTPServer, QuietHandler
+from vivit_batch import job
+from vivit_batch.config import load_config
+
+directory, output, videos = Path(sys.argv[1]), sys.argv[2], 8
+release = threading.Event()
+
+class HeldUntilReleased(QuietHandler):  # HEAD at once; GET (decoding) waits for `release`
+    data = (directory / "v0.mp4").read_bytes()
+
+    def do_GET(self):
+        release.wait(150)
+        super().do_GET()
+
+server = LocalHTTPServer(HeldUntilReleased)
+manifest = Path(output + "-manifest.txt")
+manifest.write_text("".join(f"{server.url}/v{i}.mp4\\n" for i in range(videos)))
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+job.connect(cluster.address)
+config = load_config(None, [
+    "manifest.allow_http=true", f"manifest.http_allow_hosts={server.host}",
+    "decode.stall_timeout_s=120", "resources.decode_batch_size=1",
+    "resources.max_decode_actors=4", "resources.max_inference_actors=2",
+], manifest_uri=str(manifest), output_uri=output, model_source=str(directory / "checkpoint"))
+reports = []
+run = threading.Thread(target=lambda: reports.append(job.run_job(job.prepare_job(config))))
+started = time.time()
+run.start()
+
+def decode_actor_nodes():
+    try:
+        actors = list_actors(address=cluster.address, detail=True, limit=1000)
+    except ConnectionError:  # the dashboard, which answers, is still starting
+        return set()
+    return {a.node_id for a in actors if "DecodeStage" in a.class_name}
+
+def wait_for(condition, seconds):
+    deadline = time.time() + seconds
+    while not condition() and time.time() < deadline:
+        time.sleep(0.5)
+    return condition()
+
+try:
+    wait_for(decode_actor_nodes, 60)  # the run's pools are up
+    joined = cluster.add_node(num_cpus=4)  # ray.cluster_utils adds nodes in the main thread
+    added = time.time()
+    used = wait_for(lambda: joined.node_id in decode_actor_nodes(), 60)
+    waited = time.time() - added
+finally:
+    release.set()
+run.join()
+[report] = reports
+print(json.dumps({"used_new_node": used, "waited_s": round(waited, 1),
+                  "rows": report.rows_written,
+                  "status": report.counts["status"], "resources": report.resources}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("VIVIT_BATCH_AUTOSCALING_TEST"),
+    reason="2-3 minutes on 2 cores (Ray Data sees a new node on its coordinator's 20 s tick): "
+    "set VIVIT_BATCH_AUTOSCALING_TEST=1",
+)
+def test_a_node_that_joins_during_the_run_gets_decode_actors(tmp_path, job_inputs):
+    """A one-node cluster (2 CPUs) starts a run whose videos come from a server that holds
+    every GET until it is told: the decode actors stay busy, so Ray Data grows the pool (1 to
+    `resources.max_decode_actors`) onto a 4-CPU node added once the run is going. The server
+    lets the videos through once a decode actor is up on the new node (or after 60 s)."""
+    result = subprocess.run(
+        [sys.executable, "-c", AUTOSCALING_SCRIPT, str(job_inputs), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["used_new_node"], outcome
+    assert outcome["rows"] == 8 and outcome["status"] == {"ok": 8}
+    planned = outcome["resources"]
+    assert (planned["decode_actors"], planned["max_decode_actors"]) == (1, 4)

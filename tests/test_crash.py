@@ -15,6 +15,7 @@ import fsspec
 import pyarrow.dataset as ds
 import pytest
 
+from tests.local_http import StallingServer
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 
@@ -108,14 +109,28 @@ def write_long_manifest(job: Job, copies: int) -> list[str]:
     return rows
 
 
-def never_ending_manifest(job: Job) -> list[str]:
-    """`never-ending.txt`: the videos and a pipe that nobody writes to. One decode actor blocks
-    on the pipe (up to decode.timeout_s), so a run of it is mid-run for as long as a test needs
-    (give it a second decode actor: the returned settings)."""
-    os.mkfifo(job.directory / "never-written.mp4")
+@pytest.fixture()
+def stalling():
+    """An http source that sends a few bytes and then nothing, until the test ends."""
+    server = StallingServer(b"\0" * 10_000)
+    yield server
+    server.stop()
+
+
+def never_ending_manifest(job: Job, stalling: StallingServer) -> list[str]:
+    """`never-ending.txt`: the videos and the `stalling` source. One decode actor waits on it
+    (up to decode.timeout_s: its stall timeout is longer), so a run of it is mid-run for as long
+    as a test needs; the returned settings let it reach the source and give it a second decode
+    actor."""
     manifest = (job.directory / "manifest.txt").read_text()
-    (job.directory / "never-ending.txt").write_text(manifest + "never-written.mp4\n")
-    return ["--set", "resources.decode_actors=2"]
+    (job.directory / "never-ending.txt").write_text(f"{manifest}{stalling.url}\n")
+    settings = [
+        "resources.decode_actors=2",
+        "manifest.allow_http=true",
+        f"manifest.http_allow_hosts={stalling.host}",
+        "decode.stall_timeout_s=600",
+    ]
+    return [argument for setting in settings for argument in ("--set", setting)]
 
 
 def wait_for_files(job: Job, count: int, existing: set[str] = frozenset(), timeout=300) -> None:
@@ -143,7 +158,7 @@ def test_a_run_killed_at_start_up_leaves_a_lock_the_rerun_takes_at_once(ray_clus
 @pytest.mark.slow
 @pytest.mark.parametrize("job, kill_after_files", [("local", 3), ("s3", 2)], indirect=["job"])
 def test_a_relabelling_run_killed_midway_never_shows_a_video_twice(
-    ray_cluster, job, kill_after_files
+    ray_cluster, job, kill_after_files, stalling
 ):
     """A `--force` run over a complete output withdraws the rows it relabels before it commits
     new ones: a reader looking all the while never sees a video twice. Killed (SIGKILL) mid-way,
@@ -151,8 +166,8 @@ def test_a_relabelling_run_killed_midway_never_shows_a_video_twice(
     assert start_run(job, ray_cluster).wait(timeout=600) == 0
     first = {r["video_id"]: r["run_id"] for r in job.committed()}
     existing = job.files()
-    two_decoders = never_ending_manifest(job)
-    relabel = start_run(job, ray_cluster, "never-ending.txt", extra=["--force", *two_decoders])
+    never_ending = never_ending_manifest(job, stalling)
+    relabel = start_run(job, ray_cluster, "never-ending.txt", extra=["--force", *never_ending])
     reads = 0
     while len(job.files() - existing) < kill_after_files:
         reads += read_once(job)
@@ -222,16 +237,16 @@ def test_killed_inference_actor_is_replaced_and_nothing_is_lost(ray_cluster, job
 
 @pytest.mark.slow
 @pytest.mark.parametrize("job", ["local", "s3"], indirect=True)
-def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job):
+def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, stalling):
     """The holder is stopped (SIGSTOP) past its stale period, another run takes the output
     over, then the holder resumes mid-run: it stops without committing, the other completes."""
-    two_decoders = never_ending_manifest(job)  # still mid-run whenever it is stopped
+    never_ending = never_ending_manifest(job, stalling)  # still mid-run whenever it is stopped
     log = job.directory / "frozen.log"
     frozen = start_run(
         job,
         ray_cluster,
         "never-ending.txt",
-        extra=["--set", "run.run_id=frozen", "--set", "run.lock_stale_after_s=4", *two_decoders],
+        extra=["--set", "run.run_id=frozen", "--set", "run.lock_stale_after_s=4", *never_ending],
         log=log,
     )
     wait_for_files(job, 2)

@@ -55,7 +55,10 @@ def held_out(tmp_path_factory, ours):
 def test_checkpoint_is_small_with_readable_labels_and_the_training_processor():
     config = json.loads((CHECKPOINT_DIR / "config.json").read_text())
     assert [config["id2label"][str(i)] for i in range(len(MOTION_CLASSES))] == list(MOTION_CLASSES)
-    assert ProcessorConfig.from_pretrained_dir(CHECKPOINT_DIR) == PROCESSOR
+    assert ProcessorConfig.from_pretrained_dir(CHECKPOINT_DIR) == (
+        PROCESSOR,
+        "preprocessor_config.json",
+    )
     assert (CHECKPOINT_DIR / "model.safetensors").stat().st_size <= 5 * 2**20
 
 

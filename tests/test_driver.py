@@ -30,8 +30,8 @@ from vivit_batch.stages import DecodeSettings
 from vivit_batch.video import SamplingConfig
 
 
-def plan(*settings: str, cpus: int = 2, gpus: float = 0, cpu_nodes: dict | None = None):
-    shape = ClusterShape(cpus=cpus, gpus=gpus, cpu_only_nodes=cpu_nodes or {})
+def plan(*settings: str, cpus: int = 2, gpus: float = 0, cpu_nodes: dict | None = None, **most):
+    shape = ClusterShape(cpus=cpus, gpus=gpus, cpu_only_nodes=cpu_nodes or {}, **most)
     return plan_resources(load_config(None, list(settings)), shape)
 
 
@@ -73,6 +73,43 @@ def test_explicit_pools_win():
     assert "2 inference actor(s)" in explicit.describe()
 
 
+def test_a_fixed_cluster_keeps_its_pools_at_the_start_size():
+    fixed = plan(cpus=16, gpus=2, cpu_nodes={"a": 8.0})
+    assert (fixed.max_decode_actors, fixed.max_inference_actors) == (8, 2)
+    assert (fixed.decode_actors, fixed.inference_actors) == (8, 2)
+    assert "up to" not in fixed.describe()
+
+
+def test_pools_grow_to_what_the_autoscalers_largest_cluster_holds():
+    """A CPU-only head whose four 16-CPU GPU workers have not joined: a GPU plan (one
+    inference actor waits for the first GPU), and at most one actor per GPU and decode actors
+    on the CPUs the inference actors and Ray Data leave."""
+    waiting = plan(cpus=8, cpu_nodes={"head": 8.0}, max_cpus=8 + 4 * 16, max_gpus=4)
+    assert (waiting.inference_gpus, waiting.inference_actors) == (1.0, 1)
+    assert waiting.max_inference_actors == 4
+    assert (waiting.decode_actors, waiting.decode_cpus) == (8, 0.75)
+    assert waiting.max_decode_actors == 89  # (72 - 1 headroom - 4 inference CPUs) // 0.75
+    assert "1 (up to 4 as nodes join) inference actor(s)" in waiting.describe()
+    cpu = plan(cpus=2, max_cpus=10)  # CPU workers to come: same actors, more of them
+    assert (cpu.inference_actors, cpu.max_inference_actors, cpu.inference_threads) == (1, 5, 1)
+    assert (cpu.decode_actors, cpu.max_decode_actors) == (1, 13)  # (10 - 1 - 5 * 0.5) // 0.5
+    largest = cpu.max_inference_actors * cpu.inference_cpus + cpu.max_decode_actors * 0.5
+    assert cpu.decode_cpus == 0.5 and largest <= 10 - 1
+
+
+def test_explicit_maxima_and_sizes_bound_the_growth():
+    sized = plan("resources.decode_actors=3", cpus=2, max_cpus=64)
+    assert (sized.decode_actors, sized.max_decode_actors) == (3, 3)
+    assert sized.max_inference_actors == 32
+    capped = plan("resources.max_inference_actors=2", cpus=2, max_cpus=64)
+    assert (capped.inference_actors, capped.max_inference_actors) == (1, 2)
+    grows = plan("resources.max_decode_actors=6", "resources.max_inference_actors=3", cpus=2)
+    assert (grows.max_decode_actors, grows.max_inference_actors) == (6, 3)  # a fixed cluster
+    assert plan("resources.max_decode_actors=4", cpus=16).decode_actors == 4
+    with pytest.raises(ConfigError, match="resources.decode_actors=4 is above resources.max_"):
+        load_config(None, ["resources.decode_actors=4", "resources.max_decode_actors=2"])
+
+
 def prepared(
     sha: str = "a" * 64, partition_by: str | None = None, new_version: bool = False
 ) -> PreparedJob:
@@ -80,7 +117,7 @@ def prepared(
     if partition_by:
         settings.append(f"output.partition_by={partition_by}")
     config: JobConfig = load_config(None, settings, model_source="ckpt")
-    checkpoint = CheckpointInfo("ckpt", None, Path("ckpt"), (), sha, ProcessorConfig())
+    checkpoint = CheckpointInfo("ckpt", None, Path("ckpt"), (), sha, ProcessorConfig(), None)
     decode = DecodeSettings(SamplingConfig(num_frames=4), ProcessorConfig())
     return PreparedJob(config, checkpoint, VivitConfig(), decode, {}, ManifestSummary())
 

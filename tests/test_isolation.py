@@ -1,19 +1,16 @@
 """Decoding in a killable worker process (`IsolatedDecoder`): the same results as in-process, a
 stalled stream becomes a `timeout`, a decoder that dies is retried and then a `decode_crash`, and
-the worker's memory is capped. Faults are real: named pipes that never deliver, an HTTP server
-that stalls, and SIGSEGV sent to whichever process has the poison file open."""
+the worker's memory is capped. Faults are real: an HTTP server that stalls, and one that sends
+SIGSEGV to whichever process asks it for the poison file."""
 
 from __future__ import annotations
 
-import errno
-import http.server
 import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.local_http import LocalHTTPServer
+from tests.local_http import CrashingServer, StallingServer, alive
 from vivit_batch.config import ConfigError, load_config
 from vivit_batch.output.schema import DECODE_SECONDS
 from vivit_batch.processor import ProcessorConfig
@@ -42,116 +39,8 @@ PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=2)
 SLACK_S = 20.0
 """Added to every time bound: this machine is shared and often loaded."""
-
-
-def open_when_read(fifo: Path, stop: threading.Event) -> int | None:
-    """The write end of `fifo`, once a reader has it open or is blocked opening it; None if
-    `stop` is set first."""
-    while not stop.is_set():
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as error:
-            if error.errno != errno.ENXIO:  # ENXIO: no reader yet
-                raise
-            time.sleep(0.02)
-    return None
-
-
-class CrashingFifo:
-    """A named pipe that sends SIGSEGV to each process that opens it to read (the first `kills`
-    of them; later ones get `head` and the end of the file): a decoder crash on a poison file,
-    the decoding process found from outside through /proc, with no hook in the code under test.
-    The reader dies waiting for its first bytes, midway through opening the video."""
-
-    def __init__(self, path: Path, kills: int | None = None, head: bytes = b""):
-        os.mkfifo(path)
-        self.path = path
-        self.head = head[:4096]  # fits in the pipe: writing it cannot block
-        self.kills = kills
-        self.killed: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while (fd := open_when_read(self.path, self._stop)) is not None:
-            readers = self._wait_for_readers()
-            if self.kills is None or len(self.killed) < self.kills:
-                for pid in readers:
-                    os.kill(pid, signal.SIGSEGV)
-                    self.killed.append(pid)
-            else:
-                os.write(fd, self.head)
-            os.close(fd)
-            self._wait_until_closed(readers)
-
-    def _wait_for_readers(self) -> list[int]:
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            found = readers_of(self.path)
-            if found:
-                return found
-            time.sleep(0.01)
-        return []
-
-    def _wait_until_closed(self, pids: list[int]) -> None:
-        end = time.monotonic() + 30
-        while time.monotonic() < end and set(pids) & set(readers_of(self.path)):
-            time.sleep(0.02)
-
-
-def readers_of(path: Path) -> list[int]:
-    """Pids of the other processes that have `path` open."""
-    target, found, me = str(path), [], str(os.getpid())
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        if pid == me:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
-class StallingServer(LocalHTTPServer):
-    """An HTTP server that announces a file, sends the start of it, and then nothing more."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.release = threading.Event()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_HEAD(self):
-                self._headers(len(server.data))
-
-            def do_GET(self):
-                self._headers(len(server.data))
-                self.wfile.write(server.data[:2000])
-                self.wfile.flush()
-                server.release.wait(120)
-
-            def _headers(self, length: int) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(length))
-                self.send_header("Content-Type", "video/mp4")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        super().__init__(Handler)
-        self.url += "/stalls.mp4"
-
-    def stop(self) -> None:
-        self.release.set()
-        super().stop()
+LOCAL_HTTP = {"http_allow_hosts": "127.0.0.1"}
+"""The storage options that let sources reach the test's servers on 127.0.0.1."""
 
 
 @pytest.fixture(scope="module")
@@ -225,55 +114,89 @@ def test_a_bug_in_the_worker_is_raised_in_the_caller(decoder, videos):
     )
 
 
-def test_stalled_pipe_times_out_and_the_worker_is_replaced(decoder, videos, tmp_path):
-    os.mkfifo(tmp_path / "stalled.mp4")  # nobody ever writes: opening it blocks for good
+def test_pipes_and_devices_are_unreadable_at_once(decoder, videos, tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp4")  # nobody writes: a reader would wait for good
+    decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
+    worker, restarts = decoder.child_pid, decoder.restarts
+    for uri, kind in [
+        (str(tmp_path / "pipe.mp4"), "a named pipe (FIFO)"),
+        ("/dev/zero", "a device"),
+    ]:
+        request = DecodeRequest(uri, SAMPLING, PROCESSOR, config=DecodeConfig(timeout_s=60))
+        started = time.monotonic()
+        with pytest.raises(VideoError) as caught:
+            decoder.decode(request)
+        assert time.monotonic() - started < 1.0
+        assert caught.value.code == ErrorCode.UNREADABLE and kind in str(caught.value)
+        with pytest.raises(VideoError) as in_process:
+            decode_video(request)
+        assert str(in_process.value) == str(caught.value)
+    assert (decoder.child_pid, decoder.restarts) == (worker, restarts)
+
+
+@pytest.fixture()
+def stalling(videos):
+    server = StallingServer(videos["mp4"].read_bytes())
+    yield server
+    server.stop()
+
+
+def test_a_stuck_worker_is_killed_at_the_hard_deadline_and_replaced(decoder, videos, stalling):
+    """No stall timeout: the read blocks the worker for good, past the soft deadline too."""
     decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
     stuck = decoder.child_pid
     started = time.monotonic()
     with pytest.raises(VideoError) as caught:
         decoder.decode(
             DecodeRequest(
-                str(tmp_path / "stalled.mp4"), SAMPLING, PROCESSOR, config=DecodeConfig(timeout_s=1)
+                stalling.url,
+                SAMPLING,
+                PROCESSOR,
+                config=DecodeConfig(timeout_s=1, stall_timeout_s=None),
+                storage_options=LOCAL_HTTP,
             )
         )
     elapsed = time.monotonic() - started
     assert caught.value.code == ErrorCode.TIMEOUT and "was killed" in str(caught.value)
     assert 1 + KILL_GRACE_S - 0.1 <= elapsed < 1 + KILL_GRACE_S + SLACK_S
-    assert not Path(f"/proc/{stuck}").exists() or stuck not in readers_of(tmp_path / "stalled.mp4")
+    assert not alive(stuck)
     video = decoder.decode(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR))
     assert decoder.child_pid != stuck
     assert_same_video(video, decode_video(DecodeRequest(str(videos["mp4"]), SAMPLING, PROCESSOR)))
 
 
-def test_stalled_http_server_times_out(decoder, videos):
-    server = StallingServer(videos["mp4"].read_bytes())
-    try:
-        started = time.monotonic()
-        with pytest.raises(VideoError) as caught:
-            decoder.decode(
-                DecodeRequest(
-                    server.url,
-                    SAMPLING,
-                    PROCESSOR,
-                    config=DecodeConfig(timeout_s=1),
-                    storage_options={"http_allow_hosts": "127.0.0.1"},
-                )
+def test_a_stalled_http_source_times_out_after_the_stall_timeout(decoder, videos, stalling):
+    decoder.decode(DecodeRequest(str(videos["mkv"]), SAMPLING, PROCESSOR))
+    worker = decoder.child_pid
+    started = time.monotonic()
+    with pytest.raises(VideoError) as caught:
+        decoder.decode(
+            DecodeRequest(
+                stalling.url,
+                SAMPLING,
+                PROCESSOR,
+                config=DecodeConfig(timeout_s=60, stall_timeout_s=1),
+                storage_options=LOCAL_HTTP,
             )
-        assert caught.value.code == ErrorCode.TIMEOUT
-        assert time.monotonic() - started < 1 + KILL_GRACE_S + SLACK_S
-    finally:
-        server.stop()
+        )
+    elapsed = time.monotonic() - started
+    assert caught.value.code == ErrorCode.TIMEOUT
+    assert "decode.stall_timeout_s" in str(caught.value)
+    assert 1 <= elapsed < 1 + SLACK_S  # not decode.timeout_s: 60 s
+    assert decoder.child_pid == worker  # an error of the video, not a stuck worker
     assert (
         decoder.decode(DecodeRequest(str(videos["mkv"]), SAMPLING, PROCESSOR)).clips.shape[0] == 1
     )
 
 
-def test_decoder_crash_is_retried_then_reported(decoder, videos, tmp_path):
-    poison = CrashingFifo(tmp_path / "poison.mp4")
+def test_decoder_crash_is_retried_then_reported(decoder, videos):
+    poison = CrashingServer()
     restarts = decoder.restarts
     try:
         with pytest.raises(VideoError) as caught:
-            decoder.decode(DecodeRequest(str(poison.path), SAMPLING, PROCESSOR))
+            decoder.decode(
+                DecodeRequest(poison.url, SAMPLING, PROCESSOR, storage_options=LOCAL_HTTP)
+            )
     finally:
         poison.stop()
     assert caught.value.code == ErrorCode.DECODE_CRASH  # crash_retries=1: two attempts
@@ -284,12 +207,14 @@ def test_decoder_crash_is_retried_then_reported(decoder, videos, tmp_path):
     assert_same_video(video, decode_video(DecodeRequest(str(videos["avi"]), SAMPLING, PROCESSOR)))
 
 
-def test_the_retry_after_a_crash_gives_the_result(decoder, videos, tmp_path):
-    """Killed once, the second attempt reads the pipe to its end: its result is the answer."""
-    poison = CrashingFifo(tmp_path / "once.mp4", kills=1, head=b"no video here")
+def test_the_retry_after_a_crash_gives_the_result(decoder):
+    """Killed once, the second attempt reads the file to its end: its result is the answer."""
+    poison = CrashingServer(kills=1, data=b"no video here")
     try:
         with pytest.raises(VideoError) as caught:
-            decoder.decode(DecodeRequest(str(poison.path), SAMPLING, PROCESSOR))
+            decoder.decode(
+                DecodeRequest(poison.url, SAMPLING, PROCESSOR, storage_options=LOCAL_HTTP)
+            )
         assert caught.value.code == ErrorCode.UNREADABLE
         assert len(poison.killed) == 1
     finally:
@@ -355,14 +280,6 @@ def test_processes_end_with_their_parent(tmp_path, videos):
     while time.monotonic() < end and any(alive(p) for p in pids):
         time.sleep(0.1)
     assert not any(alive(p) for p in pids)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_decode_stage_gives_the_same_rows_with_and_without_isolation(decoder, videos, tmp_path):

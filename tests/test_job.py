@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -13,10 +14,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
+from tests.test_fail_fast import LOG_LINE
 from vivit_batch.cli import main
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.output import Output, output_schema
+from vivit_batch.processor import PREPROCESSOR_FILE, VIDEO_PREPROCESSOR_FILE
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
@@ -73,8 +76,11 @@ def read_rows(output: Path) -> pd.DataFrame:
 
 
 def test_run_writes_one_row_per_entry_with_the_documented_schema(
-    ray_cluster, tmp_path, checkpoint, videos
+    ray_cluster, tmp_path, checkpoint, videos, capsys
 ):
+    """Also: a ground-truth `label` column kept under manifest.column_prefix; a checkpoint that
+    keeps its preprocessing in video_preprocessor_config.json (newer transformers); the log
+    lines of a run that no terminal watches (times, levels, progress lines, no bars)."""
     rows = [
         {"uri": str(videos[name]), "video_id": f"vid-{i:03d}", "split": f"s{i % 2}", "weight": i}
         for i, name in enumerate(videos)
@@ -87,28 +93,26 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
             "weight": 99,
         }
     )
+    rows = [{**row, "label": f"truth-{i}"} for i, row in enumerate(rows)]
     manifest = write_csv(tmp_path / "manifest.csv", rows)
     output = tmp_path / "out"
+    newer = shutil.copytree(checkpoint, tmp_path / "newer-checkpoint")
+    (newer / PREPROCESSOR_FILE).rename(newer / VIDEO_PREPROCESSOR_FILE)
 
-    assert (
-        run(
-            manifest,
-            output,
-            checkpoint,
-            "--set",
-            "run.max_error_fraction=0.5",
-            "--set",
-            "model.top_k=3",
-        )
-        == 0
-    )
+    settings = ["run.max_error_fraction=0.5", "model.top_k=3", "manifest.column_prefix=m_"]
+    settings.append("run.progress_every_s=0.2")
+    assert run(manifest, output, newer, *[f"--set={setting}" for setting in settings]) == 0
+    logged = capsys.readouterr().err.splitlines()
+    assert all(LOG_LINE.match(line) for line in logged if not line.startswith("(")), logged
+    assert any(" INFO progress: " in line and "/6 videos" in line for line in logged), logged
+    assert not any("\r" in line or "Resources(" in line for line in logged)
 
     table = ds.dataset(output).to_table()
     expected = output_schema(32)
     assert table.schema.names[: len(expected)] == expected.names
     for field in expected:
         assert table.schema.field(field.name).type == field.type, field.name
-    assert table.schema.names[len(expected) :] == ["split", "weight"]
+    assert table.schema.names[len(expected) :] == ["m_split", "m_weight", "m_label"]
 
     frame = table.to_pandas().set_index("video_id").sort_index()
     assert sorted(frame.index) == sorted(r["video_id"] for r in rows)
@@ -118,7 +122,8 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
     ok = frame[frame.status == "ok"]
     assert len(ok) == 4 and ok.error_code.isna().all()
     assert (frame.loc["vid-000", ["width", "height"]] == [64, 48]).all()
-    assert frame.loc["vid-003", "split"] == "s1" and frame.loc["vid-003", "weight"] == 3
+    assert frame.loc["vid-003", "m_split"] == "s1" and frame.loc["vid-003", "m_weight"] == 3
+    assert frame.loc["vid-003", "m_label"] == "truth-3" and frame.loc["vid-003", "label"]
     assert frame.loc[frame.status == "error", "embedding"].isna().all()
     assert ok.topk_labels.map(len).eq(3).all()
     assert (ok.label == ok.topk_labels.map(lambda x: x[0])).all()
@@ -134,6 +139,8 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
     assert report.counts["status"] == {"ok": 4, "error": 2}
     assert report.counts["error_code"] == {"unreadable": 1, "not_found": 1}
     assert report.model.weights_sha256 == ok.model_sha256.iloc[0]
+    assert report.model.preprocessor_file == VIDEO_PREPROCESSOR_FILE
+    assert report.model.preprocessing == load_pretrained(checkpoint).checkpoint.processor.to_dict()
     assert {"python", "torch", "ray", "av"} <= set(report.versions)
     assert report.throughput.clips == 4
     [device] = report.inference_devices  # what really labelled the rows
@@ -157,7 +164,7 @@ def test_predictions_match_the_stages_run_directly(
     [device] = report.inference_devices
     assert (device["precision"], device["requested_precision"]) == ("fp32", "bf16")
     assert report.warnings == [device["warning"]] and "in fp32" in device["warning"]
-    assert f"warning: {device['warning']}" in capsys.readouterr().out
+    assert f"warning: {device['warning']}" in capsys.readouterr().err
     frame = read_rows(tmp_path / "out").set_index("uri")
     files = ds.dataset(tmp_path / "out").get_fragments()
     assert sorted(f.count_rows() for f in files) == [1, 3]  # rows_per_file is an upper bound
@@ -225,16 +232,14 @@ def test_labels_file_overrides_checkpoint_names(ray_cluster, tmp_path, checkpoin
         ([{"uri": "a.mp4", "label": "cat"}], "columns that the output also writes: label"),
     ],
 )
-def test_bad_manifest_exits_2_before_any_work(
-    ray_cluster, tmp_path, checkpoint, rows, message, capsys
-):
+def test_bad_manifest_exits_2_before_any_work(tmp_path, checkpoint, rows, message, capsys):
     manifest = write_csv(tmp_path / "m.csv", rows)
     assert run(manifest, tmp_path / "out", checkpoint) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_manifest_and_bad_config_exit_2(ray_cluster, tmp_path, checkpoint, capsys):
+def test_empty_manifest_and_bad_config_exit_2(tmp_path, checkpoint, capsys):
     empty = tmp_path / "empty.csv"
     empty.write_text("uri,video_id\n")
     assert run(empty, tmp_path / "out", checkpoint) == 2
@@ -262,11 +267,11 @@ def test_validate_labels_a_sample_and_writes_nothing(
     manifest = write_csv(tmp_path / "m.csv", rows)
     arguments = ["--manifest", str(manifest), "--output", str(tmp_path / "out")]
     assert main(["validate", *arguments, "--model", str(checkpoint), "--videos", "2"]) == 0
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     labels = set(json.loads((checkpoint / "config.json").read_text())["id2label"].values())
-    [ok_line] = [line for line in printed.splitlines() if line.startswith("  ok")]
+    [ok_line] = [line for line in printed.splitlines() if " INFO ok " in line]
     assert ok_line.split(": ")[1].split(" (")[0] in labels
-    assert f"  error {videos['notes.mp4']}: " in printed
+    assert f" INFO error {videos['notes.mp4']}: " in printed
     assert "plan: 1 inference actor(s), each" in printed
     assert "inference actor: cpu " in printed and ", fp32, torch " in printed
     assert not (tmp_path / "out").exists()

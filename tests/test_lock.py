@@ -135,6 +135,7 @@ def another_holder(**fields) -> dict:
     }
 
 
+@pytest.mark.slow  # 20 rounds of a race on each store: about 10 s
 def test_two_runs_racing_never_both_take_the_lock(backend):
     """20 rounds at once, each on its own output: one racer's writes land 1.2 s late."""
     proxy = backend.proxy(delay_s=LATE)

@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 import torch
 
+from vivit_batch.config import load_config
 from vivit_batch.inference import VideoClassifier
+from vivit_batch.job import prepare_job
 from vivit_batch.model import CheckpointError, VivitConfig, inspect_pretrained, load_pretrained
 from vivit_batch.model.loading import read_weights
 from vivit_batch.model.modeling import VivitEmbeddings
-from vivit_batch.processor import ProcessorConfig
+from vivit_batch.processor import PREPROCESSOR_FILE, VIDEO_PREPROCESSOR_FILE, ProcessorConfig
 from vivit_batch.testing.checkpoints import BASE, make_checkpoint
+from vivit_batch.testing.media import write_video
 
 CONFIGS = {
     "tiny": {},
@@ -171,7 +174,8 @@ def load_in_subprocess(source: str, env: dict, revision: str | None = None):
     code = (
         "import sys, json; from vivit_batch.model import load_pretrained\n"
         "m = load_pretrained(sys.argv[1], revision=sys.argv[2] or None)\n"
-        "print(json.dumps([m.checkpoint.weights_sha256, m.config.num_labels]))"
+        "print(json.dumps([m.checkpoint.weights_sha256, m.config.num_labels,"
+        " m.checkpoint.processor_file]))"
     )
     return subprocess.run(
         [sys.executable, "-c", code, source, revision or ""],
@@ -183,16 +187,19 @@ def load_in_subprocess(source: str, env: dict, revision: str | None = None):
 
 
 def test_hub_repo_id_loads_offline_from_the_cache(tmp_path):
+    """Also: the preprocessing of a newer transformers' checkpoint is fetched."""
     make_checkpoint(tmp_path / "ckpt", weights="bin")
+    (tmp_path / "ckpt" / PREPROCESSOR_FILE).rename(tmp_path / "ckpt" / VIDEO_PREPROCESSOR_FILE)
     commit = make_hub_cache(tmp_path / "hf", "google/vivit-test", tmp_path / "ckpt")
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     expected = hashlib.sha256((tmp_path / "ckpt" / "pytorch_model.bin").read_bytes()).hexdigest()
     for revision in (None, commit):
         result = load_in_subprocess("google/vivit-test", env, revision)
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout) == [expected, 5]
+        assert json.loads(result.stdout) == [expected, 5, VIDEO_PREPROCESSOR_FILE]
 
 
+@pytest.mark.slow  # two model loads in fresh processes
 def test_a_hub_revision_resolves_to_the_commit_that_actors_load(tmp_path):
     """The driver pins `main` to its commit; a push that moves `main` during the run does not
     change what an actor loading that commit gets."""
@@ -362,3 +369,34 @@ def test_classifier_keeps_videos_apart_in_one_batch(tmp_path):
     for a, b in zip(together, alone, strict=True):
         assert a.label_ids == b.label_ids
         np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
+
+
+def test_preprocessing_is_read_from_the_video_processor_file_of_newer_transformers(tmp_path):
+    processor = ProcessorConfig(shortest_edge=40, crop_height=32, crop_width=32)
+    make_checkpoint(tmp_path, processor=processor)
+    (tmp_path / PREPROCESSOR_FILE).rename(tmp_path / VIDEO_PREPROCESSOR_FILE)
+    checkpoint, _ = inspect_pretrained(tmp_path)
+    assert (checkpoint.processor, checkpoint.processor_file) == (processor, VIDEO_PREPROCESSOR_FILE)
+
+
+def test_a_checkpoint_without_preprocessing_is_labelled_with_a_warning_never_silently(
+    tmp_path, caplog
+):
+    make_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / PREPROCESSOR_FILE).unlink()
+    write_video(tmp_path / "a.mp4", num_frames=8, width=32, height=32)
+    (tmp_path / "m.txt").write_text(f"{tmp_path / 'a.mp4'}\n")
+    config = load_config(
+        None,
+        [],
+        manifest_uri=str(tmp_path / "m.txt"),
+        output_uri=str(tmp_path / "out"),
+        model_source=str(tmp_path / "ckpt"),
+    )
+    job = prepare_job(config)  # no Ray: every check before the cluster
+    assert job.checkpoint.processor_file is None
+    assert job.decode.processor == ProcessorConfig()
+    [warning] = job.warnings
+    assert "has neither preprocessor_config.json nor video_preprocessor_config.json" in warning
+    assert "model.preprocessing" in warning
+    assert warning in caplog.text

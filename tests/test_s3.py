@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-from tests.s3 import SECRET_KEY, FaultyProxy
+from tests.s3 import SECRET_KEY, FaultyProxy, tally
 from vivit_batch.cli import main
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
@@ -140,22 +140,31 @@ def test_transient_failures_are_retried_and_lose_nothing(ray_cluster, s3, checkp
 
 
 def test_a_replaced_object_is_relabelled_with_refresh_changed(ray_cluster, s3, checkpoint):
+    """A prefix is listed once per run, and its listing gives each video's size, ETag and
+    modification time: no HEAD per video for its version (requests counted at a proxy)."""
     fs = s3.filesystem()
     fs.copy(f"{BUCKET}/in/clip0.mp4", f"{BUCKET}/changing/x.mp4")
     fs.copy(f"{BUCKET}/in/clip1.mp4", f"{BUCKET}/changing/y.mp4")
     manifest = f"s3://{BUCKET}/changing/"
     output = f"s3://{BUCKET}/out-refresh"
-    assert run(manifest, output, checkpoint, s3.endpoint_url) == 0
-    before = {r["uri"]: r for r in read_s3_output(s3, "out-refresh").to_pylist()}
-    x = f"s3://{BUCKET}/changing/x.mp4"
-    assert before[x]["source_etag"] == fs.info(f"{BUCKET}/changing/x.mp4")["ETag"]
-    assert before[x]["source_size"] == fs.size(f"{BUCKET}/changing/x.mp4")
+    proxy = FaultyProxy(s3.port)  # no faults: it records the requests
+    try:
+        assert run(manifest, output, checkpoint, proxy.endpoint_url) == 0
+        first = tally(proxy.requests, f"{BUCKET}/changing/")
+        before = {r["uri"]: r for r in read_s3_output(s3, "out-refresh").to_pylist()}
+        x = f"s3://{BUCKET}/changing/x.mp4"
+        assert before[x]["source_etag"] == fs.info(f"{BUCKET}/changing/x.mp4")["ETag"]
+        assert before[x]["source_size"] == fs.size(f"{BUCKET}/changing/x.mp4")
 
-    fs.copy(f"{BUCKET}/in/clip2.mp4", f"{BUCKET}/changing/x.mp4")  # a new upload, same key
-    assert run(manifest, output, checkpoint, s3.endpoint_url) == 0  # not asked: nothing done
-    unchanged = {r["uri"]: r["run_id"] for r in read_s3_output(s3, "out-refresh").to_pylist()}
-    assert unchanged == {uri: row["run_id"] for uri, row in before.items()}
-    assert run(manifest, output, checkpoint, s3.endpoint_url, "--refresh-changed") == 0
+        fs.copy(f"{BUCKET}/in/clip2.mp4", f"{BUCKET}/changing/x.mp4")  # a new upload, same key
+        assert run(manifest, output, checkpoint, s3.endpoint_url) == 0  # not asked: nothing done
+        unchanged = {r["uri"]: r["run_id"] for r in read_s3_output(s3, "out-refresh").to_pylist()}
+        assert unchanged == {uri: row["run_id"] for uri, row in before.items()}
+        proxy.requests.clear()
+        assert run(manifest, output, checkpoint, proxy.endpoint_url, "--refresh-changed") == 0
+        refreshed = tally(proxy.requests, f"{BUCKET}/changing/")
+    finally:
+        proxy.stop()
     after = {r["uri"]: r for r in read_s3_output(s3, "out-refresh").to_pylist()}
     assert len(after) == 2
     assert after[x]["run_id"] != before[x]["run_id"]
@@ -163,3 +172,13 @@ def test_a_replaced_object_is_relabelled_with_refresh_changed(ray_cluster, s3, c
     assert after[x]["num_frames"] != before[x]["num_frames"]
     y = f"s3://{BUCKET}/changing/y.mp4"
     assert after[y]["run_id"] == before[y]["run_id"]
+    # What is left per video decoded: its open (s3fs asks the size and ETag for its If-Match
+    # reads) and its reads. Before the listing was kept: 2 LIST pages and 2 HEADs per video in
+    # the first run, 4 LIST pages and a HEAD per video with --refresh-changed.
+    each_once = {f"changing/{name}": 1 for name in ("x.mp4", "y.mp4")}
+    assert first["LIST", "changing/"] == 1
+    assert {key: n for (kind, key), n in first.items() if kind == "HEAD"} == each_once
+    assert refreshed["LIST", "changing/"] == 1
+    assert {key: n for (kind, key), n in refreshed.items() if kind == "HEAD"} == {
+        "changing/x.mp4": 1
+    }

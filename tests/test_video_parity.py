@@ -30,7 +30,7 @@ def checkpoint_processor(tmp_path_factory) -> ProcessorConfig:
     that transformers writes for them."""
     directory = tmp_path_factory.mktemp("checkpoint")
     transformers.VivitImageProcessor(size={"shortest_edge": 224}).save_pretrained(directory)
-    return ProcessorConfig.from_pretrained_dir(directory)
+    return ProcessorConfig.from_pretrained_dir(directory)[0]
 
 
 def reference_inputs(path: Path, processor: ProcessorConfig, indices) -> np.ndarray:

@@ -1,17 +1,35 @@
-"""Opening videos through fsspec: local paths, file:// URLs and S3 (a moto server)."""
+"""Opening videos through fsspec: local paths (regular files only), file:// URLs and S3 (a moto
+server; a stalling one)."""
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+import time
 
 import av
 import numpy as np
 import pytest
 
+from tests.local_http import StallingServer
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.storage import InputFile, StorageError, open_input
+from vivit_batch.storage import (
+    InputFile,
+    NotARegularFile,
+    StorageError,
+    open_input,
+    storage_options,
+)
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import DecodeRequest, ErrorCode, SamplingConfig, VideoError, decode_video
+from vivit_batch.video import (
+    DecodeConfig,
+    DecodeRequest,
+    ErrorCode,
+    SamplingConfig,
+    VideoError,
+    decode_video,
+)
 
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=4)
 PROCESSOR = ProcessorConfig(shortest_edge=224)
@@ -39,6 +57,15 @@ def test_file_url(tmp_path):
 def test_missing_local_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_input(str(tmp_path / "missing.mp4"))
+
+
+def test_pipes_and_devices_are_refused_before_any_read(tmp_path):
+    os.mkfifo(tmp_path / "pipe.mp4")  # no writer: a blocking open would wait for one for good
+    for path, kind in [(tmp_path / "pipe.mp4", "a named pipe (FIFO)"), ("/dev/zero", "a device")]:
+        with pytest.raises(NotARegularFile, match=re.escape(f"is {kind}, not a regular file")):
+            open_input(str(path))
+    with pytest.raises(IsADirectoryError):
+        open_input(str(tmp_path))
 
 
 def test_storage_error_maps_to_its_code():
@@ -110,3 +137,26 @@ def test_missing_s3_object_is_not_found(s3_options):
             )
         )
     assert caught.value.code == ErrorCode.NOT_FOUND
+
+
+@pytest.mark.slow  # s3fs retries the stalled read about 5 times
+def test_a_stalled_s3_object_times_out_after_the_stall_timeout(tmp_path):
+    """An S3 endpoint that sends the start of the object and then nothing: the read gives up
+    after decode.stall_timeout_s without a byte (s3fs tries it 5 times), not the storage's
+    60 s read timeout, and the row is a `timeout`."""
+    server = StallingServer(write_video(tmp_path / "v.mp4", num_frames=30).read_bytes())
+    options = storage_options(endpoint_url=f"http://{server.host}", anon=True, timeout_s=60)
+    config = DecodeConfig(timeout_s=120, stall_timeout_s=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(VideoError) as caught:
+            decode_video(
+                DecodeRequest(
+                    "s3://b/v.mp4", SAMPLING, PROCESSOR, config=config, storage_options=options
+                )
+            )
+    finally:
+        server.stop()
+    assert caught.value.code == ErrorCode.TIMEOUT
+    assert "decode.stall_timeout_s" in str(caught.value)
+    assert time.monotonic() - started < 30

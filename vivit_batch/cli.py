@@ -1,7 +1,8 @@
-"""`vivit-batch run | validate | report | demo`.
+"""`vivit-batch run | validate | report | demo | lock`.
 
 Exit codes: 0 run completed (per-video errors within the error budget), 2 bad configuration or
-manifest (nothing processed), 3 error budget exceeded, 1 anything else.
+manifest (nothing processed), 3 error budget exceeded, 1 anything else; `lock`: 75 when a live
+run holds the output.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import NoReturn
 
+from vivit_batch import __version__
 from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
+from vivit_batch.logs import LOG_FORMATS, setup_logging
 from vivit_batch.model import CheckpointError
 from vivit_batch.output import LockLost, RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
@@ -22,41 +26,61 @@ from vivit_batch.redact import redact
 from vivit_batch.settings import describe, rule_of, show
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
+EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
 
 EPILOG = """\
 examples:
   vivit-batch run --manifest videos.csv --output out/ --model google/vivit-b-16x2-kinetics400
   vivit-batch run --manifest 's3://bucket/raw/' --output s3://bucket/labels/ \\
       --model ./checkpoint --config configs/kinetics400-4x3.yaml --set resources.batch_size=4
-  vivit-batch report out/
+  vivit-batch report out/ --html report.html --truth-column manifest_label
+  vivit-batch lock s3://bucket/labels/ || echo "a run holds it"
 
 manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
 through), a text file of URIs, or a directory/glob/prefix of videos.
-exit codes: 0 done, 2 bad config or manifest, 3 too many per-video errors, 1 other failure.
+exit codes: 0 done, 2 bad config or manifest, 3 too many per-video errors, 1 other failure;
+`lock`: 75 when a live run holds the output.
 """
 
 
+log = logging.getLogger("vivit_batch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()  # for the argument errors
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format, args.verbose)
     try:
         return args.handler(args)
     except (ConfigError, CheckpointError) as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)  # it may quote manifest lines
+        log_error(redact(str(error)))  # it may quote manifest lines
         return EXIT_CONFIG
     except LockLost as error:
-        print(f"error: {error}", file=sys.stderr)
+        log_error(str(error))
         return EXIT_FAILED
 
 
+def log_error(message: str) -> None:
+    for line in message.splitlines():
+        log.error(line)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Argument errors as one logged line (not usage + error), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        log_error(f"{self.prog}: {message} (see {self.prog} --help)")
+        sys.exit(EXIT_CONFIG)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="vivit-batch",
         description="Label video datasets with ViViT on Ray: one Parquet row per video.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"vivit-batch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
@@ -73,15 +97,60 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_arguments(validate)
     validate.add_argument("--videos", type=int, default=3, help="videos to decode and label")
     validate.set_defaults(handler=validate_command)
-    report = commands.add_parser("report", help="summarise an output dataset")
+    report = commands.add_parser("report", help="summarise an output dataset (text, JSON, HTML)")
     report.add_argument("output", help="the --output of earlier runs")
+    report.add_argument(
+        "--truth-column",
+        metavar="NAME",
+        help="a column of true labels (from the manifest): adds top-1/top-5 accuracy and, in "
+        "the HTML page, a confusion matrix",
+    )
+    report.add_argument("--json", action="store_true", help="print a JSON object, not text")
+    report.add_argument(
+        "--html", metavar="PATH", help="also write a self-contained HTML page with charts"
+    )
     report.set_defaults(handler=report_command)
     demo = commands.add_parser("demo", help="generate sample videos and label them offline")
     demo.add_argument("--dir", default="demo-output", help="where samples and output go")
     demo.add_argument("--videos", type=int, default=24)
     demo.add_argument("--seed", type=int, default=2024)
     demo.set_defaults(handler=demo_command)
+    add_lock_command(commands)
+    for command in commands.choices.values():
+        add_logging_arguments(command)
     return parser
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: a time and level on each line; json: one JSON object per line",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show Ray's and the storage libraries' INFO lines",
+    )
+
+
+def add_lock_command(commands) -> None:
+    lock = commands.add_parser(
+        "lock",
+        help="say whether a run could take an output's lock now (read-only)",
+        description="Print the output's lock state in one line. Exit 0 when a run could start "
+        f"now (free, released or stale), {EXIT_LOCK_HELD} when a live run holds it, 2 when the "
+        "output cannot be read. A held lock is watched until it is renewed (up to a quarter of "
+        "its stale period) or goes stale (its whole stale period), as a starting run would.",
+    )
+    lock.add_argument("output", help="the --output of the runs")
+    lock.add_argument("--config", help="YAML config file: its storage and run sections apply")
+    lock.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="as for `run`"
+    )
+    lock.set_defaults(handler=lock_command)
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,14 +165,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one config key, e.g. --set sampling.num_frames=16",
     )
-    parser.add_argument(
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
         "--rerun-errors",
         action="store_const",
         const="rerun_errors",
         dest="mode",
         help="also relabel videos whose committed rows are errors",
     )
-    parser.add_argument(
+    modes.add_argument(
         "--force",
         action="store_const",
         const="force",
@@ -143,6 +213,11 @@ def config_reference() -> str:
 
 
 def config_from(args: argparse.Namespace) -> JobConfig:
+    if args.mode == "force" and args.refresh_changed:
+        raise ConfigError(
+            "--force and --refresh-changed together: --force already relabels every video; "
+            "pass one of them"
+        )
     return load_config(
         args.config,
         args.set,
@@ -159,10 +234,11 @@ def run_command(args: argparse.Namespace) -> int:
     from vivit_batch import job
     from vivit_batch.report import run_summary
 
-    config = config_from(args)
-    job.connect(args.address)
-    report = job.run_job(job.prepare_job(config))
-    print(run_summary(report))
+    prepared = job.prepare_job(config_from(args))  # every check that needs no cluster
+    job.connect(args.address, args.verbose)
+    report = job.run_job(prepared)
+    for line in run_summary(report).splitlines():
+        log.info(line)
     return exit_code_of(report)
 
 
@@ -171,12 +247,11 @@ def exit_code_of(report: RunReport) -> int:
     budget = report.error_budget
     if not budget.exceeded:
         return EXIT_OK
-    print(
-        f"error: {budget.error_fraction:.1%} of the manifest's videos have error rows "
+    log.error(
+        f"{budget.error_fraction:.1%} of the manifest's videos have error rows "
         f"({budget.errors_this_run} from this run, {budget.errors_kept} kept from earlier "
         f"runs), above run.max_error_fraction={budget.max_error_fraction}. Fix the videos "
-        "and rerun with --rerun-errors, or raise run.max_error_fraction",
-        file=sys.stderr,
+        "and rerun with --rerun-errors, or raise run.max_error_fraction"
     )
     return EXIT_ERROR_BUDGET
 
@@ -187,33 +262,40 @@ def validate_command(args: argparse.Namespace) -> int:
     from vivit_batch.stages import DecodeStage
 
     config = config_from(args)
-    job.connect(args.address)
     prepared = job.prepare_job(config)
-    print(
+    job.connect(args.address, args.verbose)
+    log.info(
         f"config ok; model {config.model.source} ({prepared.model_config.num_labels} labels, "
         f"weights sha256 {prepared.checkpoint.weights_sha256[:12]}); manifest "
         f"{prepared.manifest.rows} rows"
     )
     resources = job.plan_resources(config, job.cluster_shape())
-    print(f"plan: {resources.describe()}")
+    log.info(f"plan: {resources.describe()}")
     decoded = DecodeStage(prepared.decode)(job.first_rows(prepared, args.videos))
     labelled = job.label_on_cluster(prepared, resources, decoded)
     [device] = [json.loads(d) for d in labelled.column(INFERENCE_DEVICE).unique().to_pylist()]
-    print(f"inference actor: {summary(device)}")
-    if "warning" in device:
-        print(f"warning: {device['warning']}")
+    log.info(f"inference actor: {summary(device)}")
+    device_warnings = [device["warning"]] if "warning" in device else []
+    for warning in prepared.warnings + device_warnings:
+        log.warning(warning)
     for row in labelled.select(["uri", "status", "error_message", "label", "score"]).to_pylist():
         if row["status"] == "ok":
-            print(f"  ok    {row['uri']}: {row['label']} ({row['score']:.2f})")
+            log.info(f"ok    {row['uri']}: {row['label']} ({row['score']:.2f})")
         else:
-            print(f"  error {row['uri']}: {row['error_message']}")
+            log.info(f"error {row['uri']}: {row['error_message']}")
     return EXIT_OK
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from vivit_batch.report import summarise_output
+    from vivit_batch.report import output_stats, summary_text
 
-    print(summarise_output(args.output))
+    stats = output_stats(args.output, args.truth_column)
+    if args.html:
+        from vivit_batch.report.html import write_html
+
+        write_html(stats, args.html)
+        log.info(f"wrote {args.html}")  # to stderr: stdout stays the report (JSON with --json)
+    print(json.dumps(stats.to_dict(), indent=2) if args.json else summary_text(stats))
     return EXIT_OK
 
 
@@ -221,6 +303,32 @@ def demo_command(args: argparse.Namespace) -> int:
     from vivit_batch.demo.run import run_demo
 
     return exit_code_of(run_demo(args.dir, args.videos, args.seed))
+
+
+def lock_command(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from botocore.exceptions import BotoCoreError
+
+    from vivit_batch.output import Output
+    from vivit_batch.output.lock_state import lock_state
+    from vivit_batch.storage import storage_options
+
+    config = load_config(args.config, args.set, output_uri=args.output)
+    if config.run.locking == "none":
+        print("no lock: run.locking=none (nothing stops overlapping runs)")
+        return EXIT_OK
+    try:
+        output = Output(args.output, storage_options(**dataclasses.asdict(config.storage)))
+        lock = output.lock("lock-probe", config.run.lock_stale_after_s, read_only=True)
+        state = lock_state(lock)
+    except (OSError, ValueError, BotoCoreError) as error:  # a bad URI, an unreachable store
+        raise ConfigError(
+            f"output {args.output}: cannot read its lock ({error}). Check the URI, the "
+            "credentials and storage.endpoint_url"
+        ) from error
+    print(state.description)
+    return EXIT_OK if state.free else EXIT_LOCK_HELD
 
 
 if __name__ == "__main__":

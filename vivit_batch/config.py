@@ -53,6 +53,13 @@ class ManifestSection(Section, name="manifest"):
         "hosts (or host:port), comma-separated, that http(s) sources may reach although they "
         "resolve to loopback, link-local, private or other non-public addresses",
     )
+    column_prefix: str | None = setting(
+        None,
+        "write the manifest's own columns (all but uri and video_id) under this prefix, e.g. "
+        "manifest_ keeps a ground-truth `label` column as manifest_label",
+        pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
+        pattern_help="a letter, then up to 63 letters, digits or '_'",
+    )
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,20 @@ class ResourcesSection(Section, name="resources"):
     inference_actors: int | None = setting(
         None, "inference actor pool size; default: one per GPU, one without GPUs", minimum=1
     )
+    max_decode_actors: int | None = setting(
+        None,
+        "most decode actors as nodes join the run (autoscaling clusters); default: "
+        "decode_actors if set, else what the autoscaler's largest cluster holds, else the "
+        "start size",
+        minimum=1,
+    )
+    max_inference_actors: int | None = setting(
+        None,
+        "most inference actors as nodes join the run; default: inference_actors if set, else "
+        "one per GPU (or per inference_cpus of half the CPUs) of the autoscaler's largest "
+        "cluster, else the start size",
+        minimum=1,
+    )
     inference_cpus: int | None = setting(
         None, "torch threads per CPU inference actor; default: half the CPUs", minimum=1
     )
@@ -131,6 +152,17 @@ class ResourcesSection(Section, name="resources"):
     clips_per_forward: int = setting(
         8, "clips per forward pass (views of several videos share one)", minimum=1
     )
+
+    def combination_problems(self) -> list[str]:
+        return [
+            f"resources.{name}={size} is above resources.max_{name}={most}: raise the "
+            f"maximum or lower the size"
+            for name, size, most in (
+                ("decode_actors", self.decode_actors, self.max_decode_actors),
+                ("inference_actors", self.inference_actors, self.max_inference_actors),
+            )
+            if size and most and size > most
+        ]
 
 
 @dataclass(frozen=True)
@@ -180,6 +212,13 @@ class RunSection(Section, name="run"):
         "names the output files and the report; default: the start time and a random suffix",
         pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
         pattern_help="1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    )
+    progress_every_s: float = setting(
+        60.0,
+        "when the output is not a terminal, log a progress line (done/total, clips/s, ETA, errors) "
+        "this often, instead of Ray Data's progress bars",
+        unit=SECONDS,
+        above=0,
     )
 
 

@@ -1,4 +1,5 @@
-"""The checkpoint's image-processor settings (`preprocessor_config.json`).
+"""The checkpoint's image-processor settings (`preprocessor_config.json`, or the
+`video_preprocessor_config.json` that newer transformers save: both hold the same keys).
 
 Decode actors use the resize/crop part on CPU (uint8 out); inference actors use the
 rescale/normalise part on the device. Defaults are those of `VivitImageProcessor()`.
@@ -13,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+VIDEO_PREPROCESSOR_FILE = "video_preprocessor_config.json"
+PREPROCESSOR_FILES = (PREPROCESSOR_FILE, VIDEO_PREPROCESSOR_FILE)
+"""Where a checkpoint keeps its preprocessing, in the order they are looked for."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,14 @@ class ProcessorConfig:
         )
 
     @classmethod
-    def from_pretrained_dir(cls, directory: str | Path) -> ProcessorConfig:
-        """Read `preprocessor_config.json` from a checkpoint directory; defaults when absent."""
-        path = Path(directory) / PREPROCESSOR_FILE
-        if not path.is_file():
-            return cls()
-        return cls.from_dict(json.loads(path.read_text()))
+    def from_pretrained_dir(cls, directory: str | Path) -> tuple[ProcessorConfig, str | None]:
+        """The settings of the first of `PREPROCESSOR_FILES` in a checkpoint directory, and
+        that file's name; `VivitImageProcessor()`'s defaults and None when there is neither."""
+        for name in PREPROCESSOR_FILES:
+            path = Path(directory) / name
+            if path.is_file():
+                return cls.from_dict(json.loads(path.read_text())), name
+        return cls(), None
 
     def to_dict(self) -> dict:
         """The settings in `preprocessor_config.json` form (what `VivitImageProcessor` reads)."""

@@ -37,7 +37,9 @@ class ConfigError(ValueError):
 
     @classmethod
     def of(cls, problems: list[str]) -> ConfigError:
-        """One error for all `problems` (each names its key)."""
+        """One error for all `problems` (each names its key): one line for one problem."""
+        if len(problems) == 1:
+            return cls(f"invalid configuration: {problems[0]}", problems)
         return cls("invalid configuration:\n  " + "\n  ".join(problems), problems)
 
 

@@ -71,11 +71,18 @@ class GuardedConnector(aiohttp.TCPConnector):
         return results
 
 
-async def guarded_client(allowed: frozenset[str], **kwargs) -> aiohttp.ClientSession:
+async def guarded_client(
+    allowed: frozenset[str], read_timeout_s: float | None = None, **kwargs
+) -> aiohttp.ClientSession:
     """fsspec's `get_client` for http(s) sources: an aiohttp session whose connections are
-    checked (`GuardedConnector`)."""
+    checked (`GuardedConnector`), and whose reads give up after `read_timeout_s` without a
+    byte (no limit on a whole response that keeps coming)."""
+    if read_timeout_s is not None:
+        kwargs["timeout"] = aiohttp.ClientTimeout(
+            total=None, sock_connect=read_timeout_s, sock_read=read_timeout_s
+        )
     return aiohttp.ClientSession(connector=GuardedConnector(allowed), **kwargs)
 
 
-def client_factory(allow_hosts: str):
-    return functools.partial(guarded_client, parse_allow_hosts(allow_hosts))
+def client_factory(allow_hosts: str, read_timeout_s: float | None = None):
+    return functools.partial(guarded_client, parse_allow_hosts(allow_hosts), read_timeout_s)

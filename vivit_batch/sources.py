@@ -1,8 +1,10 @@
 """What each source video is right now: its size, modification time and ETag.
 
 Every row records the version of the file it labelled, so that a later run can tell a video
-replaced at the same URI (`run.refresh_changed`) from one that is unchanged. The version is read
-with the storage's `info` call (a stat locally, a HEAD on S3), before the video is decoded.
+replaced at the same URI (`run.refresh_changed`) from one that is unchanged. A directory, glob or
+prefix manifest carries each video's version from its listing (`list_videos`); the rows of a
+file manifest get theirs from the storage's `info` call (a stat locally, a HEAD on S3), before
+the video is decoded.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ def source_version(uri: str, options: dict | None) -> dict:
         info = filesystem.info(path)
     except Exception:  # noqa: BLE001 (an unreadable source is the decode stage's error row)
         return dict.fromkeys(VERSION_COLUMNS)
+    return version_of(info)
+
+
+def version_of(info: dict) -> dict:
+    """{source_size, source_modified, source_etag} from what the storage tells of a file, by
+    `info` or in a listing (`find`, `glob` with `detail=True`)."""
     return {
         "source_size": info.get("size"),
         "source_modified": _modified(info),
@@ -35,8 +43,15 @@ def source_version(uri: str, options: dict | None) -> dict:
     }
 
 
+def has_versions(table: pa.Table) -> bool:
+    """Whether the rows carry their versions already (they come from a listing)."""
+    return all(name in table.column_names for name in VERSION_COLUMNS)
+
+
 def with_versions(table: pa.Table, options: dict | None) -> pa.Table:
-    """Append the version columns for each row's `uri`."""
+    """Append the version columns for each row's `uri`, unless the rows carry them."""
+    if has_versions(table):
+        return table
     uris = table.column("uri").to_pylist()
     with ThreadPoolExecutor(min(STAT_THREADS, max(1, len(uris)))) as pool:
         versions = list(pool.map(lambda uri: source_version(uri, options), uris))
@@ -49,7 +64,8 @@ def changed_ids(table: pa.Table, recorded: pa.Table, options: dict | None) -> pa
     """Ids of the rows in `table` (manifest rows with ids) whose source differs from the version
     `recorded` (committed rows: video_id + version columns) holds for them; one column."""
     known = table.filter(pc.is_in(table["video_id"], recorded["video_id"]))
-    now = with_versions(known.select(["video_id", "uri"]), options)
+    listed = list(VERSION_COLUMNS) if has_versions(known) else []
+    now = with_versions(known.select(["video_id", "uri", *listed]), options)
     then = recorded.select(["video_id", *VERSION_COLUMNS]).rename_columns(
         ["video_id", *(f"recorded_{name}" for name in VERSION_COLUMNS)]
     )

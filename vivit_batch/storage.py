@@ -8,6 +8,7 @@ Callers that need a per-video error code map them (`VideoError.from_storage`).
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, TypeVar
@@ -35,9 +36,17 @@ class SourceRefused(PermissionError):
     aiohttp raises it wrapped in its own connection error: look along `__cause__`."""
 
 
+class NotARegularFile(OSError):
+    """A local path that is a named pipe, a device or a socket: reading it could block for
+    good or never end, so it is refused before the first read."""
+
+
 HTTP_PROTOCOLS = ("http", "https")
 HTTP_ALLOW_HOSTS = "http_allow_hosts"
 """The key of the storage options that carries `manifest.http_allow_hosts`."""
+HTTP_READ_TIMEOUT = "http_read_timeout_s"
+"""The key of the storage options that carries the most seconds an http(s) read may go without
+a byte (`decode.stall_timeout_s`)."""
 
 
 def _storage_call(call: Callable[[], T]) -> T:
@@ -88,12 +97,13 @@ def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFi
     protocol = get_protocol(uri)
     options = dict(options or {})
     allow_hosts = options.pop(HTTP_ALLOW_HOSTS, "")
+    read_timeout_s = options.pop(HTTP_READ_TIMEOUT, None)
     if protocol in S3_PROTOCOLS:
         return fsspec.core.url_to_fs(uri, **options)
     if protocol in HTTP_PROTOCOLS:
         from vivit_batch.source_policy import client_factory  # aiohttp: only where it is used
 
-        return fsspec.core.url_to_fs(uri, get_client=client_factory(allow_hosts))
+        return fsspec.core.url_to_fs(uri, get_client=client_factory(allow_hosts, read_timeout_s))
     return fsspec.core.url_to_fs(uri)
 
 
@@ -176,15 +186,20 @@ class InputFile:
 
 
 def open_input(
-    uri: str, storage_options: dict | None = None, *, block_size: int = REMOTE_BLOCK_SIZE
+    uri: str,
+    storage_options: dict | None = None,
+    *,
+    block_size: int = REMOTE_BLOCK_SIZE,
+    stall_timeout_s: float | None = None,
 ) -> InputFile:
-    """Open `uri` for reading. `storage_options` go to the remote filesystem (e.g. s3fs)."""
+    """Open `uri` for reading: a regular file (`NotARegularFile` otherwise), or a remote object.
+    `storage_options` go to the remote filesystem (e.g. s3fs); a network read that gets no byte
+    for `stall_timeout_s` raises a `TimeoutError`."""
     if is_local(uri):
-        raw = open(local_path(uri), "rb", buffering=0)  # noqa: SIM115 (closed by InputFile)
-        return InputFile(raw, os.fstat(raw.fileno()).st_size)
+        return _open_regular_file(local_path(uri))
 
     def open_remote() -> InputFile:
-        fs, path = filesystem(uri, storage_options)
+        fs, path = filesystem(uri, with_read_timeout(storage_options, stall_timeout_s))
         remote = fs.open(path, "rb", block_size=block_size, cache_type="blockcache")
         cache = getattr(remote, "cache", None)  # fsspec's buffered files have one
         if cache is None:
@@ -193,3 +208,39 @@ def open_input(
         return InputFile(remote, remote.size, fetches)
 
     return _storage_call(open_remote)
+
+
+def _open_regular_file(path: str) -> InputFile:
+    # O_NONBLOCK: opening a named pipe returns at once instead of waiting for a writer (it has
+    # no effect on reading a regular file)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        raise NotARegularFile(f"{path} is {_kind_of_file(mode)}, not a regular file")
+    raw = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed by InputFile)
+    return InputFile(raw, os.fstat(fd).st_size)
+
+
+def _kind_of_file(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a file"
+
+
+def with_read_timeout(options: dict | None, read_timeout_s: float | None) -> dict | None:
+    """`options` whose network reads give up after `read_timeout_s` without a byte: botocore's
+    read timeout for S3, aiohttp's socket read timeout for http(s)."""
+    if read_timeout_s is None:
+        return options
+    options = dict(options or {})
+    options[HTTP_READ_TIMEOUT] = read_timeout_s
+    if "config_kwargs" in options:
+        config = dict(options["config_kwargs"])
+        config["read_timeout"] = min(config.get("read_timeout", read_timeout_s), read_timeout_s)
+        options["config_kwargs"] = config
+    return options

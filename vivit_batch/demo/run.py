@@ -42,8 +42,9 @@ def run_demo(directory: str | Path, count: int, seed: int) -> RunReport:
         output_uri=str(output),
         model_source=str(CHECKPOINT_DIR),
     )
+    prepared = job.prepare_job(config)
     job.connect(None)
-    report = job.run_job(job.prepare_job(config))
+    report = job.run_job(prepared)
     print(run_summary(report))
     if not report.error_budget.exceeded:
         print(demo_summary(read_output(str(output)).to_pylist(), output))

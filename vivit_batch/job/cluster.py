@@ -2,28 +2,39 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
+from collections.abc import Callable
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+import ray.data as ray_data
+from ray._private.state import state as global_state
 
 from vivit_batch.job.resources import ClusterShape
+from vivit_batch.logs import adopt_ray_loggers
+
+NODE_ID_LABEL = "ray.io/node-id"
+"""the label Ray gives every node: its id"""
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, verbose: bool = False) -> None:
     """Join the cluster at `address`, else start an embedded local Ray (not a cluster that
-    some earlier `ray start` left running)."""
+    some earlier `ray start` left running). The actors' own output reaches this process's log
+    only when `verbose` (it lacks times and levels; Ray keeps it in its log files)."""
     if not ray.is_initialized():
+        ray_data.DataContext.get_current()  # Ray Data sets up its logging on first use
+        adopt_ray_loggers()
         ray.init(
             address=address or "local",
             logging_level=logging.WARNING,
+            log_to_driver=verbose,
             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}} if not address else None,
         )
+        adopt_ray_loggers()  # and ray.init Ray's
 
 
 def cluster_shape() -> ClusterShape:
     resources = ray.cluster_resources()
+    largest = autoscaler_limits()
     return ClusterShape(
         cpus=int(resources.get("CPU", 1)),
         gpus=resources.get("GPU", 0.0),
@@ -32,13 +43,30 @@ def cluster_shape() -> ClusterShape:
             for node in ray.nodes()
             if node["Alive"] and node["Resources"].get("CPU") and not node["Resources"].get("GPU")
         },
+        max_cpus=None if largest is None else largest.get("CPU", 0),
+        max_gpus=0.0 if largest is None else largest.get("GPU", 0),
     )
 
 
-def placement_on(nodes: list[str]):
-    """Ray remote args that spread successive actors over `nodes` (soft: they may go elsewhere
-    when those nodes are full); None when there is nothing to steer."""
-    if not nodes:
-        return None
-    cycle = itertools.cycle(nodes)
-    return lambda: {"scheduling_strategy": NodeAffinitySchedulingStrategy(next(cycle), soft=True)}
+def autoscaler_limits() -> dict[str, int] | None:
+    """The most of each resource the autoscaler may grow the cluster to, from the node groups'
+    maximum counts in the configuration it publishes to Ray (the v2 autoscaler does, e.g. on
+    KubeRay); None where there is none: a fixed cluster, or an autoscaler that does not say.
+    Ray Train and Ray Data read it the same way (a private module of Ray's)."""
+    return global_state.get_max_resources_from_cluster_config()
+
+
+def off_gpu_nodes(steer: bool) -> Callable[[], dict] | None:
+    """Ray remote args that keep an actor off the GPU nodes alive when it starts, so that the
+    CPU-only nodes that join during the run take their share, and GPU nodes that join are left
+    to inference (a label selector, not a pin to the nodes at start); None when not `steer`."""
+    return _off_gpu_nodes if steer else None
+
+
+def _off_gpu_nodes() -> dict:
+    gpu_nodes = [
+        node["NodeID"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("GPU")
+    ]
+    if not gpu_nodes:
+        return {}
+    return {"label_selector": {NODE_ID_LABEL: f"!in({','.join(gpu_nodes)})"}}

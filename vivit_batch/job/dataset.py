@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import ray
 
-from vivit_batch.config import ConfigError, JobConfig
+from vivit_batch.config import ConfigError
 from vivit_batch.incremental import (
     EMPTY_IDS,
     all_ids,
@@ -19,10 +19,10 @@ from vivit_batch.incremental import (
     relabel_candidates,
     select_relabelled,
 )
-from vivit_batch.job.cluster import placement_on
+from vivit_batch.job.cluster import off_gpu_nodes
 from vivit_batch.job.prepare import LIGHT_TASK, PreparedJob, storage_options
 from vivit_batch.job.resources import Resources
-from vivit_batch.manifest import base_directory, read_dataset, with_ids
+from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
 from vivit_batch.model import CheckpointError
 from vivit_batch.sources import with_versions
 from vivit_batch.stages import DecodeStage, InferenceSettings, InferenceStage
@@ -46,21 +46,27 @@ def build_dataset(
     dataset = dataset.map_batches(
         DecodeStage,
         fn_constructor_kwargs={"settings": job.decode},
-        compute=ray.data.ActorPoolStrategy(size=resources.decode_actors),
+        compute=actor_pool(resources.decode_actors, resources.max_decode_actors),
         num_cpus=resources.decode_cpus,
-        ray_remote_args_fn=placement_on(resources.decode_nodes),
+        ray_remote_args_fn=off_gpu_nodes(bool(resources.decode_nodes)),
         batch_size=config.resources.decode_batch_size,
         batch_format="pyarrow",
     )
     return dataset.map_batches(
         InferenceStage,
         fn_constructor_kwargs={"settings": inference_settings(job, run_id, resources)},
-        compute=ray.data.ActorPoolStrategy(size=resources.inference_actors),
+        compute=actor_pool(resources.inference_actors, resources.max_inference_actors),
         num_cpus=resources.inference_cpus,
         num_gpus=resources.inference_gpus,
         batch_size=config.resources.batch_size,
         batch_format="pyarrow",
     )
+
+
+def actor_pool(start: int, most: int) -> ray.data.ActorPoolStrategy:
+    """A pool of `start` actors that Ray Data grows up to `most` while inputs queue and the
+    cluster has room (nodes that join included), and shrinks back as they run out."""
+    return ray.data.ActorPoolStrategy(min_size=start, max_size=most)
 
 
 def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array:
@@ -148,22 +154,35 @@ def stage_errors() -> Iterator[None]:
 
 def manifest_with_ids(job: PreparedJob, skip: pa.Array | None = None) -> ray.data.Dataset:
     """The manifest's rows with resolved URIs and ids, less those in `skip`."""
-    return read_manifest_dataset(job.config).map_batches(
+    return read_manifest_dataset(job).map_batches(
         with_ids,
-        fn_kwargs={
-            "base": base_directory(job.config.manifest, job.decode.storage_options),
-            "skip": skip,
-        },
+        fn_kwargs={**id_options(job), "skip": skip},
         batch_format="pyarrow",
         **LIGHT_TASK,
     )
 
 
-def read_manifest_dataset(config: JobConfig) -> ray.data.Dataset:
-    return read_dataset(config.manifest, storage_options(config), **LIGHT_TASK)
+def read_manifest_dataset(job: PreparedJob) -> ray.data.Dataset:
+    """The manifest's rows; a directory, glob or prefix from the scan's listing (not listed
+    again: its versions stand in for a HEAD per video)."""
+    listing = job.manifest.listing
+    return read_dataset(
+        job.config.manifest,
+        storage_options(job.config),
+        None if listing is None else listing_table(listing),
+        **LIGHT_TASK,
+    )
+
+
+def id_options(job: PreparedJob) -> dict:
+    """`with_ids`'s base and prefix for the manifest; `manifest.column_prefix` is for its own
+    columns, so a listing's version columns keep their names."""
+    manifest = job.config.manifest
+    prefix = None if job.manifest.listing is not None else manifest.column_prefix
+    return {"base": base_directory(manifest), "prefix": prefix}
 
 
 def first_rows(job: PreparedJob, count: int) -> pa.Table:
     """The manifest's first `count` rows, with ids, as the decode stage receives them."""
-    table = pa.concat_tables(_tables(read_manifest_dataset(job.config).limit(count)))
-    return with_ids(table, base_directory(job.config.manifest, job.decode.storage_options))
+    table = pa.concat_tables(_tables(read_manifest_dataset(job).limit(count)))
+    return with_ids(table, **id_options(job))

@@ -1,22 +1,26 @@
-"""Everything checked before any work: configuration, checkpoint, labels, the manifest (one
-streaming scan, in a Ray task), and the output's identity. Raises `ConfigError` or
-`CheckpointError` (exit code 2)."""
+"""Everything checked before any work, and before Ray starts: configuration, checkpoint, labels,
+the manifest (one streaming scan, in a process of its own), and that the output can be written
+and holds rows of this model or none. Raises `ConfigError` or `CheckpointError` (exit code 2)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, replace
-
-import ray
+import logging
+import pickle
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
 
 from vivit_batch import storage
-from vivit_batch.config import ConfigError, JobConfig, require_job_inputs
-from vivit_batch.manifest import ManifestSummary, scan_manifest
+from vivit_batch.config import ConfigError, JobConfig, ManifestSection, require_job_inputs
+from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
 from vivit_batch.output import RESERVED_COLUMNS, Output
-from vivit_batch.processor import ProcessorConfig
+from vivit_batch.processor import PREPROCESSOR_FILES, ProcessorConfig
 from vivit_batch.stages import DecodeSettings
+
+log = logging.getLogger("vivit_batch")
 
 LIGHT_TASK = {"num_cpus": 0}
 """Reading the manifest, assigning ids and writing Parquet are light and short: they take no CPU
@@ -31,6 +35,8 @@ class PreparedJob:
     decode: DecodeSettings
     labels: dict[int, str]
     manifest: ManifestSummary
+    warnings: list[str] = field(default_factory=list)
+    """what the run report and the summary repeat (preprocessing defaults, say)"""
 
     @property
     def partition_by(self) -> tuple[str, ...]:
@@ -50,7 +56,7 @@ class PreparedJob:
 
 
 def prepare_job(config: JobConfig) -> PreparedJob:
-    """Everything checked before any work: raises ConfigError or CheckpointError."""
+    """Everything checked before any work, without Ray: raises ConfigError or CheckpointError."""
     require_job_inputs(config)
     checkpoint, model_config = inspect_pretrained(config.model.source, config.model.revision)
     sampling = config.sampling
@@ -63,16 +69,58 @@ def prepare_job(config: JobConfig) -> PreparedJob:
             "preprocessor_config.json has no center crop: use sampling.spatial_crops=center"
         )
     options = storage_options(config)
-    decode = DecodeSettings(sampling, processor, config.decode, options)
+    # the stall timeout also bounds the version checks' requests to the sources
+    source_options = storage.with_read_timeout(options, config.decode.stall_timeout_s)
+    decode = DecodeSettings(sampling, processor, config.decode, source_options)
     labels = read_labels(config.model.labels, model_config.num_labels, options)
-    manifest = ray.get(_scan_manifest_task.remote(config.manifest, RESERVED_COLUMNS, options))
+    manifest = scan_apart(config.manifest, RESERVED_COLUMNS, options)
     if manifest.problems:
         raise ConfigError("\n".join(manifest.problems))
+    output = Output(config.output.uri, options)
+    output.check_access()
     job = PreparedJob(
-        config, checkpoint, model_config, decode, labels or model_config.id2label, manifest
+        config,
+        checkpoint,
+        model_config,
+        decode,
+        labels or model_config.id2label,
+        manifest,
+        warnings=preprocessing_warnings(checkpoint),
     )
-    check_identity(job, Output(config.output.uri, options).read_identity())
+    check_identity(job, output.read_identity())
+    for warning in job.warnings:
+        log.warning(warning)
     return job
+
+
+def preprocessing_warnings(checkpoint: CheckpointInfo) -> list[str]:
+    if checkpoint.processor_file:
+        return []
+    return [
+        f"model {checkpoint.source} has neither {' nor '.join(PREPROCESSOR_FILES)}: "
+        "preprocessing with VivitImageProcessor's defaults (recorded in the run report under "
+        "model.preprocessing). If the model was trained with other preprocessing its labels are "
+        "wrong: put its preprocessor_config.json beside its config.json"
+    ]
+
+
+def scan_apart(
+    section: ManifestSection, reserved_columns: frozenset[str], options: dict
+) -> ManifestSummary:
+    """`scan_manifest` in a child process (`python -m vivit_batch.manifest`): the driver keeps
+    none of its memory."""
+    scan = subprocess.run(
+        [sys.executable, "-m", "vivit_batch.manifest"],
+        input=pickle.dumps((section, sorted(reserved_columns), options)),
+        capture_output=True,
+        check=False,
+    )
+    if scan.returncode != 0:
+        raise RuntimeError(
+            f"the manifest scan failed (exit code {scan.returncode}): "
+            + scan.stderr.decode(errors="replace")[-2000:]
+        )
+    return ManifestSummary(**json.loads(scan.stdout))
 
 
 def check_identity(job: PreparedJob, recorded: dict | None) -> None:
@@ -137,8 +185,3 @@ def read_labels(path: str | None, num_labels: int, options: dict) -> dict[int, s
             f"model.labels: {path} names {len(labels)} classes, the model has {num_labels}"
         )
     return labels
-
-
-@ray.remote(**LIGHT_TASK)
-def _scan_manifest_task(section, reserved, options) -> ManifestSummary:
-    return scan_manifest(section, reserved, options)

@@ -31,6 +31,7 @@ from vivit_batch.job.dataset import (
 )
 from vivit_batch.job.prepare import PreparedJob, check_identity, identity_differences
 from vivit_batch.job.resources import Resources, plan_resources
+from vivit_batch.logs import interactive, progress_lines
 from vivit_batch.output import (
     ErrorBudget,
     FileWriter,
@@ -60,6 +61,8 @@ class Work:
     """committed rows taken out because the run labels their videos again"""
     errors_kept: int = 0
     """the manifest's videos whose committed error row the run leaves in place"""
+    to_label: int = 0
+    """the manifest's videos this run labels"""
 
 
 def run_job(job: PreparedJob) -> RunReport:
@@ -76,8 +79,10 @@ def run_job(job: PreparedJob) -> RunReport:
         output.hide_legacy_archives(lock)
         reconcile_identity(job, output, lock)
         work = choose_work(job, output, lock)
+        log.info("run %s: %d of the manifest's videos to label", run_id, work.to_label)
+        ray.data.DataContext.get_current().enable_progress_bars = interactive()
         dataset = build_dataset(job, resources, run_id, work.skip)
-        stats = write_rows(job, output, lock, dataset, run_id, started)
+        stats = write_rows(job, output, lock, dataset, run_id, started, work.to_label)
         report = run_report(job, run_id, started, work, stats, resources, lock)
         output.write_report(report, lock)
         output.clear_staging()
@@ -153,10 +158,12 @@ def choose_work(job: PreparedJob, output: Output, lock: Fence) -> Work:
     relabel = ids_to_relabel(job, committed)
     withdrawn = output.withdraw(committed, relabel, lock)
     kept_errors = without(error_ids(committed.values()), relabel)
+    skip = without(all_ids(committed.values()), relabel)
     return Work(
-        skip=without(all_ids(committed.values()), relabel),
+        skip=skip,
         withdrawn=withdrawn,
         errors_kept=count_in_manifest(job, kept_errors),
+        to_label=job.manifest.rows - count_in_manifest(job, skip),
     )
 
 
@@ -167,8 +174,10 @@ def write_rows(
     dataset: ray.data.Dataset,
     run_id: str,
     started: float,
+    to_label: int,
 ) -> WriteStats:
-    """Write tasks stage the labelled rows as files; this process commits each one."""
+    """Write tasks stage the labelled rows as files; this process commits each one (and, when
+    no terminal shows Ray Data's progress bars, logs how far it got every so often)."""
     config = job.config
     writer = FileWriter(
         output,
@@ -181,7 +190,16 @@ def write_rows(
         writer, batch_size=config.output.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
     )
     stats = WriteStats()
-    with stage_errors():
+    progress = (
+        contextlib.nullcontext()
+        if interactive()
+        else progress_lines(
+            to_label,
+            lambda: (stats.rows, stats.clips, stats.status.get("error", 0)),
+            config.run.progress_every_s,
+        )
+    )
+    with stage_errors(), progress:
         for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
                 stats.add(commit_staged(output, lock, row))
@@ -210,6 +228,8 @@ def run_report(
             revision=config.model.revision,
             commit=job.checkpoint.commit,
             weights_sha256=job.checkpoint.weights_sha256,
+            preprocessor_file=job.checkpoint.processor_file,
+            preprocessing=job.decode.processor.to_dict(),
         ),
         manifest_rows=job.manifest.rows,
         rows_written=stats.rows,
@@ -224,7 +244,7 @@ def run_report(
         ),
         throughput=Throughput.of(stats, wall, resources.decode_actors, resources.inference_actors),
         inference_devices=devices,
-        warnings=[d["warning"] for d in devices if "warning" in d],
+        warnings=job.warnings + [d["warning"] for d in devices if "warning" in d],
         lock_generation=lock.generation,
         resources=vars(resources),
         files=stats.files,

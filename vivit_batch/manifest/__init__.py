@@ -6,6 +6,7 @@ from vivit_batch.manifest.check import ManifestSummary, scan_manifest
 from vivit_batch.manifest.read import (
     base_directory,
     list_videos,
+    listing_table,
     manifest_format,
     read_dataset,
     resolve_uri,
@@ -17,6 +18,7 @@ __all__ = [
     "ManifestSummary",
     "base_directory",
     "list_videos",
+    "listing_table",
     "manifest_format",
     "read_dataset",
     "resolve_uri",

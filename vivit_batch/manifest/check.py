@@ -18,7 +18,10 @@ from vivit_batch.config import ManifestSection
 from vivit_batch.manifest.read import (
     base_directory,
     batches,
+    list_videos,
+    listing_columns,
     manifest_format,
+    output_names,
     supported_schemes,
     supported_uri,
     with_ids,
@@ -32,6 +35,10 @@ class ManifestSummary:
     rows: int = 0
     columns: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    listing: dict[str, list] | None = None
+    """A directory, glob or prefix manifest's videos with their versions, as the scan listed
+    them, in plain values (`listing_columns`; the summary travels as JSON): the run reads them
+    rather than listing again."""
 
 
 def scan_manifest(
@@ -46,15 +53,18 @@ def scan_manifest(
         )
         return summary
     fmt = manifest_format(section, options)
-    base = base_directory(section, options)
+    base = base_directory(section)
     first_row_of: dict[bytes, str] = {}
     duplicates, empty, unsupported = [], [], []
+    listing = list_videos(section.uri, options) if fmt == "videos" else None
     try:
-        for offset, batch in batches(section.uri, fmt, options):
+        for offset, batch in batches(section.uri, fmt, options, listing):
             if not summary.columns:
                 summary.columns = batch.column_names
                 summary.problems += _column_problems(
-                    section.uri, batch.column_names, reserved_columns
+                    section.uri,
+                    output_names(batch.column_names, section.column_prefix),
+                    reserved_columns,
                 )
                 if summary.problems:
                     return summary
@@ -66,7 +76,7 @@ def scan_manifest(
             table = pa.Table.from_batches([batch])
             filled = pa.array([u or "" for u in given], pa.string())
             table = table.set_column(table.schema.get_field_index("uri"), "uri", filled)
-            ids = with_ids(table, base).column("video_id").to_pylist()
+            ids = with_ids(table, base, prefix=section.column_prefix).column("video_id").to_pylist()
             for index, (video_id, uri) in enumerate(zip(ids, given, strict=True)):
                 key = hashlib.blake2b(video_id.encode(), digest_size=12).digest()
                 row = _row_label(fmt, offset + index)
@@ -84,6 +94,8 @@ def scan_manifest(
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         summary.problems.append(_parse_problem(section.uri, fmt, error, options))
         return summary
+    if listing is not None:
+        summary.listing = listing_columns(listing)
     if summary.rows == 0:
         summary.problems.append(f"manifest {section.uri} has no rows: nothing to label")
     if empty:
@@ -213,7 +225,8 @@ def _column_problems(uri: str, columns: list[str], reserved: set[str]) -> list[s
     if internal:
         problems.append(
             f"manifest {uri} has columns starting with '_': {', '.join(internal)}; those names "
-            "are vivit-batch's own (internal columns), rename them in the manifest"
+            "are vivit-batch's own (internal columns): rename them in the manifest, or keep "
+            "them under a prefix with --set manifest.column_prefix=manifest_"
         )
     if "uri" not in columns:
         problems.append(f"manifest {uri} has no 'uri' column (columns: {', '.join(columns)})")
@@ -221,7 +234,8 @@ def _column_problems(uri: str, columns: list[str], reserved: set[str]) -> list[s
     if collisions:
         problems.append(
             f"manifest {uri} has columns that the output also writes: {', '.join(collisions)}; "
-            "rename them in the manifest"
+            "rename them in the manifest, or keep them under a prefix with --set "
+            f"manifest.column_prefix=manifest_ ({collisions[0]} becomes manifest_{collisions[0]})"
         )
     return problems
 

@@ -10,6 +10,7 @@ manifest's location.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ import pyarrow.parquet as pq
 
 from vivit_batch import storage
 from vivit_batch.config import ConfigError, ManifestSection
+from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.redact import unsigned_uri
+from vivit_batch.sources import version_of
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -95,6 +98,12 @@ FORMATS = {
     "txt": Format(_text_batches, "read_text", then=drop_blank_lines),
 }
 """Every file format; "videos" (a listing) is read by `list_videos`."""
+LISTING_SCHEMA = pa.schema([("uri", pa.string()), *VERSION_COLUMNS.items()])
+"""A listing's rows: each video with its version as the listing gave it."""
+PLAIN_LISTING_SCHEMA = LISTING_SCHEMA.set(
+    LISTING_SCHEMA.get_field_index("source_modified"), pa.field("source_modified", pa.int64())
+)
+"""The same with times as microseconds since the epoch: every value a JSON value."""
 
 
 def manifest_format(section: ManifestSection, options: dict | None = None) -> str:
@@ -115,10 +124,8 @@ def manifest_format(section: ManifestSection, options: dict | None = None) -> st
     )
 
 
-def base_directory(section: ManifestSection, options: dict | None = None) -> str:
-    """Where relative URIs in the manifest are resolved from."""
-    if manifest_format(section, options) == "videos":
-        return ""
+def base_directory(section: ManifestSection) -> str:
+    """Where relative URIs in the manifest are resolved from (a listing's are all absolute)."""
     uri = section.uri
     if "://" not in uri:
         uri = posixpath.abspath(uri)
@@ -144,9 +151,19 @@ def video_id_for(uri: str) -> str:
     return hashlib.sha256(unsigned_uri(uri).encode()).hexdigest()[:20]
 
 
-def with_ids(table: pa.Table, base: str, skip: pa.Array | None = None) -> pa.Table:
-    """Resolve `uri` and fill `video_id` (string) for one block of manifest rows; rows whose id
-    is in `skip` (already committed) are dropped."""
+def output_names(columns: list[str], prefix: str | None) -> list[str]:
+    """What the output calls a manifest's columns: `uri` and `video_id` as they are, the others
+    behind `manifest.column_prefix` if there is one."""
+    return [name if name in ("uri", "video_id") else f"{prefix or ''}{name}" for name in columns]
+
+
+def with_ids(
+    table: pa.Table, base: str, skip: pa.Array | None = None, prefix: str | None = None
+) -> pa.Table:
+    """Resolve `uri` and fill `video_id` (string) for one block of manifest rows, the other
+    columns renamed behind `prefix`; rows whose id is in `skip` (already committed) are
+    dropped."""
+    table = table.rename_columns(output_names(table.column_names, prefix))
     uris = [resolve_uri(u, base) for u in table.column("uri").to_pylist()]
     if "video_id" in table.column_names:
         given = table.column("video_id").cast(pa.string()).to_pylist()
@@ -162,15 +179,34 @@ def with_ids(table: pa.Table, base: str, skip: pa.Array | None = None) -> pa.Tab
     return table
 
 
-def list_videos(uri: str, options: dict | None = None) -> list[str]:
-    """Video files under a directory or prefix, or matching a glob; sorted, with schemes kept."""
+def list_videos(uri: str, options: dict | None = None) -> pa.Table:
+    """Video files under a directory or prefix, or matching a glob (`LISTING_SCHEMA`): sorted,
+    schemes kept, each with the size, modification time and ETag the listing gives, so that no
+    video needs a request of its own (one paginated LIST on S3)."""
     filesystem, path = storage.filesystem(uri, options)
-    found = filesystem.glob(path) if _is_glob(path) else filesystem.find(path)
+    found = (filesystem.glob if _is_glob(path) else filesystem.find)(path, detail=True)
     protocol = (
         filesystem.protocol if isinstance(filesystem.protocol, str) else filesystem.protocol[0]
     )
     prefix = "" if storage.is_local(uri) else f"{protocol}://"
-    return sorted(prefix + p for p in found if p.lower().endswith(VIDEO_EXTENSIONS))
+    videos = sorted(
+        (prefix + name, version_of(info))
+        for name, info in found.items()
+        if name.lower().endswith(VIDEO_EXTENSIONS) and info.get("type") != "directory"
+    )
+    columns = {"uri": [uri for uri, _ in videos]}
+    columns |= {name: [version[name] for _, version in videos] for name in VERSION_COLUMNS}
+    return pa.table(columns, schema=LISTING_SCHEMA)
+
+
+def listing_columns(listing: pa.Table) -> dict[str, list]:
+    """A listing as plain values, column by column (it travels as JSON: `ManifestSummary`)."""
+    return listing.cast(PLAIN_LISTING_SCHEMA).to_pydict()
+
+
+def listing_table(columns: dict[str, list]) -> pa.Table:
+    """The listing that `listing_columns` gave as plain values."""
+    return pa.table(columns, schema=PLAIN_LISTING_SCHEMA).cast(LISTING_SCHEMA)
 
 
 def _is_glob(path: str) -> bool:
@@ -191,32 +227,45 @@ def supported_schemes(section: ManifestSection) -> str:
     return f"Supported: local paths, {accepted}{http}"
 
 
-def batches(uri: str, fmt: str, options: dict | None) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(row offset, batch) over the manifest, streamed in this process."""
+def batches(
+    uri: str, fmt: str, options: dict | None, listing: pa.Table | None = None
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(row offset, batch) over the manifest, streamed in this process; for a directory, glob
+    or prefix, over the uris of its `listing` (`list_videos`)."""
     offset = 0
-    for batch in _record_batches(uri, fmt, options):
+    for batch in _record_batches(uri, fmt, options, listing):
         yield offset, batch
         offset += batch.num_rows
 
 
-def _record_batches(uri: str, fmt: str, options: dict | None) -> Iterator[pa.RecordBatch]:
-    if fmt == "videos":
-        uris = list_videos(uri, options)
-        yield pa.RecordBatch.from_pydict({"uri": pa.array(uris, pa.string())})
+def _record_batches(
+    uri: str, fmt: str, options: dict | None, listing: pa.Table | None
+) -> Iterator[pa.RecordBatch]:
+    if listing is not None:
+        yield from listing.select(["uri"]).to_batches()
         return
     filesystem, path = storage.filesystem(uri, options)
     with filesystem.open(path, "rb") as stream:
         yield from FORMATS[fmt].stream(stream)
 
 
-def read_dataset(section: ManifestSection, options: dict | None, **ray_options):
-    """The manifest's rows as a Ray Data dataset (uris as given, no ids yet); `ray_options` go
-    to Ray Data's reader and to the steps after it."""
+def read_dataset(
+    section: ManifestSection,
+    options: dict | None,
+    listing: pa.Table | None = None,
+    **ray_options,
+):
+    """The manifest's rows as a Ray Data dataset (uris as given, no ids yet): a file manifest
+    read by Ray Data, a directory, glob or prefix from its `listing` (`list_videos`: the scan's,
+    so that a run lists once; else listed here). `ray_options` go to Ray Data's reader and to
+    the steps after it."""
+    if listing is not None:
+        return listing_dataset(listing)
     import ray
 
     fmt = manifest_format(section, options)
     if fmt == "videos":
-        return ray.data.from_items([{"uri": u} for u in list_videos(section.uri, options)])
+        return listing_dataset(list_videos(section.uri, options))
     reader = FORMATS[fmt]
     filesystem = storage.arrow_filesystem(section.uri, options)
     read = getattr(ray.data, reader.ray_reader)
@@ -224,6 +273,19 @@ def read_dataset(section: ManifestSection, options: dict | None, **ray_options):
     if reader.then:
         dataset = dataset.map_batches(reader.then, batch_format="pyarrow", **ray_options)
     return dataset
+
+
+def listing_dataset(listing: pa.Table):
+    """The listing as a dataset of as many blocks as Ray Data's own reads make (at least
+    `read_op_min_num_blocks`, at most one per row), so that the decode actors share it."""
+    import ray
+
+    rows = listing.num_rows
+    blocks = min(rows, ray.data.DataContext.get_current().read_op_min_num_blocks) or 1
+    bounds = [rows * block // blocks for block in range(blocks + 1)]
+    return ray.data.from_arrow(
+        [listing.slice(start, end - start) for start, end in itertools.pairwise(bounds)]
+    )
 
 
 def _chunks(lines: Iterator[str], size: int = 65536) -> Iterator[list[str]]:

@@ -17,7 +17,7 @@ import torch
 
 from vivit_batch.model.config import CONFIG_FILE, VivitConfig
 from vivit_batch.model.modeling import VivitForVideoClassification
-from vivit_batch.processor import PREPROCESSOR_FILE, ProcessorConfig
+from vivit_batch.processor import PREPROCESSOR_FILE, PREPROCESSOR_FILES, ProcessorConfig
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -40,6 +40,8 @@ class CheckpointInfo:
     weight_files: tuple[Path, ...]
     weights_sha256: str
     processor: ProcessorConfig
+    processor_file: str | None
+    """which of `PREPROCESSOR_FILES` `processor` was read from; None: defaults, no file"""
     commit: str | None = None
     """for hub sources: the commit the revision resolved to (load it to get these files)"""
 
@@ -112,13 +114,15 @@ def resolve_checkpoint(source: str | Path, revision: str | None = None) -> Check
     else:
         directory = _download_from_hub(str(source), revision)
         weight_files = _weight_files_for(_first_weight_file(directory))
+    processor, processor_file = ProcessorConfig.from_pretrained_dir(directory)
     return CheckpointInfo(
         source=str(source),
         revision=revision,
         directory=directory,
         weight_files=weight_files,
         weights_sha256=fingerprint(weight_files),
-        processor=ProcessorConfig.from_pretrained_dir(directory),
+        processor=processor,
+        processor_file=processor_file,
         # huggingface_hub's cache keeps each commit in snapshots/<commit sha>/
         commit=None if path.exists() else directory.name,
     )
@@ -293,7 +297,9 @@ def _download_from_hub(repo_id: str, revision: str | None) -> Path:
             "file as --model, or fill the cache where the hub is reachable (`hf download "
             f"{repo_id}` with the same HF_HOME) and set HF_HUB_OFFLINE=1."
         ) from error
-    fetch(PREPROCESSOR_FILE)
+    for name in PREPROCESSOR_FILES:
+        if fetch(name) is not None:
+            break
     for name in WEIGHT_FILES:
         index_or_weights = fetch(name)
         if index_or_weights is None:

@@ -78,29 +78,70 @@ class Output:
         stale_after_s: float,
         wait_s: float | None = None,
         on_lost: Callable[[str], None] | None = None,
+        *,
+        read_only: bool = False,
     ) -> OutputLock:
         """This output's lock for `run_id` (not yet taken). Refuses outputs whose store cannot
-        make the conditional writes the lock needs."""
-        self.create()
+        make the conditional writes the lock needs. `read_only`: to look at the lock, never to
+        take it (the output is not created, the store's conditional writes not probed)."""
+        if not read_only:
+            self.create()
         store: LocalRecord | S3Record
         if self.is_local:
             store = LocalRecord(self.path(LOCK_FILE), self.path(LOCK_GUARD))
         elif self.is_s3:
             store = S3Record(self.filesystem, self.path(LOCK_FILE))
-            try:
-                store.require_conditional_writes()
-            except ConditionalWritesUnsupported as error:
-                raise ConfigError(
-                    f"output {self.uri}: {error}. The output's lock needs them (AWS S3, MinIO, "
-                    "Ceph RGW and R2 have them). If you make sure that only one run at a time "
-                    "writes this output, set run.locking=none"
-                ) from error
+            if not read_only:
+                self._require_conditional_writes(store)
         else:
             raise ConfigError(
                 f"output {self.uri}: vivit-batch can lock local and s3:// outputs only. If you "
                 "make sure that only one run at a time writes this output, set run.locking=none"
             )
         return OutputLock(store, self.uri, run_id, stale_after_s, wait_s, on_lost)
+
+    def _require_conditional_writes(self, store: S3Record) -> None:
+        try:
+            store.require_conditional_writes()
+        except ConditionalWritesUnsupported as error:
+            raise ConfigError(
+                f"output {self.uri}: {error}. The output's lock needs them (AWS S3, MinIO, "
+                "Ceph RGW and R2 have them). If you make sure that only one run at a time "
+                "writes this output, set run.locking=none"
+            ) from error
+
+    def check_access(self) -> None:
+        """Raise `ConfigError` (before any work) unless runs can write here: on local disk the
+        output directory, or the nearest one above it that exists, is writable; elsewhere a
+        probe object written under `_tmp/` and deleted again (what the credentials allow)."""
+        try:
+            if self.is_local:
+                self._check_local_access()
+            else:
+                probe = self.path(TMP_DIR, f"write-check-{uuid.uuid4().hex}")
+                self.filesystem.pipe_file(probe, b"")
+                self.filesystem.rm_file(probe)
+            self.read_identity()
+        except FileNotFoundError as error:
+            raise ConfigError(
+                f"output {self.uri}: its bucket or location does not exist ({error}): create it, "
+                "or check --output"
+            ) from error
+        except OSError as error:
+            raise ConfigError(
+                f"output {self.uri} cannot be written with these credentials "
+                f"({type(error).__name__}: {error}): check --output and the storage settings "
+                "(storage.*, AWS_* variables)"
+            ) from error
+
+    def _check_local_access(self) -> None:
+        existing = os.path.abspath(self.root)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ConfigError(f"output {self.uri}: {existing} is a file, not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(f"{existing} is not writable by this user")
 
     # Identity
 

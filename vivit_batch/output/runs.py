@@ -111,6 +111,10 @@ class ModelUsed:
     commit: str | None = None
     """the hub commit every inference actor loaded"""
     weights_sha256: str = ""
+    preprocessor_file: str | None = None
+    """the checkpoint file the preprocessing came from; None: defaults (see `warnings`)"""
+    preprocessing: dict = field(default_factory=dict)
+    """the preprocessing settings used, in `preprocessor_config.json` form"""
 
 
 @dataclass

@@ -52,6 +52,13 @@ class DecodeConfig(Section, name="decode"):
         unit=SECONDS,
         above=0,
     )
+    stall_timeout_s: float | None = setting(
+        30.0,
+        "an http(s) or S3 source that sends no bytes this long makes a timeout row (named pipes "
+        "and devices make an unreadable row at once)",
+        unit=SECONDS,
+        above=0,
+    )
     max_frames_per_clip: int | None = setting(
         None,
         "most frames decoded for one clip, counting those decoded only to reach it",
@@ -131,7 +138,9 @@ def decode_video(request: DecodeRequest) -> DecodedVideo:
         )
     deadline = Deadline(uri, config.timeout_s)
     try:
-        with open_input(uri, request.storage_options) as source:
+        with open_input(
+            uri, request.storage_options, stall_timeout_s=config.stall_timeout_s
+        ) as source:
             _check_file_size(uri, source, config)
             with open_container(uri, source) as container:
                 video = _decode_container(request, container, deadline)

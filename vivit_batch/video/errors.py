@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from vivit_batch.storage import SourceRefused, StorageError
+from vivit_batch.storage import NotARegularFile, SourceRefused, StorageError
 
 
 class ErrorCode(str, Enum):
@@ -52,6 +52,23 @@ class VideoError(Exception):
             )
         if isinstance(error, IsADirectoryError):
             return cls(ErrorCode.UNREADABLE, uri, "is a directory, not a video file")
+        if isinstance(error, NotARegularFile):
+            return cls(
+                ErrorCode.UNREADABLE,
+                uri,
+                f"{error}: only regular files and objects are read (a pipe or device could "
+                "block or never end)",
+            )
+        stalled = _caused_by(error, TimeoutError)
+        if stalled:
+            name = type(stalled).__name__
+            stall = f"{name}: {stalled}" if str(stalled) else name
+            return cls(
+                ErrorCode.TIMEOUT,
+                uri,
+                f"the source stopped sending bytes ({stall}); raise decode.stall_timeout_s "
+                "for sources this slow",
+            )
         described = error if isinstance(error, StorageError) else f"{type(error).__name__}: {error}"
         return cls(
             ErrorCode.STORAGE_ERROR,
@@ -62,7 +79,9 @@ class VideoError(Exception):
 
 
 def _caused_by(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
-    """`error` or the first exception of type `kind` along its `__cause__`s."""
+    """`error` or the first exception of type `kind` along the chain a traceback shows: its
+    `__cause__`s, and the `__context__` of one raised while handling another (s3fs raises an
+    IndexError handling a read timeout)."""
     while error is not None and not isinstance(error, kind):
-        error = error.__cause__
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
     return error

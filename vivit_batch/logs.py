@@ -1,0 +1,167 @@
+"""What the tool writes while it works: one line per event with its time (UTC) and level, for
+people (`text`) or one JSON object per line for log collectors (`json`); and, when nobody watches
+a terminal, a periodic progress line instead of Ray Data's progress bars.
+
+    2026-11-30T02:15:04Z INFO run 20261130T021502Z-3fa1c2: 1200 videos; ...
+    {"time": "2026-11-30T02:15:04Z", "level": "INFO", "logger": "vivit_batch", "message": "..."}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+LOG_FORMATS = ("text", "json")
+RAY_LOGGERS = ("ray", "ray.data")
+"""Loggers that Ray gives console handlers of its own (its format, not ours)."""
+DROPPED = ("Progress bars disabled",)
+"""Library lines about what this tool chose on purpose."""
+
+log = logging.getLogger("vivit_batch")
+
+
+def setup_logging(log_format: str = "text", verbose: bool = False) -> None:
+    """Every line through one handler on stderr, in `log_format`; other libraries' lines (Ray's
+    start-up, Ray Data's plans, the storage libraries) only from WARNING up unless `verbose`."""
+    handler = CurrentStderr()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(LibraryLines(verbose))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    adopt_ray_loggers()
+
+
+def adopt_ray_loggers() -> None:
+    """Send Ray's and Ray Data's lines through our handler instead of their own console handlers
+    (Ray Data's log file keeps its own). Call it again after `import ray.data` and `ray.init`,
+    which install theirs."""
+    for name in RAY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [
+            handler
+            for handler in logger.handlers
+            if isinstance(handler, logging.FileHandler)
+            or not isinstance(handler, logging.StreamHandler)
+        ]
+        logger.propagate = True
+
+
+class LibraryLines(logging.Filter):
+    """This tool's lines, and other libraries' from WARNING up (all of them when `verbose`)."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == log.name or record.name.startswith(log.name + "."):
+            return True
+        if any(text in str(record.msg) for text in DROPPED):
+            return False
+        return self.verbose or record.levelno >= logging.WARNING
+
+
+class CurrentStderr(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a line is written (pytest swaps it per test)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def utc_time(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)  # the message, and the traceback if there is one
+        return f"{utc_time(record)} {record.levelname} {text}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": utc_time(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def interactive() -> bool:
+    """Whether a person watches this run in a terminal (Ray Data's progress bars are for them)."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+@contextmanager
+def progress_lines(
+    total: int, done: Callable[[], tuple[int, int, int]], every_s: float
+) -> Iterator[None]:
+    """Log a progress line every `every_s` seconds while the block runs. `done()` returns
+    (videos done, clips done, error rows) so far; `total` is the videos the run labels."""
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(every_s):
+            videos, clips, errors = done()
+            line, fields = progress_line(total, videos, clips, errors, time.monotonic() - started)
+            log.info(line, extra={"fields": fields})
+
+    thread = threading.Thread(target=report, name="vivit-batch-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def progress_line(
+    total: int, videos: int, clips: int, errors: int, elapsed_s: float
+) -> tuple[str, dict]:
+    """'progress: 120/1200 videos (10.0%), 31.5 clips/s, ETA 9m 40s, 3 errors' and its fields."""
+    clips_per_s = clips / elapsed_s if elapsed_s > 0 else 0.0
+    rate = videos / elapsed_s if elapsed_s > 0 else 0.0
+    eta_s = (total - videos) / rate if rate > 0 else None
+    share = f" ({videos / total:.1%})" if total else ""
+    eta = duration(eta_s) if eta_s is not None else "unknown"
+    line = (
+        f"progress: {videos}/{total} videos{share}, {clips_per_s:.1f} clips/s, ETA {eta}, "
+        f"{errors} error{'s' if errors != 1 else ''}"
+    )
+    fields = {
+        "progress": {
+            "videos_done": videos,
+            "videos_total": total,
+            "clips_per_second": round(clips_per_s, 2),
+            "eta_seconds": round(eta_s, 1) if eta_s is not None else None,
+            "errors": errors,
+        }
+    }
+    return line, fields
+
+
+def duration(seconds: float) -> str:
+    """'2h 05m', '9m 40s', '12s'."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"

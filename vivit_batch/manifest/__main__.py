@@ -1,0 +1,45 @@
+"""`python -m vivit_batch.manifest`: `scan_manifest` in a process of its own, so that the driver
+keeps none of the scan's memory (a set of id hashes as long as the manifest). Reads (section,
+reserved columns, storage options) pickled on stdin, from the driver that started it; writes the
+`ManifestSummary` as JSON on stdout. See `vivit_batch.job.prepare.scan_apart`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import sys
+
+from vivit_batch.config import ConfigError, ManifestSection
+from vivit_batch.manifest.check import ManifestSummary, scan_manifest
+
+
+def main() -> None:
+    section, reserved, options = pickle.load(sys.stdin.buffer)
+    reply, sys.stdout = sys.stdout, sys.stderr  # only the summary goes to the driver
+    try:
+        summary = scan_manifest(section, set(reserved), options)
+    except ConfigError as error:
+        summary = ManifestSummary(problems=[str(error)])
+    except OSError as error:
+        summary = ManifestSummary(problems=[unreadable(section, error)])
+    reply.write(json.dumps(dataclasses.asdict(summary)))
+
+
+def unreadable(section: ManifestSection, error: OSError) -> str:
+    uri = section.uri
+    if isinstance(error, FileNotFoundError):
+        return f"manifest {uri} does not exist: check --manifest (or manifest.uri)"
+    if isinstance(error, PermissionError):
+        return (
+            f"manifest {uri}: permission denied ({error}): check the storage credentials "
+            "(storage.*, AWS_* variables)"
+        )
+    return (
+        f"manifest {uri} cannot be read ({type(error).__name__}: {error}): check the path and "
+        "the storage settings (storage.*)"
+    )
+
+
+if __name__ == "__main__":
+    main()
