@@ -238,7 +238,8 @@ def run_command(args: argparse.Namespace) -> int:
     job.connect(args.address, args.verbose)
     report = job.run_job(prepared)
     for line in run_summary(report).splitlines():
-        log.info(line)
+        if line.strip():
+            log.info(line.strip())
     return exit_code_of(report)
 
 

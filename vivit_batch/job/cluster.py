@@ -20,9 +20,9 @@ def connect(address: str | None, verbose: bool = False) -> None:
     """Join the cluster at `address`, else start an embedded local Ray (not a cluster that
     some earlier `ray start` left running). The actors' own output reaches this process's log
     only when `verbose` (it lacks times and levels; Ray keeps it in its log files)."""
+    ray_data.DataContext.get_current()  # Ray Data sets up its logging on first use
+    adopt_ray_loggers()
     if not ray.is_initialized():
-        ray_data.DataContext.get_current()  # Ray Data sets up its logging on first use
-        adopt_ray_loggers()
         ray.init(
             address=address or "local",
             logging_level=logging.WARNING,
