@@ -190,8 +190,10 @@ h2 { font-size: 16px; margin: 0 0 8px; }
 .fact { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 90px; }
 .fact b { display: block; font-size: 20px; }
 .fact span { color: #666; font-size: 13px; }
-.charts { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 16px; }
-.chart { border: 1px solid #ddd; border-radius: 6px; padding: 12px; }
+/* auto-fill, not auto-fit: each chart is drawn as its box arrives, and must get its column's
+   width then (with auto-fit the first box alone spans the row, and plotly keeps that width) */
+.charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }
+.chart { border: 1px solid #ddd; border-radius: 6px; padding: 12px; min-width: 0; }
 .empty { color: #888; }
 #page-errors { background: #fde8e8; color: #900; padding: 8px; white-space: pre-wrap; }
 table.runs { border-collapse: collapse; font-size: 13px; margin-top: 8px; }
