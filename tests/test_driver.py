@@ -162,7 +162,7 @@ def test_only_candidates_the_manifest_still_lists_are_relabelled():
     assert chosen["video_id"].to_pylist() == ["b"]
     assert without(all_ids([COMMITTED]), chosen["video_id"]).to_pylist() == ["a", "c"]
     assert error_ids([COMMITTED]).to_pylist() == ["b"]
-    assert count_listed(manifest, ids("b", "a"))["count"].to_pylist() == [1]
+    assert count_listed(manifest, {"count": ids("b", "a")})["count"].to_pylist() == [1]
 
 
 def versions_table(rows: dict[str, dict]) -> pa.Table:

@@ -47,9 +47,13 @@ def error_ids(tables) -> pa.Array:
     return all_ids(t.filter(pc.equal(t["status"], "error")) for t in tables)
 
 
-def count_listed(table: pa.Table, ids: pa.Array) -> pa.Table:
-    """How many rows of `table` (a block of manifest rows, with ids) have one of `ids`."""
-    return pa.table({"count": [pc.sum(pc.is_in(table["video_id"], ids)).as_py() or 0]})
+def count_listed(table: pa.Table, ids: dict[str, pa.Array]) -> pa.Table:
+    """How many rows of `table` (a block of manifest rows, with ids) have one of each set of
+    `ids`: one column per name."""
+    video_ids = table["video_id"]
+    return pa.table(
+        {name: [pc.sum(pc.is_in(video_ids, listed)).as_py() or 0] for name, listed in ids.items()}
+    )
 
 
 def all_ids(tables) -> pa.Array:

@@ -92,14 +92,16 @@ def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array
     return pa.compute.unique(all_ids(_tables(selected)))
 
 
-def count_in_manifest(job: PreparedJob, ids: pa.Array) -> int:
-    """How many of the manifest's rows have one of `ids` (one pass over the manifest)."""
-    if not len(ids):
-        return 0
+def count_in_manifest(job: PreparedJob, **ids: pa.Array) -> dict[str, int]:
+    """How many of the manifest's rows have one of each set of `ids`, by name (one pass over
+    the manifest for all of them, none when they are all empty)."""
+    if not any(len(some) for some in ids.values()):
+        return dict.fromkeys(ids, 0)
     counts = manifest_with_ids(job).map_batches(
         count_listed, fn_kwargs={"ids": ids}, batch_format="pyarrow", **LIGHT_TASK
     )
-    return sum(int(pa.compute.sum(t["count"]).as_py() or 0) for t in _tables(counts))
+    tables = _tables(counts)
+    return {name: sum(int(pa.compute.sum(t[name]).as_py() or 0) for t in tables) for name in ids}
 
 
 def _tables(dataset: ray.data.Dataset) -> list[pa.Table]:

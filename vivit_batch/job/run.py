@@ -159,11 +159,12 @@ def choose_work(job: PreparedJob, output: Output, lock: Fence) -> Work:
     withdrawn = output.withdraw(committed, relabel, lock)
     kept_errors = without(error_ids(committed.values()), relabel)
     skip = without(all_ids(committed.values()), relabel)
+    counted = count_in_manifest(job, errors_kept=kept_errors, skipped=skip)
     return Work(
         skip=skip,
         withdrawn=withdrawn,
-        errors_kept=count_in_manifest(job, kept_errors),
-        to_label=job.manifest.rows - count_in_manifest(job, skip),
+        errors_kept=counted["errors_kept"],
+        to_label=job.manifest.rows - counted["skipped"],
     )
 
 
