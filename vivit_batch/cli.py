@@ -307,20 +307,17 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def lock_command(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from botocore.exceptions import BotoCoreError
 
     from vivit_batch.output import Output
     from vivit_batch.output.lock_state import lock_state
-    from vivit_batch.storage import storage_options
 
     config = load_config(args.config, args.set, output_uri=args.output)
     if config.run.locking == "none":
         print("no lock: run.locking=none (nothing stops overlapping runs)")
         return EXIT_OK
     try:
-        output = Output(args.output, storage_options(**dataclasses.asdict(config.storage)))
+        output = Output(args.output, config.storage_options())
         lock = output.lock("lock-probe", config.run.lock_stale_after_s, read_only=True)
         state = lock_state(lock)
     except (OSError, ValueError, BotoCoreError) as error:  # a bad URI, an unreachable store

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from vivit_batch import storage
 from vivit_batch.settings import (
     SECONDS,
     ConfigError,
@@ -235,6 +236,12 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def storage_options(self) -> dict:
+        """The fsspec options for the manifest, the videos and the output (`storage`)."""
+        return storage.storage_options(
+            **dataclasses.asdict(self.storage), http_allow_hosts=self.manifest.http_allow_hosts
+        )
 
 
 SECTIONS: tuple[type[Section], ...] = tuple(typing.get_type_hints(JobConfig).values())

@@ -20,7 +20,7 @@ from vivit_batch.incremental import (
     select_relabelled,
 )
 from vivit_batch.job.cluster import off_gpu_nodes
-from vivit_batch.job.prepare import LIGHT_TASK, PreparedJob, storage_options
+from vivit_batch.job.prepare import LIGHT_TASK, PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
 from vivit_batch.model import CheckpointError
@@ -170,7 +170,7 @@ def read_manifest_dataset(job: PreparedJob) -> ray.data.Dataset:
     listing = job.manifest.listing
     return read_dataset(
         job.config.manifest,
-        storage_options(job.config),
+        job.config.storage_options(),
         None if listing is None else listing_table(listing),
         **LIGHT_TASK,
     )

@@ -68,7 +68,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
             f"sampling.spatial_crops=three needs a crop size, and model {config.model.source}'s "
             "preprocessor_config.json has no center crop: use sampling.spatial_crops=center"
         )
-    options = storage_options(config)
+    options = config.storage_options()
     # the stall timeout also bounds the version checks' requests to the sources
     source_options = storage.with_read_timeout(options, config.decode.stall_timeout_s)
     decode = DecodeSettings(sampling, processor, config.decode, source_options)
@@ -158,12 +158,6 @@ def processor_for(config: JobConfig, processor: ProcessorConfig) -> ProcessorCon
             processor, do_rescale=True, rescale_factor=1 / 127.5, offset=True, do_normalize=False
         )
     return processor
-
-
-def storage_options(config: JobConfig) -> dict:
-    return storage.storage_options(
-        **dataclasses.asdict(config.storage), http_allow_hosts=config.manifest.http_allow_hosts
-    )
 
 
 def read_labels(path: str | None, num_labels: int, options: dict) -> dict[int, str] | None:
