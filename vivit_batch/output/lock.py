@@ -170,7 +170,7 @@ class OutputLock:
                     log.warning("took over the lock of run %s, stale", holder.get("run_id"))
                     return
                 continue  # another run moved first: the next read shows who
-            pause = min(5.0, max(0.05, stale_after(holder) / 20))
+            pause = watch_pause(holder)
             if self.wait_s is not None:
                 waited = self.clock() - started
                 if waited >= self.wait_s:
@@ -321,6 +321,11 @@ class OutputLock:
             f"{holder.get('host')}, pid {holder.get('pid')}); waiting: it is taken over if it "
             f"stays unchanged for {stale_after(holder):g} s, this run stops if it is renewed"
         )
+
+
+def watch_pause(holder: dict) -> float:
+    """How long one waiting on a held lock sleeps between looks at it."""
+    return min(5.0, max(0.05, stale_after(holder) / 20))
 
 
 def stale_after(holder: dict) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from vivit_batch.output.lock import RELEASED, OutputLock, stale_after
+from vivit_batch.output.lock import RELEASED, OutputLock, stale_after, watch_pause
 from vivit_batch.output.records import Versioned
 
 
@@ -41,7 +41,7 @@ def _watch(lock: OutputLock, watched: Versioned) -> LockState:
     period = stale_after(holder)
     since = lock.clock()
     while lock.clock() - since < period:
-        time.sleep(min(5.0, max(0.05, period / 20)))
+        time.sleep(watch_pause(holder))
         current = lock.store.read()
         if current is None or current.version != watched.version:
             if current is None or current.record.get("state") == RELEASED:
