@@ -76,8 +76,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     manifest = scan_apart(config.manifest, RESERVED_COLUMNS, options)
     if manifest.problems:
         raise ConfigError("\n".join(manifest.problems))
-    output = Output(config.output.uri, options)
-    output.check_access()
+    recorded = Output(config.output.uri, options).checked_identity()
     job = PreparedJob(
         config,
         checkpoint,
@@ -87,7 +86,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         manifest,
         warnings=preprocessing_warnings(checkpoint),
     )
-    check_identity(job, output.read_identity())
+    check_identity(job, recorded)
     for warning in job.warnings:
         log.warning(warning)
     return job

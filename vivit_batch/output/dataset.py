@@ -110,10 +110,11 @@ class Output:
                 "writes this output, set run.locking=none"
             ) from error
 
-    def check_access(self) -> None:
-        """Raise `ConfigError` (before any work) unless runs can write here: on local disk the
-        output directory, or the nearest one above it that exists, is writable; elsewhere a
-        probe object written under `_tmp/` and deleted again (what the credentials allow)."""
+    def checked_identity(self) -> dict | None:
+        """The output's identity (`read_identity`), once it is checked that runs can write here
+        (before any work; `ConfigError` otherwise): on local disk the output directory, or the
+        nearest one above it that exists, is writable; elsewhere a probe object written under
+        `_tmp/` and deleted again (what the credentials allow)."""
         try:
             if self.is_local:
                 self._check_local_access()
@@ -121,7 +122,7 @@ class Output:
                 probe = self.path(TMP_DIR, f"write-check-{uuid.uuid4().hex}")
                 self.filesystem.pipe_file(probe, b"")
                 self.filesystem.rm_file(probe)
-            self.read_identity()
+            return self.read_identity()
         except FileNotFoundError as error:
             raise ConfigError(
                 f"output {self.uri}: its bucket or location does not exist ({error}): create it, "
