@@ -214,14 +214,14 @@ def _open_regular_file(path: str) -> InputFile:
     # O_NONBLOCK: opening a named pipe returns at once instead of waiting for a writer (it has
     # no effect on reading a regular file)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
         os.close(fd)
-        if stat.S_ISDIR(mode):
+        if stat.S_ISDIR(status.st_mode):
             raise IsADirectoryError(path)
-        raise NotARegularFile(f"{path} is {_kind_of_file(mode)}, not a regular file")
+        raise NotARegularFile(f"{path} is {_kind_of_file(status.st_mode)}, not a regular file")
     raw = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed by InputFile)
-    return InputFile(raw, os.fstat(fd).st_size)
+    return InputFile(raw, status.st_size)
 
 
 def _kind_of_file(mode: int) -> str:
