@@ -32,7 +32,7 @@ from vivit_batch.output.schema import (
     VERSION_COLUMNS,
     VIEWS,
 )
-from vivit_batch.report import run_summary, summarise_output
+from vivit_batch.report import output_stats, run_summary, summary_text
 
 HIDDEN = 4
 
@@ -199,7 +199,7 @@ def test_report_summarises_rows_runs_and_devices(tmp_path):
         config={"output": {"uri": output.uri}},
     )
     output.write_report(report, Unlocked())
-    summary = summarise_output(output.uri)
+    summary = summary_text(output_stats(output.uri))
     assert f"{output.uri}: 3 rows" in summary and "status: {'ok': 3}" in summary
     assert "    r1: 3 rows" in summary
     assert "inference: 1 actor(s) on cpu EPYC, 2 threads, fp32" in summary  # one per node

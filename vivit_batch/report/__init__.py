@@ -3,7 +3,7 @@ JSON (`OutputStats.to_dict`) or one self-contained HTML page (`html.py`, importe
 it loads plotly); and the summary a finished run prints."""
 
 from vivit_batch.report.stats import OutputStats, output_stats, read_output
-from vivit_batch.report.text import device_lines, run_summary, summarise_output, summary_text
+from vivit_batch.report.text import device_lines, run_summary, summary_text
 
 __all__ = [
     "OutputStats",
@@ -11,6 +11,5 @@ __all__ = [
     "output_stats",
     "read_output",
     "run_summary",
-    "summarise_output",
     "summary_text",
 ]

@@ -3,16 +3,7 @@
 from __future__ import annotations
 
 from vivit_batch.output import Output, RunReport
-from vivit_batch.report.stats import (
-    Accuracy,
-    OutputStats,
-    device_kinds,
-    output_stats,
-)
-
-
-def summarise_output(output_uri: str, top: int = 10, truth_column: str | None = None) -> str:
-    return summary_text(output_stats(output_uri, truth_column), top)
+from vivit_batch.report.stats import Accuracy, OutputStats, device_kinds
 
 
 def summary_text(stats: OutputStats, top: int = 10) -> str:
