@@ -276,9 +276,8 @@ def validate_command(args: argparse.Namespace) -> int:
     labelled = job.label_on_cluster(prepared, resources, decoded)
     [device] = [json.loads(d) for d in labelled.column(INFERENCE_DEVICE).unique().to_pylist()]
     log.info(f"inference actor: {summary(device)}")
-    device_warnings = [device["warning"]] if "warning" in device else []
-    for warning in prepared.warnings + device_warnings:
-        log.warning(warning)
+    if "warning" in device:  # prepare_job has logged its own warnings
+        log.warning(device["warning"])
     for row in labelled.select(["uri", "status", "error_message", "label", "score"]).to_pylist():
         if row["status"] == "ok":
             log.info(f"ok    {row['uri']}: {row['label']} ({row['score']:.2f})")
