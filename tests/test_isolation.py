@@ -291,8 +291,8 @@ def test_decode_stage_gives_the_same_rows_with_and_without_isolation(decoder, vi
     assert isinstance(isolated.decoder, IsolatedDecoder) and in_actor.decoder is None
     isolated.decoder.close()  # the module's decoder saves this test starting another
     isolated.decoder = decoder
-    a = isolated(batch).drop_columns([DECODE_SECONDS])
-    b = in_actor(batch).drop_columns([DECODE_SECONDS])
+    a = isolated.decode_all(batch).drop_columns([DECODE_SECONDS])
+    b = in_actor.decode_all(batch).drop_columns([DECODE_SECONDS])
     assert a.equals(b)
     assert a.column("error_code").to_pylist() == [None, "unreadable", None, "not_found"]
 

@@ -24,7 +24,7 @@ def test_defaults_match_the_page_recipe_with_the_checkpoints_frames():
     [
         ("num_frames", 0, "sampling.num_frames must be at least 1, got 0"),
         ("frame_sample_rate", 0, "sampling.frame_sample_rate must be at least 1"),
-        ("temporal_views", "middle", "one of center, uniform, random, got 'middle'"),
+        ("temporal_views", "middle", "one of center, uniform, random, segments, got 'middle'"),
         ("num_temporal_views", 0, "sampling.num_temporal_views must be at least 1"),
         ("spatial_crops", "five", "sampling.spatial_crops must be one of center, three"),
     ],

@@ -272,7 +272,7 @@ def validate_command(args: argparse.Namespace) -> int:
     )
     resources = job.plan_resources(config, job.cluster_shape())
     log.info(f"plan: {resources.describe()}")
-    decoded = DecodeStage(prepared.decode)(job.first_rows(prepared, args.videos))
+    decoded = DecodeStage(prepared.decode).decode_all(job.first_rows(prepared, args.videos))
     labelled = job.label_on_cluster(prepared, resources, decoded)
     [device] = [json.loads(d) for d in labelled.column(INFERENCE_DEVICE).unique().to_pylist()]
     log.info(f"inference actor: {summary(device)}")

@@ -46,6 +46,7 @@ from vivit_batch.output import (
     output_schema,
 )
 from vivit_batch.output.dataset import Fence
+from vivit_batch.output.videos import WholeVideos
 from vivit_batch.redact import redact
 
 log = logging.getLogger("vivit_batch")
@@ -177,18 +178,17 @@ def write_rows(
     started: float,
     to_label: int,
 ) -> WriteStats:
-    """Write tasks stage the labelled rows as files; this process commits each one (and, when
-    no terminal shows Ray Data's progress bars, logs how far it got every so often)."""
+    """Write tasks stage the labelled rows as files (in segments mode this process does, once
+    a file's worth of whole videos is in); this process commits each one (and, when no terminal
+    shows Ray Data's progress bars, logs how far it got every so often)."""
     config = job.config
+    segments = job.decode.sampling.segments
     writer = FileWriter(
         output,
         run_id,
-        output_schema(job.model_config.hidden_size, job.partition_by),
+        output_schema(job.model_config.hidden_size, job.partition_by, segments),
         config.output.rows_per_file,
         partition_values(job.partition_by, started),
-    )
-    staged = dataset.map_batches(
-        writer, batch_size=config.output.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
     )
     stats = WriteStats()
     progress = (
@@ -196,15 +196,43 @@ def write_rows(
         if interactive()
         else progress_lines(
             to_label,
-            lambda: (stats.rows, stats.clips, stats.status.get("error", 0)),
+            lambda: (stats.videos, stats.clips, stats.status.get("error", 0)),
             config.run.progress_every_s,
         )
     )
     with stage_errors(), progress:
-        for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                stats.add(commit_staged(output, lock, row))
+        staged = staged_whole_videos(dataset, writer) if segments else staged_files(dataset, writer)
+        for row in staged:
+            stats.add(commit_staged(output, lock, row))
     return stats
+
+
+def staged_files(dataset: ray.data.Dataset, writer: FileWriter) -> Iterator[dict]:
+    """The files write tasks stage, a row each (see `FileWriter`)."""
+    staged = dataset.map_batches(
+        writer, batch_size=writer.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
+    )
+    for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from batch.to_pylist()
+
+
+def staged_whole_videos(dataset: ray.data.Dataset, writer: FileWriter) -> Iterator[dict]:
+    """Segments mode: labelled rows gathered into whole videos (`WholeVideos`) and staged here
+    a file's worth at a time, so that no file, and no commit, holds a part of a video."""
+    videos = WholeVideos()
+    pending: list[pa.Table] = []
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        pending += videos.add(batch)
+        if sum(t.num_rows for t in pending) >= writer.rows_per_file:
+            yield from writer(pa.concat_tables(pending, promote_options="default")).to_pylist()
+            pending = []
+    if pending:
+        yield from writer(pa.concat_tables(pending, promote_options="default")).to_pylist()
+    if videos.incomplete:
+        raise RuntimeError(
+            f"the segment rows of {videos.incomplete} videos did not all arrive; nothing of "
+            "them was written (a rerun labels them)"
+        )
 
 
 def run_report(
@@ -234,7 +262,8 @@ def run_report(
         ),
         manifest_rows=job.manifest.rows,
         rows_written=stats.rows,
-        skipped_committed=job.manifest.rows - stats.rows,
+        videos_written=stats.videos,
+        skipped_committed=job.manifest.rows - stats.videos,
         rows_replaced=work.withdrawn,
         counts={"status": dict(stats.status), "error_code": dict(stats.error_codes)},
         error_budget=ErrorBudget(

@@ -18,6 +18,8 @@ class WriteStats:
     """What a set of committed files holds, summed from the rows' internal columns."""
 
     rows: int = 0
+    videos: int = 0
+    """distinct videos (a video's rows are never split between files)"""
     files: list[str] = field(default_factory=list)
     status: Counter = field(default_factory=Counter)
     error_codes: Counter = field(default_factory=Counter)
@@ -41,6 +43,7 @@ class WriteStats:
 
     def add(self, other: WriteStats) -> None:
         self.rows += other.rows
+        self.videos += other.videos
         self.files += other.files
         self.status.update(other.status)
         self.error_codes.update(other.error_codes)
@@ -75,7 +78,7 @@ class Throughput:
             decode_clips_per_second=per_second(stats.decode_seconds, decode_actors),
             inference_clips_per_second=per_second(stats.inference_seconds, inference_actors),
             bytes_read=stats.bytes_read,
-            bytes_read_per_video=round(stats.bytes_read / stats.rows) if stats.rows else None,
+            bytes_read_per_video=round(stats.bytes_read / stats.videos) if stats.videos else None,
         )
 
 
@@ -126,6 +129,8 @@ class RunReport:
     model: ModelUsed = field(default_factory=ModelUsed)
     manifest_rows: int = 0
     rows_written: int = 0
+    videos_written: int = 0
+    """the videos of those rows (fewer than the rows in segments mode)"""
     skipped_committed: int = 0
     rows_replaced: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)

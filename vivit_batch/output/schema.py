@@ -1,7 +1,8 @@
 """Every column of an output row, declared once, and the internal columns that travel between
 the stages but are never written.
 
-Order of an output row: identification, outcome, prediction, video metadata, source version,
+Order of an output row: identification (with the segment's columns when
+`sampling.temporal_views` is segments), outcome, prediction, video metadata, source version,
 provenance, partition columns, then the manifest's own columns as given.
 """
 
@@ -9,6 +10,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+SEGMENT_COLUMNS = {
+    "segment_index": pa.int32(),
+    "segment_start_s": pa.float64(),
+    "segment_end_s": pa.float64(),
+}
+"""Which segment of its video a row labels: 0..n-1 in time order, and its span in seconds from
+the first frame (segments outputs only; null on a video's error row)."""
 OUTCOME_COLUMNS = {
     "status": pa.string(),
     "error_code": pa.string(),
@@ -58,6 +66,9 @@ CLIP_SHAPE = "_clip_shape"
 VIEWS = "_views"
 """clips decoded for the row"""
 BYTES_READ = "_bytes_read"
+SEGMENTS_TOTAL = "_segments_total"
+"""on the rows of a video's last chunk of segments: how many segments it has; on its error row:
+how many segment rows came before it (see `job.segments`)"""
 DECODE_SECONDS = "_decode_s"
 INFERENCE_SECONDS = "_inference_s"
 INFERENCE_DEVICE = "_inference_device"
@@ -78,12 +89,19 @@ def embedding_type(hidden_size: int) -> pa.DataType:
     return pa.list_(pa.float32(), hidden_size)
 
 
-def output_schema(hidden_size: int, partition_by: tuple[str, ...] = ()) -> pa.Schema:
+SEGMENT_DECODED_COLUMNS = {**SEGMENT_COLUMNS, SEGMENTS_TOTAL: pa.int32()}
+"""What the decode stage appends besides `DECODED_COLUMNS` in segments mode."""
+
+
+def output_schema(
+    hidden_size: int, partition_by: tuple[str, ...] = (), segments: bool = False
+) -> pa.Schema:
     """The columns every output row has, in order (manifest columns follow them)."""
     return pa.schema(
         [
             ("video_id", pa.string()),
             ("uri", pa.string()),
+            *(SEGMENT_COLUMNS.items() if segments else ()),
             *OUTCOME_COLUMNS.items(),
             *PREDICTION_COLUMNS.items(),
             ("embedding", embedding_type(hidden_size)),
@@ -95,5 +113,8 @@ def output_schema(hidden_size: int, partition_by: tuple[str, ...] = ()) -> pa.Sc
     )
 
 
-RESERVED_COLUMNS = frozenset(output_schema(1, PARTITION_COLUMNS).names) - {"video_id", "uri"}
+RESERVED_COLUMNS = frozenset(output_schema(1, PARTITION_COLUMNS, segments=True).names) - {
+    "video_id",
+    "uri",
+}
 """Names a manifest column may not have (besides those starting with "_")."""

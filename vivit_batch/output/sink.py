@@ -1,8 +1,10 @@
 """Writing rows: write tasks stage Parquet files, the driver commits them under the lock.
 
-`FileWriter` runs in Ray Data tasks: it turns a batch of labelled rows into files of at most
-`rows_per_file` rows, in output column order, stages each (`Output.stage`) and returns one row
-per file: where it is staged, where it goes, and what it holds. The driver commits each one
+`FileWriter` runs in Ray Data tasks (in segments mode in the driver, after `WholeVideos`): it
+turns a batch of labelled rows into files of at most `rows_per_file` rows, never splitting a
+video's rows (a video with more gets a file of its own), in output column order, stages each
+(`Output.stage`) and returns one row per file: where it is staged, where it goes, and what it
+holds. The driver commits each one
 (`commit_staged`) inside the lock's fence, so only the process that holds the lease ever makes
 rows visible. File names carry the run id and a digest of the video ids inside, so a retried
 task rewrites the same file instead of adding a second copy.
@@ -42,10 +44,11 @@ class FileWriter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         # Sorted, so that a retried task cuts the same files.
-        batch = batch.sort_by("video_id")
+        keys = [(n, "ascending") for n in ("video_id", "segment_index") if n in batch.column_names]
+        batch = batch.sort_by(keys)
         staged = []
-        for start in range(0, batch.num_rows, self.rows_per_file):
-            rows = batch.slice(start, self.rows_per_file)
+        for start, length in self.file_slices(batch.column("video_id").to_pylist()):
+            rows = batch.slice(start, length)
             table = self.to_output_table(rows)
             final = self.final_path(table)
             name = final.rsplit("/", 1)[1]
@@ -54,6 +57,22 @@ class FileWriter:
         return pa.Table.from_pylist(
             [dict(zip(STAGED_SCHEMA.names, row, strict=True)) for row in staged], STAGED_SCHEMA
         )
+
+    def file_slices(self, sorted_ids: list[str]) -> list[tuple[int, int]]:
+        """(start, length) of each file's rows: whole videos, at most `rows_per_file` rows
+        unless one video has more."""
+        slices: list[tuple[int, int]] = []
+        video_start = 0
+        for end in range(1, len(sorted_ids) + 1):
+            if end < len(sorted_ids) and sorted_ids[end] == sorted_ids[video_start]:
+                continue
+            length = end - video_start
+            if slices and slices[-1][1] + length <= self.rows_per_file:
+                slices[-1] = (slices[-1][0], slices[-1][1] + length)
+            else:
+                slices.append((video_start, length))
+            video_start = end
+        return slices
 
     def to_output_table(self, table: pa.Table) -> pa.Table:
         """Output columns in schema order, then the manifest's; internal `_` columns dropped."""
@@ -89,6 +108,7 @@ def stats_of(table: pa.Table) -> WriteStats:
     codes = [c for c in table.column("error_code").to_pylist() if c]
     return WriteStats(
         rows=table.num_rows,
+        videos=len(pc.unique(table.column("video_id"))),
         status=Counter(table.column("status").to_pylist()),
         error_codes=Counter(codes),
         clips=int(total(VIEWS)),

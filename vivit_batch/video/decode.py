@@ -8,6 +8,8 @@ B-frames). A video that ends before its header says is sampled again over what i
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -62,6 +64,12 @@ class DecodeConfig(Section, name="decode"):
     max_frames_per_clip: int | None = setting(
         None,
         "most frames decoded for one clip, counting those decoded only to reach it",
+        minimum=1,
+    )
+    segments_per_chunk: int = setting(
+        16,
+        "temporal_views=segments: segments a decode actor sends on to inference at a time (its "
+        "memory holds about two chunks of clips; decode.timeout_s applies to each chunk)",
         minimum=1,
     )
     isolation: str = setting(
@@ -131,21 +139,72 @@ def decode_video(request: DecodeRequest) -> DecodedVideo:
 
     Raises `VideoError` for anything wrong with the video or its storage.
     """
+    deadline = Deadline(request.uri, request.config.timeout_s)
+    with open_video(request, deadline) as video:
+        decoded = _decode_clips(request, video)
+        decoded.metadata.bytes_read = video.source.bytes_fetched()
+        return decoded
+
+
+@dataclass
+class OpenVideo:
+    """A video opened for decoding: its source, stream facts, decoder and frame converter."""
+
+    source: InputFile
+    info: StreamInfo
+    decoder: ClipDecoder
+    converter: FrameConverter
+
+    def metadata(self, frame_count: int | None) -> VideoMetadata:
+        """What is known of the video once decoded, `frame_count` frames long."""
+        info, turns = self.info, self.converter.turns
+        width, height = (info.height, info.width) if turns % 2 else (info.width, info.height)
+        return VideoMetadata(
+            duration_s=(
+                info.duration_s
+                if frame_count is None or frame_count == info.frame_count
+                else frame_count / info.sampling_fps
+            ),
+            fps=info.fps,
+            width=width,
+            height=height,
+            num_frames=frame_count,
+            codec=info.codec,
+            rotation=turns * 90,
+            corrupt_frames=self.decoder.corrupt,
+        )
+
+
+@contextlib.contextmanager
+def open_video(request: DecodeRequest, deadline: Deadline) -> Iterator[OpenVideo]:
+    """The video of `request` opened and checked against its limits; anything wrong with it or
+    its storage, there or in the block, raised as a `VideoError`."""
     uri, config = request.uri, request.config
     if request.sampling.spatial_crops == "three" and not request.processor.do_center_crop:
         raise ValueError(
             "spatial_crops='three' needs a processor with a crop size (do_center_crop)"
         )
-    deadline = Deadline(uri, config.timeout_s)
+    with (
+        _as_video_errors(uri),
+        open_input(uri, request.storage_options, stall_timeout_s=config.stall_timeout_s) as source,
+    ):
+        _check_file_size(uri, source, config)
+        with open_container(uri, source) as container:
+            stream = select_video_stream(uri, container)
+            info = probe_stream(container, stream)
+            _check_limits(uri, info, config)
+            stream.thread_type = "AUTO"
+            stream.thread_count = config.threads
+            decoder = ClipDecoder(container, stream, info, deadline, config.max_frames_per_clip)
+            yield OpenVideo(
+                source, info, decoder, FrameConverter(request.processor, config.threads)
+            )
+
+
+@contextlib.contextmanager
+def _as_video_errors(uri: str) -> Iterator[None]:
     try:
-        with open_input(
-            uri, request.storage_options, stall_timeout_s=config.stall_timeout_s
-        ) as source:
-            _check_file_size(uri, source, config)
-            with open_container(uri, source) as container:
-                video = _decode_container(request, container, deadline)
-            video.metadata.bytes_read = source.bytes_fetched()
-            return video
+        yield
     except VideoError:
         raise
     except av.FFmpegError as error:
@@ -156,22 +215,12 @@ def decode_video(request: DecodeRequest) -> DecodedVideo:
         raise VideoError.from_storage(uri, error) from error
 
 
-def _decode_container(
-    request: DecodeRequest, container: av.container.InputContainer, deadline: Deadline
-) -> DecodedVideo:
-    uri, sampling, config = request.uri, request.sampling, request.config
-    stream = select_video_stream(uri, container)
-    info = probe_stream(container, stream)
-    _check_limits(uri, info, config)
-    stream.thread_type = "AUTO"
-    stream.thread_count = config.threads
-    decoder = ClipDecoder(container, stream, info, deadline, config.max_frames_per_clip)
-    converter = FrameConverter(request.processor, config.threads)
-
+def _decode_clips(request: DecodeRequest, video: OpenVideo) -> DecodedVideo:
+    uri, sampling, info, decoder = request.uri, request.sampling, video.info, video.decoder
     # Unknown length: sample the first span; if the stream is shorter, the retry below fixes it.
     frame_count = info.frame_count
     positions = frame_positions(frame_count or sampling.span, sampling, request.video_id)
-    pictures = decoder.decode_at(info.times(positions), converter)
+    pictures = decoder.decode_at(info.times(positions), video.converter)
     if decoder.ended_early:  # cut short, or the header overstates: sample what is there
         frame_count = decoder.frames_until_end()
         if info.frame_count and frame_count < min(sampling.frames, info.frame_count):
@@ -183,33 +232,18 @@ def _decode_container(
                 "short or damaged",
             )
         positions = frame_positions(frame_count, sampling, request.video_id)
-        pictures = decoder.decode_at(info.times(positions), converter)
-    _check_corruption(uri, decoder)
+        pictures = decoder.decode_at(info.times(positions), video.converter)
+    check_corruption(uri, decoder)
 
-    turns = converter.turns
-    width, height = (info.height, info.width) if turns % 2 else (info.width, info.height)
     fps = info.sampling_fps
     span_end = positions.max() + sampling.frame_sample_rate
-    metadata = VideoMetadata(
-        duration_s=(
-            info.duration_s
-            if frame_count is None or frame_count == info.frame_count
-            else frame_count / fps
-        ),
-        fps=info.fps,
-        width=width,
-        height=height,
-        num_frames=frame_count,
-        codec=info.codec,
-        clip_start_s=float(positions.min()) / fps,
-        clip_end_s=float(min(span_end, frame_count or span_end)) / fps,
-        rotation=turns * 90,
-        corrupt_frames=decoder.corrupt,
-    )
-    return DecodedVideo(_assemble(pictures, request.processor, sampling), metadata)
+    metadata = video.metadata(frame_count)
+    metadata.clip_start_s = float(positions.min()) / fps
+    metadata.clip_end_s = float(min(span_end, frame_count or span_end)) / fps
+    return DecodedVideo(assemble_clips(pictures, request.processor, sampling), metadata)
 
 
-def _assemble(
+def assemble_clips(
     pictures: list[list[np.ndarray]], processor: ProcessorConfig, sampling: SamplingConfig
 ) -> np.ndarray:
     """(views, T, H, W, 3) from (temporal view, T) pictures: each view with its spatial crops."""
@@ -255,7 +289,7 @@ def _check_limits(uri: str, info: StreamInfo, limits: DecodeConfig) -> None:
         )
 
 
-def _check_corruption(uri: str, decoder: ClipDecoder) -> None:
+def check_corruption(uri: str, decoder: ClipDecoder) -> None:
     if decoder.corrupt > decoder.decoded:
         raise VideoError(
             ErrorCode.DECODE_ERROR,

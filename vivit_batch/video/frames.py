@@ -36,6 +36,11 @@ class Deadline:
     def __init__(self, uri: str, timeout_s: float | None):
         self.uri = uri
         self._timeout_s = timeout_s
+        self.restart()
+
+    def restart(self) -> None:
+        """The full time again, from now (segments: for each chunk)."""
+        timeout_s = self._timeout_s
         self._end = None if timeout_s is None else time.monotonic() + timeout_s
 
     def check(self) -> None:
@@ -99,6 +104,12 @@ class ClipDecoder:
                 "no frame could be decoded; the video stream is damaged or empty",
             )
         return [[results[i] for i in row] for row in inverse.reshape(times.shape)]
+
+    def every_frame(self, targets: list[float]) -> Iterator[tuple[float, av.VideoFrame]]:
+        """(time, frame) of the stream from its first frame on, in one pass; in H.264 and HEVC
+        non-reference frames far from every one of the sorted `targets` are skipped."""
+        self._max_decoded = None
+        return self._frames_from(self._start_s, targets)
 
     def frames_until_end(self) -> int:
         """Frame count implied by the last frame decoded, at the average rate."""

@@ -28,14 +28,17 @@ import struct
 import subprocess
 import sys
 import weakref
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 
 import numpy as np
 
 from vivit_batch.video.decode import DecodeConfig, DecodedVideo, DecodeRequest
 from vivit_batch.video.errors import ErrorCode, VideoError
+from vivit_batch.video.segments import SegmentChunk
 from vivit_batch.video.worker import (
     STILL_RUNNING,
+    Chunk,
     Decoded,
     DecoderProcessError,
     Failed,
@@ -90,14 +93,49 @@ class IsolatedDecoder:
 
     def decode(self, request: DecodeRequest) -> DecodedVideo:
         """What `decode_video` returns or raises, plus `timeout` and `decode_crash` errors."""
+        for reply, clips in self._replies(request):
+            if isinstance(reply, Chunk):
+                raise DecoderProcessError("a segments reply to a clips request")
+            return _result(reply, clips)
+        raise AssertionError("_replies ends with a result")
+
+    def decode_segments(self, request: DecodeRequest) -> Iterator[SegmentChunk]:
+        """What `decode_segments` yields or raises, plus `timeout` and `decode_crash` errors
+        (the timeout applies to each chunk). After a crash the retry's chunks already handed on
+        are skipped: decoding is deterministic, so they are the same segments."""
+        delivered = 0
+        for reply, clips in self._replies(request):
+            if not isinstance(reply, Chunk):
+                _result(reply, clips)  # raises the error (a Decoded here would be a bug)
+                raise DecoderProcessError("a clips reply to a segments request")
+            assert clips is not None  # they follow every Chunk
+            if reply.first_index >= delivered:
+                delivered = reply.first_index + len(clips)
+                yield SegmentChunk(
+                    reply.first_index, np.array(reply.bounds_s), clips, reply.metadata
+                )
+
+    def _replies(
+        self, request: DecodeRequest
+    ) -> Iterator[tuple[Decoded | Chunk | Failed, np.ndarray | None]]:
+        """The worker's replies to `request` up to its last (a `Decoded`, a `Failed` or a last
+        `Chunk`); after a crash, those of the retry from its first."""
         uri, timeout_s = request.uri, request.config.timeout_s
         message = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         deadline = None if timeout_s is None else timeout_s + KILL_GRACE_S
         deaths: list[str] = []
         while True:
             worker = self._processes.ready_worker(self.startup_timeout_s)
+            finished = False
             try:
-                reply, clips = worker.ask(message, deadline, uri, self._max_clip_bytes)
+                worker.send(message)
+                while not finished:
+                    reply, clips = worker.receive(deadline, uri, self._max_clip_bytes)
+                    finished = not isinstance(reply, Chunk) or reply.metadata is not None
+                    if finished and reply.rss_bytes > (self.max_memory_bytes or 2**62) // 2:
+                        self._processes.end_worker()  # to free memory fragmentation holds
+                    yield reply, clips
+                return
             except _Stuck:
                 self._processes.end_worker()
                 raise VideoError(
@@ -118,10 +156,9 @@ class IsolatedDecoder:
                         f"the decoding process died on each of {len(deaths)} attempts "
                         f"({'; '.join(deaths)}); the file likely crashes the decoder (FFmpeg)",
                     ) from None
-                continue
-            if self.max_memory_bytes and reply.rss_bytes > self.max_memory_bytes // 2:
-                self._processes.end_worker()
-            return _result(reply, clips)
+            finally:
+                if not finished and self._processes.worker is worker:
+                    self._processes.end_worker()  # left mid-stream: its replies are unread
 
     def close(self) -> None:
         self._finalizer()
@@ -294,18 +331,24 @@ class _Worker:
     def died_while_idle(self) -> bool:
         return self.replies.poll(0)  # nothing is due: readable means the pipe's end
 
-    def ask(
-        self, request: bytes, deadline: float | None, uri: str, max_clip_bytes: int
-    ) -> tuple[Decoded | Failed, np.ndarray | None]:
-        """Send a pickled `DecodeRequest`; the reply, and the clips that follow a `Decoded`.
-        A reply that is not one (`parse_reply`) counts as the worker's death."""
+    def send(self, request: bytes) -> None:
+        """Send a pickled `DecodeRequest`."""
         try:
             self.requests.send_bytes(request)
+        except OSError as error:
+            raise _Died() from error
+
+    def receive(
+        self, deadline: float | None, uri: str, max_clip_bytes: int
+    ) -> tuple[Decoded | Chunk | Failed, np.ndarray | None]:
+        """The next reply, and the clips that follow a `Decoded` or a `Chunk`. A reply that is
+        not one (`parse_reply`) counts as the worker's death."""
+        try:
             if not self.replies.poll(deadline):
                 raise _Stuck()
             reply = parse_reply(self.replies.recv_bytes(), uri, max_clip_bytes)
             clips = None
-            if isinstance(reply, Decoded):
+            if isinstance(reply, (Decoded, Chunk)):
                 clips = np.empty(reply.shape, np.uint8)
                 receive_into(self.replies.fileno(), clips)
             return reply, clips

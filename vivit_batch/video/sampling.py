@@ -1,4 +1,5 @@
-"""Which frames make a clip: sampling settings, frame positions per view, nearest-frame matching.
+"""Which frames make a clip: sampling settings, frame positions per view or per segment,
+nearest-frame matching.
 
 Pure functions (no video needed). A frame *position* is an index at the stream's average frame
 rate; `decode` turns positions into times (`start + position / fps`) and gives each time the
@@ -9,15 +10,16 @@ has no frame count are sampled the same way as constant-rate video with one.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from vivit_batch.settings import ConfigError, Section, setting
+from vivit_batch.settings import SECONDS, ConfigError, Section, setting
 
-TEMPORAL_VIEWS = ("center", "uniform", "random")
+TEMPORAL_VIEWS = ("center", "uniform", "random", "segments")
 SPATIAL_CROPS = ("center", "three")
 
 
@@ -35,10 +37,26 @@ class SamplingConfig(Section, name="sampling"):
         "center",
         "center: one clip in the middle; uniform: num_temporal_views clips evenly spaced from "
         "the start to the end (the paper's protocol); random: one clip at a place reproducible "
-        "from (seed, video id)",
+        "from (seed, video id); segments: one row per segment of the video along its whole "
+        "timeline (see segment_s)",
         choices=TEMPORAL_VIEWS,
     )
     num_temporal_views: int = setting(1, "clips per video with temporal_views=uniform", minimum=1)
+    segment_s: float | None = setting(
+        None,
+        "temporal_views=segments: length of a segment, each labelled from one clip of num_frames "
+        "frames spread across it; default: one clip's span (num_frames x frame_sample_rate "
+        "frames). The last segment ends at the video's end, shorter unless the length divides",
+        unit=SECONDS,
+        above=0,
+    )
+    segment_stride_s: float | None = setting(
+        None,
+        "temporal_views=segments: a segment starts every this many seconds (less than "
+        "segment_s: overlapping segments); default: segment_s",
+        unit=SECONDS,
+        above=0,
+    )
     spatial_crops: str = setting(
         "center",
         "center, or three: left, centre and right along the long side (the paper's 3-crop)",
@@ -47,12 +65,23 @@ class SamplingConfig(Section, name="sampling"):
     seed: int = setting(0, "run seed for temporal_views=random", minimum=0)
 
     def combination_problems(self) -> list[str]:
+        problems = []
         if self.num_temporal_views > 1 and self.temporal_views != "uniform":
-            return [
+            problems.append(
                 f"sampling.num_temporal_views={self.num_temporal_views} needs "
                 f"sampling.temporal_views=uniform (it is {self.temporal_views})"
-            ]
-        return []
+            )
+        for name in ("segment_s", "segment_stride_s"):
+            if getattr(self, name) is not None and not self.segments:
+                problems.append(
+                    f"sampling.{name} needs sampling.temporal_views=segments "
+                    f"(it is {self.temporal_views})"
+                )
+        return problems
+
+    @property
+    def segments(self) -> bool:
+        return self.temporal_views == "segments"
 
     @property
     def frames(self) -> int:
@@ -91,6 +120,39 @@ def frame_positions(total_frames: int, sampling: SamplingConfig, video_id: str =
     return starts[:, None] + steps[None, :] * sampling.frame_sample_rate
 
 
+@dataclass(frozen=True)
+class SegmentPlan:
+    """Where a video's segments lie and which frames label each, in frame positions (at the
+    average frame rate, from the first frame; fractional where seconds do not fall on a frame)."""
+
+    bounds: np.ndarray
+    """float64 (segments, 2): each segment's start and end"""
+    positions: np.ndarray
+    """float64 (segments, num_frames): the frames of its clip, spread evenly from its start"""
+
+
+def plan_segments(total_frames: int, sampling: SamplingConfig, fps: float) -> SegmentPlan:
+    """The segments of a video of `total_frames` frames. One starts every stride from the first
+    frame, each `segment_s` long, while it fits; what is left after the last that fits is a
+    segment of its own (shorter, ending at the video's end) when it is at least half a segment
+    long, else it is added to the last one (which then ends at the video's end). A video no
+    longer than one segment is one segment."""
+    if total_frames < 1:
+        raise ValueError(f"total_frames must be at least 1, got {total_frames}")
+    length = sampling.span if sampling.segment_s is None else sampling.segment_s * fps
+    stride = length if sampling.segment_stride_s is None else sampling.segment_stride_s * fps
+    fitting = max(1, 1 + math.floor((total_frames - length) / stride + 1e-9))
+    starts = np.arange(fitting, dtype=np.float64) * stride
+    ends = np.minimum(starts + length, total_frames)
+    tail_start = fitting * stride
+    if total_frames - tail_start >= length / 2:
+        starts, ends = np.append(starts, tail_start), np.append(ends, total_frames)
+    ends[-1] = total_frames
+    steps = np.arange(sampling.frames, dtype=np.float64) / sampling.frames
+    positions = starts[:, None] + steps[None, :] * (ends - starts)[:, None]
+    return SegmentPlan(np.stack([starts, ends], axis=1), positions)
+
+
 def _view_starts(max_start: int, sampling: SamplingConfig, video_id: str) -> np.ndarray:
     if sampling.temporal_views == "random":
         rng = np.random.default_rng([sampling.seed, _stable_hash(video_id)])
@@ -126,6 +188,11 @@ class NearestFrameMatcher(Generic[Item]):
     @property
     def done(self) -> bool:
         return self._next == len(self._targets)
+
+    @property
+    def settled(self) -> int:
+        """How many targets (from the first) have their frame."""
+        return self._next
 
     @property
     def pending(self) -> list[float]:

@@ -3,7 +3,9 @@
 The zygote (`zygote_main`) imports PyAV, numpy and torch once, then forks a worker per request
 of the parent's `IsolatedDecoder` and reports their exits. A worker (`serve`) decodes one
 `DecodeRequest` at a time from its request pipe and answers on its reply pipe with a `Decoded`
-(followed by the clips' raw bytes) or a `Failed`. Both exit when the process above them does.
+(followed by the clips' raw bytes) or a `Failed`; a segments request with a `Chunk` (and its
+clips) per chunk of segments, the last one carrying the metadata, or a `Failed` at any point.
+Both exit when the process above them does.
 
 Replies are data, never pickles: a JSON header (`encode_reply`) that the parent checks field by
 field (`parse_reply`) before it believes any of it, then the clips' raw uint8 bytes. A decoder
@@ -28,6 +30,7 @@ import threading
 import time
 import traceback
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -36,6 +39,7 @@ import torch  # noqa: F401  (for the resize; imported once here, before the zygo
 
 from vivit_batch.video.decode import DecodeRequest, VideoMetadata, decode_video
 from vivit_batch.video.errors import ErrorCode, VideoError
+from vivit_batch.video.segments import decode_segments
 
 STILL_RUNNING = -(2**31)
 """What `reap` answers for a worker that did not end."""
@@ -57,6 +61,18 @@ class Decoded:
     shape: tuple[int, ...]
     rss_bytes: int
     """the worker's resident memory after the video"""
+
+
+@dataclass
+class Chunk:
+    """A chunk of a video's segments (see `segments`): their clips' bytes follow on the pipe."""
+
+    first_index: int
+    bounds_s: list[list[float]]
+    shape: tuple[int, ...]
+    rss_bytes: int
+    metadata: VideoMetadata | None = None
+    """on the video's last chunk"""
 
 
 @dataclass
@@ -82,12 +98,22 @@ _RAISED_AS_THEMSELVES = {
 """Bugs in the worker that the parent raises as their own type (others: DecoderProcessError)."""
 
 
-def encode_reply(reply: Decoded | Failed) -> bytes:
+def encode_reply(reply: Decoded | Chunk | Failed) -> bytes:
+    header: dict[str, object]
     if isinstance(reply, Decoded):
         header = {
             "kind": "decoded",
             "metadata": dataclasses.asdict(reply.metadata),
             "shape": list(reply.shape),
+        }
+    elif isinstance(reply, Chunk):
+        metadata = reply.metadata
+        header = {
+            "kind": "chunk",
+            "first_index": reply.first_index,
+            "bounds_s": reply.bounds_s,
+            "shape": list(reply.shape),
+            "metadata": None if metadata is None else dataclasses.asdict(metadata),
         }
     elif isinstance(reply.error, VideoError):
         header = {
@@ -105,7 +131,7 @@ def encode_reply(reply: Decoded | Failed) -> bytes:
     return json.dumps({**header, "rss_bytes": reply.rss_bytes}).encode()
 
 
-def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Failed:
+def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Chunk | Failed:
     """The reply `encode_reply` made, checked: `MalformedReply` for anything else (a pickle, a
     field of the wrong type, clips larger than `max_clip_bytes`). Errors name `uri`, the
     request's, whatever the reply says."""
@@ -117,6 +143,19 @@ def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Failed:
             if len(shape) != 5 or shape[-1] != 3 or math.prod(shape) > max_clip_bytes:
                 raise MalformedReply(f"clips of shape {shape[:6]}")
             return Decoded(_metadata(header["metadata"]), shape, rss_bytes)
+        if kind == "chunk":
+            shape = tuple(_count(n) for n in header["shape"])
+            if len(shape) != 6 or shape[-1] != 3 or math.prod(shape) > max_clip_bytes:
+                raise MalformedReply(f"segment clips of shape {shape[:7]}")
+            bounds = _bounds(header["bounds_s"], shape[0])
+            metadata = header["metadata"]
+            return Chunk(
+                _count(header["first_index"]),
+                bounds,
+                shape,
+                rss_bytes,
+                None if metadata is None else _metadata(metadata),
+            )
         if kind == "video_error":
             detail = _text(header["detail"])
             return Failed(VideoError(ErrorCode(header["code"]), uri, detail), rss_bytes)
@@ -137,6 +176,20 @@ def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Failed:
 def _count(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MalformedReply(f"{str(value)[:40]!r} where a count belongs")
+    return value
+
+
+def _bounds(value: object, count: int) -> list[list[float]]:
+    """`count` (start, end) pairs of seconds."""
+    if not isinstance(value, list) or len(value) != count:
+        raise MalformedReply(f"bounds for {count} segments expected")
+    for pair in value:
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)
+        ):
+            raise MalformedReply(f"{str(pair)[:40]!r} where a segment's bounds belong")
     return value
 
 
@@ -254,29 +307,41 @@ def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
             request = requests.recv_bytes()
         except (EOFError, OSError):
             return
-        reply, clips = _decode(pickle.loads(request), max_memory_bytes)  # from the parent
-        replies.send_bytes(encode_reply(reply))
-        if clips is not None:
-            _send_all(reply_fd, clips)
-        del reply, clips
+        for reply, clips in _replies(pickle.loads(request), max_memory_bytes):  # the parent's
+            replies.send_bytes(encode_reply(reply))
+            if clips is not None:
+                _send_all(reply_fd, clips)
+            del reply, clips
 
 
-def _decode(
+def _replies(
     request: DecodeRequest, max_memory_bytes: int
-) -> tuple[Decoded | Failed, np.ndarray | None]:
-    """The reply to one request, and the clips to send after it."""
+) -> Iterator[tuple[Decoded | Chunk | Failed, np.ndarray | None]]:
+    """The replies to one request, each with the clips to send after it."""
     try:
+        if request.sampling.segments:
+            for chunk in decode_segments(request):
+                clips = np.ascontiguousarray(chunk.clips)
+                bounds = chunk.bounds_s.tolist()
+                yield (
+                    Chunk(chunk.first_index, bounds, clips.shape, _rss_bytes(), chunk.metadata),
+                    clips,
+                )
+            return
         video = decode_video(request)
     except VideoError as error:
         if isinstance(error.__cause__, MemoryError):
             error = _out_of_memory(request.uri, max_memory_bytes)
-        return Failed(error, _rss_bytes()), None
+        yield Failed(error, _rss_bytes()), None
+        return
     except MemoryError:
-        return Failed(_out_of_memory(request.uri, max_memory_bytes), _rss_bytes()), None
+        yield Failed(_out_of_memory(request.uri, max_memory_bytes), _rss_bytes()), None
+        return
     except Exception as error:  # a bug: the parent raises it, as decode_video would
-        return Failed(error, _rss_bytes(), traceback.format_exc()), None
+        yield Failed(error, _rss_bytes(), traceback.format_exc()), None
+        return
     clips = np.ascontiguousarray(video.clips)
-    return Decoded(video.metadata, clips.shape, _rss_bytes()), clips
+    yield Decoded(video.metadata, clips.shape, _rss_bytes()), clips
 
 
 def _out_of_memory(uri: str, max_memory_bytes: int) -> VideoError:
