@@ -41,6 +41,15 @@ def test_several_temporal_views_need_uniform():
         SamplingConfig(temporal_views="center", num_temporal_views=4)
 
 
+def test_segment_lengths_need_segments():
+    with pytest.raises(
+        ConfigError, match="sampling.segment_stride_s needs sampling.temporal_views=segments"
+    ):
+        SamplingConfig(segment_stride_s=1.0)
+    with pytest.raises(ConfigError, match="sampling.segment_s must be more than 0s"):
+        SamplingConfig(temporal_views="segments", segment_s=0)
+
+
 def test_center_clip_sits_in_the_middle():
     positions = frame_positions(100, SamplingConfig(num_frames=8, frame_sample_rate=4))
     # span 32 frames, 68 spare: 34 before, 34 after

@@ -134,9 +134,9 @@ class SegmentPlan:
 def plan_segments(total_frames: int, sampling: SamplingConfig, fps: float) -> SegmentPlan:
     """The segments of a video of `total_frames` frames. One starts every stride from the first
     frame, each `segment_s` long, while it fits; what is left after the last that fits is a
-    segment of its own (shorter, ending at the video's end) when it is at least half a segment
-    long, else it is added to the last one (which then ends at the video's end). A video no
-    longer than one segment is one segment."""
+    segment of its own (the next stride on, ending at the video's end) when it is at least half
+    a stride long, else the last one is extended to the video's end. A video no longer than
+    one segment is one segment."""
     if total_frames < 1:
         raise ValueError(f"total_frames must be at least 1, got {total_frames}")
     length = sampling.span if sampling.segment_s is None else sampling.segment_s * fps
@@ -144,9 +144,8 @@ def plan_segments(total_frames: int, sampling: SamplingConfig, fps: float) -> Se
     fitting = max(1, 1 + math.floor((total_frames - length) / stride + 1e-9))
     starts = np.arange(fitting, dtype=np.float64) * stride
     ends = np.minimum(starts + length, total_frames)
-    tail_start = fitting * stride
-    if total_frames - tail_start >= length / 2:
-        starts, ends = np.append(starts, tail_start), np.append(ends, total_frames)
+    if total_frames - ends[-1] >= stride / 2:
+        starts, ends = np.append(starts, fitting * stride), np.append(ends, total_frames)
     ends[-1] = total_frames
     steps = np.arange(sampling.frames, dtype=np.float64) / sampling.frames
     positions = starts[:, None] + steps[None, :] * (ends - starts)[:, None]

@@ -1,0 +1,164 @@
+"""Segments mode without Ray: a video cut into segments decoded in one pass, handed on in chunks
+of bounded size (in-process and through the isolated worker alike), and the driver's gathering
+of a video's labelled rows into one whole video."""
+
+from __future__ import annotations
+
+import tracemalloc
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from vivit_batch.output.schema import SEGMENTS_TOTAL
+from vivit_batch.output.sink import FileWriter
+from vivit_batch.output.videos import WholeVideos
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.testing.media import read_index, write_video
+from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video.isolation import IsolatedDecoder
+from vivit_batch.video.segments import decode_segments
+
+PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
+SEGMENTS = SamplingConfig(num_frames=4, frame_sample_rate=2, temporal_views="segments")
+"""segments of 8 frames by default"""
+
+
+def request(path, per_chunk: int = 2, sampling: SamplingConfig = SEGMENTS) -> DecodeRequest:
+    return DecodeRequest(
+        str(path), sampling, PROCESSOR, config=DecodeConfig(segments_per_chunk=per_chunk)
+    )
+
+
+def frame_indices(clip: np.ndarray) -> list[int]:
+    """The frame index drawn in each picture of a (T, H, W, 3) clip."""
+    return [read_index(picture) for picture in clip]
+
+
+def test_segments_cover_the_video_in_order_each_from_its_own_frames(tmp_path):
+    video = write_video(tmp_path / "a.mp4", num_frames=37, fps=30)  # 4 x 8 frames, then 5
+    chunks = list(decode_segments(request(video, per_chunk=2)))
+    assert [len(c.clips) for c in chunks] == [2, 2, 1]  # the last chunk is never empty
+    assert [c.first_index for c in chunks] == [0, 2, 4]
+    assert [c.metadata is None for c in chunks] == [True, True, False]
+    assert chunks[-1].metadata.num_frames == 37
+    bounds = np.concatenate([c.bounds_s for c in chunks]) * 30
+    np.testing.assert_allclose(bounds, [[0, 8], [8, 16], [16, 24], [24, 32], [32, 37]])
+    clips = np.concatenate([c.clips for c in chunks])
+    assert clips.shape == (5, 1, 4, 64, 64, 3)
+    for segment, (start, end) in enumerate(bounds):
+        wanted = start + np.arange(4) * (end - start) / 4  # spread over the segment
+        got = frame_indices(clips[segment, 0])
+        assert all(abs(g - w) <= 0.5 for g, w in zip(got, wanted, strict=True)), (segment, got)
+    assert frame_indices(clips[0, 0]) == [0, 2, 4, 6]
+
+
+def test_a_short_tail_joins_the_last_segment_and_a_short_video_is_one_segment(tmp_path):
+    tail = write_video(tmp_path / "tail.mp4", num_frames=27, fps=30)  # 3 x 8, then 3 < 4
+    [chunk] = list(decode_segments(request(tail, per_chunk=8)))
+    np.testing.assert_allclose(chunk.bounds_s * 30, [[0, 8], [8, 16], [16, 27]])
+    short = write_video(tmp_path / "short.mp4", num_frames=5, fps=30)
+    [chunk] = list(decode_segments(request(short)))
+    np.testing.assert_allclose(chunk.bounds_s * 30, [[0, 5]])
+    assert frame_indices(chunk.clips[0, 0])[::3] == [0, 4]  # spread over all of it
+
+
+def test_overlapping_segments_start_every_stride(tmp_path):
+    video = write_video(tmp_path / "a.mp4", num_frames=40, fps=10)
+    sampling = replace(SEGMENTS, segment_s=2.0, segment_stride_s=1.0)
+    chunks = list(decode_segments(request(video, sampling=sampling)))
+    bounds = np.concatenate([c.bounds_s for c in chunks])
+    np.testing.assert_allclose(bounds, [[0, 2], [1, 3], [2, 4]])
+    clips = np.concatenate([c.clips for c in chunks])
+    assert frame_indices(clips[1, 0]) == [10, 15, 20, 25]
+
+
+def test_full_segments_are_the_clips_per_video_sampling_takes_there(tmp_path):
+    video = write_video(tmp_path / "a.mp4", num_frames=32, content="detailed")
+    segments = np.concatenate([c.clips for c in decode_segments(request(video))])
+    uniform = replace(SEGMENTS, temporal_views="uniform", num_temporal_views=4)
+    views = decode_video(request(video, sampling=uniform)).clips  # starts 0, 8, 16, 24
+    np.testing.assert_array_equal(segments[:, 0], views)
+
+
+def test_the_isolated_worker_sends_the_same_chunks(tmp_path):
+    video = write_video(tmp_path / "a.mp4", num_frames=37, content="detailed")
+    here = list(decode_segments(request(video, per_chunk=2)))
+    with IsolatedDecoder() as decoder:
+        there = list(decoder.decode_segments(request(video, per_chunk=2)))
+        again = list(decoder.decode_segments(request(video, per_chunk=2)))  # the worker reused
+    for chunks in (there, again):
+        assert [c.first_index for c in chunks] == [c.first_index for c in here]
+        for mine, theirs in zip(here, chunks, strict=True):
+            np.testing.assert_array_equal(mine.clips, theirs.clips)
+            np.testing.assert_allclose(mine.bounds_s, theirs.bounds_s)
+            assert mine.metadata == theirs.metadata
+
+
+def test_a_long_video_is_decoded_in_bounded_memory(tmp_path):
+    """375 segments of 8 224x224 frames would be 450 MB of clips; a decoder holds about two
+    chunks of 4 (4.8 MB each) at a time."""
+    video = write_video(tmp_path / "long.mp4", num_frames=3000, fps=30)
+    large = ProcessorConfig(shortest_edge=224, crop_height=224, crop_width=224)
+    sampling = SamplingConfig(num_frames=8, frame_sample_rate=1, temporal_views="segments")
+    long_request = DecodeRequest(
+        str(video), sampling, large, config=DecodeConfig(segments_per_chunk=4)
+    )
+    chunk_bytes = 4 * 8 * 224 * 224 * 3
+    tracemalloc.start()
+    try:
+        count = 0
+        for chunk in decode_segments(long_request):
+            count += len(chunk.clips)
+            del chunk
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 375
+    assert peak < 4 * chunk_bytes, f"peak {peak / 2**20:.1f} MiB"
+
+
+def labelled(video_id: str, indices: list[int | None], total: int | None, status: str = "ok"):
+    rows = len(indices)
+    return pa.table(
+        {
+            "video_id": [video_id] * rows,
+            "segment_index": pa.array(indices, pa.int32()),
+            "status": [status] * rows,
+            SEGMENTS_TOTAL: pa.array([total] * rows, pa.int32()),
+            "duration_s": pa.array([9.0 if total is not None else None] * rows, pa.float64()),
+            "fps": pa.array([30.0 if total is not None else None] * rows, pa.float64()),
+            "width": pa.array([64 if total is not None else None] * rows, pa.int32()),
+            "height": pa.array([48 if total is not None else None] * rows, pa.int32()),
+            "num_frames": pa.array([270 if total is not None else None] * rows, pa.int64()),
+            "clip_start_s": pa.array([float(i or 0) for i in indices], pa.float64()),
+            "clip_end_s": pa.array([float(i or 0) + 1 for i in indices], pa.float64()),
+        }
+    )
+
+
+def test_a_video_leaves_whole_once_all_its_segments_are_in():
+    videos = WholeVideos()
+    last_chunk_first = pa.concat_tables([labelled("a", [2, 3], 4), labelled("b", [0, 1], None)])
+    assert list(videos.add(last_chunk_first)) == []
+    assert videos.incomplete == 2
+    [a] = list(videos.add(pa.concat_tables([labelled("a", [1, 0], None)])))
+    assert a["segment_index"].to_pylist() == [0, 1, 2, 3]
+    assert a["duration_s"].to_pylist() == [9.0] * 4  # the video's metadata on every segment
+    assert a["clip_start_s"].to_pylist() == [0.0, 1.0, 2.0, 3.0]  # each segment's own span
+    # b failed after its first two segments went out: its error row says so
+    [b] = list(videos.add(labelled("b", [None], 2, status="error")))
+    assert b.num_rows == 1 and b["status"].to_pylist() == ["error"]
+    assert videos.incomplete == 0
+
+
+@pytest.mark.parametrize(
+    ("ids", "slices"),
+    [
+        (list("abcdefg"), [(0, 3), (3, 3), (6, 1)]),
+        (list("aabbbbcdd"), [(0, 2), (2, 4), (6, 3)]),  # b, longer than a file, alone
+    ],
+)
+def test_files_hold_whole_videos(ids, slices):
+    assert FileWriter(None, "run", pa.schema([]), rows_per_file=3).file_slices(ids) == slices
