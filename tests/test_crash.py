@@ -272,3 +272,59 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
     assert {f for f in job.files() if "part-frozen-" in f} == committed_by_frozen
     assert len(job.committed()) == VIDEOS  # one row per video (committed() checks)
     assert "run frozen lost the lock" in log.read_text()
+
+
+SEGMENT_FRAMES = 6
+"""`sampling.segment_s=0.2` at the test videos' 30 fps"""
+
+
+def segments_of(num_frames: int) -> int:
+    """Segments of a video that long: whole ones, and a remainder of half a segment or more."""
+    whole, left = divmod(num_frames, SEGMENT_FRAMES)
+    return whole + (left * 2 >= SEGMENT_FRAMES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_segments_run_killed_midway_shows_only_whole_videos(ray_cluster, job, stalling):
+    """Segments mode, each chunk of one segment labelled on its own: a reader looking all along
+    sees each video with all of its segments or none; after SIGKILL the rerun completes it."""
+    segments = ["--set", "sampling.temporal_views=segments", "--set", "sampling.segment_s=0.2"]
+    segments += ["--set", "decode.segments_per_chunk=1"]
+    expected = {f"v{i}.mp4": segments_of(20 + i) for i in range(VIDEOS)}
+    never_ending = never_ending_manifest(job, stalling)
+    run = start_run(job, ray_cluster, "never-ending.txt", extra=[*segments, *never_ending])
+    looks = []
+    while len(job.files()) < 3:
+        looks.append(whole_videos_seen(job, expected))
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert len(looks) > 1 and max(looks) >= 3
+    assert start_run(job, ray_cluster, extra=segments).wait(timeout=600) == 0
+    assert whole_videos_seen(job, expected) == VIDEOS
+
+
+def whole_videos_seen(job: Job, expected: dict[str, int]) -> int:
+    """How many videos a reader sees; fails unless each has exactly its segments, in order,
+    covering it (each file holds whole videos)."""
+    time.sleep(0.1)
+    path = job.filesystem()[1]
+    if not job.files():
+        return 0
+    table = ds.dataset(path, format="parquet").to_table()
+    by_video: dict[str, list[dict]] = {}
+    for row in (
+        table.sort_by([("video_id", "ascending"), ("segment_index", "ascending")])
+        .select(
+            ["video_id", "uri", "segment_index", "segment_start_s", "segment_end_s", "num_frames"]
+        )
+        .to_pylist()
+    ):
+        by_video.setdefault(row["video_id"], []).append(row)
+    for rows in by_video.values():
+        name = Path(rows[0]["uri"]).name
+        assert [r["segment_index"] for r in rows] == list(range(expected[name])), name
+        ends = [r["segment_end_s"] for r in rows]
+        assert [r["segment_start_s"] for r in rows] == [0.0, *ends[:-1]]
+        assert ends[-1] == pytest.approx(rows[0]["num_frames"] / 30)
+    return len(by_video)

@@ -25,6 +25,7 @@ from vivit_batch.output.schema import (
     INFERENCE_SECONDS,
     METADATA_COLUMNS,
     PREDICTION_COLUMNS,
+    SEGMENT_COLUMNS,
     VERSION_COLUMNS,
     VIEWS,
     output_schema,
@@ -49,8 +50,14 @@ ERRORS = {"e0": "unreadable", "e1": "unreadable", "e2": "timeout"}
 
 def rows_of(run_id: str, ids: list[str], started: datetime) -> pa.Table:
     """Rows as the inference stage hands them to the sink, with a `truth` manifest column."""
+    return labelled_rows(run_id, ids, [VIDEOS.get(i) for i in ids], started)
+
+
+def labelled_rows(
+    run_id: str, ids: list[str], videos: list[tuple | None], started: datetime
+) -> pa.Table:
+    """One row per id, labelled as `videos` says (as `VIDEOS`' values; None: an error row)."""
     count = len(ids)
-    videos = [VIDEOS.get(i) for i in ids]
     columns = {
         "video_id": pa.array(ids),
         "uri": pa.array([f"/videos/{i}.mp4" for i in ids]),
@@ -80,8 +87,15 @@ def rows_of(run_id: str, ids: list[str], started: datetime) -> pa.Table:
 
 def commit_run(output: Output, run_id: str, ids: list[str], started: datetime) -> None:
     """Commit `ids` as the job does, then the run's report."""
-    writer = FileWriter(output, run_id, output_schema(HIDDEN), rows_per_file=3)
-    for staged in writer(rows_of(run_id, ids, started)).to_pylist():
+    commit_rows(output, rows_of(run_id, ids, started), output_schema(HIDDEN), started)
+
+
+def commit_rows(output: Output, rows: pa.Table, schema: pa.Schema, started: datetime) -> None:
+    """Commit one run's `rows` as the job does, then the run's report."""
+    ids = rows["video_id"].to_pylist()
+    run_id = rows["run_id"][0].as_py()
+    writer = FileWriter(output, run_id, schema, rows_per_file=3)
+    for staged in writer(rows).to_pylist():
         commit_staged(output, Unlocked(), staged)
     device = {"node": "n1", "device": "cpu", "name": "EPYC", "threads": 2, "precision": "fp32"}
     report = RunReport(
@@ -98,11 +112,58 @@ def commit_run(output: Output, run_id: str, ids: list[str], started: datetime) -
 @pytest.fixture
 def output(tmp_path) -> Output:
     """Two nightly runs: ten videos, three of them error rows."""
-    output = Output(str(tmp_path / "out"))
-    output.create()
-    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
+    output = new_output(tmp_path / "out")
     commit_run(output, "night1", ["v0", "v1", "v2", "v3", "e0", "e1"], START)
     commit_run(output, "night2", ["v4", "v5", "v6", "e2"], START + timedelta(days=1))
+    return output
+
+
+def new_output(path: Path) -> Output:
+    output = Output(str(path))
+    output.create()
+    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
+    return output
+
+
+# video: its segments as (start, end, top-1 label), in time order; None: an error row
+SEGMENTS: dict[str, list[tuple[float, float, str]] | None] = {
+    # 4 s segments every 4 s over 18 s, the last one partial; its longest stretch: cat, 4-12 s
+    "clip-1": [(0, 4, "dog"), (4, 8, "cat"), (8, 12, "cat"), (12, 16, "dog"), (16, 18, "dog")],
+    # 4 s segments every 2 s over 7 s: each owns 2 s, the last one 4-7 s (dog 2 s, bird 5 s)
+    "clip-2": [(0, 4, "dog"), (2, 6, "bird"), (4, 7, "bird")],
+    "clip-3": [(0, 1.5, "cat")],  # shorter than one segment
+    "e0": None,
+}
+SEGMENT_SECONDS = {"dog": 12.0, "cat": 9.5, "bird": 5.0}
+"""by label, each second of video once; summing end - start would count clip-2's overlap twice"""
+
+
+def segment_rows(run_id: str, started: datetime) -> pa.Table:
+    """`SEGMENTS` as the inference stage hands them to the sink: one row per segment (latest
+    first, so that readers must order them), one per error."""
+    rows = [
+        (video_id, index, segment)
+        for video_id, segments in SEGMENTS.items()
+        for index, segment in reversed(list(enumerate(segments or [None])))
+    ]
+    ids = [video_id for video_id, _, _ in rows]
+    labels = [(s[2], [s[2], "fish"], 0.75) if s else None for _, _, s in rows]
+    table = labelled_rows(run_id, ids, labels, started)
+    segment_columns = {
+        "segment_index": [index if s else None for _, index, s in rows],
+        "segment_start_s": [s[0] if s else None for _, _, s in rows],
+        "segment_end_s": [s[1] if s else None for _, _, s in rows],
+    }
+    for position, (name, values) in enumerate(segment_columns.items(), start=2):
+        table = table.add_column(position, name, pa.array(values, SEGMENT_COLUMNS[name]))
+    return table
+
+
+@pytest.fixture
+def segments_output(tmp_path) -> Output:
+    """A segments output: three videos in nine segments, one error row (`SEGMENTS`)."""
+    output = new_output(tmp_path / "segments")
+    commit_rows(output, segment_rows("night1", START), output_schema(HIDDEN, segments=True), START)
     return output
 
 
@@ -135,6 +196,58 @@ def test_text_and_json_reports(output, capsys):
     assert report["rows"] == 10 and report["accuracy"] is None
     assert report["status"] == {"ok": 7, "error": 3}
     assert [run["run_id"] for run in report["runs"]] == ["night1", "night2"]
+
+
+def test_a_segments_output_counts_labels_in_seconds_of_video(segments_output):
+    stats = output_stats(segments_output.uri)
+    assert (stats.rows, stats.status) == (10, {"ok": 9, "error": 1})
+    assert stats.labels == {"dog": 4, "cat": 3, "bird": 2}  # segments
+    segments = stats.segments
+    assert segments is not None
+    assert (segments.videos, segments.segments, segments.videos_with_errors) == (4, 9, 1)
+    assert list(segments.label_seconds.items()) == list(SEGMENT_SECONDS.items())
+
+
+def test_segments_text_json_and_html_reports(segments_output, capsys):
+    assert main(["report", segments_output.uri]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "  segments: 4 videos (1 with errors), 9 labelled segments\n" in text
+    assert "  errors: unreadable 1\n" in text
+    top = "  top labels (3 distinct), in seconds of video:\n" + "".join(
+        f"    {seconds:>8.1f}  {label}\n" for label, seconds in SEGMENT_SECONDS.items()
+    )
+    assert top in text  # 12.0 dog, 9.5 cat, 5.0 bird
+    assert main(["report", segments_output.uri, "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["segments"] == {
+        "videos": 4,
+        "segments": 9,
+        "videos_with_errors": 1,
+        "label_seconds": SEGMENT_SECONDS,
+    }
+    page = render_html(output_stats(segments_output.uri))
+    assert "Top-1 labels of labelled segments, in seconds of video" in page
+    assert '"title":{"text":"seconds of video"}' in page
+    assert '"x":[5.0,9.5,12.0]' in page  # the label chart's bars, most seconds at the top
+
+
+def test_a_per_video_output_reports_as_before(output, capsys):
+    assert output_stats(output.uri).segments is None
+    assert main(["report", output.uri]) == EXIT_OK
+    head = f"""{output.uri}: 10 rows
+  status: {{'ok': 7, 'error': 3}}
+  errors: unreadable 2, timeout 1
+  top labels (4 distinct):
+           2  bird
+           2  cat
+           2  dog
+           1  fish
+  runs:
+"""
+    assert capsys.readouterr().out.startswith(head)
+    page = render_html(output_stats(output.uri))
+    assert "Top-1 labels of labelled rows" in page and "seconds of video" not in page
+    assert '"title":{"text":"rows"}' in page and '"x":[1,2,2,2]' in page
 
 
 def test_an_output_with_no_rows_reports_zero(tmp_path, capsys):

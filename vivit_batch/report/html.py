@@ -46,6 +46,10 @@ def facts(stats: OutputStats) -> str:
         "distinct labels": str(len(stats.labels)),
         "runs": str(len(stats.runs)),
     }
+    if stats.segments:
+        items["videos"] = str(stats.segments.videos)
+        items["videos with errors"] = str(stats.segments.videos_with_errors)
+        items["labelled segments"] = str(stats.segments.segments)
     if stats.accuracy and stats.accuracy.rows:
         items["top-1 accuracy"] = f"{stats.accuracy.top1:.1%}"
         items[f"{stats.accuracy.top5_name} accuracy"] = f"{stats.accuracy.top5:.1%}"
@@ -76,6 +80,8 @@ def charts(stats: OutputStats) -> list[str]:
 
 def labels_title(stats: OutputStats) -> str:
     title = "Top-1 labels of labelled rows"
+    if stats.segments:
+        title = "Top-1 labels of labelled segments, in seconds of video"
     if len(stats.labels) > LABELS_SHOWN:
         title += f" (the {LABELS_SHOWN} most frequent of {len(stats.labels)})"
     return title
@@ -94,12 +100,15 @@ def chart_html(figure: go.Figure) -> str:
 
 
 def label_chart(stats: OutputStats) -> go.Figure | None:
-    shown = list(stats.labels.items())[:LABELS_SHOWN]
+    """Rows by label; seconds of video by label for a segments output."""
+    by_label = stats.segments.label_seconds if stats.segments else stats.labels
+    shown = list(by_label.items())[:LABELS_SHOWN]
     if not shown:
         return None
     names, values = zip(*reversed(shown), strict=True)  # most frequent at the top
     figure = go.Figure(go.Bar(x=values, y=names, orientation="h"))
-    return figure.update_layout(xaxis_title="rows", yaxis={"automargin": True})
+    axis = "seconds of video" if stats.segments else "rows"
+    return figure.update_layout(xaxis_title=axis, yaxis={"automargin": True})
 
 
 def score_chart(stats: OutputStats) -> go.Figure | None:

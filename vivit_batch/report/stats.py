@@ -1,6 +1,7 @@
 """What an output holds and how its runs went, computed once for the text, JSON and HTML reports:
 `output_stats(uri, truth_column)` reads the committed rows' small columns (never the embeddings)
-and the run reports."""
+and the run reports. A segments output (one row per segment of a video) also gets its labels
+in seconds of video (`SegmentStats`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,12 @@ from vivit_batch.config import ConfigError
 from vivit_batch.device import summary
 from vivit_batch.output import RESERVED_COLUMNS, Output, RunReport
 from vivit_batch.output.dataset import IDENTITY_FILE
-from vivit_batch.output.schema import OUTCOME_COLUMNS, PREDICTION_COLUMNS, PROVENANCE_COLUMNS
+from vivit_batch.output.schema import (
+    OUTCOME_COLUMNS,
+    PREDICTION_COLUMNS,
+    PROVENANCE_COLUMNS,
+    SEGMENT_COLUMNS,
+)
 
 ROW_COLUMNS = ["status", "error_code", "label", "score", "topk_labels", "run_id", "processed_at"]
 KNOWN_TYPES = pa.schema(
@@ -112,6 +118,19 @@ class Accuracy:
 
 
 @dataclass
+class SegmentStats:
+    """A segments output: one row per labelled segment of a video, one per video in error."""
+
+    videos: int
+    segments: int
+    """labelled (status ok)"""
+    videos_with_errors: int
+    label_seconds: dict[str, float]
+    """seconds of video by top-1 label, most first; where segments overlap, each second counts
+    once (see `owned_seconds`)"""
+
+
+@dataclass
 class OutputStats:
     output: str
     rows: int
@@ -125,6 +144,8 @@ class OutputStats:
     timelines: dict[str, Timeline] = field(default_factory=dict)
     """by run id, for the runs that still have rows in the output"""
     accuracy: Accuracy | None = None
+    segments: SegmentStats | None = None
+    """for a segments output only"""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -140,7 +161,12 @@ def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStat
             f"--truth-column {truth_column}: the output has no such manifest column; it has "
             + (", ".join(manifest_columns) or "none")
         )
-    table = dataset.to_table(columns=ROW_COLUMNS + ([truth_column] if truth_column else []))
+    segmented = "segment_index" in dataset.schema.names
+    table = dataset.to_table(
+        columns=ROW_COLUMNS
+        + (["video_id", *SEGMENT_COLUMNS] if segmented else [])
+        + ([truth_column] if truth_column else [])
+    )
     ok = table.filter(pc.equal(table["status"], "ok"))
     reports = output.read_reports()
     return OutputStats(
@@ -153,6 +179,7 @@ def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStat
         runs=[RunStats.of(report) for report in reports],
         timelines=timelines(table, {r.run_id: r.started_at for r in reports if r.started_at}),
         accuracy=accuracy(ok, truth_column) if truth_column else None,
+        segments=segment_stats(table, ok) if segmented else None,
     )
 
 
@@ -229,6 +256,32 @@ def timeline(micros: np.ndarray, start: str | None) -> Timeline:
         seconds=[0.0] + [round((float(t) - origin) / 1e6, 3) for t in picked],
         videos=[0] + labelled.tolist(),
     )
+
+
+def segment_stats(table: pa.Table, ok: pa.Table) -> SegmentStats:
+    errors = table.filter(pc.equal(table["status"], "error"))
+    seconds = owned_seconds(ok).group_by("label").aggregate([("owned_s", "sum")]).to_pylist()
+    ordered = sorted(seconds, key=lambda row: (-row["owned_s_sum"], row["label"]))
+    return SegmentStats(
+        videos=pc.count_distinct(table["video_id"]).as_py(),
+        segments=ok.num_rows,
+        videos_with_errors=pc.count_distinct(errors["video_id"]).as_py(),
+        label_seconds={row["label"]: round(row["owned_s_sum"], 3) for row in ordered},
+    )
+
+
+def owned_seconds(segments: pa.Table) -> pa.Table:
+    """`segments` with `owned_s`: the seconds of video each one owns, from its start to the
+    next segment's start of the same video, capped at its own end (the last one owns start to
+    end). Overlapping segments (a stride below their length) so count each second once."""
+    ordered = segments.sort_by([("video_id", "ascending"), ("segment_index", "ascending")])
+    start = ordered["segment_start_s"].to_numpy()
+    end = ordered["segment_end_s"].to_numpy()
+    video = ordered["video_id"]
+    followed = np.append(pc.equal(video[1:], video[:-1]).to_numpy(), False)
+    next_start = np.append(start[1:], np.inf)
+    owned_end = np.where(followed, np.minimum(next_start, end), end)
+    return ordered.append_column("owned_s", pa.array(owned_end - start))
 
 
 def accuracy(ok: pa.Table, truth_column: str) -> Accuracy:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from vivit_batch.output import Output, RunReport
-from vivit_batch.report.stats import Accuracy, OutputStats, device_kinds
+from vivit_batch.report.stats import Accuracy, OutputStats, SegmentStats, device_kinds
 
 
 def summary_text(stats: OutputStats, top: int = 10) -> str:
     lines = [f"{stats.output}: {stats.rows} rows", f"  status: {stats.status}"]
+    if stats.segments:
+        lines.append(f"  {segments_line(stats.segments)}")
     if stats.error_codes:
         lines.append("  errors: " + ", ".join(f"{c} {n}" for c, n in stats.error_codes.items()))
     if stats.accuracy:
         lines.append(f"  {accuracy_line(stats.accuracy)}")
-    lines.append(f"  top labels ({len(stats.labels)} distinct):")
-    lines += [f"    {n:>8}  {label}" for label, n in list(stats.labels.items())[:top]]
+    lines += top_labels(stats, top)
     lines.append("  runs:")
     for run in stats.runs:
         lines.append(
@@ -23,6 +24,25 @@ def summary_text(stats: OutputStats, top: int = 10) -> str:
         )
         lines += [f"      {line}" for line in devices_then_warnings(run.devices, run.warnings)]
     return "\n".join(lines)
+
+
+def segments_line(segments: SegmentStats) -> str:
+    return (
+        f"segments: {segments.videos} videos ({segments.videos_with_errors} with errors), "
+        f"{segments.segments} labelled segments"
+    )
+
+
+def top_labels(stats: OutputStats, top: int) -> list[str]:
+    """By rows; in seconds of video for a segments output."""
+    if stats.segments:
+        seconds = stats.segments.label_seconds
+        return [f"  top labels ({len(seconds)} distinct), in seconds of video:"] + [
+            f"    {s:>8.1f}  {label}" for label, s in list(seconds.items())[:top]
+        ]
+    return [f"  top labels ({len(stats.labels)} distinct):"] + [
+        f"    {n:>8}  {label}" for label, n in list(stats.labels.items())[:top]
+    ]
 
 
 def accuracy_line(accuracy: Accuracy) -> str:
