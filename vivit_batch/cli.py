@@ -14,7 +14,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from vivit_batch import __version__
 from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
@@ -24,6 +24,11 @@ from vivit_batch.output import LockLost, RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
 from vivit_batch.settings import describe, rule_of, show
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from vivit_batch.stages import DecodeStage
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
@@ -272,18 +277,33 @@ def validate_command(args: argparse.Namespace) -> int:
     )
     resources = job.plan_resources(config, job.cluster_shape())
     log.info(f"plan: {resources.describe()}")
-    decoded = DecodeStage(prepared.decode).decode_all(job.first_rows(prepared, args.videos))
+    decoded = first_chunks(DecodeStage(prepared.decode), job.first_rows(prepared, args.videos))
     labelled = job.label_on_cluster(prepared, resources, decoded)
     [device] = [json.loads(d) for d in labelled.column(INFERENCE_DEVICE).unique().to_pylist()]
     log.info(f"inference actor: {summary(device)}")
     if "warning" in device:  # prepare_job has logged its own warnings
         log.warning(device["warning"])
-    for row in labelled.select(["uri", "status", "error_message", "label", "score"]).to_pylist():
+    for row in labelled.to_pylist():
         if row["status"] == "ok":
-            log.info(f"ok    {row['uri']}: {row['label']} ({row['score']:.2f})")
+            log.info(f"ok    {row['uri']}{segment_of(row)}: {row['label']} ({row['score']:.2f})")
         else:
             log.info(f"error {row['uri']}: {row['error_message']}")
     return EXIT_OK
+
+
+def first_chunks(stage: DecodeStage, rows: pa.Table) -> pa.Table:
+    """Each row's first decoded table: a video's rows, in segments mode only its first chunk of
+    segments (a look, not a whole long video)."""
+    import pyarrow as pa
+
+    return pa.concat_tables(next(stage(rows.slice(i, 1))) for i in range(rows.num_rows))
+
+
+def segment_of(row: dict) -> str:
+    """Which segment a row labels, in segments mode."""
+    if row.get("segment_index") is None:
+        return ""
+    return f" [{row['segment_start_s']:.1f}-{row['segment_end_s']:.1f} s]"
 
 
 def report_command(args: argparse.Namespace) -> int:
