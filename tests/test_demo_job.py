@@ -7,6 +7,7 @@ import pyarrow.dataset as ds
 
 from vivit_batch.cli import main
 from vivit_batch.demo import MOTION_CLASSES
+from vivit_batch.demo.run import timeline_summary
 
 HELD_OUT_SEED = 424242  # the training script never uses it
 
@@ -24,6 +25,48 @@ def test_demo_labels_held_out_clips_correctly(ray_cluster, tmp_path, capsys):
     assert {r["label"] for r in labelled} <= set(MOTION_CLASSES)
     accuracy = sum(r["label"] == r["true_label"] for r in labelled) / len(labelled)
     assert accuracy >= 0.95
-    assert f"accuracy: {sum(r['label'] == r['true_label'] for r in labelled)}/28" in (
-        capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"accuracy: {sum(r['label'] == r['true_label'] for r in labelled)}/28" in printed
+    # then the video whose motion changes, segment by segment
+    segments = ds.dataset(tmp_path / "segments_output").to_table().sort_by("segment_index")
+    assert segments["segment_index"].to_pylist() == list(range(6))
+    assert segments["label"].to_pylist() == ["moving right"] * 3 + ["moving left"] * 3
+    assert "timeline of timeline_000 (true: moving right 0.0-4.0 s, moving left 4.0-8.0 s)" in (
+        printed
+    )
+    assert "  4.0-5.3 s  moving left" in printed
+
+
+def test_timeline_summary_shows_each_video_s_segments_in_time_order():
+    true_timeline = "moving right 0.0-4.0 s, moving left 4.0-8.0 s"
+
+    def segment(index: int, start_s: float, end_s: float, label: str, score: float) -> dict:
+        return {
+            "video_id": "timeline_000",
+            "status": "ok",
+            "true_timeline": true_timeline,
+            "segment_index": index,
+            "segment_start_s": start_s,
+            "segment_end_s": end_s,
+            "label": label,
+            "score": score,
+        }
+
+    broken = {
+        "video_id": "broken",
+        "status": "error",
+        "segment_index": None,
+        "error_code": "unreadable",
+        "error_message": "not a media file",
+    }
+    rows = [
+        segment(1, 4.0, 8.0, "moving left", 0.912),
+        broken,
+        segment(0, 0, 4, "moving right", 0.986),
+    ]
+    assert timeline_summary(rows) == (
+        f"timeline of timeline_000 (true: {true_timeline}):\n"
+        "  0.0-4.0 s  moving right   0.99\n"
+        "  4.0-8.0 s  moving left    0.91\n"
+        "error row: broken: unreadable: not a media file"
     )

@@ -16,19 +16,23 @@ import numpy as np
 import pytest
 import torch
 
-from vivit_batch.demo import CHECKPOINT_DIR, MOTION_CLASSES, write_sample_set
+from vivit_batch.demo import CHECKPOINT_DIR, FRAME_SAMPLE_RATE, MOTION_CLASSES, write_sample_set
+from vivit_batch.demo.run import TIMELINE_PHASES
+from vivit_batch.demo.synthetic import TimelineVideo, write_timeline_video
 from vivit_batch.demo.train import PROCESSOR, TRAINING_FILE, inference_sampling
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.reference import read_video_pyav
-from vivit_batch.video import DecodeRequest, decode_video
+from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.sampling import frame_positions
 
 transformers = pytest.importorskip("transformers")
 
 HELD_OUT_SEED = 2024  # neither the training seed (0) nor its validation seed (7919)
 HELD_OUT_VIDEOS = 28
+TIMELINE_CLIPS = 60
+"""clips spread over a timeline video, each classified on its own: one every few frames"""
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +99,49 @@ def test_reference_recipe_gives_the_same_labels_and_they_are_right(ours, theirs,
     accuracy = np.mean([a == b for a, b in zip(labels, truth, strict=True)])
     assert agreement >= 0.98, list(zip(truth, labels, reference, strict=True))
     assert accuracy >= 0.95, list(zip(truth, labels, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("phases", "seed"),
+    [
+        ([(label, 96) for label in MOTION_CLASSES], 0),
+        ([(label, 96) for label in reversed(MOTION_CLASSES)], 1),
+        (TIMELINE_PHASES, 2024),  # `vivit-batch demo`'s default seed
+        (TIMELINE_PHASES, 424242),  # test_demo_job's
+    ],
+)
+def test_every_clip_inside_a_timeline_phase_shows_the_phase_to_the_model(
+    tmp_path, ours, phases, seed
+):
+    """Wherever a clip lies in a phase, it looks like a training video of the phase's class."""
+    video = write_timeline_video(tmp_path / "timeline.mp4", phases, seed)
+    assert [(p.label, p.end_s - p.start_s) for p in video.phases] == [(c, 4.0) for c, _ in phases]
+    sampling = SamplingConfig(
+        num_frames=ours.config.num_frames,
+        frame_sample_rate=FRAME_SAMPLE_RATE,
+        temporal_views="uniform",
+        num_temporal_views=TIMELINE_CLIPS,
+    )
+    decoded = decode_video(DecodeRequest(str(video.path), sampling, PROCESSOR))
+    predictions = VideoClassifier(ours, PROCESSOR, top_k=1).classify(
+        [clip[None] for clip in decoded.clips]
+    )
+    positions = frame_positions(video.num_frames, sampling)
+    truths = [_phase_holding(video, frames) for frames in positions]
+    # a clip across a change may show either motion
+    inside = [
+        (truth, p.labels[0], start)
+        for truth, p, start in zip(truths, predictions, positions[:, 0], strict=True)
+        if truth
+    ]
+    assert len(inside) >= TIMELINE_CLIPS * 2 // 3
+    assert [clip for clip in inside if clip[0] != clip[1]] == []
+
+
+def _phase_holding(video: TimelineVideo, frames: np.ndarray) -> str | None:
+    """The class of the phase that holds all the clip's frames; None for a clip across a change."""
+    first_s, last_s = frames[0] / video.fps, frames[-1] / video.fps
+    return next((p.label for p in video.phases if p.start_s <= first_s and last_s < p.end_s), None)
 
 
 SCALED_DOWN = "TrainingSettings(train_videos=24, validation_videos=12, training_views=1, epochs=2)"

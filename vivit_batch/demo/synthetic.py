@@ -4,6 +4,7 @@ Each video shows one light shape (circle, square or triangle) on a darker solid,
 textured background, doing one of `MOTION_CLASSES` at constant speed for the whole video, so any
 clip taken from it shows the motion. The object passes the frame centre half-way through the video
 (where the job's centred clip and centre crop look), and stays within the middle of the short side.
+A timeline video (`write_timeline_video`) strings such motions together, one per phase.
 
 Every video is drawn from its own generator seeded by (seed, index): the same seed gives the same
 decoded frames (Matroska and WebM files also carry a random track id), and a video does not
@@ -16,8 +17,8 @@ second-order feature first; in our measurements that took it several times the t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -104,6 +105,26 @@ class SampleVideo:
 
 
 @dataclass(frozen=True)
+class Phase:
+    label: str
+    """one of `MOTION_CLASSES`"""
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class TimelineVideo:
+    """A video whose motion changes: `phases` in time order, back to back."""
+
+    path: Path
+    phases: tuple[Phase, ...]
+    width: int
+    height: int
+    fps: int
+    num_frames: int
+
+
+@dataclass(frozen=True)
 class Scene:
     """What one video shows; `render(i)` draws its frame i."""
 
@@ -176,6 +197,51 @@ def write_sample_video(directory: Path, index: int, seed: int) -> SampleVideo:
     encode_frames(path, (scene.render(i) for i in range(num_frames)), encoding, fps)
     return SampleVideo(
         path, label, encoding.codec, encoding.container, width, height, fps, num_frames
+    )
+
+
+def write_timeline_video(
+    path: str | Path,
+    phases: Sequence[tuple[str, int]],
+    seed: int,
+    *,
+    fps: int = 24,
+    size: tuple[int, int] = (128, 128),
+) -> TimelineVideo:
+    """One object on one background doing each (class, frame count) of `phases` in turn; libx264.
+
+    Each phase is a sample video's whole trajectory squeezed into the phase, so any clip inside it
+    shows its class. The default square frame is all the centre crop sees: movers, which cross
+    most of the frame, stay in view for the whole phase. Phases of 2-4 s are like training videos;
+    a longer phase moves slower, and its zooms' small ends get harder for the demo model to tell.
+    """
+    path = Path(path)
+    width, height = size
+    rng = np.random.default_rng(seed)
+    scene = random_scene(rng, "standing still", width, height, num_frames=2)
+    scenes = [_phase_scene(rng, scene, label, frames) for label, frames in phases]
+    frames = (phase.render(i) for phase in scenes for i in range(phase.num_frames))
+    encode_frames(path, frames, ENCODINGS[0], fps)
+    seconds = np.cumsum([0, *(count for _, count in phases)]) / fps
+    timeline = tuple(
+        Phase(label, float(seconds[i]), float(seconds[i + 1]))
+        for i, (label, _) in enumerate(phases)
+    )
+    return TimelineVideo(path, timeline, width, height, fps, sum(count for _, count in phases))
+
+
+def _phase_scene(rng: np.random.Generator, scene: Scene, label: str, num_frames: int) -> Scene:
+    """`scene`'s object and background doing `label` over `num_frames` frames."""
+    height, width = scene.background.shape[:2]
+    start, end, start_radius, end_radius = _trajectory(rng, label, width, height)
+    short = min(width, height)
+    return replace(
+        scene,
+        start_centre=start,
+        end_centre=end,
+        start_radius=start_radius * short,
+        end_radius=end_radius * short,
+        num_frames=num_frames,
     )
 
 
