@@ -64,12 +64,19 @@ def devices_then_warnings(devices: list[str], warnings: list[str]) -> list[str]:
     return [f"inference: {kind}" for kind in devices] + [f"warning: {w}" for w in warnings]
 
 
+def videos_of(report: RunReport) -> str:
+    """Segments mode: how many videos the rows label."""
+    if report.videos_written in (0, report.rows_written):
+        return ""
+    return f" ({report.videos_written} videos)"
+
+
 def run_summary(report: RunReport) -> str:
     """What a finished run prints."""
     output_uri = report.config["output"]["uri"]
     lines = [
-        f"\nrun {report.run_id}: {report.rows_written} rows in {report.wall_seconds:.1f} s "
-        f"({report.throughput.clips_per_second} clips/s)",
+        f"\nrun {report.run_id}: {report.rows_written} rows{videos_of(report)} in "
+        f"{report.wall_seconds:.1f} s ({report.throughput.clips_per_second} clips/s)",
         f"  status: {report.counts['status']}",
     ]
     if report.counts["error_code"]:
