@@ -13,8 +13,8 @@ with one decoder thread, the CPU seconds of
                clip, as a run over one manifest row per segment would
 
 (each after a warm-up run on the short video) and, in a fresh process each, the peak resident
-memory of a segments decode of the long and the short video (and of the imports alone). Writes
-the "## Segments" section of BENCHMARKS.md.
+memory of a segments decode of the short, the long, and an hour-long video (the long one
+repeated). Writes the "## Segments" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -43,15 +43,23 @@ SAMPLING = SamplingConfig(num_frames=32, frame_sample_rate=4, temporal_views="se
 TARGET = 1.3
 """Most segments / plain CPU wanted."""
 PEAK_RSS = """
-import resource, sys
+import sys
+from pathlib import Path
+import torch  # the resize's, imported on the first frame otherwise
 from benchmarks.segments import request
 from vivit_batch.video.segments import decode_segments
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if sys.argv[1] != "-":
-    for chunk in decode_segments(request(sys.argv[1])):
-        del chunk
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+def status(name):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(name))
+    return int(line.split()[1])
+
+Path("/proc/self/clear_refs").write_text("5")  # the peak starts again from here
+before = status("VmRSS:")
+for chunk in decode_segments(request(sys.argv[1])):
+    del chunk
+print(before, status("VmHWM:"))
 """
+"""Prints the resident KiB after the imports and the peak of the decode after them (Linux)."""
 
 
 def request(path: str) -> DecodeRequest:
@@ -88,10 +96,10 @@ def cpu_seconds(run, path: Path) -> tuple[float, int]:
     return time.process_time() - started, count
 
 
-def peak_rss_mib(path: Path | None) -> tuple[float, float]:
+def peak_rss_mib(path: Path) -> tuple[float, float]:
     """(after imports, peak) resident MiB of a fresh process decoding `path`'s segments."""
     output = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, str(path) if path else "-"],
+        [sys.executable, "-c", PEAK_RSS, str(path)],
         capture_output=True,
         text=True,
         check=True,
@@ -103,12 +111,14 @@ def peak_rss_mib(path: Path | None) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=int, default=10)
+    parser.add_argument("--videos", help="keep the generated videos here, and reuse them")
     args = parser.parse_args()
-    width, height = SIZES["720p"]
-    with tempfile.TemporaryDirectory() as directory:
-        print(f"generating {args.minutes} min and 1 min of 720p ...", flush=True)
-        long = generate(Path(directory) / "long.mp4", width, height, 60 * args.minutes, KEYINT)
-        short = generate(Path(directory) / "short.mp4", width, height, 60, KEYINT)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(args.videos or scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        long = video(directory / f"{args.minutes}min.mp4", 60 * args.minutes)
+        short = video(directory / "1min.mp4", 60)
+        hour = repeated(long, 60 // args.minutes, directory / "60min.mp4")
         runs = {"plain": plain, "segments": segments, "per segment": per_segment}
         for run in runs.values():  # warm-up: first calls into PyAV, swscale and torch
             run(short)
@@ -116,8 +126,36 @@ def main() -> None:
         for name, run in runs.items():
             results[name] = cpu_seconds(run, long)
             print(f"  {name}: {results[name][0]:.1f} CPU s, {results[name][1]}", flush=True)
-        memory = {name: peak_rss_mib(path) for name, path in (("long", long), ("short", short))}
+        memory = {"1 min": peak_rss_mib(short), f"{args.minutes} min": peak_rss_mib(long)}
+        memory["60 min"] = peak_rss_mib(hour)
     write_section("Segments", report(args.minutes, results, memory))
+
+
+def repeated(path: Path, times: int, target: Path) -> Path:
+    """`path`'s video `times` over, back to back (its packets copied, not encoded again)."""
+    if target.exists():
+        return target
+    with av.open(str(path)) as source, av.open(str(target), "w") as output:
+        stream = source.streams.video[0]
+        copy = output.add_stream_from_template(stream)
+        length = stream.duration
+        for turn in range(times):
+            source.seek(0)
+            for packet in source.demux(stream):
+                if packet.dts is None:
+                    continue
+                packet.pts += turn * length
+                packet.dts += turn * length
+                packet.stream = copy
+                output.mux(packet)
+    return target
+
+
+def video(path: Path, seconds: int) -> Path:
+    if not path.exists():
+        print(f"generating {path.name} (720p) ...", flush=True)
+        generate(path.with_suffix(".tmp.mp4"), *SIZES["720p"], seconds, KEYINT).rename(path)
+    return path
 
 
 def report(minutes: int, results: dict, memory: dict) -> str:
@@ -148,12 +186,16 @@ def report(minutes: int, results: dict, memory: dict) -> str:
             f"{TARGET}x: {verdict}); against the per-video mode once per segment: "
             f"{results['segments'][0] / results['per segment'][0]:.2f}x.",
             "",
-            "Peak resident memory of a process doing only the segments decode (MiB; imports "
-            f"alone: {memory['long'][0]:.0f}): {memory['long'][1]:.0f} for the {minutes}-minute "
-            f"video, {memory['short'][1]:.0f} for a 1-minute one. The decoder holds at most "
-            "about two chunks of clips (decode.segments_per_chunk=16: 16 x 32 x 224 x 224 x 3 "
-            "bytes = 73.5 MiB each) whatever the length, so an hour-long video peaks where "
-            "these do.",
+            "Peak resident memory of a process doing only the segments decode (MiB; after its "
+            "imports, then the peak; the hour is the video above 6 times over, its packets "
+            "copied):",
+            "",
+            "| video | after imports | peak |",
+            "|---|---|---|",
+            *(f"| {name} | {rss:.0f} | {peak:.0f} |" for name, (rss, peak) in memory.items()),
+            "",
+            "The decoder holds at most about two chunks of clips (decode.segments_per_chunk=16: "
+            "16 x 32 x 224 x 224 x 3 bytes = 73.5 MiB each) whatever the video's length.",
             "",
         ]
     )
