@@ -15,7 +15,8 @@ from vivit_batch.output.schema import SEGMENTS_TOTAL
 from vivit_batch.output.sink import FileWriter
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.testing.media import read_index, write_video
+from vivit_batch.stages import DecodeSettings, DecodeStage
+from vivit_batch.testing.media import garble_packets, read_index, write_video
 from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.isolation import IsolatedDecoder
 from vivit_batch.video.segments import decode_segments
@@ -162,3 +163,26 @@ def test_a_video_leaves_whole_once_all_its_segments_are_in():
 )
 def test_files_hold_whole_videos(ids, slices):
     assert FileWriter(None, "run", pa.schema([]), rows_per_file=3).file_slices(ids) == slices
+
+
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_a_video_that_fails_midway_is_one_error_row_and_none_of_its_segments(tmp_path, isolation):
+    video = write_video(tmp_path / "a.avi", num_frames=60, codec="mjpeg", pix_fmt="yuvj420p")
+    garble_packets(
+        video, every=1, start=20
+    )  # frames 0-19 decode; the rest are damaged: too many to label
+    settings = DecodeSettings(
+        SEGMENTS, PROCESSOR, DecodeConfig(segments_per_chunk=1, isolation=isolation)
+    )
+    stage = DecodeStage(settings)
+    tables = list(stage(pa.table({"video_id": ["a"], "uri": [str(video)]})))
+    if stage.decoder:
+        stage.decoder.close()
+    *chunks, failed = tables
+    assert len(chunks) >= 2  # segments went on to inference before the damage was found
+    assert failed["status"].to_pylist() == ["error"]
+    assert failed["error_code"].to_pylist() == ["decode_error"]
+    assert failed[SEGMENTS_TOTAL].to_pylist() == [sum(t.num_rows for t in chunks)]
+    videos = WholeVideos()
+    whole = [rows for table in tables for rows in videos.add(table)]
+    assert len(whole) == 1 and whole[0].num_rows == 1 and whole[0]["status"][0].as_py() == "error"

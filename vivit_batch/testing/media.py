@@ -167,8 +167,9 @@ def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
     return path
 
 
-def garble_packets(path: Path, every: int) -> list[int]:
-    """Overwrite every `every`-th video packet after the first with random bytes, in place.
+def garble_packets(path: Path, every: int, start: int | None = None) -> list[int]:
+    """Overwrite every `every`-th video packet from `start` (default: `every`) on with random
+    bytes, in place.
 
     Returns the indices (in file order) of the packets garbled.
     """
@@ -176,7 +177,7 @@ def garble_packets(path: Path, every: int) -> list[int]:
         spans = [(p.pos, p.size) for p in container.demux(video=0) if p.size and p.pos]
     data = bytearray(path.read_bytes())
     rng = np.random.default_rng(0)
-    garbled = list(range(every, len(spans), every))
+    garbled = list(range(every if start is None else start, len(spans), every))
     for i in garbled:
         pos, size = spans[i]
         data[pos : pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
