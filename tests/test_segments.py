@@ -144,7 +144,7 @@ def test_a_video_leaves_whole_once_all_its_segments_are_in():
     last_chunk_first = pa.concat_tables([labelled("a", [2, 3], 4), labelled("b", [0, 1], None)])
     assert list(videos.add(last_chunk_first)) == []
     assert videos.incomplete == 2
-    [a] = list(videos.add(pa.concat_tables([labelled("a", [1, 0], None)])))
+    [a] = list(videos.add(pa.concat_tables([labelled("a", [1, 2, 0], None)])))  # 2 again
     assert a["segment_index"].to_pylist() == [0, 1, 2, 3]
     assert a["duration_s"].to_pylist() == [9.0] * 4  # the video's metadata on every segment
     assert a["clip_start_s"].to_pylist() == [0.0, 1.0, 2.0, 3.0]  # each segment's own span

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,7 +25,8 @@ SEGMENT_SPAN_COLUMNS = ("clip_start_s", "clip_end_s")
 @dataclass
 class _Arriving:
     pieces: list[pa.Table] = field(default_factory=list)
-    segments: int = 0
+    segments: set[int] = field(default_factory=set)
+    """the indices in, once each (a retried task may send a chunk again)"""
     expected: int | None = None
 
 
@@ -43,11 +45,11 @@ class WholeVideos:
             rows = batch.filter(pc.equal(batch["video_id"], video_id))
             video = self._arriving.setdefault(video_id, _Arriving())
             video.pieces.append(rows)
-            video.segments += len(rows) - pc.sum(pc.is_null(rows["segment_index"])).as_py()
+            video.segments.update(rows["segment_index"].drop_null().to_pylist())
             totals = pc.max(rows[SEGMENTS_TOTAL]).as_py()
             if totals is not None:
                 video.expected = totals
-            if video.expected is not None and video.segments == video.expected:
+            if video.expected is not None and len(video.segments) == video.expected:
                 del self._arriving[video_id]
                 yield _whole(pa.concat_tables(video.pieces))
 
@@ -59,6 +61,8 @@ def _whole(rows: pa.Table) -> pa.Table:
     if errors.num_rows:
         return errors
     rows = rows.sort_by("segment_index")
+    indices = rows["segment_index"].to_numpy()
+    rows = rows.filter(pa.array(np.append(True, indices[1:] != indices[:-1])))  # once each
     last = rows.filter(pc.is_valid(rows[SEGMENTS_TOTAL])).slice(0, 1)
     for name in METADATA_COLUMNS.keys() - set(SEGMENT_SPAN_COLUMNS):
         value = last[name][0]
