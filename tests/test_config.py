@@ -42,7 +42,10 @@ def test_every_problem_is_reported_at_once():
     message = str(error.value)
     assert "unknown key 'model.topk'; did you mean 'model.top_k'?" in message
     assert "sampling.num_frames must be a whole number, got 'zero'" in message
-    assert "sampling.temporal_views must be one of center, uniform, random, segments, got 'middle'" in message
+    assert (
+        "sampling.temporal_views must be one of center, uniform, random, segments, got 'middle'"
+        in message
+    )
     assert "resources.batch_size must be at least 1, got 0" in message
     assert "decode.crash_retries must be at least 0, got -1" in message
 

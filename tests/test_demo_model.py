@@ -104,8 +104,11 @@ def test_reference_recipe_gives_the_same_labels_and_they_are_right(ours, theirs,
 @pytest.mark.parametrize(
     ("phases", "seed"),
     [
-        ([(label, 96) for label in MOTION_CLASSES], 0),
-        ([(label, 96) for label in reversed(MOTION_CLASSES)], 1),
+        # every class after every other, 28 s each: in the full suite only
+        pytest.param([(label, 96) for label in MOTION_CLASSES], 0, marks=pytest.mark.slow),
+        pytest.param(
+            [(label, 96) for label in reversed(MOTION_CLASSES)], 1, marks=pytest.mark.slow
+        ),
         (TIMELINE_PHASES, 2024),  # `vivit-batch demo`'s default seed
         (TIMELINE_PHASES, 424242),  # test_demo_job's
     ],
