@@ -83,12 +83,17 @@ def test_full_segments_are_the_clips_per_video_sampling_takes_there(tmp_path):
     np.testing.assert_array_equal(segments[:, 0], views)
 
 
-def test_the_isolated_worker_sends_the_same_chunks(tmp_path):
+@pytest.fixture(scope="module")
+def decoder():
+    with IsolatedDecoder() as decoder:
+        yield decoder
+
+
+def test_the_isolated_worker_sends_the_same_chunks(tmp_path, decoder):
     video = write_video(tmp_path / "a.mp4", num_frames=37, content="detailed")
     here = list(decode_segments(request(video, per_chunk=2)))
-    with IsolatedDecoder() as decoder:
-        there = list(decoder.decode_segments(request(video, per_chunk=2)))
-        again = list(decoder.decode_segments(request(video, per_chunk=2)))  # the worker reused
+    there = list(decoder.decode_segments(request(video, per_chunk=2)))
+    again = list(decoder.decode_segments(request(video, per_chunk=2)))  # the worker reused
     for chunks in (there, again):
         assert [c.first_index for c in chunks] == [c.first_index for c in here]
         for mine, theirs in zip(here, chunks, strict=True):
@@ -97,6 +102,7 @@ def test_the_isolated_worker_sends_the_same_chunks(tmp_path):
             assert mine.metadata == theirs.metadata
 
 
+@pytest.mark.slow  # 5 s
 def test_a_long_video_is_decoded_in_bounded_memory(tmp_path):
     """375 segments of 8 224x224 frames would be 450 MB of clips; a decoder holds about two
     chunks of 4 (4.8 MB each) at a time."""
@@ -166,18 +172,16 @@ def test_files_hold_whole_videos(ids, slices):
 
 
 @pytest.mark.parametrize("isolation", ["none", "process"])
-def test_a_video_that_fails_midway_is_one_error_row_and_none_of_its_segments(tmp_path, isolation):
+def test_a_video_that_fails_midway_is_one_error_row_and_none_of_its_segments(
+    tmp_path, isolation, decoder
+):
     video = write_video(tmp_path / "a.avi", num_frames=60, codec="mjpeg", pix_fmt="yuvj420p")
-    garble_packets(
-        video, every=1, start=20
-    )  # frames 0-19 decode; the rest are damaged: too many to label
-    settings = DecodeSettings(
-        SEGMENTS, PROCESSOR, DecodeConfig(segments_per_chunk=1, isolation=isolation)
+    garble_packets(video, every=1, start=20)  # frames 20 on damaged: too many to label
+    stage = DecodeStage(
+        DecodeSettings(SEGMENTS, PROCESSOR, DecodeConfig(segments_per_chunk=1, isolation="none"))
     )
-    stage = DecodeStage(settings)
+    stage.decoder = decoder if isolation == "process" else None
     tables = list(stage(pa.table({"video_id": ["a"], "uri": [str(video)]})))
-    if stage.decoder:
-        stage.decoder.close()
     *chunks, failed = tables
     assert len(chunks) >= 2  # segments went on to inference before the damage was found
     assert failed["status"].to_pylist() == ["error"]
