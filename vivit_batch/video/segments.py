@@ -100,7 +100,8 @@ class _SegmentClips:
         """(segments, T): index into `_targets` of each frame of each segment"""
         self._pictures: dict[int, np.ndarray] = {}
         self._converted: tuple[av.VideoFrame | None, np.ndarray] = (None, np.empty(0))
-        self.frame_count = video.info.frame_count
+        self.frame_count = int(plan.bounds[-1, 1])
+        """as planned, until the stream ends before"""
 
     def __iter__(self) -> Iterator[np.ndarray]:
         decoder = self._video.decoder
