@@ -33,6 +33,7 @@ from vivit_batch.output.schema import (
     PREDICTION_COLUMNS,
     PROVENANCE_COLUMNS,
     SEGMENT_DECODED_COLUMNS,
+    SEGMENT_SPAN_COLUMNS,
     SEGMENTS_TOTAL,
     VIEWS,
     embedding_type,
@@ -158,9 +159,9 @@ def _segment_rows(chunk: SegmentChunk) -> list[dict]:
 
 def _finish_segments(rows: list[dict], metadata: VideoMetadata, total: int) -> None:
     """The last chunk's rows carry the video's metadata and its segment count."""
-    spans = ("clip_start_s", "clip_end_s")
+    video_columns = [n for n in METADATA_COLUMNS if n not in SEGMENT_SPAN_COLUMNS]
     for row in rows:
-        row.update({n: getattr(metadata, n) for n in METADATA_COLUMNS if n not in spans})
+        row.update({n: getattr(metadata, n) for n in video_columns})
         row[SEGMENTS_TOTAL] = total
     rows[-1][BYTES_READ] = metadata.bytes_read
 

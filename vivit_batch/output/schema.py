@@ -66,9 +66,11 @@ CLIP_SHAPE = "_clip_shape"
 VIEWS = "_views"
 """clips decoded for the row"""
 BYTES_READ = "_bytes_read"
+SEGMENT_SPAN_COLUMNS = ("clip_start_s", "clip_end_s")
+"""metadata columns that a segment row holds of its segment, not of its video"""
 SEGMENTS_TOTAL = "_segments_total"
 """on the rows of a video's last chunk of segments: how many segments it has; on its error row:
-how many segment rows came before it (see `job.segments`)"""
+how many segment rows came before it (see `output.videos`)"""
 DECODE_SECONDS = "_decode_s"
 INFERENCE_SECONDS = "_inference_s"
 INFERENCE_DEVICE = "_inference_device"

@@ -16,10 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.output.schema import METADATA_COLUMNS, SEGMENTS_TOTAL
-
-SEGMENT_SPAN_COLUMNS = ("clip_start_s", "clip_end_s")
-"""metadata that is each segment's own, not the video's"""
+from vivit_batch.output.schema import METADATA_COLUMNS, SEGMENT_SPAN_COLUMNS, SEGMENTS_TOTAL
 
 
 @dataclass
