@@ -139,14 +139,10 @@ def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Chunk |
         header = json.loads(data)
         kind, rss_bytes = header["kind"], _count(header["rss_bytes"])
         if kind == "decoded":
-            shape = tuple(_count(n) for n in header["shape"])
-            if len(shape) != 5 or shape[-1] != 3 or math.prod(shape) > max_clip_bytes:
-                raise MalformedReply(f"clips of shape {shape[:6]}")
+            shape = _clips_shape(header["shape"], 5, max_clip_bytes)
             return Decoded(_metadata(header["metadata"]), shape, rss_bytes)
         if kind == "chunk":
-            shape = tuple(_count(n) for n in header["shape"])
-            if len(shape) != 6 or shape[-1] != 3 or math.prod(shape) > max_clip_bytes:
-                raise MalformedReply(f"segment clips of shape {shape[:7]}")
+            shape = _clips_shape(header["shape"], 6, max_clip_bytes)
             bounds = _bounds(header["bounds_s"], shape[0])
             metadata = header["metadata"]
             return Chunk(
@@ -177,6 +173,16 @@ def _count(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MalformedReply(f"{str(value)[:40]!r} where a count belongs")
     return value
+
+
+def _clips_shape(value: object, dimensions: int, max_clip_bytes: int) -> tuple[int, ...]:
+    """The shape of uint8 RGB clips: `dimensions` counts, the last 3, at most `max_clip_bytes`."""
+    if not isinstance(value, list):
+        raise MalformedReply(f"{str(value)[:40]!r} where a shape belongs")
+    shape = tuple(_count(n) for n in value)
+    if len(shape) != dimensions or shape[-1] != 3 or math.prod(shape) > max_clip_bytes:
+        raise MalformedReply(f"clips of shape {shape[: dimensions + 1]}")
+    return shape
 
 
 def _bounds(value: object, count: int) -> list[list[float]]:
