@@ -124,8 +124,9 @@ class DecodeStage:
         try:
             for chunk in decode(self.settings.request(uri, video_id)):
                 rows = _segment_rows(chunk)
+                per_segment_s = (time.perf_counter() - started) / len(rows)
                 for row in rows:
-                    row[DECODE_SECONDS] = (time.perf_counter() - started) / len(rows)
+                    row[DECODE_SECONDS] = per_segment_s
                 if chunk.metadata:
                     _finish_segments(rows, chunk.metadata, chunk.first_index + len(rows))
                 delivered += len(rows)

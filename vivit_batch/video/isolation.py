@@ -132,8 +132,8 @@ class IsolatedDecoder:
                 while not finished:
                     reply, clips = worker.receive(deadline, uri, self._max_clip_bytes)
                     finished = not isinstance(reply, Chunk) or reply.metadata is not None
-                    if finished and reply.rss_bytes > (self.max_memory_bytes or 2**62) // 2:
-                        self._processes.end_worker()  # to free memory fragmentation holds
+                    if finished and self._holds_too_much(reply.rss_bytes):
+                        self._processes.end_worker()
                     yield reply, clips
                 return
             except _Stuck:
@@ -159,6 +159,12 @@ class IsolatedDecoder:
             finally:
                 if not finished and self._processes.worker is worker:
                     self._processes.end_worker()  # left mid-stream: its replies are unread
+
+    def _holds_too_much(self, rss_bytes: int) -> bool:
+        """Whether a worker that a video left this large is replaced, to free what memory
+        fragmentation holds (more than half its cap)."""
+        cap = self.max_memory_bytes
+        return cap is not None and rss_bytes > cap // 2
 
     def close(self) -> None:
         self._finalizer()
