@@ -221,7 +221,8 @@ def case_inputs(case: dict, directory: Path) -> None:
 def run_case(case: dict, directory: Path) -> dict:
     from vivit_batch import job as pipeline
     from vivit_batch.config import load_config
-    from vivit_batch.stages import DecodeStage, InferenceStage
+    from vivit_batch.stages.decode import DecodeStage
+    from vivit_batch.stages.inference import InferenceStage
 
     config = load_config(
         None,

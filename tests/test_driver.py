@@ -26,7 +26,7 @@ from vivit_batch.model import CheckpointInfo, VivitConfig
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sources import changed_ids, source_differs, source_version
-from vivit_batch.stages import DecodeSettings
+from vivit_batch.stages.decode import DecodeSettings
 from vivit_batch.video import SamplingConfig
 
 

@@ -24,7 +24,7 @@ from vivit_batch.job import (
     run_job,
 )
 from vivit_batch.output import Output, RunReport
-from vivit_batch.stages import CheckpointChanged
+from vivit_batch.stages.inference import CheckpointChanged
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 

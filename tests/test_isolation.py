@@ -22,7 +22,7 @@ from tests.local_http import CrashingServer, StallingServer, alive
 from vivit_batch.config import ConfigError, load_config
 from vivit_batch.output.schema import DECODE_SECONDS
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.stages import DecodeSettings, DecodeStage
+from vivit_batch.stages.decode import DecodeSettings, DecodeStage
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import (
     DecodeConfig,

@@ -15,7 +15,7 @@ from vivit_batch.output.schema import SEGMENTS_TOTAL
 from vivit_batch.output.sink import FileWriter
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.stages import DecodeSettings, DecodeStage
+from vivit_batch.stages.decode import DecodeSettings, DecodeStage
 from vivit_batch.testing.media import garble_packets, read_index, write_video
 from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig, decode_video
 from vivit_batch.video.isolation import IsolatedDecoder

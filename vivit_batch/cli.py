@@ -28,7 +28,7 @@ from vivit_batch.settings import describe, rule_of, show
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from vivit_batch.stages import DecodeStage
+    from vivit_batch.stages.decode import DecodeStage
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
@@ -265,7 +265,7 @@ def exit_code_of(report: RunReport) -> int:
 def validate_command(args: argparse.Namespace) -> int:
     from vivit_batch import job
     from vivit_batch.device import summary
-    from vivit_batch.stages import DecodeStage
+    from vivit_batch.stages.decode import DecodeStage
 
     config = config_from(args)
     prepared = job.prepare_job(config)
@@ -275,7 +275,7 @@ def validate_command(args: argparse.Namespace) -> int:
         f"weights sha256 {prepared.checkpoint.weights_sha256[:12]}); manifest "
         f"{prepared.manifest.rows} rows"
     )
-    resources = job.plan_resources(config, job.cluster_shape())
+    resources, _ = job.planned_resources(prepared, prepared.manifest.rows)
     log.info(f"plan: {resources.describe()}")
     decoded = first_chunks(DecodeStage(prepared.decode), job.first_rows(prepared, args.videos))
     labelled = job.label_on_cluster(prepared, resources, decoded)

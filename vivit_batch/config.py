@@ -115,10 +115,17 @@ class ModelSection(Section, name="model"):
 @dataclass(frozen=True)
 class ResourcesSection(Section, name="resources"):
     decode_actors: int | None = setting(
-        None, "decode actor pool size; default: the CPUs left / decode.threads", minimum=1
+        None,
+        "decode actor pool size; default: with GPUs the CPUs left / decode.threads, without "
+        "them the CPUs' share that the stages' measured costs give decoding (see the run "
+        "report's calibration), at most one per video",
+        minimum=1,
     )
     inference_actors: int | None = setting(
-        None, "inference actor pool size; default: one per GPU, one without GPUs", minimum=1
+        None,
+        "inference actor pool size; default: one per GPU, without GPUs enough actors of "
+        "inference_cpus threads for the CPUs' share that the measured costs give torch",
+        minimum=1,
     )
     max_decode_actors: int | None = setting(
         None,
@@ -135,7 +142,10 @@ class ResourcesSection(Section, name="resources"):
         minimum=1,
     )
     inference_cpus: int | None = setting(
-        None, "torch threads per CPU inference actor; default: half the CPUs", minimum=1
+        None,
+        "torch threads per CPU inference actor; default: the CPUs' share that the measured "
+        "costs give torch, at most 8 per actor",
+        minimum=1,
     )
     inference_gpus: float | None = setting(
         None,
@@ -144,10 +154,11 @@ class ResourcesSection(Section, name="resources"):
         minimum=0,
     )
     batch_size: int = setting(8, "videos per inference batch", minimum=1)
-    decode_batch_size: int = setting(
-        16,
+    decode_batch_size: int | None = setting(
+        None,
         "videos per decode call; each call's clips travel as one block, so lower it for "
-        "videos with many views",
+        "videos with many views; default: 16, fewer when the manifest is too short to give "
+        "each decode actor four calls",
         minimum=1,
     )
     clips_per_forward: int = setting(

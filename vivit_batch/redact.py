@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+import pyarrow as pa
+
 REDACTED = "REDACTED"
 SECRET_PARAMETERS = frozenset(
     {"x-amz-signature", "x-amz-credential", "x-amz-security-token", "signature", "sig"}
@@ -71,3 +73,9 @@ def unsigned_uri(uri: str) -> str:
 def _parameters(query: str) -> list[tuple[str, str]]:
     """(item as written, its name) for each `&`-separated item of a query string."""
     return [(item, item.split("=", 1)[0]) for item in query.split("&")]
+
+
+def redacted_uris(batch: pa.Table) -> pa.Table:
+    """`batch` with its `uri` column as `redact_uri` shows it (once the videos are fetched)."""
+    shown = [redact_uri(uri) for uri in batch.column("uri").to_pylist()]
+    return batch.set_column(batch.schema.get_field_index("uri"), "uri", pa.array(shown))

@@ -9,7 +9,7 @@ from vivit_batch.job.cluster import cluster_shape, connect
 from vivit_batch.job.dataset import first_rows, inference_settings, label_on_cluster
 from vivit_batch.job.prepare import PreparedJob, prepare_job
 from vivit_batch.job.resources import ClusterShape, Resources, plan_resources
-from vivit_batch.job.run import run_job
+from vivit_batch.job.run import planned_resources, run_job
 
 __all__ = [
     "ClusterShape",
@@ -21,6 +21,7 @@ __all__ = [
     "inference_settings",
     "label_on_cluster",
     "plan_resources",
+    "planned_resources",
     "prepare_job",
     "run_job",
 ]

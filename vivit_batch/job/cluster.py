@@ -1,9 +1,12 @@
-"""The Ray cluster the job runs on: joining it, and what it has."""
+"""The Ray cluster the job runs on: joining it (or starting an embedded one, without the
+dashboard: a laptop run pays for no process it does not use), and what it has."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 
 import ray
 import ray.data as ray_data
@@ -22,14 +25,39 @@ def connect(address: str | None, verbose: bool = False) -> None:
     only when `verbose` (it lacks times and levels; Ray keeps it in its log files)."""
     ray_data.DataContext.get_current()  # Ray Data sets up its logging on first use
     adopt_ray_loggers()
-    if not ray.is_initialized():
-        ray.init(
-            address=address or "local",
-            logging_level=logging.WARNING,
-            log_to_driver=verbose,
-            runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}} if not address else None,
-        )
-        adopt_ray_loggers()  # and ray.init Ray's
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
+    else:
+        with environment(EMBEDDED_RAY_ENVIRONMENT):
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=verbose,
+            )
+    adopt_ray_loggers()  # and ray.init Ray's
+
+
+EMBEDDED_RAY_ENVIRONMENT = {"PYTHONWARNINGS": "ignore"}
+"""What the processes of an embedded Ray inherit (its workers among them). Not a job
+`runtime_env`: the workers Ray starts ahead of the job have none, so they could not serve it."""
+
+
+@contextlib.contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """`variables` in this process's environment for the block (for the processes it starts)."""
+    previous = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 def cluster_shape() -> ClusterShape:

@@ -20,12 +20,21 @@ from vivit_batch.incremental import (
     select_relabelled,
 )
 from vivit_batch.job.cluster import off_gpu_nodes
-from vivit_batch.job.prepare import LIGHT_TASK, PreparedJob
+from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
 from vivit_batch.model import CheckpointError
 from vivit_batch.sources import with_versions
-from vivit_batch.stages import DecodeStage, InferenceSettings, InferenceStage
+from vivit_batch.stages.decode import DecodeStage
+from vivit_batch.stages.inference import InferenceSettings, InferenceStage
+
+LIGHT_TASKS = 1
+LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
+"""Reading the manifest, assigning ids, looking up versions and writing Parquet are light and
+short: they take no CPU slot, so that the decode and inference pools can have all of them, and
+each step runs `LIGHT_TASKS` task at a time (the version lookups of a block run on threads),
+so that they keep to a worker or two instead of starting a Python process per block (about a
+CPU second each)."""
 
 
 def build_dataset(
@@ -49,7 +58,7 @@ def build_dataset(
         compute=actor_pool(resources.decode_actors, resources.max_decode_actors),
         num_cpus=resources.decode_cpus,
         ray_remote_args_fn=off_gpu_nodes(bool(resources.decode_nodes)),
-        batch_size=config.resources.decode_batch_size,
+        batch_size=resources.decode_batch_size,
         batch_format="pyarrow",
     )
     return dataset.map_batches(
@@ -172,7 +181,8 @@ def read_manifest_dataset(job: PreparedJob) -> ray.data.Dataset:
         job.config.manifest,
         job.config.storage_options(),
         None if listing is None else listing_table(listing),
-        **LIGHT_TASK,
+        num_cpus=0,
+        tasks=LIGHT_TASKS,
     )
 
 

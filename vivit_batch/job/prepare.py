@@ -1,6 +1,8 @@
 """Everything checked before any work, and before Ray starts: configuration, checkpoint, labels,
 the manifest (one streaming scan, in a process of its own), and that the output can be written
-and holds rows of this model or none. Raises `ConfigError` or `CheckpointError` (exit code 2)."""
+and holds rows of this model or none. Raises `ConfigError` or `CheckpointError` (exit code 2).
+Then, for a plan that may run inference on CPUs, the stages' costs start being measured (in a
+process of their own, while Ray starts)."""
 
 from __future__ import annotations
 
@@ -13,18 +15,16 @@ import sys
 from dataclasses import dataclass, field, replace
 
 from vivit_batch import storage
+from vivit_batch.calibration import Calibration
 from vivit_batch.config import ConfigError, JobConfig, ManifestSection, require_job_inputs
+from vivit_batch.job.resources import plans_from_costs
 from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
 from vivit_batch.output import RESERVED_COLUMNS, Output
 from vivit_batch.processor import PREPROCESSOR_FILES, ProcessorConfig
-from vivit_batch.stages import DecodeSettings
+from vivit_batch.stages.decode import DecodeSettings
 
 log = logging.getLogger("vivit_batch")
-
-LIGHT_TASK = {"num_cpus": 0}
-"""Reading the manifest, assigning ids and writing Parquet are light and short: they take no CPU
-slot, so the decode and inference pools can have all of them."""
 
 
 @dataclass
@@ -37,6 +37,8 @@ class PreparedJob:
     manifest: ManifestSummary
     warnings: list[str] = field(default_factory=list)
     """what the run report and the summary repeat (preprocessing defaults, say)"""
+    calibration: Calibration | None = None
+    """the stages' costs being measured, for a CPU plan (see `job.run.planned_resources`)"""
 
     @property
     def partition_by(self) -> tuple[str, ...]:
@@ -89,6 +91,10 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     check_identity(job, recorded)
     for warning in job.warnings:
         log.warning(warning)
+    if plans_from_costs(config.resources):  # measured while Ray starts
+        job.calibration = Calibration(
+            decode, model_config, manifest.first_uris, config.resources.clips_per_forward
+        )
     return job
 
 

@@ -1,10 +1,15 @@
-"""Planning the actor pools from what the cluster has: plain arithmetic, no Ray.
+"""Planning the actor pools from what the cluster has and what each stage costs: plain
+arithmetic, no Ray.
 
-Without GPUs for inference (none in the cluster, or `resources.inference_gpus=0`), torch gets
-half the cores and decoding the other half. With GPUs, one inference actor per GPU (or per
+Without GPUs for inference (none in the cluster, or `resources.inference_gpus=0`), the cores go
+to decoding and to torch in proportion to what each stage costs per clip for this model, input
+and machine (`calibration.StageCosts`; half each without a measurement), each stage rounded up
+to whole threads so that neither waits for want of one: Ray Data's backpressure keeps the faster
+stage from taking more than its share. With GPUs, one inference actor per GPU (or per
 `inference_gpus` of one), and decoding on the CPU-only nodes if there are any (else on the GPU
-nodes' spare cores). The pools' CPU reservations are scaled to leave RAY_DATA_HEADROOM_CPUS free
-for Ray Data's own tasks.
+nodes' spare cores). No more decode actors than videos to label, and short manifests get
+smaller decode calls so that every decode actor has several. The pools' CPU reservations are
+scaled to leave RAY_DATA_HEADROOM_CPUS free for Ray Data's own tasks.
 
 That is the pools' size at start, and their minimum. On an autoscaling cluster they grow, with
 the same actors, up to what its largest size holds (`ClusterShape.max_cpus`/`max_gpus`, from
@@ -15,13 +20,21 @@ maximum is their start size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import ceil
 
-from vivit_batch.config import JobConfig
+from vivit_batch.calibration import StageCosts
+from vivit_batch.config import JobConfig, ResourcesSection
 from vivit_batch.device import CPU, CUDA
 
 RAY_DATA_HEADROOM_CPUS = 1.0
 """Some Ray Data steps (listing files for read_parquet) always ask for a whole CPU; the actor
 pools leave this much unclaimed so they can run."""
+MAX_TORCH_THREADS = 8
+"""A CPU inference actor runs at most this many torch threads; more cores get more actors
+(batches side by side scale better than one forward pass spread wider)."""
+DECODE_BATCH_SIZE = 16
+"""Videos per decode call, unless the manifest is too short to give each actor several."""
+DECODE_CALLS_PER_ACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,9 @@ class Resources:
     max_decode_actors: int
     max_inference_actors: int
     """the pools grow up to these as nodes join (equal to the start sizes on a fixed cluster)"""
+    decode_batch_size: int = DECODE_BATCH_SIZE
+    inference_share: float | None = None
+    """CPU plans: the share of the CPUs planned for inference, from the stages' costs"""
     decode_nodes: list[str] = field(default_factory=list)
     """the CPU-only nodes at start, when inference uses GPUs: decode actors keep off GPU nodes"""
 
@@ -82,23 +98,37 @@ def _sizes(start: int, most: int) -> str:
     return str(start) if start == most else f"{start} (up to {most} as nodes join)"
 
 
-def plan_resources(config: JobConfig, cluster: ClusterShape) -> Resources:
-    """The actor pools for `cluster`; explicit `resources.*` settings win."""
+def plan_resources(
+    config: JobConfig,
+    cluster: ClusterShape,
+    costs: StageCosts | None = None,
+    videos: int | None = None,
+) -> Resources:
+    """The actor pools for `cluster`, `costs` measured (CPU plans) and `videos` to label;
+    explicit `resources.*` settings win."""
     r = config.resources
-    default_gpus = 1.0 if cluster.gpus or cluster.max_gpus else 0.0  # GPU nodes to come count
-    gpus_per_actor = default_gpus if r.inference_gpus is None else r.inference_gpus
+    gpus_per_actor = gpus_per_inference_actor(r, cluster)
     gpus = gpus_per_actor > 0
+    share = None if gpus else inference_share(costs)
     decode_threads = config.decode.threads
-    inference_actors = r.inference_actors or _capped(
-        max(1, int(cluster.gpus / gpus_per_actor)) if gpus else 1, r.max_inference_actors
-    )
-    inference_threads = 1 if gpus else r.inference_cpus or max(1, cluster.cpus // 2)
-    inference_total = inference_actors * inference_threads
     cpu_nodes = cluster.cpu_only_nodes if gpus else {}
-    decode_pool_cpus = sum(cpu_nodes.values()) or cluster.cpus - inference_total
-    decode_actors = r.decode_actors or _capped(
-        max(1, int(decode_pool_cpus // decode_threads)), r.max_decode_actors
-    )
+    if share is None:
+        inference_threads, inference_actors = 1, max(1, int(cluster.gpus / gpus_per_actor))
+    else:
+        torch_cpus = cluster.cpus * share
+        inference_threads = r.inference_cpus or min(MAX_TORCH_THREADS, max(1, ceil(torch_cpus)))
+        inference_actors = max(1, ceil(torch_cpus / inference_threads))
+    inference_actors = r.inference_actors or _capped(inference_actors, r.max_inference_actors)
+    inference_total = inference_actors * inference_threads
+    if share is None:
+        decode_pool_cpus = sum(cpu_nodes.values()) or cluster.cpus - inference_total
+        decode_actors = max(1, int(decode_pool_cpus // decode_threads))
+    else:
+        decode_pool_cpus = cluster.cpus * (1 - share)
+        decode_actors = max(1, ceil(decode_pool_cpus / decode_threads))
+    if videos:
+        decode_actors = min(decode_actors, videos)
+    decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
     budget = cluster.cpus - RAY_DATA_HEADROOM_CPUS
     if gpus:  # GPU actors keep a whole CPU each
         inference_scale = 1.0
@@ -109,7 +139,7 @@ def plan_resources(config: JobConfig, cluster: ClusterShape) -> Resources:
     decode_cpus = decode_threads * min(1.0, max(0.1, decode_scale))
     inference_cpus = inference_threads * min(1.0, max(0.1, inference_scale))
     grown_inference, grown_decode = _largest_pools(
-        cluster, gpus_per_actor, inference_threads, inference_cpus, decode_cpus
+        cluster, gpus_per_actor, share, inference_threads, inference_cpus, decode_cpus
     )
     return Resources(
         decode_actors=decode_actors,
@@ -126,7 +156,40 @@ def plan_resources(config: JobConfig, cluster: ClusterShape) -> Resources:
             r.max_inference_actors, r.inference_actors, inference_actors, grown_inference
         ),
         decode_nodes=sorted(cpu_nodes),
+        decode_batch_size=r.decode_batch_size or decode_batch_size(videos, decode_actors),
+        inference_share=None if share is None else round(share, 4),
     )
+
+
+def gpus_per_inference_actor(resources: ResourcesSection, cluster: ClusterShape) -> float:
+    """`resources.inference_gpus`, by default 1 on a cluster with GPUs (or GPU nodes to come)
+    and 0 (inference on CPUs) without."""
+    if resources.inference_gpus is not None:
+        return resources.inference_gpus
+    return 1.0 if cluster.gpus or cluster.max_gpus else 0.0
+
+
+def plans_from_costs(resources: ResourcesSection) -> bool:
+    """Whether a plan may need the stages' costs: inference may run on CPUs, and not every CPU
+    pool size is set."""
+    sizes = (resources.decode_actors, resources.inference_actors, resources.inference_cpus)
+    return not resources.inference_gpus and not all(sizes)
+
+
+def inference_share(costs: StageCosts | None) -> float:
+    """The share of the CPUs torch needs to keep pace with decoding: its cost per clip over
+    both stages' (half without a measurement)."""
+    if costs is None or costs.decode_s is None:
+        return 0.5
+    return costs.inference_s / (costs.decode_s + costs.inference_s)
+
+
+def decode_batch_size(videos: int | None, decode_actors: int) -> int:
+    """`DECODE_BATCH_SIZE`, or fewer so that `videos` give each decode actor
+    `DECODE_CALLS_PER_ACTOR` calls (one actor's last call is then a small part of the run)."""
+    if videos is None:
+        return DECODE_BATCH_SIZE
+    return max(1, min(DECODE_BATCH_SIZE, videos // (decode_actors * DECODE_CALLS_PER_ACTOR)))
 
 
 def _capped(size: int, most: int | None) -> int:
@@ -136,19 +199,20 @@ def _capped(size: int, most: int | None) -> int:
 def _largest_pools(
     cluster: ClusterShape,
     gpus_per_actor: float,
+    share: float | None,
     inference_threads: int,
     inference_cpus: float,
     decode_cpus: float,
 ) -> tuple[int, int]:
     """How many inference and decode actors (as planned) the autoscaler's largest cluster holds:
-    one inference actor per `gpus_per_actor` GPUs, or per `inference_threads` of half the CPUs,
-    and decode actors on the other CPUs; 0, 0 on a fixed cluster."""
+    one inference actor per `gpus_per_actor` GPUs, or per `inference_threads` of the CPUs'
+    inference `share`, and decode actors on the other CPUs; 0, 0 on a fixed cluster."""
     if cluster.max_cpus is None:
         return 0, 0
     inference = (
         int(cluster.max_gpus / gpus_per_actor)
-        if gpus_per_actor
-        else int(cluster.max_cpus // 2 // inference_threads)
+        if share is None
+        else int(cluster.max_cpus * share // inference_threads)
     )
     free = cluster.max_cpus - RAY_DATA_HEADROOM_CPUS - inference * inference_cpus
     return inference, int(free // decode_cpus)

@@ -30,7 +30,7 @@ from vivit_batch.job.dataset import (
     stage_errors,
 )
 from vivit_batch.job.prepare import PreparedJob, check_identity, identity_differences
-from vivit_batch.job.resources import Resources, plan_resources
+from vivit_batch.job.resources import Resources, gpus_per_inference_actor, plan_resources
 from vivit_batch.logs import interactive, progress_lines
 from vivit_batch.output import (
     ErrorBudget,
@@ -71,8 +71,6 @@ def run_job(job: PreparedJob) -> RunReport:
     write -> report. Raises `LockLost` if another run takes the output over meanwhile."""
     config = job.config
     run_id = config.run.run_id or new_run_id()
-    resources = plan_resources(config, cluster_shape())
-    log.info("run %s: %d videos; %s", run_id, job.manifest.rows, resources.describe())
     output = Output(config.output.uri, job.decode.storage_options)
     started = time.time()
     with holding_lock(output, run_id, config.run) as lock:
@@ -80,14 +78,56 @@ def run_job(job: PreparedJob) -> RunReport:
         output.hide_legacy_archives(lock)
         reconcile_identity(job, output, lock)
         work = choose_work(job, output, lock)
-        log.info("run %s: %d of the manifest's videos to label", run_id, work.to_label)
+        resources, calibration = planned_resources(job, work.to_label)
+        log.info(
+            "run %s: %d of the manifest's %d videos to label; %s",
+            run_id,
+            work.to_label,
+            job.manifest.rows,
+            resources.describe(),
+        )
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
         dataset = build_dataset(job, resources, run_id, work.skip)
         stats = write_rows(job, output, lock, dataset, run_id, started, work.to_label)
-        report = run_report(job, run_id, started, work, stats, resources, lock)
+        report = run_report(job, run_id, started, work, stats, (resources, calibration), lock)
         output.write_report(report, lock)
         output.clear_staging()
     return report
+
+
+def planned_resources(job: PreparedJob, videos: int | None) -> tuple[Resources, dict]:
+    """The actor pools for this cluster and `videos` to label, and what the stages' costs
+    measured for a CPU plan (the run report's `calibration`: empty for a GPU or explicit plan)."""
+    cluster = cluster_shape()
+    calibration = job.calibration
+    if calibration is None:
+        return plan_resources(job.config, cluster, videos=videos), {}
+    if gpus_per_inference_actor(job.config.resources, cluster):
+        calibration.cancel()
+        return plan_resources(job.config, cluster, videos=videos), {}
+    costs = calibration.costs()
+    if costs is None:
+        log.warning(
+            "could not measure what decoding and inference cost per clip (%s): the CPUs are "
+            "split evenly between them",
+            calibration.failure,
+        )
+    else:
+        log.info(
+            "per clip on one core: decoding %s, inference %s (measured on %d of the manifest's "
+            "first videos in %.1f s)",
+            _seconds(costs.decode_s),
+            _seconds(costs.inference_s),
+            costs.videos,
+            costs.seconds,
+        )
+    return plan_resources(job.config, cluster, costs, videos), calibration.record()
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "unknown (no video decoded)"
+    return f"{value * 1000:.1f} ms" if value < 10 else f"{value:.1f} s"
 
 
 @contextlib.contextmanager
@@ -241,10 +281,11 @@ def run_report(
     started: float,
     work: Work,
     stats: WriteStats,
-    resources: Resources,
+    plan: tuple[Resources, dict],
     lock: Fence,
 ) -> RunReport:
     config = job.config
+    resources, calibration = plan
     wall = time.time() - started
     devices = [json.loads(record) for record in stats.devices]
     return RunReport(
@@ -277,6 +318,7 @@ def run_report(
         warnings=job.warnings + [d["warning"] for d in devices if "warning" in d],
         lock_generation=lock.generation,
         resources=vars(resources),
+        calibration=calibration,
         files=stats.files,
         config=json.loads(redact(json.dumps(config.to_dict()))),  # a presigned manifest URL
         versions=versions(),

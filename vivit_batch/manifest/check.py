@@ -28,6 +28,9 @@ from vivit_batch.manifest.read import (
 )
 
 MAX_LISTED_PROBLEMS = 10
+SAMPLE_VIDEOS = 3
+"""The manifest's first videos whose URIs the summary keeps: what the stages' costs are measured
+on before the run (`vivit_batch.calibration`)."""
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ManifestSummary:
     """A directory, glob or prefix manifest's videos with their versions, as the scan listed
     them, in plain values (`listing_columns`; the summary travels as JSON): the run reads them
     rather than listing again."""
+    first_uris: list[str] = field(default_factory=list)
+    """the first `SAMPLE_VIDEOS` videos' URIs, resolved: what the costs are measured on"""
 
 
 def scan_manifest(
@@ -76,7 +81,12 @@ def scan_manifest(
             table = pa.Table.from_batches([batch])
             filled = pa.array([u or "" for u in given], pa.string())
             table = table.set_column(table.schema.get_field_index("uri"), "uri", filled)
-            ids = with_ids(table, base, prefix=section.column_prefix).column("video_id").to_pylist()
+            resolved = with_ids(table, base, prefix=section.column_prefix)
+            ids = resolved.column("video_id").to_pylist()
+            if len(summary.first_uris) < SAMPLE_VIDEOS:
+                uris = resolved.column("uri").to_pylist()
+                sample = [u for u, g in zip(uris, given, strict=True) if (g or "").strip()]
+                summary.first_uris += sample[: SAMPLE_VIDEOS - len(summary.first_uris)]
             for index, (video_id, uri) in enumerate(zip(ids, given, strict=True)):
                 key = hashlib.blake2b(video_id.encode(), digest_size=12).digest()
                 row = _row_label(fmt, offset + index)

@@ -253,12 +253,14 @@ def read_dataset(
     section: ManifestSection,
     options: dict | None,
     listing: pa.Table | None = None,
-    **ray_options,
+    *,
+    num_cpus: float = 0,
+    tasks: int | None = None,
 ):
     """The manifest's rows as a Ray Data dataset (uris as given, no ids yet): a file manifest
     read by Ray Data, a directory, glob or prefix from its `listing` (`list_videos`: the scan's,
-    so that a run lists once; else listed here). `ray_options` go to Ray Data's reader and to
-    the steps after it."""
+    so that a run lists once; else listed here). Ray Data's reader and the steps after it take
+    `num_cpus` each and run at most `tasks` at a time (None: as many as Ray Data likes)."""
     if listing is not None:
         return listing_dataset(listing)
     import ray
@@ -269,9 +271,20 @@ def read_dataset(
     reader = FORMATS[fmt]
     filesystem = storage.arrow_filesystem(section.uri, options)
     read = getattr(ray.data, reader.ray_reader)
-    dataset = read(section.uri, filesystem=filesystem, **reader.ray_options, **ray_options)
+    dataset = read(
+        section.uri,
+        filesystem=filesystem,
+        num_cpus=num_cpus,
+        concurrency=tasks,
+        **reader.ray_options,
+    )
     if reader.then:
-        dataset = dataset.map_batches(reader.then, batch_format="pyarrow", **ray_options)
+        dataset = dataset.map_batches(
+            reader.then,
+            batch_format="pyarrow",
+            num_cpus=num_cpus,
+            compute=ray.data.TaskPoolStrategy(tasks),
+        )
     return dataset
 
 

@@ -144,6 +144,9 @@ class RunReport:
     lock_generation: int | None = None
     """how many times the output's lock had been taken when this run took it"""
     resources: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    """what decoding and inference cost per clip on one core, measured before the run for its
+    CPU plan (`calibration.StageCosts`, and `failure`); empty for GPU and explicit plans"""
     files: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)

@@ -259,7 +259,7 @@ class _Zygote:
                 [sys.executable, "-c", command],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                env=_zygote_environment(),
+                env=decoder_environment(),
             )
         finally:
             theirs.close()
@@ -394,7 +394,7 @@ credential chain and fsspec's defaults, http(s) through proxies), and need nothi
 actor's environment: no HF_TOKEN, no other service's credentials, no LD_PRELOAD."""
 
 
-def _zygote_environment() -> dict[str, str]:
+def decoder_environment() -> dict[str, str]:
     """What the decoding processes need of the parent's environment (`ENVIRONMENT_KEPT`), with
     its import path (a Ray working_dir, say) made explicit and OpenBLAS kept from starting
     threads at import, so that the zygote forks with one."""

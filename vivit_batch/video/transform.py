@@ -19,16 +19,16 @@ from vivit_batch.processor import ProcessorConfig
 class FrameConverter:
     """Turns decoded frames of one video into resized RGB pictures in display orientation.
 
-    YUV->RGB runs in swscale at full size, as `to_ndarray(format="rgb24")` does; the
-    resize is torch's uint8 antialiased bilinear, which reproduces PIL's (it runs on the calling
-    thread, not on torch's intra-op pool). Measured against `VivitImageProcessor` from 64x48 to
+    YUV->RGB runs in swscale at full size, as `to_ndarray(format="rgb24")` does; the resize is
+    torch's uint8 antialiased bilinear, which reproduces PIL's (on torch's intra-op pool: the
+    decoding processes keep it to one thread). Measured against `VivitImageProcessor` from 64x48 to
     1920x1080, the mean absolute difference is at most 0.002 (0-255 scale), no pixel off by more
     than 1. Resizing in swscale while converting to RGB makes a clip 6-13% cheaper but differs by
-    1.2-1.8 on the parity tests' videos and by 5-11 on the decode benchmark's textured ones (1.2
-    and 3 with FULL_CHR_H_INT, at torch's cost): its scaled YUV->RGB path filters chroma and
-    rounds differently from the unscaled one. Converting first and then resizing in swscale
-    (BILINEAR, whose kernel widens with the downscale factor like PIL's; AREA, BICUBIC and
-    FAST_BILINEAR are further off) gets to 0.1-0.2, at twice the cost of torch's.
+    1.2-1.8 on the parity tests' videos and by 5-11 on the decode benchmark's textured ones (1.2 and
+    3 with FULL_CHR_H_INT, at torch's cost): its scaled YUV->RGB path filters chroma and rounds
+    differently from the unscaled one. Converting first and then resizing in swscale (BILINEAR,
+    whose kernel widens with the downscale factor like PIL's; AREA, BICUBIC and FAST_BILINEAR are
+    further off) gets to 0.1-0.2, at twice the cost of torch's.
 
     swscale runs on `threads` threads, the decoder's count: left to itself it starts one per core
     in every decode actor, and on one core costs 30% more CPU per 720p frame than with one.

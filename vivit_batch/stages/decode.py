@@ -1,0 +1,166 @@
+"""The decode stage: manifest rows -> rows with uint8 clips (as bytes) and video metadata, or
+error rows (segments mode: a row per segment). Plain Python over pyarrow tables, run by the
+decode actors. A bad video is a row with `status = "error"`, never an exception: an exception
+would make Ray Data drop or retry a whole batch.
+
+Nothing here imports torch: with `decode.isolation=process` the decode actor only passes
+requests to its decoding processes, which have their own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from vivit_batch.output.schema import (
+    BYTES_READ,
+    CLIP_SHAPE,
+    CLIPS,
+    DECODE_SECONDS,
+    DECODED_COLUMNS,
+    METADATA_COLUMNS,
+    SEGMENT_DECODED_COLUMNS,
+    SEGMENT_SPAN_COLUMNS,
+    SEGMENTS_TOTAL,
+    VIEWS,
+)
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.redact import redact, redacted_uris
+from vivit_batch.video import (
+    DecodeConfig,
+    DecodeRequest,
+    SamplingConfig,
+    VideoError,
+    VideoMetadata,
+    decode_video,
+)
+from vivit_batch.video.isolation import IsolatedDecoder
+from vivit_batch.video.segments import SegmentChunk, decode_segments
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What every video of a run is decoded with: a `DecodeRequest` less the video."""
+
+    sampling: SamplingConfig
+    processor: ProcessorConfig
+    config: DecodeConfig = DecodeConfig()  # noqa: RUF009 (frozen: sharing it is safe)
+    storage_options: dict | None = None
+
+    def request(self, uri: str, video_id: str) -> DecodeRequest:
+        return DecodeRequest(
+            uri, self.sampling, self.processor, video_id, self.config, self.storage_options
+        )
+
+
+class DecodeStage:
+    """Manifest rows -> a row per video with its clips, or in segments mode a row per segment,
+    handed on a chunk of segments at a time (see `video.segments`)."""
+
+    def __init__(self, settings: DecodeSettings):
+        self.settings = settings
+        self.decoder = None
+        if settings.config.isolation == "process":
+            self.decoder = IsolatedDecoder(settings.config)
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        videos = zip(
+            batch.column("uri").to_pylist(), batch.column("video_id").to_pylist(), strict=True
+        )
+        if not self.settings.sampling.segments:
+            rows = [self.decode_one(uri, video_id) for uri, video_id in videos]
+            yield _with_decoded(batch, rows, DECODED_COLUMNS)
+            return
+        for index, (uri, video_id) in enumerate(videos):
+            for rows in self.decode_segments(uri, video_id):
+                yield _with_decoded(batch.take([index] * len(rows)), rows, SEGMENT_ROW_COLUMNS)
+
+    def decode_all(self, batch: pa.Table) -> pa.Table:
+        """Every row at once (`validate`, benchmarks): all of a video's segments in memory."""
+        return pa.concat_tables(self(batch))
+
+    def decode_one(self, uri: str, video_id: str) -> dict:
+        started = time.perf_counter()
+        row = dict.fromkeys(DECODED_COLUMNS)
+        decode = self.decoder.decode if self.decoder else decode_video
+        try:
+            video = decode(self.settings.request(uri, video_id))
+        except VideoError as error:
+            row.update(_error_columns(error))
+        else:
+            meta = video.metadata
+            row.update({name: getattr(meta, name) for name in METADATA_COLUMNS})
+            row.update(_clip_columns(video.clips))
+            row[BYTES_READ] = meta.bytes_read
+        row[DECODE_SECONDS] = time.perf_counter() - started
+        return row
+
+    def decode_segments(self, uri: str, video_id: str) -> Iterator[list[dict]]:
+        """A video's segment rows, a chunk at a time; an error ends them with one error row
+        that says how many segment rows came before it (`SEGMENTS_TOTAL`)."""
+        decode = self.decoder.decode_segments if self.decoder else decode_segments
+        delivered = 0
+        started = time.perf_counter()
+        try:
+            for chunk in decode(self.settings.request(uri, video_id)):
+                rows = _segment_rows(chunk)
+                per_segment_s = (time.perf_counter() - started) / len(rows)
+                for row in rows:
+                    row[DECODE_SECONDS] = per_segment_s
+                if chunk.metadata:
+                    _finish_segments(rows, chunk.metadata, chunk.first_index + len(rows))
+                delivered += len(rows)
+                yield rows
+                started = time.perf_counter()  # not the time spent waiting for inference
+        except VideoError as error:
+            row = dict.fromkeys(SEGMENT_ROW_COLUMNS)
+            row.update(_error_columns(error))
+            row.update({SEGMENTS_TOTAL: delivered, DECODE_SECONDS: time.perf_counter() - started})
+            yield [row]
+
+
+SEGMENT_ROW_COLUMNS = {**SEGMENT_DECODED_COLUMNS, **DECODED_COLUMNS}
+
+
+def _segment_rows(chunk: SegmentChunk) -> list[dict]:
+    rows = []
+    for offset, (clips, (start, end)) in enumerate(zip(chunk.clips, chunk.bounds_s, strict=True)):
+        row = dict.fromkeys(SEGMENT_ROW_COLUMNS)
+        row.update(_clip_columns(clips))
+        row.update(
+            segment_index=chunk.first_index + offset,
+            segment_start_s=float(start),
+            segment_end_s=float(end),
+            clip_start_s=float(start),
+            clip_end_s=float(end),
+        )
+        rows.append(row)
+    return rows
+
+
+def _finish_segments(rows: list[dict], metadata: VideoMetadata, total: int) -> None:
+    """The last chunk's rows carry the video's metadata and its segment count."""
+    video_columns = [n for n in METADATA_COLUMNS if n not in SEGMENT_SPAN_COLUMNS]
+    for row in rows:
+        row.update({n: getattr(metadata, n) for n in video_columns})
+        row[SEGMENTS_TOTAL] = total
+    rows[-1][BYTES_READ] = metadata.bytes_read
+
+
+def _error_columns(error: VideoError) -> dict:
+    return {"status": "error", "error_code": str(error.code), "error_message": redact(str(error))}
+
+
+def _clip_columns(clips: np.ndarray) -> dict:
+    return {"status": "ok", CLIPS: clips.tobytes(), CLIP_SHAPE: clips.shape, VIEWS: len(clips)}
+
+
+def _with_decoded(batch: pa.Table, rows: list[dict], columns: dict[str, pa.DataType]) -> pa.Table:
+    """`batch` (manifest rows) with the decoded `columns` of `rows` appended."""
+    for name, kind in columns.items():
+        batch = batch.append_column(name, pa.array([r[name] for r in rows], kind))
+    return redacted_uris(batch)  # fetched: done

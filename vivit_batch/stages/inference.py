@@ -1,0 +1,152 @@
+"""The inference stage: decoded rows -> the same rows with prediction columns, their clips
+dropped. Plain Python over pyarrow tables, run by the inference actors (see `inference` for
+the model side: uint8 clips in, top-k labels and embeddings out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from vivit_batch.device import DeviceError, describe, open_device, require_fit
+from vivit_batch.inference import VideoClassifier
+from vivit_batch.model import CheckpointError, load_pretrained
+from vivit_batch.output.schema import (
+    CLIP_SHAPE,
+    CLIPS,
+    INFERENCE_DEVICE,
+    INFERENCE_SECONDS,
+    PREDICTION_COLUMNS,
+    PROVENANCE_COLUMNS,
+    embedding_type,
+)
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.redact import redacted_uris
+
+log = logging.getLogger("vivit_batch")
+
+
+class CheckpointChanged(CheckpointError):
+    """An inference actor loaded other weights than the driver checked."""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    model_source: str
+    revision: str | None
+    """the hub commit the driver resolved (None for local checkpoints)"""
+    weights_sha256: str
+    """what the driver checked: an actor that loads other weights refuses to label"""
+    processor: ProcessorConfig
+    run_id: str
+    top_k: int = 5
+    labels: dict[int, str] | None = None
+    precision: str = "fp32"
+    clips_per_forward: int = 8
+    device: str = "cpu"
+    """what the plan gave the actor: cuda (a GPU from Ray) or cpu"""
+    torch_threads: int | None = None
+    """CPU plans: the torch threads the actor was planned with"""
+
+
+class InferenceStage:
+    def __init__(self, settings: InferenceSettings):
+        self.settings = settings
+        # A refusal is raised from the first batch rather than here: Ray reports an error in an
+        # actor's constructor as text only, and retries the constructor without end.
+        self.refusal: Exception | None = None
+        try:
+            self.classifier = self._start()
+        except (DeviceError, CheckpointChanged) as error:
+            self.refusal = error
+            return
+        self.device = describe(self.classifier.device, settings.precision)
+        if "warning" in self.device:
+            log.warning(self.device["warning"])
+
+    def _start(self) -> VideoClassifier:
+        settings = self.settings
+        device = open_device(settings.device, settings.torch_threads)
+        model = load_pretrained(settings.model_source, settings.revision, device=device)
+        if model.checkpoint.weights_sha256 != settings.weights_sha256:
+            raise CheckpointChanged(
+                f"model {settings.model_source} changed after the run started: the driver "
+                f"checked weights sha256 {settings.weights_sha256[:12]}, an inference actor "
+                f"loaded {model.checkpoint.weights_sha256[:12]}. Nothing was labelled with it. "
+                "Do not modify a checkpoint while a run uses it; run again."
+            )
+        classifier = VideoClassifier(
+            model,
+            settings.processor,
+            top_k=settings.top_k,
+            labels=settings.labels,
+            precision=settings.precision,
+            clips_per_forward=settings.clips_per_forward,
+        )
+        if device.type == "cuda":
+            require_fit(
+                classifier.warm_up, device, settings.clips_per_forward, classifier.precision
+            )
+        return classifier
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.refusal:
+            raise self.refusal
+        started = time.perf_counter()
+        ok = [i for i, s in enumerate(batch.column("status").to_pylist()) if s == "ok"]
+        clips = [_clips_of(batch, i) for i in ok]
+        predictions = dict(zip(ok, self.classifier.classify(clips) if clips else [], strict=True))
+        batch = batch.drop_columns([CLIPS, CLIP_SHAPE])
+        columns = self._prediction_columns(predictions, batch.num_rows)
+        elapsed = time.perf_counter() - started
+        columns[INFERENCE_SECONDS] = pa.array([elapsed / batch.num_rows] * batch.num_rows)
+        columns[INFERENCE_DEVICE] = pa.array([json.dumps(self.device)] * batch.num_rows)
+        for name, column in columns.items():
+            batch = batch.append_column(name, column)
+        return redacted_uris(batch)  # fetched: done
+
+    def _prediction_columns(self, predictions: dict, rows: int) -> dict[str, pa.Array]:
+        hidden = self.classifier.model.config.hidden_size
+        found = [predictions.get(i) for i in range(rows)]
+        columns = {
+            name: pa.array([value_of(p) if p else None for p in found], PREDICTION_COLUMNS[name])
+            for name, value_of in PREDICTION_VALUES.items()
+        }
+        embeddings = [p.embedding if p else np.zeros(hidden, np.float32) for p in found]
+        valid = pa.array([p is not None for p in found])
+        flat = pa.array(np.concatenate(embeddings) if embeddings else [], pa.float32())
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+            flat, type=embedding_type(hidden), mask=pa.compute.invert(valid)
+        )
+        provenance = {
+            "model": self.settings.model_source,
+            "model_sha256": self.settings.weights_sha256,
+            "run_id": self.settings.run_id,
+            "processed_at": datetime.now(timezone.utc),
+        }
+        for name, value in provenance.items():
+            columns[name] = pa.array([value] * rows, PROVENANCE_COLUMNS[name])
+        return columns
+
+
+PREDICTION_VALUES = {
+    "label": lambda p: p.labels[0],
+    "label_id": lambda p: p.label_ids[0],
+    "score": lambda p: p.scores[0],
+    "topk_labels": lambda p: p.labels,
+    "topk_ids": lambda p: p.label_ids,
+    "topk_scores": lambda p: p.scores,
+}
+"""Each prediction column from a `Prediction` (see `inference`)."""
+
+
+def _clips_of(batch: pa.Table, row: int) -> np.ndarray:
+    data = batch.column(CLIPS)[row].as_py()
+    shape = batch.column(CLIP_SHAPE)[row].as_py()
+    return np.frombuffer(data, np.uint8).reshape(shape)
