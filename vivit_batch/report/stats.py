@@ -13,26 +13,13 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from vivit_batch.config import ConfigError
 from vivit_batch.device import summary
-from vivit_batch.output import RESERVED_COLUMNS, Output, RunReport
-from vivit_batch.output.dataset import IDENTITY_FILE
-from vivit_batch.output.schema import (
-    OUTCOME_COLUMNS,
-    PREDICTION_COLUMNS,
-    PROVENANCE_COLUMNS,
-    SEGMENT_COLUMNS,
-)
+from vivit_batch.output import Output, RunReport
+from vivit_batch.output.reading import check_truth_column, committed_dataset, open_output
+from vivit_batch.output.schema import SEGMENT_COLUMNS
 
 ROW_COLUMNS = ["status", "error_code", "label", "score", "topk_labels", "run_id", "processed_at"]
-KNOWN_TYPES = pa.schema(
-    {"video_id": pa.string(), **OUTCOME_COLUMNS, **PREDICTION_COLUMNS, **PROVENANCE_COLUMNS}
-)
-"""Columns every output row has, typed: what an output with no rows yet reads as."""
-WRITTEN_COLUMNS = RESERVED_COLUMNS | {"video_id", "uri"}
-"""What vivit-batch writes; the other columns are the manifest's."""
 SCORE_BINS = 20
 TIMELINE_POINTS = 100
 TOP_ACCURACY = 5
@@ -155,12 +142,8 @@ def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStat
     """Raises `ConfigError` for a path that is not an output, or a truth column it lacks."""
     output = open_output(output_uri)
     dataset = committed_dataset(output)
-    manifest_columns = [n for n in dataset.schema.names if n not in WRITTEN_COLUMNS]
-    if truth_column is not None and truth_column not in manifest_columns:
-        raise ConfigError(
-            f"--truth-column {truth_column}: the output has no such manifest column; it has "
-            + (", ".join(manifest_columns) or "none")
-        )
+    if truth_column is not None:
+        check_truth_column(dataset, truth_column)
     segmented = "segment_index" in dataset.schema.names
     table = dataset.to_table(
         columns=ROW_COLUMNS
@@ -180,28 +163,6 @@ def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStat
         timelines=timelines(table, {r.run_id: r.started_at for r in reports if r.started_at}),
         accuracy=accuracy(ok, truth_column) if truth_column else None,
         segments=segment_stats(table, ok) if segmented else None,
-    )
-
-
-def open_output(output_uri: str) -> Output:
-    output = Output(output_uri)
-    if not output.filesystem.exists(output.root):
-        raise ConfigError(f"{output_uri}: no such output; give the --output of earlier runs")
-    if output.read_identity() is None:
-        raise ConfigError(
-            f"{output_uri} is not a vivit-batch output (it has no {IDENTITY_FILE}); give the "
-            "--output of earlier runs"
-        )
-    return output
-
-
-def committed_dataset(output: Output) -> ds.Dataset:
-    """The committed rows with every file's columns (a column a file lacks reads as null
-    there: manifests may gain columns between runs); the known columns when there are none."""
-    dataset = ds.dataset(output.root, filesystem=output.filesystem, format="parquet")
-    schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
-    return dataset.replace_schema(
-        pa.unify_schemas(schemas or [KNOWN_TYPES], promote_options="permissive")
     )
 
 
