@@ -116,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--html", metavar="PATH", help="also write a self-contained HTML page with charts"
     )
+    report.add_argument(
+        "--thumbnails",
+        type=count_of(minimum=0),
+        default=3,
+        metavar="N",
+        help="on the HTML page, for each of the 10 most frequent labels, N thumbnails of its "
+        "highest- and N of its lowest-scoring videos (a frame from the middle of the clip or "
+        "segment, decoded from the sources now); 0: none (default: %(default)s)",
+    )
+    add_config_arguments(report, "its storage and decode sections apply to the thumbnails")
     report.set_defaults(handler=report_command)
     add_review_command(commands)
     demo = commands.add_parser("demo", help="generate sample videos and label them offline")
@@ -375,11 +385,20 @@ def segment_of(row: dict) -> str:
 def report_command(args: argparse.Namespace) -> int:
     from vivit_batch.report import output_stats, summary_text
 
-    stats = output_stats(args.output, args.truth_column)
+    config = load_config(args.config, args.set, output_uri=args.output)
+    options = config.storage_options()
+    examples = args.thumbnails if args.html else 0
+    stats = output_stats(args.output, args.truth_column, examples, options)
     if args.html:
         from vivit_batch.report.html import write_html
 
-        write_html(stats, args.html)
+        thumbnails = None
+        if stats.examples:
+            from vivit_batch.report.thumbnails import make_thumbnails
+
+            shown = [e for label in stats.examples for e in label.highest + label.lowest]
+            thumbnails = make_thumbnails(shown, config.decode, options)
+        write_html(stats, args.html, thumbnails)
         log.info(f"wrote {args.html}")  # to stderr: stdout stays the report (JSON with --json)
     print(json.dumps(stats.to_dict(), indent=2) if args.json else summary_text(stats))
     return EXIT_OK

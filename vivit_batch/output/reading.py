@@ -13,6 +13,7 @@ import pyarrow.dataset as ds
 from vivit_batch.config import ConfigError
 from vivit_batch.output.dataset import IDENTITY_FILE, Output
 from vivit_batch.output.schema import (
+    METADATA_COLUMNS,
     OUTCOME_COLUMNS,
     PREDICTION_COLUMNS,
     PROVENANCE_COLUMNS,
@@ -20,7 +21,14 @@ from vivit_batch.output.schema import (
 )
 
 KNOWN_TYPES = pa.schema(
-    {"video_id": pa.string(), **OUTCOME_COLUMNS, **PREDICTION_COLUMNS, **PROVENANCE_COLUMNS}
+    {
+        "video_id": pa.string(),
+        "uri": pa.string(),
+        **OUTCOME_COLUMNS,
+        **PREDICTION_COLUMNS,
+        **METADATA_COLUMNS,
+        **PROVENANCE_COLUMNS,
+    }
 )
 """Columns every output row has, typed: what an output with no rows yet reads as."""
 WRITTEN_COLUMNS = RESERVED_COLUMNS | {"video_id", "uri"}
