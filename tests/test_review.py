@@ -245,6 +245,12 @@ def readme_labeling_config() -> str:
     return config
 
 
+def test_an_output_without_rows_gives_an_empty_file(tmp_path, capsys):
+    output = new_output(tmp_path / "out")
+    assert read_csv(review(output, tmp_path, "--count", "3")) == []
+    assert "only 0 videos without a truth value are labelled ok" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "arguments, expected",
     [

@@ -2,8 +2,8 @@
 
 plotly.js is inlined once (about 4.8 MB, the whole page's weight) and every chart is a plotly
 figure; the thumbnails of the top labels' videos are JPEG data: URIs. The page loads no script,
-style, font or picture from anywhere. Script errors, should a browser
-meet any, are shown at the top of the page instead of leaving charts silently blank.
+style, font or picture from anywhere. Script errors, should a browser meet any, are shown at the
+top of the page instead of leaving charts silently blank.
 """
 
 from __future__ import annotations

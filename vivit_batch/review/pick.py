@@ -65,6 +65,10 @@ def pick_for_review(output: Output, count: int, truth_column: str | None = None)
     for rows in committed_files(dataset, columns, where=ds.field("status") == "ok"):
         pool.offer(candidates(rows, truth_column, segment_columns))
     uncertain = pool.table()
+    if uncertain is None:  # an output with no rows yet
+        return pa.table(
+            {name: pa.array([], pa.null()) for name in ROW_COLUMNS if name != "embedding"}
+        )
     picked = uncertain.take(farthest_first(embeddings_of(uncertain), count))
     kept = [name for name in picked.column_names if name not in ("embedding", truth_column)]
     return picked.sort_by(ORDER).select(kept)
@@ -108,7 +112,10 @@ class UncertainPool:
         if self._rows > 2 * self.size:
             self._compact()
 
-    def table(self) -> pa.Table:
+    def table(self) -> pa.Table | None:
+        """The pool, least certain first; None if nothing was offered."""
+        if not self._tables:
+            return None
         self._compact()
         return self._tables[0]
 
