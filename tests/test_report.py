@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +37,7 @@ from vivit_batch.output.schema import (
 )
 from vivit_batch.report import output_stats
 from vivit_batch.report.html import render_html
+from vivit_batch.storage import storage_options
 from vivit_batch.testing.media import read_index, write_video
 
 HIDDEN = 4
@@ -309,19 +311,23 @@ def video_output(tmp_path) -> Output:
         elif source is not None:
             path.write_bytes(source)
         uris.append(str(path))
-    ids = list(THUMBNAIL_VIDEOS)
-    labelled = [(None, [label, "fish"], score) for label, score, _ in THUMBNAIL_VIDEOS.values()]
-    rows = labelled_rows("night1", ids, labelled, START)
-    spans = [s if isinstance(s, tuple) else (0.0, 1.0) for _, _, s in THUMBNAIL_VIDEOS.values()]
+    output = new_output(tmp_path / "out")
+    commit_rows(output, thumbnail_rows(THUMBNAIL_VIDEOS, uris), output_schema(HIDDEN), START)
+    return output
+
+
+def thumbnail_rows(videos: dict, uris: list[str]) -> pa.Table:
+    """Rows of `videos` (as `THUMBNAIL_VIDEOS`) whose sources are at `uris`."""
+    labelled = [(None, [label, "fish"], score) for label, score, _ in videos.values()]
+    rows = labelled_rows("night1", list(videos), labelled, START)
+    spans = [s if isinstance(s, tuple) else (0.0, 1.0) for _, _, s in videos.values()]
     for name, values in {
         "uri": pa.array(uris),
         "clip_start_s": pa.array([start for start, _ in spans]),
         "clip_end_s": pa.array([end for _, end in spans]),
     }.items():
         rows = rows.set_column(rows.schema.get_field_index(name), name, values)
-    output = new_output(tmp_path / "out")
-    commit_rows(output, rows, output_schema(HIDDEN), START)
-    return output
+    return rows
 
 
 @dataclass
@@ -371,6 +377,26 @@ def test_thumbnails_show_each_labels_highest_and_lowest_scoring_videos(
         assert picture.size == (213, 160)  # 64x48 to a 160-pixel short side
         assert read_index(np.asarray(picture.convert("RGB"))) == frame  # mid-clip
     assert_loads_nothing_from_elsewhere(page.read_text())
+
+
+def test_thumbnails_of_s3_sources_use_the_storage_settings_given(s3_server, tmp_path):
+    """An output and its videos on S3 (moto): `--set storage.endpoint_url` reaches both the
+    report's reading and the decoding process."""
+    bucket = f"report-{uuid.uuid4().hex[:12]}"
+    s3_server.filesystem().mkdir(bucket)
+    video = write_video(tmp_path / "v0.mp4", num_frames=30, width=64, height=48, fps=30)
+    s3_server.filesystem().put(str(video), f"{bucket}/videos/v0.mp4")
+    output = Output(f"s3://{bucket}/out", storage_options(endpoint_url=s3_server.endpoint_url))
+    output.create()
+    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
+    rows = thumbnail_rows({"v0": THUMBNAIL_VIDEOS["v0"]}, [f"s3://{bucket}/videos/v0.mp4"])
+    commit_rows(output, rows, output_schema(HIDDEN), START)
+    page = tmp_path / "report.html"
+    endpoint = f"storage.endpoint_url={s3_server.endpoint_url}"
+    assert main(["report", output.uri, "--html", str(page), "--set", endpoint]) == 0
+    [thumbnail] = thumbnails_on(page.read_text())["cat"]
+    assert thumbnail.picture is not None, thumbnail.problem
+    assert read_index(np.asarray(thumbnail.picture.convert("RGB"))) == 15
 
 
 def test_examples_are_one_per_video_in_a_segments_output(segments_output):

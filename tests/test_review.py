@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import uuid
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,10 @@ import pytest
 
 from tests.test_report import HIDDEN, START, commit_rows, labelled_rows, new_output
 from vivit_batch.cli import EXIT_CONFIG, EXIT_OK, main
-from vivit_batch.output import Output
+from vivit_batch.output import Output, Unlocked
 from vivit_batch.output.schema import SEGMENT_COLUMNS, output_schema
 from vivit_batch.review.pick import UncertainPool
+from vivit_batch.storage import storage_options
 
 LABELS = ["cat", "dog", "bird"]
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -38,6 +40,11 @@ class Row:
 
 
 def write_output(path: Path, rows: list[Row]) -> Output:
+    """A new output of `rows` (see `commit_review_rows`)."""
+    return commit_review_rows(new_output(path), rows)
+
+
+def commit_review_rows(output: Output, rows: list[Row]) -> Output:
     """`rows` committed as a run does, three rows per file (whole videos)."""
     videos = [(r.truth, LABELS[: len(r.scores)], r.scores[0]) if r.scores else None for r in rows]
     table = labelled_rows("night1", [r.video_id for r in rows], videos, START)
@@ -58,7 +65,6 @@ def write_output(path: Path, rows: list[Row]) -> Output:
         }
         for position, (name, values) in enumerate(spans.items(), start=2):
             table = table.add_column(position, name, pa.array(values, SEGMENT_COLUMNS[name]))
-    output = new_output(path)
     commit_rows(output, table, output_schema(HIDDEN, segments=segmented), START)
     return output
 
@@ -245,6 +251,18 @@ def readme_labeling_config() -> str:
     return config
 
 
+def test_an_output_on_s3_is_read_with_the_storage_settings_given(s3_server, tmp_path):
+    bucket = f"review-{uuid.uuid4().hex[:12]}"
+    s3_server.filesystem().mkdir(bucket)
+    output = Output(f"s3://{bucket}/out", storage_options(endpoint_url=s3_server.endpoint_url))
+    output.create()
+    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
+    commit_review_rows(output, [Row("sure", [0.9, 0.05]), Row("tie", [0.41, 0.40])])
+    endpoint = f"storage.endpoint_url={s3_server.endpoint_url}"
+    lines = read_csv(review(output, tmp_path, "--count", "1", "--set", endpoint))
+    assert [line["video_id"] for line in lines] == ["tie"]
+
+
 def test_an_output_without_rows_gives_an_empty_file(tmp_path, capsys):
     output = new_output(tmp_path / "out")
     assert read_csv(review(output, tmp_path, "--count", "3")) == []
@@ -259,11 +277,16 @@ def test_an_output_without_rows_gives_an_empty_file(tmp_path, capsys):
         (["OUT", "--count", "0"], "argument --count: must be at least 1, not 0"),
         (["OUT", "--count", "x"], "argument --count: takes a whole number, not 'x'"),
         (["OUT", "--count", "3", "--format", "xml"], "argument --format: invalid choice"),
+        (
+            ["s3://bucket/out", "--count", "3", "--set", "storage.endpoint_url=http://127.0.0.1:9"]
+            + ["--set", "storage.max_attempts=1"],
+            "s3://bucket/out: cannot read it",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, arguments, expected):
     output = write_output(tmp_path / "out", [Row("tie", [0.41, 0.40])])
-    path = output.uri if arguments[0] == "OUT" else str(tmp_path / arguments[0])
+    path = {"OUT": output.uri, "nowhere": str(tmp_path / "nowhere")}.get(arguments[0], arguments[0])
     save = tmp_path / "review.csv"
     assert exit_code(["review", path, *arguments[1:], "--save", str(save)]) == EXIT_CONFIG
     [line] = capsys.readouterr().err.splitlines()

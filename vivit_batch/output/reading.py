@@ -36,10 +36,20 @@ WRITTEN_COLUMNS = RESERVED_COLUMNS | {"video_id", "uri"}
 
 
 def open_output(output_uri: str, storage_options: dict | None = None) -> Output:
-    output = Output(output_uri, storage_options)
-    if not output.filesystem.exists(output.root):
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        output = Output(output_uri, storage_options)
+        exists = output.filesystem.exists(output.root)
+        identity = exists and output.read_identity()
+    except (OSError, ValueError, BotoCoreError) as error:  # a bad URI, an unreachable store
+        raise ConfigError(
+            f"{output_uri}: cannot read it ({error}); check the URI, the credentials and "
+            "storage.endpoint_url"
+        ) from error
+    if not exists:
         raise ConfigError(f"{output_uri}: no such output; give the --output of earlier runs")
-    if output.read_identity() is None:
+    if identity is None:
         raise ConfigError(
             f"{output_uri} is not a vivit-batch output (it has no {IDENTITY_FILE}); give the "
             "--output of earlier runs"
