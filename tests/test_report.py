@@ -1,17 +1,22 @@
 """`vivit-batch report`: text, JSON and HTML from an output written with the real sink (no Ray),
-accuracy against a truth column, one-line errors for paths that are not outputs, and the HTML
-page rendered by a real headless Chromium."""
+accuracy against a truth column, one-line errors for paths that are not outputs, thumbnails
+decoded from real encoded videos (placeholders for missing and broken ones), and the HTML page
+rendered by a real headless Chromium."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -32,6 +37,8 @@ from vivit_batch.output.schema import (
 )
 from vivit_batch.report import output_stats
 from vivit_batch.report.html import render_html
+from vivit_batch.storage import storage_options
+from vivit_batch.testing.media import read_index, write_video
 
 HIDDEN = 4
 START = datetime(2026, 11, 30, 2, 0, tzinfo=timezone.utc)
@@ -281,6 +288,136 @@ def test_what_is_not_an_output_is_one_line_and_exit_2(
     assert expected in line
 
 
+# video: (label, score, clip span in seconds or None: no such file, b"...": a broken file)
+THUMBNAIL_VIDEOS = {
+    "v0": ("cat", 0.9, (0.4, 0.6)),  # the frame in the middle: 0.5 s, frame 15
+    "v4": ("cat", 0.7, (0.8, 1.0)),
+    "v1": ("cat", 0.5, (0.0, 0.4)),  # frame 6
+    "v2": ("dog", 0.8, None),
+    "v3": ("dog", 0.3, b"not a video"),
+}
+
+
+@pytest.fixture
+def video_output(tmp_path) -> Output:
+    """Five videos labelled cat or dog: three real 64x48 videos of 30 frames at 30 fps (each
+    frame draws its index), one missing, one broken (`THUMBNAIL_VIDEOS`)."""
+    uris = []
+    for video_id, (_, _, source) in THUMBNAIL_VIDEOS.items():
+        path = tmp_path / "videos" / f"{video_id}.mp4"
+        path.parent.mkdir(exist_ok=True)
+        if isinstance(source, tuple):
+            write_video(path, num_frames=30, width=64, height=48, fps=30)
+        elif source is not None:
+            path.write_bytes(source)
+        uris.append(str(path))
+    output = new_output(tmp_path / "out")
+    commit_rows(output, thumbnail_rows(THUMBNAIL_VIDEOS, uris), output_schema(HIDDEN), START)
+    return output
+
+
+def thumbnail_rows(videos: dict, uris: list[str]) -> pa.Table:
+    """Rows of `videos` (as `THUMBNAIL_VIDEOS`) whose sources are at `uris`."""
+    labelled = [(None, [label, "fish"], score) for label, score, _ in videos.values()]
+    rows = labelled_rows("night1", list(videos), labelled, START)
+    spans = [s if isinstance(s, tuple) else (0.0, 1.0) for _, _, s in videos.values()]
+    for name, values in {
+        "uri": pa.array(uris),
+        "clip_start_s": pa.array([start for start, _ in spans]),
+        "clip_end_s": pa.array([end for _, end in spans]),
+    }.items():
+        rows = rows.set_column(rows.schema.get_field_index(name), name, values)
+    return rows
+
+
+@dataclass
+class Shown:
+    video_id: str
+    picture: Image.Image | None
+    problem: str | None
+    """the placeholder's error code"""
+
+
+def thumbnails_on(page: str) -> dict[str, list[Shown]]:
+    """The page's thumbnails by label, in order."""
+    section = page.split('<section class="examples">', 1)[1].split("</section>", 1)[0]
+    shown: dict[str, list[Shown]] = {}
+    for label, body in re.findall(r"<h3>(.*?)</h3>(.*?)(?=<h3>|$)", section, re.DOTALL):
+        shown[label] = [
+            Shown(
+                video_id,
+                Image.open(io.BytesIO(base64.b64decode(data))) if data else None,
+                problem or None,
+            )
+            for data, problem, video_id in re.findall(
+                r'<figure class="thumb"[^>]*>(?:<img src="data:image/jpeg;base64,([^"]+)"[^>]*>'
+                r'|<div class="missing"><b>([^<]*)</b>.*?</div>)<figcaption>[^<]* · ([^<]*) · ',
+                body,
+            )
+        ]
+    return shown
+
+
+def test_thumbnails_show_each_labels_highest_and_lowest_scoring_videos(
+    video_output, tmp_path, capsys
+):
+    page = tmp_path / "report.html"
+    assert main(["report", video_output.uri, "--html", str(page), "--thumbnails", "1"]) == 0
+    assert "thumbnails: 2 of 4 frames decoded from their sources" in capsys.readouterr().err
+    shown = thumbnails_on(page.read_text())
+    assert list(shown) == ["cat", "dog"]  # the most frequent first
+    assert [(s.video_id, s.problem) for s in shown["cat"]] == [("v0", None), ("v1", None)]
+    assert [(s.video_id, s.problem) for s in shown["dog"]] == [
+        ("v2", "not_found"),
+        ("v3", "unreadable"),
+    ]
+    for thumbnail, frame in zip(shown["cat"], [15, 6], strict=True):
+        picture = thumbnail.picture
+        assert picture is not None and picture.format == "JPEG"
+        assert picture.size == (213, 160)  # 64x48 to a 160-pixel short side
+        assert read_index(np.asarray(picture.convert("RGB"))) == frame  # mid-clip
+    assert_loads_nothing_from_elsewhere(page.read_text())
+
+
+def test_thumbnails_of_s3_sources_use_the_storage_settings_given(s3_server, tmp_path):
+    """An output and its videos on S3 (moto): `--set storage.endpoint_url` reaches both the
+    report's reading and the decoding process."""
+    bucket = f"report-{uuid.uuid4().hex[:12]}"
+    s3_server.filesystem().mkdir(bucket)
+    video = write_video(tmp_path / "v0.mp4", num_frames=30, width=64, height=48, fps=30)
+    s3_server.filesystem().put(str(video), f"{bucket}/videos/v0.mp4")
+    output = Output(f"s3://{bucket}/out", storage_options(endpoint_url=s3_server.endpoint_url))
+    output.create()
+    output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
+    rows = thumbnail_rows({"v0": THUMBNAIL_VIDEOS["v0"]}, [f"s3://{bucket}/videos/v0.mp4"])
+    commit_rows(output, rows, output_schema(HIDDEN), START)
+    page = tmp_path / "report.html"
+    endpoint = f"storage.endpoint_url={s3_server.endpoint_url}"
+    assert main(["report", output.uri, "--html", str(page), "--set", endpoint]) == 0
+    [thumbnail] = thumbnails_on(page.read_text())["cat"]
+    assert thumbnail.picture is not None, thumbnail.problem
+    assert read_index(np.asarray(thumbnail.picture.convert("RGB"))) == 15
+
+
+def test_examples_are_one_per_video_in_a_segments_output(segments_output):
+    examples = output_stats(segments_output.uri, examples=3).examples
+    assert [(e.label, [x.video_id for x in e.highest], e.lowest) for e in examples] == [
+        ("dog", ["clip-1", "clip-2"], []),  # all score 0.75: ties by video id
+        ("cat", ["clip-1", "clip-3"], []),
+        ("bird", ["clip-2"], []),
+    ]
+
+
+def test_thumbnails_0_decodes_nothing(video_output, tmp_path, capsys):
+    page = tmp_path / "report.html"
+    arguments = ["report", video_output.uri, "--html", str(page), "--thumbnails", "0", "--json"]
+    assert main(arguments) == 0
+    assert "<img" not in page.read_text() and 'class="examples"' not in page.read_text()
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["examples"] == []
+    assert f"wrote {page}" in printed.err and "thumbnails:" not in printed.err
+
+
 def test_the_html_page_loads_nothing_from_elsewhere(output):
     page = render_html(output_stats(output.uri, truth_column="truth"))
     assert_loads_nothing_from_elsewhere(page)
@@ -308,6 +445,21 @@ def test_the_html_page_renders_in_headless_chromium(output, tmp_path):
         coloured = sum(image.convert("HSV").getchannel("S").histogram()[80:])
     assert dark > 0.05 * pixels  # not blank
     assert coloured > 0.05 * pixels  # the charts' bars, lines and cells, not only text
+
+
+@pytest.mark.slow  # a headless browser: 5 to 10 s
+@pytest.mark.skipif(
+    not shutil.which("chromium"), reason="chromium is not installed (apt-get install chromium)"
+)
+def test_the_page_with_thumbnails_renders_in_headless_chromium(video_output, tmp_path):
+    page = tmp_path / "report.html"
+    assert main(["report", video_output.uri, "--html", str(page)]) == 0  # 3 per side
+    browser = chromium(page, tmp_path)
+    assert ":CONSOLE" not in browser.log, browser.log
+    assert browser.page_requests == []
+    assert 'id="page-errors" hidden=""></div>' in browser.dom  # every thumbnail shown
+    assert browser.dom.count('<img src="data:image/jpeg;base64,') == 3  # cat: v0, v4, v1
+    assert browser.dom.count('<div class="missing"><b>') == 2  # dog: v2, v3
 
 
 def assert_loads_nothing_from_elsewhere(page: str) -> None:

@@ -267,3 +267,20 @@ def test_file_urls_work_like_paths(tmp_path):
     by_path = decode_video(DecodeRequest(str(path), SHORT, CHECKPOINT))
     by_url = decode_video(DecodeRequest(path.as_uri(), SHORT, CHECKPOINT))
     np.testing.assert_array_equal(by_path.clips, by_url.clips)
+
+
+@pytest.mark.parametrize("rotation", [0, 90])
+def test_one_frame_at_a_time_for_a_thumbnail(tmp_path, rotation):
+    """`frame_at_s`: the frame nearest that time (a VFR video's timestamps, from its first
+    frame), resized to the short side and never cropped, in display orientation."""
+    times = [0.0, 0.1, 0.15, 0.5, 0.55, 0.9, 1.4]  # seconds
+    path = encode(
+        tmp_path, "vfr.mp4", num_frames=7, width=96, height=48, timestamps=times, rotation=rotation
+    )
+    processor = ProcessorConfig(shortest_edge=32, do_center_crop=False)
+    for at_s, frame in [(0.52, 3), (0.54, 4), (0.7, 4), (1.2, 6), (9.0, 6)]:
+        request = DecodeRequest(str(path), SamplingConfig(num_frames=1), processor, frame_at_s=at_s)
+        decoded = decode_video(request)
+        assert decoded.clips.shape == (1, 1, 32, 64, 3)  # 96x48 displayed, whatever the rotation
+        assert read_index(decoded.clips[0, 0]) == frame
+        assert decoded.metadata.clip_start_s == decoded.metadata.clip_end_s == at_s

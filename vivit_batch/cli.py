@@ -1,4 +1,4 @@
-"""`vivit-batch run | validate | report | demo | lock`.
+"""`vivit-batch run | validate | report | review | demo | lock`.
 
 Exit codes: 0 run completed (per-video errors within the error budget), 2 bad configuration or
 manifest (nothing processed), 3 error budget exceeded, 1 anything else; `lock`: 75 when a live
@@ -23,6 +23,7 @@ from vivit_batch.model import CheckpointError
 from vivit_batch.output import LockLost, RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
+from vivit_batch.review import FORMATS, POOL_FACTOR
 from vivit_batch.settings import describe, rule_of, show
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ examples:
   vivit-batch run --manifest 's3://bucket/raw/' --output s3://bucket/labels/ \\
       --model ./checkpoint --config configs/kinetics400-4x3.yaml --set resources.batch_size=4
   vivit-batch report out/ --html report.html --truth-column manifest_label
+  vivit-batch review out/ --count 50 --truth-column manifest_label --save to_label.csv
   vivit-batch lock s3://bucket/labels/ || echo "a run holds it"
 
 manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
@@ -114,7 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--html", metavar="PATH", help="also write a self-contained HTML page with charts"
     )
+    report.add_argument(
+        "--thumbnails",
+        type=count_of(minimum=0),
+        default=3,
+        metavar="N",
+        help="on the HTML page, for each of the 10 most frequent labels, N thumbnails of its "
+        "highest- and N of its lowest-scoring videos (a frame from the middle of the clip or "
+        "segment, decoded from the sources now); 0: none (default: %(default)s)",
+    )
+    add_config_arguments(report, "its storage and decode sections apply to the thumbnails")
     report.set_defaults(handler=report_command)
+    add_review_command(commands)
     demo = commands.add_parser("demo", help="generate sample videos and label them offline")
     demo.add_argument("--dir", default="demo-output", help="where samples and output go")
     demo.add_argument("--videos", type=int, default=24)
@@ -151,11 +164,74 @@ def add_lock_command(commands) -> None:
         "its stale period) or goes stale (its whole stale period), as a starting run would.",
     )
     lock.add_argument("output", help="the --output of the runs")
-    lock.add_argument("--config", help="YAML config file: its storage and run sections apply")
-    lock.add_argument(
+    add_config_arguments(lock, "its storage and run sections apply")
+    lock.set_defaults(handler=lock_command)
+
+
+REVIEW_RULE = f"""\
+Pick the N videos a person should label next and write them to FILE.
+
+candidates: `ok` rows with no value (null or empty) in --truth-column, one per video (in a
+  segments output, its least certain segment); a video with a truth value is never picked.
+rule: the margin (top-1 minus top-2 score) says how certain a row is. Of the {POOL_FACTOR} x N least
+  certain candidates (ties by video id), greedy k-center on their normalised embeddings, seeded
+  with the least certain, picks N: each next one is the farthest (cosine) from every one picked
+  so far, so near-duplicates are not all picked. FILE lists them least certain first.
+FILE: by its extension, .csv or .jsonl with uri, video_id, predicted_label, predicted_score,
+  margin and an empty truth column (--truth-column, else `truth`) to fill in and join into the
+  manifest; or --format label-studio: Label Studio's task import JSON, the predicted label as a
+  pre-annotation (from_name "label", to_name "video": see the README's labeling config).
+"""
+
+
+def add_review_command(commands) -> None:
+    review = commands.add_parser(
+        "review",
+        help="pick the videos a person should label next (uncertain, spread out)",
+        description=REVIEW_RULE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    review.add_argument("output", help="the --output of earlier runs")
+    review.add_argument("--count", type=count_of(minimum=1), required=True, metavar="N")
+    review.add_argument(
+        "--save",
+        required=True,
+        metavar="FILE",
+        help="where to write them: .csv or .jsonl (the format follows), any name with --format",
+    )
+    review.add_argument(
+        "--truth-column",
+        metavar="COL",
+        help="the manifest column of true labels: videos with a value in it are not picked",
+    )
+    review.add_argument(
+        "--format", choices=FORMATS, help="default: FILE's extension (.csv, .jsonl)"
+    )
+    add_config_arguments(review, "its storage section applies")
+    review.set_defaults(handler=review_command)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, applies: str) -> None:
+    """--config and --set, for commands that read an output."""
+    parser.add_argument("--config", help=f"YAML config file: {applies}")
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="as for `run`"
     )
-    lock.set_defaults(handler=lock_command)
+
+
+def count_of(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -309,13 +385,37 @@ def segment_of(row: dict) -> str:
 def report_command(args: argparse.Namespace) -> int:
     from vivit_batch.report import output_stats, summary_text
 
-    stats = output_stats(args.output, args.truth_column)
+    config = load_config(args.config, args.set, output_uri=args.output)
+    options = config.storage_options()
+    examples = args.thumbnails if args.html else 0
+    stats = output_stats(args.output, args.truth_column, examples, options)
     if args.html:
         from vivit_batch.report.html import write_html
 
-        write_html(stats, args.html)
+        thumbnails = None
+        if stats.examples:
+            from vivit_batch.report.thumbnails import make_thumbnails
+
+            shown = [e for label in stats.examples for e in label.highest + label.lowest]
+            thumbnails = make_thumbnails(shown, config.decode, options)
+        write_html(stats, args.html, thumbnails)
         log.info(f"wrote {args.html}")  # to stderr: stdout stays the report (JSON with --json)
     print(json.dumps(stats.to_dict(), indent=2) if args.json else summary_text(stats))
+    return EXIT_OK
+
+
+def review_command(args: argparse.Namespace) -> int:
+    from vivit_batch.output.reading import open_output
+    from vivit_batch.review import pick_for_review, review_format, write_review
+
+    format = review_format(args.save, args.format)  # a wrong name costs no reading
+    config = load_config(args.config, args.set, output_uri=args.output)
+    output = open_output(args.output, config.storage_options())
+    picked = pick_for_review(output, args.count, args.truth_column)
+    write_review(picked, args.save, format, args.truth_column or "truth")
+    log.info(f"wrote {picked.num_rows} videos to label, least certain first, to {args.save}")
+    if picked.num_rows < args.count:
+        log.warning(f"only {picked.num_rows} videos without a truth value are labelled ok")
     return EXIT_OK
 
 

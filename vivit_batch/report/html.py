@@ -1,13 +1,16 @@
 """`vivit-batch report OUTPUT --html PATH`: one self-contained page that opens offline.
 
 plotly.js is inlined once (about 4.8 MB, the whole page's weight) and every chart is a plotly
-figure; the page loads no script, style or font from anywhere. Script errors, should a browser
-meet any, are shown at the top of the page instead of leaving charts silently blank.
+figure; the thumbnails of the top labels' videos are JPEG data: URIs. The page loads no script,
+style, font or picture from anywhere. Script errors, should a browser meet any, are shown at the
+top of the page instead of leaving charts silently blank.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+from collections.abc import Mapping
 from pathlib import Path
 from string import Template
 
@@ -15,8 +18,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from vivit_batch.report.stats import OutputStats, RunStats
+from vivit_batch.report.stats import Example, LabelExamples, OutputStats, RunStats
 from vivit_batch.report.text import accuracy_line
+from vivit_batch.report.thumbnails import Thumbnail
 
 LABELS_SHOWN = 20
 TIMELINE_RUNS = 10
@@ -24,17 +28,22 @@ CHART_HEIGHT = 380
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}  # the logo links to plotly.com
 
 
-def write_html(stats: OutputStats, path: str) -> None:
-    Path(path).write_text(render_html(stats), encoding="utf-8")
+Thumbnails = Mapping[tuple[str, float], Thumbnail]
+"""By (uri, at_s) of the stats' examples (`thumbnails.make_thumbnails`)."""
 
 
-def render_html(stats: OutputStats) -> str:
+def write_html(stats: OutputStats, path: str, thumbnails: Thumbnails | None = None) -> None:
+    Path(path).write_text(render_html(stats, thumbnails), encoding="utf-8")
+
+
+def render_html(stats: OutputStats, thumbnails: Thumbnails | None = None) -> str:
     return PAGE.substitute(
         title=html.escape(f"vivit-batch report: {stats.output}"),
         output=html.escape(stats.output),
         plotlyjs=get_plotlyjs(),
         facts=facts(stats),
         charts="\n".join(charts(stats)),
+        examples=examples_section(stats.examples, thumbnails or {}),
         runs=runs_table(stats.runs),
     )
 
@@ -160,6 +169,58 @@ def confusion_chart(stats: OutputStats) -> go.Figure | None:
     )
 
 
+def examples_section(shown: list[LabelExamples], thumbnails: Thumbnails) -> str:
+    """Each label's highest- and lowest-scoring videos as thumbnails (empty without examples)."""
+    if not shown:
+        return ""
+    title = (
+        f"What the labels look like: the {len(shown)} most frequent, each with its highest- "
+        "and lowest-scoring videos (the frame in the middle of the clip or segment)"
+    )
+    rows = "".join(
+        f'<div class="label-examples"><h3>{html.escape(label.label)}</h3>'
+        + strip("highest", label.highest, thumbnails)
+        + strip("lowest", label.lowest, thumbnails)
+        + "</div>"
+        for label in shown
+    )
+    return f'<section class="examples"><h2>{html.escape(title)}</h2>{rows}</section>'
+
+
+def strip(side: str, examples: list[Example], thumbnails: Thumbnails) -> str:
+    if not examples:
+        return ""
+    figures = "".join(
+        figure(example, thumbnails.get((example.uri, example.at_s))) for example in examples
+    )
+    return f'<div class="strip"><span class="side">{side}</span>{figures}</div>'
+
+
+def figure(example: Example, thumbnail: Thumbnail | None) -> str:
+    """The thumbnail as a data: URI (the page makes no request), else a box saying why not. A
+    picture the browser cannot show is reported at the top of the page, as script errors are."""
+    where = f"{example.uri} at {example.at_s:.1f} s"
+    if thumbnail and thumbnail.jpeg:
+        data = base64.b64encode(thumbnail.jpeg).decode()
+        picture = (
+            f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(example.video_id)}" '
+            "onerror=\"showPageError('cannot show the thumbnail of ' + this.alt)\">"
+        )
+    else:
+        problem = thumbnail.problem if thumbnail else "not decoded"
+        where += f": {problem}"
+        code, _, detail = (problem or "").partition(": ")
+        picture = (
+            f'<div class="missing"><b>{html.escape(code)}</b>'
+            f"<span>{html.escape(detail)}</span></div>"
+        )
+    caption = f"{example.score:.2f} · {example.video_id} · {example.at_s:.1f} s"
+    return (
+        f'<figure class="thumb" title="{html.escape(where)}">{picture}'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
 RUN_COLUMNS = {
     "run": lambda run: run.run_id,
     "started": lambda run: run.started_at,
@@ -208,6 +269,17 @@ h2 { font-size: 16px; margin: 0 0 8px; }
 table.runs { border-collapse: collapse; font-size: 13px; margin-top: 8px; }
 table.runs th, table.runs td { border: 1px solid #ddd; padding: 4px 8px; text-align: left;
   white-space: pre-line; }
+.examples { border: 1px solid #ddd; border-radius: 6px; padding: 12px; margin-top: 16px; }
+.label-examples h3 { font-size: 14px; margin: 12px 0 4px; }
+.strip { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 8px; margin-bottom: 6px; }
+.strip .side { width: 56px; color: #666; font-size: 12px; padding-top: 4px; }
+.thumb { margin: 0; font-size: 11px; color: #555; max-width: 290px; }
+.thumb img { display: block; height: 120px; width: auto; border-radius: 3px; }
+.thumb .missing { box-sizing: border-box; width: 160px; height: 120px; padding: 8px;
+  overflow: hidden; background: #f1f1f1; border: 1px dashed #bbb; border-radius: 3px; }
+.thumb .missing b { display: block; color: #900; }
+.thumb .missing span { font-size: 10px; word-break: break-word; }
+.thumb figcaption { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 </style>
 </head>
 <body>
@@ -216,10 +288,14 @@ table.runs th, table.runs td { border: 1px solid #ddd; padding: 4px 8px; text-al
 function showPageError(message) {
   var box = document.getElementById("page-errors");
   box.hidden = false;
-  box.textContent += "script error: " + message + "\\n";
+  box.textContent += message + "\\n";
 }
-window.addEventListener("error", function (event) { showPageError(event.message); });
-window.addEventListener("unhandledrejection", function (event) { showPageError(event.reason); });
+window.addEventListener("error", function (event) {
+  showPageError("script error: " + event.message);
+});
+window.addEventListener("unhandledrejection", function (event) {
+  showPageError("script error: " + event.reason);
+});
 </script>
 <script>$plotlyjs</script>
 <h1>vivit-batch report</h1>
@@ -228,6 +304,7 @@ $facts
 <div class="charts">
 $charts
 </div>
+$examples
 <h2 style="margin-top: 20px">Runs</h2>
 $runs
 </body>

@@ -13,30 +13,24 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from vivit_batch.config import ConfigError
 from vivit_batch.device import summary
-from vivit_batch.output import RESERVED_COLUMNS, Output, RunReport
-from vivit_batch.output.dataset import IDENTITY_FILE
-from vivit_batch.output.schema import (
-    OUTCOME_COLUMNS,
-    PREDICTION_COLUMNS,
-    PROVENANCE_COLUMNS,
-    SEGMENT_COLUMNS,
+from vivit_batch.output import Output, RunReport
+from vivit_batch.output.reading import (
+    check_truth_column,
+    committed_dataset,
+    first_per_video,
+    open_output,
 )
+from vivit_batch.output.schema import SEGMENT_COLUMNS
 
 ROW_COLUMNS = ["status", "error_code", "label", "score", "topk_labels", "run_id", "processed_at"]
-KNOWN_TYPES = pa.schema(
-    {"video_id": pa.string(), **OUTCOME_COLUMNS, **PREDICTION_COLUMNS, **PROVENANCE_COLUMNS}
-)
-"""Columns every output row has, typed: what an output with no rows yet reads as."""
-WRITTEN_COLUMNS = RESERVED_COLUMNS | {"video_id", "uri"}
-"""What vivit-batch writes; the other columns are the manifest's."""
+EXAMPLE_COLUMNS = ["video_id", "uri", "clip_start_s", "clip_end_s"]
 SCORE_BINS = 20
 TIMELINE_POINTS = 100
 TOP_ACCURACY = 5
 CONFUSION_CLASSES = 10
+EXAMPLE_LABELS = 10
 
 
 @dataclass
@@ -131,6 +125,28 @@ class SegmentStats:
 
 
 @dataclass
+class Example:
+    """A labelled row to show: where the frame in the middle of its clip (or segment) is."""
+
+    video_id: str
+    uri: str
+    score: float
+    at_s: float
+    """the middle of its `clip_start_s`..`clip_end_s`, seconds from the video's first frame"""
+
+
+@dataclass
+class LabelExamples:
+    """One of the most frequent labels: its highest- and its lowest-scoring videos (for a
+    segments output, each video's highest- and lowest-scoring segment of the label), best first
+    and worst first; a video is on one side only."""
+
+    label: str
+    highest: list[Example]
+    lowest: list[Example]
+
+
+@dataclass
 class OutputStats:
     output: str
     rows: int
@@ -146,30 +162,36 @@ class OutputStats:
     accuracy: Accuracy | None = None
     segments: SegmentStats | None = None
     """for a segments output only"""
+    examples: list[LabelExamples] = field(default_factory=list)
+    """for the most frequent labels (as charted), when asked for: the page's thumbnails"""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStats:
-    """Raises `ConfigError` for a path that is not an output, or a truth column it lacks."""
-    output = open_output(output_uri)
+def output_stats(
+    output_uri: str,
+    truth_column: str | None = None,
+    examples: int = 0,
+    storage_options: dict | None = None,
+) -> OutputStats:
+    """`examples`: this many highest- and lowest-scoring videos of each of the most frequent
+    labels. Raises `ConfigError` for a path that is not an output, or a truth column it lacks."""
+    output = open_output(output_uri, storage_options)
     dataset = committed_dataset(output)
-    manifest_columns = [n for n in dataset.schema.names if n not in WRITTEN_COLUMNS]
-    if truth_column is not None and truth_column not in manifest_columns:
-        raise ConfigError(
-            f"--truth-column {truth_column}: the output has no such manifest column; it has "
-            + (", ".join(manifest_columns) or "none")
-        )
+    if truth_column is not None:
+        check_truth_column(dataset, truth_column)
     segmented = "segment_index" in dataset.schema.names
-    table = dataset.to_table(
-        columns=ROW_COLUMNS
+    columns = (
+        ROW_COLUMNS
         + (["video_id", *SEGMENT_COLUMNS] if segmented else [])
         + ([truth_column] if truth_column else [])
+        + (EXAMPLE_COLUMNS if examples else [])
     )
+    table = dataset.to_table(columns=list(dict.fromkeys(columns)))
     ok = table.filter(pc.equal(table["status"], "ok"))
     reports = output.read_reports()
-    return OutputStats(
+    stats = OutputStats(
         output=output_uri,
         rows=table.num_rows,
         status=counts(table["status"]),
@@ -181,28 +203,10 @@ def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStat
         accuracy=accuracy(ok, truth_column) if truth_column else None,
         segments=segment_stats(table, ok) if segmented else None,
     )
-
-
-def open_output(output_uri: str) -> Output:
-    output = Output(output_uri)
-    if not output.filesystem.exists(output.root):
-        raise ConfigError(f"{output_uri}: no such output; give the --output of earlier runs")
-    if output.read_identity() is None:
-        raise ConfigError(
-            f"{output_uri} is not a vivit-batch output (it has no {IDENTITY_FILE}); give the "
-            "--output of earlier runs"
-        )
-    return output
-
-
-def committed_dataset(output: Output) -> ds.Dataset:
-    """The committed rows with every file's columns (a column a file lacks reads as null
-    there: manifests may gain columns between runs); the known columns when there are none."""
-    dataset = ds.dataset(output.root, filesystem=output.filesystem, format="parquet")
-    schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
-    return dataset.replace_schema(
-        pa.unify_schemas(schemas or [KNOWN_TYPES], promote_options="permissive")
-    )
+    if examples:
+        charted = stats.segments.label_seconds if stats.segments else stats.labels
+        stats.examples = label_examples(ok, list(charted)[:EXAMPLE_LABELS], examples)
+    return stats
 
 
 def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -322,3 +326,41 @@ def confusion(truth: pa.ChunkedArray, predicted: pa.ChunkedArray) -> dict:
 
 def share(part: int | None, whole: int) -> float | None:
     return round((part or 0) / whole, 4) if whole else None
+
+
+def label_examples(ok: pa.Table, labels: list[str], per_side: int) -> list[LabelExamples]:
+    """Each label's `per_side` highest- and lowest-scoring videos among the `ok` rows; ties go
+    to the first video id."""
+    shown = []
+    for label in labels:
+        rows = ok.filter(pc.equal(ok["label"], label))
+        highest = first_per_video(
+            rows.sort_by([("score", "descending"), ("video_id", "ascending")])
+        )
+        rest = rows.filter(
+            pc.invert(pc.is_in(rows["video_id"], highest["video_id"].slice(0, per_side)))
+        )
+        lowest = first_per_video(rest.sort_by([("score", "ascending"), ("video_id", "ascending")]))
+        shown.append(
+            LabelExamples(label, examples_of(highest, per_side), examples_of(lowest, per_side))
+        )
+    return shown
+
+
+def examples_of(rows: pa.Table, count: int) -> list[Example]:
+    return [
+        Example(
+            video_id=row["video_id"],
+            uri=row["uri"],
+            score=round(row["score"], 4),
+            at_s=middle(row["clip_start_s"], row["clip_end_s"]),
+        )
+        for row in rows.slice(0, count).to_pylist()
+    ]
+
+
+def middle(start_s: float | None, end_s: float | None) -> float:
+    """Of a clip's span; its start (or the video's) where the span is not known."""
+    if start_s is None or end_s is None:
+        return start_s or 0.0
+    return (start_s + end_s) / 2

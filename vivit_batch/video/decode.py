@@ -104,6 +104,9 @@ class DecodeRequest:
     """seeds the views of temporal_views=random"""
     config: DecodeConfig = DecodeConfig()  # noqa: RUF009 (frozen: sharing it is safe)
     storage_options: dict | None = None
+    frame_at_s: float | None = None
+    """Decode only the frame nearest this time (seconds from the first frame), resized as
+    `processor` says and never cropped, instead of `sampling`'s clips: the report's thumbnails"""
 
 
 @dataclass
@@ -141,7 +144,10 @@ def decode_video(request: DecodeRequest) -> DecodedVideo:
     """
     deadline = Deadline(request.uri, request.config.timeout_s)
     with open_video(request, deadline) as video:
-        decoded = _decode_clips(request, video)
+        if request.frame_at_s is None:
+            decoded = _decode_clips(request, video)
+        else:
+            decoded = _decode_frame(request.uri, request.frame_at_s, video)
         decoded.metadata.bytes_read = video.source.bytes_fetched()
         return decoded
 
@@ -241,6 +247,16 @@ def _decode_clips(request: DecodeRequest, video: OpenVideo) -> DecodedVideo:
     metadata.clip_start_s = float(positions.min()) / fps
     metadata.clip_end_s = float(min(span_end, frame_count or span_end)) / fps
     return DecodedVideo(assemble_clips(pictures, request.processor, sampling), metadata)
+
+
+def _decode_frame(uri: str, at_s: float, video: OpenVideo) -> DecodedVideo:
+    """The frame nearest `at_s` as a clip of one: (1, 1, H, W, 3)."""
+    times = np.array([[video.info.start_s + at_s]])
+    [[picture]] = video.decoder.decode_at(times, video.converter)
+    check_corruption(uri, video.decoder)
+    metadata = video.metadata(video.info.frame_count)
+    metadata.clip_start_s = metadata.clip_end_s = at_s
+    return DecodedVideo(np.ascontiguousarray(picture)[None, None], metadata)
 
 
 def assemble_clips(
