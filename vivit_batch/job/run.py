@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import secrets
 import signal
 import threading
 import time
@@ -43,6 +42,7 @@ from vivit_batch.output import (
     Unlocked,
     WriteStats,
     commit_staged,
+    new_run_id,
     output_schema,
 )
 from vivit_batch.output.dataset import Fence
@@ -281,10 +281,6 @@ def run_report(
         config=json.loads(redact(json.dumps(config.to_dict()))),  # a presigned manifest URL
         versions=versions(),
     )
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def versions() -> dict:

@@ -23,8 +23,9 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import pyarrow as pa
@@ -59,6 +60,19 @@ class Output:
         self.filesystem, self.root = storage.filesystem(self.uri, storage_options)
         self.is_local = storage.is_local(self.uri)
         self.is_s3 = storage.is_s3(self.uri)
+
+    @classmethod
+    def existing(cls, uri: str, storage_options: dict | None = None) -> Output:
+        """An output that runs wrote; `ConfigError` for a path that is missing or not one."""
+        output = cls(uri, storage_options)
+        if not output.filesystem.exists(output.root):
+            raise ConfigError(f"{uri}: no such output; give the --output of earlier runs")
+        if output.read_identity() is None:
+            raise ConfigError(
+                f"{uri} is not a vivit-batch output (it has no {IDENTITY_FILE}); give the "
+                "--output of earlier runs"
+            )
+        return output
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -162,18 +176,34 @@ class Output:
     def committed(self, columns: list[str]) -> dict[str, pa.Table]:
         """Each committed data file's `columns` (null where a file lacks one); empty for a new
         output."""
+        return dict(self.each_file(columns))
+
+    def each_file(self, columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
+        """(path, `columns`) of each committed data file in path order, one file at a time (null
+        where a file lacks a column): memory bounded by the largest file."""
         dataset = self._dataset()
-        if dataset is None:
-            return {}
-        files = {}
-        for fragment in dataset.get_fragments():
+        fragments = sorted(dataset.get_fragments(), key=lambda f: f.path) if dataset else []
+        for fragment in fragments:
             present = [c for c in columns if c in fragment.physical_schema.names]
             table = fragment.to_table(columns=present)
             for name in columns:
                 if name not in present:
                     table = table.append_column(name, pa.nulls(table.num_rows))
-            files[fragment.path] = table.select(columns)
-        return files
+            yield fragment.path, table.select(columns)
+
+    def columns(self) -> list[str]:
+        """The columns of the committed data files, in the order first seen (manifests may
+        gain columns between runs)."""
+        dataset = self._dataset()
+        names: dict[str, None] = {}
+        for fragment in dataset.get_fragments() if dataset else []:
+            names.update(dict.fromkeys(fragment.physical_schema.names))
+        return list(names)
+
+    def data_files(self) -> list[str]:
+        """The committed data files, in path order (none for a new output)."""
+        dataset = self._dataset()
+        return sorted(dataset.files) if dataset else []
 
     def rows(self, columns: list[str] | None = None) -> pa.Table:
         """The committed rows, as readers see them."""
@@ -203,15 +233,41 @@ class Output:
         `.archived` appended to data files), the identity last, so that an interrupted move
         is finished by the next run that asks for it. The name comes from the identity: the
         weights' sha256 and a digest of the rest."""
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        name = f"{identity['weights_sha256'][:12]}-{digest[:8]}"
-        archive = self.path(VERSIONS_DIR, name)
-        dataset = self._dataset()
-        for path in dataset.files if dataset else []:
-            target = posixpath.join(archive, posixpath.relpath(path, self.root))
-            self.move(path, target + ARCHIVED_SUFFIX, lock)
+        archive = self.version_dir(identity)
+        for path in self.data_files():
+            self.move(path, self.archived_path(path, archive), lock)
         self.move(self.path(IDENTITY_FILE), posixpath.join(archive, IDENTITY_FILE), lock)
         return self.uri_of(archive)
+
+    def version_dir(self, identity: dict) -> str:
+        """Where the version with `identity` is archived: `_versions/<name>/`, the name made of
+        the weights' sha256 and a digest of the rest."""
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return self.path(VERSIONS_DIR, f"{identity['weights_sha256'][:12]}-{digest[:8]}")
+
+    def archived_path(self, path: str, archive: str) -> str:
+        """Where the data file at `path` goes in the version folder `archive`."""
+        return posixpath.join(archive, posixpath.relpath(path, self.root)) + ARCHIVED_SUFFIX
+
+    def keep_identity(self, identity: dict, lock: Fence) -> str:
+        """Begin keeping the current version while its files are replaced one by one
+        (`replace_keeping`): its identity copied to its `_versions/<name>/` folder, unless an
+        interrupted attempt did it already. Returns the folder."""
+        archive = self.version_dir(identity)
+        kept = posixpath.join(archive, IDENTITY_FILE)
+        if not self.filesystem.exists(kept):
+            self.write(kept, json.dumps(identity, indent=2).encode(), lock, stage_as=IDENTITY_FILE)
+        return archive
+
+    def replace_keeping(self, path: str, data: bytes, archive: str, lock: Fence) -> None:
+        """Replace the data file at `path` by `data` under the same name, its current content
+        first copied into the version folder `archive` (unless an interrupted attempt copied it
+        already). A reader sees the old file or the new one, never both or neither: each
+        video's rows stay in one file throughout."""
+        kept = self.archived_path(path, archive)
+        if not self.filesystem.exists(kept):
+            self.copy(path, kept, lock)
+        self.write(path, data, lock, stage_as=posixpath.basename(path))
 
     def hide_legacy_archives(self, lock: Fence) -> int:
         """Versions archived by vivit-batch 0.1 kept their `.parquet` names, which DuckDB's
@@ -232,7 +288,7 @@ class Output:
     def stage(self, data: bytes, run_id: str, name: str) -> str:
         """Write `data` whole under `_tmp/<run_id>/` (fsync'd locally); returns its path. Runs
         anywhere (write tasks too): nothing is visible to readers until `commit`."""
-        staged = self.path(TMP_DIR, run_id, f"{name}.{uuid.uuid4().hex[:8]}.tmp")
+        staged = self.staging_path(run_id, name)
         if self.is_local:
             os.makedirs(posixpath.dirname(staged), exist_ok=True)
             with open(staged, "wb") as stream:
@@ -242,6 +298,10 @@ class Output:
         else:
             self.filesystem.pipe_file(staged, data)
         return staged
+
+    def staging_path(self, run_id: str, name: str) -> str:
+        """A new path under `_tmp/<run_id>/` for a file to be committed as `name`."""
+        return self.path(TMP_DIR, run_id, f"{name}.{uuid.uuid4().hex[:8]}.tmp")
 
     def commit(self, staged: str, final: str, lock: Fence) -> None:
         """Put a staged file at `final` (replacing any file there) while `lock` holds."""
@@ -259,6 +319,24 @@ class Output:
         with lock.fenced():
             self._copy(source, target)
         self.filesystem.rm_file(source)
+
+    def copy(self, source: str, target: str, lock: Fence) -> None:
+        """Copy one file inside the output, fenced by `lock`; the source stays where it is.
+        Locally a hard link (a copy where the disk has none) staged and renamed into place, so
+        the copy too appears whole; on S3 one server-side copy."""
+        if not self.is_local:
+            with lock.fenced():
+                self._copy(source, target)
+            return
+        staged = self.staging_path("driver", posixpath.basename(target))
+        os.makedirs(posixpath.dirname(staged), exist_ok=True)
+        try:
+            os.link(source, staged)
+        except OSError:
+            shutil.copyfile(source, staged)
+            with open(staged, "rb+") as stream:
+                os.fsync(stream.fileno())
+        self.move(staged, target, lock)
 
     def write(self, final: str, data: bytes, lock: Fence, stage_as: str) -> None:
         """Stage `data` and commit it at `final`."""

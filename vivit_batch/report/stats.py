@@ -18,7 +18,6 @@ import pyarrow.dataset as ds
 from vivit_batch.config import ConfigError
 from vivit_batch.device import summary
 from vivit_batch.output import RESERVED_COLUMNS, Output, RunReport
-from vivit_batch.output.dataset import IDENTITY_FILE
 from vivit_batch.output.schema import (
     OUTCOME_COLUMNS,
     PREDICTION_COLUMNS,
@@ -153,7 +152,7 @@ class OutputStats:
 
 def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStats:
     """Raises `ConfigError` for a path that is not an output, or a truth column it lacks."""
-    output = open_output(output_uri)
+    output = Output.existing(output_uri)
     dataset = committed_dataset(output)
     manifest_columns = [n for n in dataset.schema.names if n not in WRITTEN_COLUMNS]
     if truth_column is not None and truth_column not in manifest_columns:
@@ -181,18 +180,6 @@ def output_stats(output_uri: str, truth_column: str | None = None) -> OutputStat
         accuracy=accuracy(ok, truth_column) if truth_column else None,
         segments=segment_stats(table, ok) if segmented else None,
     )
-
-
-def open_output(output_uri: str) -> Output:
-    output = Output(output_uri)
-    if not output.filesystem.exists(output.root):
-        raise ConfigError(f"{output_uri}: no such output; give the --output of earlier runs")
-    if output.read_identity() is None:
-        raise ConfigError(
-            f"{output_uri} is not a vivit-batch output (it has no {IDENTITY_FILE}); give the "
-            "--output of earlier runs"
-        )
-    return output
 
 
 def committed_dataset(output: Output) -> ds.Dataset:
