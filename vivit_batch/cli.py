@@ -1,4 +1,4 @@
-"""`vivit-batch run | validate | report | demo | lock`.
+"""`vivit-batch run | validate | report | demo | lock | train-head | relabel`.
 
 Exit codes: 0 run completed (per-video errors within the error budget), 2 bad configuration or
 manifest (nothing processed), 3 error budget exceeded, 1 anything else; `lock`: 75 when a live
@@ -39,6 +39,8 @@ examples:
   vivit-batch run --manifest 's3://bucket/raw/' --output s3://bucket/labels/ \\
       --model ./checkpoint --config configs/kinetics400-4x3.yaml --set resources.batch_size=4
   vivit-batch report out/ --html report.html --truth-column manifest_label
+  vivit-batch train-head out/ --truth-column manifest_label --save my-head/
+  vivit-batch relabel out/ --model my-head/
   vivit-batch lock s3://bucket/labels/ || echo "a run holds it"
 
 manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
@@ -117,10 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=report_command)
     demo = commands.add_parser("demo", help="generate sample videos and label them offline")
     demo.add_argument("--dir", default="demo-output", help="where samples and output go")
-    demo.add_argument("--videos", type=int, default=24)
+    demo.add_argument(
+        "--videos",
+        type=int,
+        default=28,
+        help="sample videos (4 of each of its 7 motions by default; the closed loop to your "
+        "own classes needs 28)",
+    )
     demo.add_argument("--seed", type=int, default=2024)
     demo.set_defaults(handler=demo_command)
     add_lock_command(commands)
+    add_head_commands(commands)
     for command in commands.choices.values():
         add_logging_arguments(command)
     return parser
@@ -151,11 +160,54 @@ def add_lock_command(commands) -> None:
         "its stale period) or goes stale (its whole stale period), as a starting run would.",
     )
     lock.add_argument("output", help="the --output of the runs")
-    lock.add_argument("--config", help="YAML config file: its storage and run sections apply")
-    lock.add_argument(
+    add_output_config_arguments(lock)
+    lock.set_defaults(handler=lock_command)
+
+
+def add_output_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` and `--set` for commands on an existing output."""
+    parser.add_argument("--config", help="YAML config file: its storage and run sections apply")
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="as for `run`"
     )
-    lock.set_defaults(handler=lock_command)
+
+
+def add_head_commands(commands) -> None:
+    train = commands.add_parser(
+        "train-head",
+        help="fit a classifier of your own classes on an output's embeddings",
+        description="Fit a linear softmax classifier on the stored embeddings of the ok rows "
+        "that have a value in --truth-column, evaluate it on held-out videos, fit it on all of "
+        "them, and save it with the backbone as a checkpoint (Hugging Face layout) of the new "
+        "classes: `vivit-batch run --model DIR` labels new videos with them, `vivit-batch "
+        "relabel OUTPUT --model DIR` relabels the output from its embeddings.",
+    )
+    train.add_argument("output", help="the --output of earlier runs")
+    train.add_argument(
+        "--truth-column",
+        required=True,
+        metavar="NAME",
+        help="a manifest column with the true class of some videos (empty: no label)",
+    )
+    train.add_argument("--save", required=True, metavar="DIR", help="where the checkpoint goes")
+    train.add_argument(
+        "--model",
+        metavar="SOURCE",
+        help="the backbone that computed the embeddings (default: the output's model)",
+    )
+    add_output_config_arguments(train)
+    train.set_defaults(handler=train_head_command)
+    relabel = commands.add_parser(
+        "relabel",
+        help="recompute an output's labels with a head from train-head",
+        description="Recompute label, score and top-k of every ok row from its stored embedding "
+        "with the head in --model, and commit them as the output's new version (the previous "
+        "one moves under _versions/; the lock is held throughout).",
+    )
+    relabel.add_argument("output", help="the --output of earlier runs")
+    relabel.add_argument("--model", required=True, metavar="DIR", help="a train-head checkpoint")
+    add_output_config_arguments(relabel)
+    relabel.set_defaults(handler=relabel_command)
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -346,6 +398,25 @@ def lock_command(args: argparse.Namespace) -> int:
         ) from error
     print(state.description)
     return EXIT_OK if state.free else EXIT_LOCK_HELD
+
+
+def train_head_command(args: argparse.Namespace) -> int:
+    from vivit_batch.heads.train import train_head, training_summary
+
+    config = load_config(args.config, args.set, output_uri=args.output)
+    training = train_head(
+        args.output, args.truth_column, args.save, args.model, config.storage_options()
+    )
+    print(training_summary(training, args.save))
+    return EXIT_OK
+
+
+def relabel_command(args: argparse.Namespace) -> int:
+    from vivit_batch.heads.relabel import relabel, relabel_summary
+
+    report = relabel(args.output, args.model, load_config(args.config, args.set))
+    print(relabel_summary(report))
+    return EXIT_OK
 
 
 if __name__ == "__main__":
