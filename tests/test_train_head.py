@@ -151,3 +151,52 @@ def test_a_backbone_that_did_not_compute_the_embeddings_is_exit_2(tmp_path, tiny
     assert train(output, tmp_path / "head") == 2
     assert "the output's model /models/generated cannot be loaded here" in capsys.readouterr().err
     assert not (tmp_path / "head").exists()
+
+
+def test_labels_given_in_a_file_after_the_rows_were_written(tmp_path, tiny, capsys):
+    output = generated(tmp_path, tiny, labelled_every=1000)  # only video 0 has a value
+    labels = tmp_path / "labels.csv"
+    lines = [f"video-{i:07d},{('cat', 'dog', 'fox')[i % 3]}" for i in range(24)]
+    lines += ["video-0000024,", "video-9999999,cat"]  # no value; not in the output
+    labels.write_text("video_id,label\n" + "\n".join(lines) + "\n")
+    arguments = ["--labels", str(labels), "--model", str(tiny[0])]
+    assert (
+        main(
+            [
+                "train-head",
+                str(output),
+                "--truth-column",
+                "label",
+                "--save",
+                str(tmp_path / "h"),
+                *arguments,
+            ]
+        )
+        == 0
+    )
+    training = json.loads((tmp_path / "h" / "training.json").read_text())
+    assert (training["rows"], training["labels_file"]) == (24, str(labels))
+    assert f"24 labelled rows (24 videos) of 3 classes in column label of {labels}" in (
+        capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id,label\nvideo-0000001,cat\n", "has no video_id column; it has id, label"),
+        ("video_id,kind\nvideo-0000001,cat\n", "has no label column; it has video_id, kind"),
+        (
+            "video_id,label\nvideo-0000001,cat\nvideo-0000001,dog\n",
+            "gives more than one label to video_id video-0000001: keep one",
+        ),
+    ],
+)
+def test_a_labels_file_that_cannot_say_each_video_s_class_is_exit_2(
+    tmp_path, tiny, capsys, text, message
+):
+    output = generated(tmp_path, tiny)
+    (tmp_path / "labels.csv").write_text(text)
+    arguments = ["--truth-column", "label", "--labels", str(tmp_path / "labels.csv")]
+    assert main(["train-head", str(output), *arguments, "--save", str(tmp_path / "h")]) == 2
+    assert message in capsys.readouterr().err

@@ -191,6 +191,13 @@ def add_head_commands(commands) -> None:
     )
     train.add_argument("--save", required=True, metavar="DIR", help="where the checkpoint goes")
     train.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="take the truth values from this CSV, JSONL or Parquet file's --truth-column, "
+        "matched by video_id (a manifest with ids, or review's file once filled), instead of "
+        "the output's column: labels given after the rows were written",
+    )
+    train.add_argument(
         "--model",
         metavar="SOURCE",
         help="the backbone that computed the embeddings (default: the output's model)",
@@ -405,7 +412,12 @@ def train_head_command(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set, output_uri=args.output)
     training = train_head(
-        args.output, args.truth_column, args.save, args.model, config.storage_options()
+        args.output,
+        args.truth_column,
+        args.save,
+        args.model,
+        config.storage_options(),
+        args.labels,
     )
     print(training_summary(training, args.save))
     return EXIT_OK
