@@ -6,7 +6,7 @@
       _lock.json, _lock.guard             the lock (`lock.py`; the guard only on local disk)
       _runs/<run_id>.json                 run reports
       _tmp/<run_id>/...                   staged files, before they are committed
-      _versions/<name>/...parquet.archived   earlier versions (`--new-version`)
+      _versions/<name>/...parquet.archived   earlier versions (`--new-version`, `relabel`)
 
 Readers (pyarrow, pandas, DuckDB's `OUT/**/*.parquet`) see committed rows only: bookkeeping
 names start with `_`, and no file ends in `.parquet` unless it is current committed data.
