@@ -208,8 +208,8 @@ def add_head_commands(commands) -> None:
         "relabel",
         help="recompute an output's labels with a head from train-head",
         description="Recompute label, score and top-k of every ok row from its stored embedding "
-        "with the head in --model, and commit them as the output's new version (the previous "
-        "one moves under _versions/; the lock is held throughout).",
+        "with the head in --model, and commit them as the output's new version under its lock "
+        "(the previous one is kept under _versions/; readers see one row per video throughout).",
     )
     relabel.add_argument("output", help="the --output of earlier runs")
     relabel.add_argument("--model", required=True, metavar="DIR", help="a train-head checkpoint")

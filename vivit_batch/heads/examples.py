@@ -44,6 +44,8 @@ def read_examples(output: Output, truth_column: str, labels: pa.Table | None = N
     output's manifest column `truth_column`, or by video from `labels` (`read_labels_file`).
     `ConfigError` when the output has no such manifest column."""
     columns = output.columns()
+    if not columns:
+        raise ConfigError(f"{output.uri} has no rows yet: label videos into it first")
     if labels is None:
         require_manifest_column(columns, truth_column)
     order = [name for name in ORDER if name in columns]
