@@ -25,6 +25,7 @@ from vivit_batch.model import load_pretrained
 from vivit_batch.output import Output, Unlocked
 from vivit_batch.output.dataset import ARCHIVED_SUFFIX
 from vivit_batch.output.schema import PREDICTION_COLUMNS
+from vivit_batch.report import output_stats, summary_text
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.outputs import Generated, write_generated_output
 
@@ -117,6 +118,7 @@ def test_relabel_recomputes_predictions_and_leaves_every_other_column_unchanged(
         {"ok": 52, "error": 8},
     )
     assert report.model.source == str(head) and report.lock_generation == 1
+    assert f"    {report.run_id}: relabel, 60 rows, " in summary_text(output_stats(str(output)))
     count = f"select count(*) from read_parquet('{output}/**/*.parquet')"
     assert duckdb.sql(count).fetchall() == [(60,)]  # the archived files stay out of sight
     printed = capsys.readouterr().out

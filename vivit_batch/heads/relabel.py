@@ -39,8 +39,7 @@ from vivit_batch.output import (
     new_run_id,
 )
 from vivit_batch.output.dataset import Fence, parquet_bytes
-
-MODE = "relabel"
+from vivit_batch.output.runs import RELABEL_MODE
 
 
 def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> RunReport:
@@ -169,7 +168,7 @@ def relabel_report(
         run_id=run_id,
         started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),
         wall_seconds=round(time.time() - started, 3),
-        mode=MODE,
+        mode=RELABEL_MODE,
         model=ModelUsed(
             source=str(head.directory),
             weights_sha256=head.weights_sha256,

@@ -122,6 +122,10 @@ class ModelUsed:
     """the preprocessing settings used, in `preprocessor_config.json` form"""
 
 
+RELABEL_MODE = "relabel"
+"""The `mode` of `vivit-batch relabel`'s report: predictions recomputed, no video decoded."""
+
+
 @dataclass
 class RunReport:
     run_id: str
