@@ -20,6 +20,8 @@ import torch
 
 from tests.s3 import ACCESS_KEY, SECRET_KEY
 from vivit_batch.cli import main
+from vivit_batch.config import load_config
+from vivit_batch.demo import CHECKPOINT_DIR
 from vivit_batch.fingerprint import fingerprint
 from vivit_batch.model import load_pretrained
 from vivit_batch.output import Output, Unlocked
@@ -27,7 +29,7 @@ from vivit_batch.output.dataset import ARCHIVED_SUFFIX
 from vivit_batch.output.schema import PREDICTION_COLUMNS
 from vivit_batch.report import output_stats, summary_text
 from vivit_batch.testing.checkpoints import make_checkpoint
-from vivit_batch.testing.outputs import Generated, write_generated_output
+from vivit_batch.testing.outputs import Generated, label_in_process, write_generated_output
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -205,6 +207,29 @@ def test_relabel_on_s3(tmp_path, tiny, s3_server, capsys):
     [archive] = s3.ls("heads/out/_versions")
     assert len(s3.glob(f"{archive}/*{ARCHIVED_SUFFIX}")) == len(output.data_files())
     assert output.read_identity()["weights_sha256"] != sha256
+
+
+def test_a_run_date_partitioned_output_keeps_its_folders(motion_output, motion_head, tmp_path):
+    output = tmp_path / "out"
+    settings = [*motion_output.settings, "decode.isolation=none", "output.partition_by=run_date"]
+    label_in_process(
+        load_config(
+            None,
+            settings,
+            manifest_uri=str(motion_output.manifest),
+            output_uri=str(output),
+            model_source=str(CHECKPOINT_DIR),
+        )
+    )
+    before = by_video(ds.dataset(output).to_table())
+    files = sorted(p.relative_to(output) for p in output.rglob("*.parquet"))
+    assert relabel(output, motion_head) == 0
+    after = by_video(ds.dataset(output).to_table())
+    assert after.schema == before.schema and after["run_date"].equals(before["run_date"])
+    assert sorted(p.relative_to(output) for p in output.rglob("*.parquet")) == files
+    [archive] = (output / "_versions").iterdir()
+    kept = sorted(p.relative_to(archive) for p in archive.rglob("*" + ARCHIVED_SUFFIX))
+    assert kept == [file.with_name(file.name + ARCHIVED_SUFFIX) for file in files]
 
 
 def test_relabel_and_run_with_the_head_agree_and_the_run_joins_the_relabelled_output(

@@ -5,6 +5,7 @@ embeddings are generated around a centre per class."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,7 @@ def label_in_process(config: JobConfig, run_id: str = "in-process"):
     identity), without Ray: the decode and inference stages run here, on one batch. Returns
     the `PreparedJob`."""
     from vivit_batch.job import ClusterShape, inference_settings, plan_resources, prepare_job
-    from vivit_batch.job.dataset import id_options
+    from vivit_batch.job.dataset import id_options, partition_values
     from vivit_batch.manifest.read import batches, manifest_format, with_ids
     from vivit_batch.sources import with_versions
     from vivit_batch.stages import DecodeStage, InferenceStage
@@ -54,7 +55,8 @@ def label_in_process(config: JobConfig, run_id: str = "in-process"):
     schema = output_schema(
         job.model_config.hidden_size, job.partition_by, job.decode.sampling.segments
     )
-    commit(FileWriter(output, run_id, schema, config.output.rows_per_file), labelled)
+    partitions = partition_values(job.partition_by, time.time())
+    commit(FileWriter(output, run_id, schema, config.output.rows_per_file, partitions), labelled)
     return job
 
 
