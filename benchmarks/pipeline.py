@@ -240,7 +240,7 @@ def run_case(case: dict, directory: Path) -> dict:
 
     # Alone, before the pipeline: decode all rows; inference on the first half of its share.
     decode_stage = DecodeStage(job.decode)
-    decode_inputs = batches(manifest_rows(config), config.resources.decode_batch_size)
+    decode_inputs = batches(manifest_rows(config), resources.decode_batch_size)
     # warm-up: imports, file cache (the actors pay it in start-up)
     decode_stage.decode_all(decode_inputs[0])
     decode_before, decoded = time_stage(decode_stage.decode_all, decode_inputs)

@@ -50,7 +50,7 @@ COUNTS = (100, 1000)
 MEASURE = """
 import json, sys, time
 from pathlib import Path
-from vivit_batch.output.reading import committed_dataset, open_output
+from vivit_batch.output import Output
 from vivit_batch.review.pick import ROW_COLUMNS, pick_for_review
 
 def mib(name):
@@ -58,11 +58,11 @@ def mib(name):
     return int(line.split()[1]) / 1024
 
 uri, what = sys.argv[1], sys.argv[2]
-output = open_output(uri)
+output = Output.existing(uri)
 before, start = mib("VmRSS:"), time.perf_counter()
 if what == "whole":
     columns = [*ROW_COLUMNS, "status", "truth"]
-    rows = committed_dataset(output).to_table(columns=columns).num_rows
+    rows = output.dataset().to_table(columns=columns).num_rows
 else:
     rows = pick_for_review(output, int(what), "truth").num_rows
 seconds = time.perf_counter() - start

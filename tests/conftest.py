@@ -165,3 +165,64 @@ def s3_server():
     server = start_moto()
     yield server
     server.stop()
+
+
+@dataclass
+class MotionOutput:
+    """An output of real embeddings (see `motion_output`) and how it was labelled."""
+
+    output: Path
+    manifest: Path
+    settings: list[str]
+    """the `--set` values it was labelled with"""
+
+
+MOTION_VIDEOS = 112  # 16 of each motion
+MOTION_SEED = 31337  # neither of the demo model's training seeds (0, 7919)
+
+
+@pytest.fixture(scope="session")
+def motion_output(tmp_path_factory) -> MotionOutput:
+    """The demo model's output on generated motion videos, labelled in this process (no Ray),
+    with each video's motion group (`demo.run.MOTION_GROUPS`, a grouping of the classes the
+    model separates) in the manifest column `label`, read as `manifest_label`."""
+    import csv
+
+    from vivit_batch.config import load_config
+    from vivit_batch.demo import CHECKPOINT_DIR, FRAME_SAMPLE_RATE, write_sample_set
+    from vivit_batch.demo.run import MOTION_GROUPS
+    from vivit_batch.testing.outputs import label_in_process
+
+    directory = tmp_path_factory.mktemp("motion")
+    videos = write_sample_set(directory / "videos", MOTION_VIDEOS, MOTION_SEED)
+    manifest = directory / "manifest.csv"
+    with open(manifest, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["uri", "video_id", "label", "motion"])
+        for video in videos:
+            writer.writerow([video.path, video.path.stem, MOTION_GROUPS[video.label], video.label])
+    settings = [
+        f"sampling.frame_sample_rate={FRAME_SAMPLE_RATE}",
+        "manifest.column_prefix=manifest_",
+    ]
+    output = directory / "output"
+    config = load_config(
+        None,
+        [*settings, "decode.isolation=none"],
+        manifest_uri=str(manifest),
+        output_uri=str(output),
+        model_source=str(CHECKPOINT_DIR),
+    )
+    label_in_process(config)
+    return MotionOutput(output, manifest, settings)
+
+
+@pytest.fixture(scope="session")
+def motion_head(motion_output, tmp_path_factory) -> Path:
+    """`train-head` on `motion_output`'s groups, with the output's own model as backbone."""
+    from vivit_batch.cli import main
+
+    head = tmp_path_factory.mktemp("motion-head")
+    arguments = ["--truth-column", "manifest_label", "--save", str(head)]
+    assert main(["train-head", str(motion_output.output), *arguments]) == 0
+    return head

@@ -1,8 +1,6 @@
 """Everything checked before any work, and before Ray starts: configuration, checkpoint, labels,
 the manifest (one streaming scan, in a process of its own), and that the output can be written
-and holds rows of this model or none. Raises `ConfigError` or `CheckpointError` (exit code 2).
-Then, for a plan that may run inference on CPUs, the stages' costs start being measured (in a
-process of their own, while Ray starts)."""
+and holds rows of this model or none. Raises `ConfigError` or `CheckpointError` (exit code 2)."""
 
 from __future__ import annotations
 
@@ -38,7 +36,7 @@ class PreparedJob:
     warnings: list[str] = field(default_factory=list)
     """what the run report and the summary repeat (preprocessing defaults, say)"""
     calibration: Calibration | None = None
-    """the stages' costs being measured, for a CPU plan (see `job.run.planned_resources`)"""
+    """the stages' costs being measured, for a CPU plan (`start_calibration`)"""
 
     @property
     def partition_by(self) -> tuple[str, ...]:
@@ -91,11 +89,20 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     check_identity(job, recorded)
     for warning in job.warnings:
         log.warning(warning)
-    if plans_from_costs(config.resources):  # measured while Ray starts
-        job.calibration = Calibration(
-            decode, model_config, manifest.first_uris, config.resources.clips_per_forward
-        )
     return job
+
+
+def start_calibration(job: PreparedJob) -> None:
+    """Start measuring what each stage costs per clip (in a process of its own: `calibration`)
+    when a plan may need it (CPU inference, not every pool size set): the CLI calls this before
+    Ray starts, so that the two overlap; `run_job` measures when nobody did."""
+    if job.calibration is None and plans_from_costs(job.config.resources):
+        job.calibration = Calibration(
+            job.decode,
+            job.model_config,
+            job.manifest.first_uris,
+            job.config.resources.clips_per_forward,
+        )
 
 
 def preprocessing_warnings(checkpoint: CheckpointInfo) -> list[str]:

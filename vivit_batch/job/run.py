@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import secrets
 import signal
 import threading
 import time
@@ -29,8 +28,18 @@ from vivit_batch.job.dataset import (
     partition_values,
     stage_errors,
 )
-from vivit_batch.job.prepare import PreparedJob, check_identity, identity_differences
-from vivit_batch.job.resources import Resources, gpus_per_inference_actor, plan_resources
+from vivit_batch.job.prepare import (
+    PreparedJob,
+    check_identity,
+    identity_differences,
+    start_calibration,
+)
+from vivit_batch.job.resources import (
+    Resources,
+    gpus_per_inference_actor,
+    plan_resources,
+    plans_from_costs,
+)
 from vivit_batch.logs import interactive, progress_lines
 from vivit_batch.output import (
     ErrorBudget,
@@ -43,6 +52,7 @@ from vivit_batch.output import (
     Unlocked,
     WriteStats,
     commit_staged,
+    new_run_id,
     output_schema,
 )
 from vivit_batch.output.dataset import Fence
@@ -99,12 +109,14 @@ def planned_resources(job: PreparedJob, videos: int | None) -> tuple[Resources, 
     """The actor pools for this cluster and `videos` to label, and what the stages' costs
     measured for a CPU plan (the run report's `calibration`: empty for a GPU or explicit plan)."""
     cluster = cluster_shape()
+    resources = job.config.resources
+    if gpus_per_inference_actor(resources, cluster) or not plans_from_costs(resources):
+        if job.calibration:
+            job.calibration.cancel()
+        return plan_resources(job.config, cluster, videos=videos), {}
+    start_calibration(job)
     calibration = job.calibration
-    if calibration is None:
-        return plan_resources(job.config, cluster, videos=videos), {}
-    if gpus_per_inference_actor(job.config.resources, cluster):
-        calibration.cancel()
-        return plan_resources(job.config, cluster, videos=videos), {}
+    assert calibration is not None
     costs = calibration.costs()
     if costs is None:
         log.warning(
@@ -323,10 +335,6 @@ def run_report(
         config=json.loads(redact(json.dumps(config.to_dict()))),  # a presigned manifest URL
         versions=versions(),
     )
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def versions() -> dict:

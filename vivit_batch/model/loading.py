@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from vivit_batch.fingerprint import fingerprint
 from vivit_batch.model.config import CONFIG_FILE, VivitConfig
 from vivit_batch.model.modeling import VivitForVideoClassification
 from vivit_batch.processor import PREPROCESSOR_FILE, PREPROCESSOR_FILES, ProcessorConfig
@@ -185,16 +186,6 @@ def _raise_on_mismatch(
             + ". Check that config.json belongs to these weights and that they are a "
             "VivitForVideoClassification checkpoint."
         )
-
-
-def fingerprint(files: tuple[Path, ...]) -> str:
-    """sha256 of the weight files' bytes, in order (for one file: what `sha256sum` prints)."""
-    digest = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _first_weight_file(directory: Path) -> Path:

@@ -3,7 +3,14 @@ run reports, the lock, and the Parquet sink. `Output` is the one object that wri
 
 from vivit_batch.output.dataset import ARCHIVED_SUFFIX, Output, Unlocked
 from vivit_batch.output.lock import LockLost, OutputLock, OutputLocked
-from vivit_batch.output.runs import ErrorBudget, ModelUsed, RunReport, Throughput, WriteStats
+from vivit_batch.output.runs import (
+    ErrorBudget,
+    ModelUsed,
+    RunReport,
+    Throughput,
+    WriteStats,
+    new_run_id,
+)
 from vivit_batch.output.schema import RESERVED_COLUMNS, output_schema
 from vivit_batch.output.sink import FileWriter, commit_staged
 
@@ -22,5 +29,6 @@ __all__ = [
     "Unlocked",
     "WriteStats",
     "commit_staged",
+    "new_run_id",
     "output_schema",
 ]

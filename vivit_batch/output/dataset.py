@@ -6,7 +6,7 @@
       _lock.json, _lock.guard             the lock (`lock.py`; the guard only on local disk)
       _runs/<run_id>.json                 run reports
       _tmp/<run_id>/...                   staged files, before they are committed
-      _versions/<name>/...parquet.archived   earlier versions (`--new-version`)
+      _versions/<name>/...parquet.archived   earlier versions (`--new-version`, `relabel`)
 
 Readers (pyarrow, pandas, DuckDB's `OUT/**/*.parquet`) see committed rows only: bookkeeping
 names start with `_`, and no file ends in `.parquet` unless it is current committed data.
@@ -23,8 +23,9 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import pyarrow as pa
@@ -41,6 +42,7 @@ from vivit_batch.output.records import (
     sync_directory,
 )
 from vivit_batch.output.runs import RunReport
+from vivit_batch.output.schema import ROW_TYPES
 
 IDENTITY_FILE = "_dataset.json"
 LOCK_FILE = "_lock.json"
@@ -59,6 +61,30 @@ class Output:
         self.filesystem, self.root = storage.filesystem(self.uri, storage_options)
         self.is_local = storage.is_local(self.uri)
         self.is_s3 = storage.is_s3(self.uri)
+
+    @classmethod
+    def existing(cls, uri: str, storage_options: dict | None = None) -> Output:
+        """An output that runs wrote; `ConfigError` for a path that is missing or not one, or a
+        store that cannot be read (a bad URI, unreachable, refused)."""
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            output = cls(uri, storage_options)
+            exists = output.filesystem.exists(output.root)
+            identity = exists and output.read_identity()
+        except (OSError, ValueError, BotoCoreError) as error:
+            raise ConfigError(
+                f"{uri}: cannot read it ({error}); check the URI, the credentials and "
+                "storage.endpoint_url"
+            ) from error
+        if not exists:
+            raise ConfigError(f"{uri}: no such output; give the --output of earlier runs")
+        if identity is None:
+            raise ConfigError(
+                f"{uri} is not a vivit-batch output (it has no {IDENTITY_FILE}); give the "
+                "--output of earlier runs"
+            )
+        return output
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -160,20 +186,41 @@ class Output:
     # Committed rows
 
     def committed(self, columns: list[str]) -> dict[str, pa.Table]:
-        """Each committed data file's `columns` (null where a file lacks one); empty for a new
-        output."""
+        """Each committed data file's `columns` (see `each_file`); empty for a new output."""
+        return dict(self.each_file(columns))
+
+    def each_file(
+        self, columns: list[str], where: ds.Expression | None = None
+    ) -> Iterator[tuple[str, pa.Table]]:
+        """(path, `columns` of its rows that match `where`) of each committed data file in path
+        order, one file at a time (typed nulls where a file lacks a column): memory bounded by
+        the largest file."""
+        dataset = self.dataset()
+        for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
+            yield (
+                fragment.path,
+                fragment.to_table(schema=dataset.schema, columns=columns, filter=where),
+            )
+
+    def dataset(self) -> ds.Dataset:
+        """The committed rows as readers see them, with every file's columns (null where a file
+        lacks one: manifests may gain columns between runs); the columns every row has when
+        there are no rows yet."""
+        files = self._dataset()
+        schemas = [fragment.physical_schema for fragment in files.get_fragments()] if files else []
+        schema = pa.unify_schemas(schemas or [ROW_TYPES], promote_options="permissive")
+        if files is None:
+            return ds.dataset([], schema=schema, format="parquet")
+        return files.replace_schema(schema)
+
+    def columns(self) -> list[str]:
+        """The columns of the committed data files, in the order first seen."""
+        return self.dataset().schema.names if self.data_files() else []
+
+    def data_files(self) -> list[str]:
+        """The committed data files, in path order (none for a new output)."""
         dataset = self._dataset()
-        if dataset is None:
-            return {}
-        files = {}
-        for fragment in dataset.get_fragments():
-            present = [c for c in columns if c in fragment.physical_schema.names]
-            table = fragment.to_table(columns=present)
-            for name in columns:
-                if name not in present:
-                    table = table.append_column(name, pa.nulls(table.num_rows))
-            files[fragment.path] = table.select(columns)
-        return files
+        return sorted(dataset.files) if dataset else []
 
     def rows(self, columns: list[str] | None = None) -> pa.Table:
         """The committed rows, as readers see them."""
@@ -203,15 +250,41 @@ class Output:
         `.archived` appended to data files), the identity last, so that an interrupted move
         is finished by the next run that asks for it. The name comes from the identity: the
         weights' sha256 and a digest of the rest."""
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-        name = f"{identity['weights_sha256'][:12]}-{digest[:8]}"
-        archive = self.path(VERSIONS_DIR, name)
-        dataset = self._dataset()
-        for path in dataset.files if dataset else []:
-            target = posixpath.join(archive, posixpath.relpath(path, self.root))
-            self.move(path, target + ARCHIVED_SUFFIX, lock)
+        archive = self.version_dir(identity)
+        for path in self.data_files():
+            self.move(path, self.archived_path(path, archive), lock)
         self.move(self.path(IDENTITY_FILE), posixpath.join(archive, IDENTITY_FILE), lock)
         return self.uri_of(archive)
+
+    def version_dir(self, identity: dict) -> str:
+        """Where the version with `identity` is archived: `_versions/<name>/`, the name made of
+        the weights' sha256 and a digest of the rest."""
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return self.path(VERSIONS_DIR, f"{identity['weights_sha256'][:12]}-{digest[:8]}")
+
+    def archived_path(self, path: str, archive: str) -> str:
+        """Where the data file at `path` goes in the version folder `archive`."""
+        return posixpath.join(archive, posixpath.relpath(path, self.root)) + ARCHIVED_SUFFIX
+
+    def keep_identity(self, identity: dict, lock: Fence) -> str:
+        """Begin keeping the current version while its files are replaced one by one
+        (`replace_keeping`): its identity copied to its `_versions/<name>/` folder, unless an
+        interrupted attempt did it already. Returns the folder."""
+        archive = self.version_dir(identity)
+        kept = posixpath.join(archive, IDENTITY_FILE)
+        if not self.filesystem.exists(kept):
+            self.write(kept, json.dumps(identity, indent=2).encode(), lock, stage_as=IDENTITY_FILE)
+        return archive
+
+    def replace_keeping(self, path: str, data: bytes, archive: str, lock: Fence) -> None:
+        """Replace the data file at `path` by `data` under the same name, its current content
+        first copied into the version folder `archive` (unless an interrupted attempt copied it
+        already). A reader sees the old file or the new one, never both or neither: each
+        video's rows stay in one file throughout."""
+        kept = self.archived_path(path, archive)
+        if not self.filesystem.exists(kept):
+            self.copy(path, kept, lock)
+        self.write(path, data, lock, stage_as=posixpath.basename(path))
 
     def hide_legacy_archives(self, lock: Fence) -> int:
         """Versions archived by vivit-batch 0.1 kept their `.parquet` names, which DuckDB's
@@ -232,7 +305,7 @@ class Output:
     def stage(self, data: bytes, run_id: str, name: str) -> str:
         """Write `data` whole under `_tmp/<run_id>/` (fsync'd locally); returns its path. Runs
         anywhere (write tasks too): nothing is visible to readers until `commit`."""
-        staged = self.path(TMP_DIR, run_id, f"{name}.{uuid.uuid4().hex[:8]}.tmp")
+        staged = self.staging_path(run_id, name)
         if self.is_local:
             os.makedirs(posixpath.dirname(staged), exist_ok=True)
             with open(staged, "wb") as stream:
@@ -242,6 +315,10 @@ class Output:
         else:
             self.filesystem.pipe_file(staged, data)
         return staged
+
+    def staging_path(self, run_id: str, name: str) -> str:
+        """A new path under `_tmp/<run_id>/` for a file to be committed as `name`."""
+        return self.path(TMP_DIR, run_id, f"{name}.{uuid.uuid4().hex[:8]}.tmp")
 
     def commit(self, staged: str, final: str, lock: Fence) -> None:
         """Put a staged file at `final` (replacing any file there) while `lock` holds."""
@@ -259,6 +336,24 @@ class Output:
         with lock.fenced():
             self._copy(source, target)
         self.filesystem.rm_file(source)
+
+    def copy(self, source: str, target: str, lock: Fence) -> None:
+        """Copy one file inside the output, fenced by `lock`; the source stays where it is.
+        Locally a hard link (a copy where the disk has none) staged and renamed into place, so
+        the copy too appears whole; on S3 one server-side copy."""
+        if not self.is_local:
+            with lock.fenced():
+                self._copy(source, target)
+            return
+        staged = self.staging_path("driver", posixpath.basename(target))
+        os.makedirs(posixpath.dirname(staged), exist_ok=True)
+        try:
+            os.link(source, staged)
+        except OSError:
+            shutil.copyfile(source, staged)
+            with open(staged, "rb+") as stream:
+                os.fsync(stream.fileno())
+        self.move(staged, target, lock)
 
     def write(self, final: str, data: bytes, lock: Fence, stage_as: str) -> None:
         """Stage `data` and commit it at `final`."""

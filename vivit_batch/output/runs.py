@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import typing
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 
 @dataclass
@@ -120,6 +122,10 @@ class ModelUsed:
     """the preprocessing settings used, in `preprocessor_config.json` form"""
 
 
+RELABEL_MODE = "relabel"
+"""The `mode` of `vivit-batch relabel`'s report: predictions recomputed, no video decoded."""
+
+
 @dataclass
 class RunReport:
     run_id: str
@@ -161,6 +167,11 @@ class RunReport:
     @classmethod
     def from_dict(cls, data: dict) -> RunReport:
         return _from_dict(cls, data)
+
+
+def new_run_id() -> str:
+    """A run id when `run.run_id` gives none: the UTC start time and a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def _from_dict(cls, data: dict):

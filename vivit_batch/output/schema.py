@@ -120,3 +120,16 @@ RESERVED_COLUMNS = frozenset(output_schema(1, PARTITION_COLUMNS, segments=True).
     "uri",
 }
 """Names a manifest column may not have (besides those starting with "_")."""
+WRITTEN_COLUMNS = RESERVED_COLUMNS | {"video_id", "uri"}
+"""What vivit-batch writes; the other columns are the manifest's."""
+ROW_TYPES = pa.schema(
+    {
+        "video_id": pa.string(),
+        "uri": pa.string(),
+        **OUTCOME_COLUMNS,
+        **PREDICTION_COLUMNS,
+        **METADATA_COLUMNS,
+        **PROVENANCE_COLUMNS,
+    }
+)
+"""Columns every output row has, typed: what an output with no rows yet reads as."""

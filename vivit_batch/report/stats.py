@@ -18,9 +18,7 @@ from vivit_batch.device import summary
 from vivit_batch.output import Output, RunReport
 from vivit_batch.output.reading import (
     check_truth_column,
-    committed_dataset,
     first_per_video,
-    open_output,
 )
 from vivit_batch.output.schema import SEGMENT_COLUMNS
 
@@ -177,10 +175,10 @@ def output_stats(
 ) -> OutputStats:
     """`examples`: this many highest- and lowest-scoring videos of each of the most frequent
     labels. Raises `ConfigError` for a path that is not an output, or a truth column it lacks."""
-    output = open_output(output_uri, storage_options)
-    dataset = committed_dataset(output)
+    output = Output.existing(output_uri, storage_options)
+    dataset = output.dataset()
     if truth_column is not None:
-        check_truth_column(dataset, truth_column)
+        check_truth_column(dataset.schema.names, truth_column)
     segmented = "segment_index" in dataset.schema.names
     columns = (
         ROW_COLUMNS
@@ -211,7 +209,7 @@ def output_stats(
 
 def read_output(output_uri: str, columns: list[str] | None = None) -> pa.Table:
     """The output's committed rows, as any reader sees them."""
-    return committed_dataset(Output(output_uri)).to_table(columns=columns)
+    return Output(output_uri).dataset().to_table(columns=columns)
 
 
 def device_kinds(report: RunReport) -> list[str]:

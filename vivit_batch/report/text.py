@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vivit_batch.output import Output, RunReport
+from vivit_batch.output.runs import RELABEL_MODE
 from vivit_batch.report.stats import Accuracy, OutputStats, SegmentStats, device_kinds
 
 
@@ -17,6 +18,11 @@ def summary_text(stats: OutputStats, top: int = 10) -> str:
     lines += top_labels(stats, top)
     lines.append("  runs:")
     for run in stats.runs:
+        if run.mode == RELABEL_MODE:  # no video decoded: its rows and time only
+            lines.append(
+                f"    {run.run_id}: relabel, {run.rows_written} rows, {run.wall_seconds:.1f} s"
+            )
+            continue
         lines.append(
             f"    {run.run_id}: {run.rows_written} rows, {run.wall_seconds:.1f} s, "
             f"{run.clips_per_second} clips/s (decode {run.decode_clips_per_second}, "

@@ -27,8 +27,6 @@ import pyarrow.dataset as ds
 from vivit_batch.output import Output
 from vivit_batch.output.reading import (
     check_truth_column,
-    committed_dataset,
-    committed_files,
     first_per_video,
 )
 
@@ -52,9 +50,9 @@ def pick_for_review(output: Output, count: int, truth_column: str | None = None)
     """The `count` videos to label next (fewer if there are fewer candidates), least certain
     first: `ROW_COLUMNS` (no embedding) plus `margin`, and in a segments output the segment's
     `segment_index`, `segment_start_s`, `segment_end_s`."""
-    dataset = committed_dataset(output)
+    dataset = output.dataset()
     if truth_column is not None:
-        check_truth_column(dataset, truth_column)
+        check_truth_column(dataset.schema.names, truth_column)
     segment_columns = [
         name
         for name in ("segment_index", "segment_start_s", "segment_end_s")
@@ -62,7 +60,7 @@ def pick_for_review(output: Output, count: int, truth_column: str | None = None)
     ]
     columns = ROW_COLUMNS + segment_columns + ([truth_column] if truth_column else [])
     pool = UncertainPool(POOL_FACTOR * count)
-    for rows in committed_files(dataset, columns, where=ds.field("status") == "ok"):
+    for _, rows in output.each_file(columns, where=ds.field("status") == "ok"):
         pool.offer(candidates(rows, truth_column, segment_columns))
     uncertain = pool.table()
     if uncertain is None:  # an output with no rows yet
