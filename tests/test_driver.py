@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from vivit_batch.calibration import StageCosts
 from vivit_batch.config import ConfigError, JobConfig, load_config
 from vivit_batch.incremental import (
     all_ids,
@@ -21,6 +22,7 @@ from vivit_batch.incremental import (
 )
 from vivit_batch.job import ClusterShape, PreparedJob, plan_resources
 from vivit_batch.job.prepare import check_identity, identity_differences
+from vivit_batch.job.resources import plans_from_costs
 from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig
 from vivit_batch.output.schema import VERSION_COLUMNS
@@ -30,9 +32,17 @@ from vivit_batch.stages.decode import DecodeSettings
 from vivit_batch.video import SamplingConfig
 
 
-def plan(*settings: str, cpus: int = 2, gpus: float = 0, cpu_nodes: dict | None = None, **most):
+def plan(
+    *settings: str,
+    cpus: int = 2,
+    gpus: float = 0,
+    cpu_nodes: dict | None = None,
+    costs: StageCosts | None = None,
+    videos: int | None = None,
+    **most,
+):
     shape = ClusterShape(cpus=cpus, gpus=gpus, cpu_only_nodes=cpu_nodes or {}, **most)
-    return plan_resources(load_config(None, list(settings)), shape)
+    return plan_resources(load_config(None, list(settings)), shape, costs, videos)
 
 
 def test_cpu_cluster_splits_the_cores_between_decoding_and_torch():
@@ -67,10 +77,75 @@ def test_inference_gpus_0_labels_on_the_cpu_of_a_gpu_cluster_with_planned_thread
     assert plan("resources.inference_gpus=0", "resources.inference_cpus=3", cpus=16, gpus=1)
 
 
+def costs(decode_s: float | None, inference_s: float) -> StageCosts:
+    return StageCosts(decode_s, inference_s, videos=3, clips=3, seconds=1.0)
+
+
+def test_measured_costs_share_the_cores_rounded_up_to_whole_threads():
+    """Decode-bound (the tiny test model: 18.8 ms to decode a clip, 1.4 ms to label it), model-
+    bound (the base model on a CPU: 70 ms and 14 s) and balanced (120 ms each)."""
+    tiny = plan(cpus=2, costs=costs(0.0188, 0.0014))
+    assert (tiny.decode_actors, tiny.inference_actors, tiny.inference_threads) == (2, 1, 1)
+    assert tiny.inference_share == pytest.approx(0.0014 / 0.0202, abs=1e-4)
+    base = plan(cpus=2, costs=costs(0.07, 14.0))
+    assert (base.decode_actors, base.inference_actors, base.inference_threads) == (1, 1, 2)
+    even = plan(cpus=2, costs=costs(0.12, 0.12))
+    assert (even.decode_actors, even.inference_actors, even.inference_threads) == (1, 1, 1)
+    assert even.decode_cpus + even.inference_cpus == 1.0  # one CPU left to Ray Data
+    wide = plan(cpus=64, costs=costs(0.07, 14.0))  # torch: 63.7 CPUs, at most 8 threads each
+    assert (wide.inference_actors, wide.inference_threads, wide.decode_actors) == (8, 8, 1)
+    decoding = plan(cpus=64, costs=costs(0.2, 0.05))  # 51.2 CPUs decode, 12.8 torch
+    assert (decoding.decode_actors, decoding.inference_actors) == (52, 2)
+    assert decoding.inference_threads == 7
+    growing = plan(cpus=2, max_cpus=10, costs=costs(0.2, 0.05))  # a fifth of 10 CPUs
+    assert (growing.max_inference_actors, growing.inference_threads) == (2, 1)
+
+
+def test_without_a_measurement_the_cores_split_evenly():
+    assert plan(cpus=16, costs=costs(None, 0.5)) == plan(cpus=16)
+    assert plan(cpus=16).inference_share == 0.5
+
+
+def test_short_manifests_get_fewer_decode_actors_and_smaller_decode_calls():
+    one = plan(cpus=16, costs=costs(0.2, 0.01), videos=1)
+    assert (one.decode_actors, one.decode_batch_size) == (1, 1)
+    few = plan(cpus=2, costs=costs(0.0188, 0.0014), videos=24)
+    assert (few.decode_actors, few.decode_batch_size) == (2, 3)  # 4 calls each
+    many = plan(cpus=2, costs=costs(0.0188, 0.0014), videos=10_000)
+    assert many.decode_batch_size == 16
+    assert plan("resources.decode_batch_size=5", videos=24).decode_batch_size == 5
+
+
+def test_gpu_plans_do_not_depend_on_the_costs():
+    for measured in (None, costs(0.0188, 0.0014), costs(0.07, 14.0)):
+        one = plan(cpus=16, gpus=1, costs=measured)
+        assert (one.inference_actors, one.inference_gpus, one.decode_actors) == (1, 1.0, 15)
+        assert one.inference_share is None
+        split = plan(cpus=40, gpus=2, cpu_nodes={"b": 16.0, "a": 16.0}, costs=measured)
+        assert split.decode_nodes == ["a", "b"] and split.decode_actors == 32
+
+
 def test_explicit_pools_win():
     explicit = plan("resources.decode_actors=3", "resources.inference_actors=2", cpus=8)
     assert (explicit.decode_actors, explicit.inference_actors) == (3, 2)
     assert "2 inference actor(s)" in explicit.describe()
+    measured = costs(0.0188, 0.0014)
+    threads = plan("resources.inference_cpus=3", cpus=8, costs=measured)
+    assert (threads.inference_threads, threads.inference_actors, threads.decode_actors) == (3, 1, 8)
+    sized = plan("resources.decode_actors=1", cpus=8, costs=measured)
+    assert (sized.decode_actors, sized.inference_actors) == (1, 1)
+    assert not plans_from_costs(
+        load_config(
+            None,
+            [
+                "resources.decode_actors=1",
+                "resources.inference_actors=1",
+                "resources.inference_cpus=2",
+            ],
+        ).resources
+    )
+    assert not plans_from_costs(load_config(None, ["resources.inference_gpus=1"]).resources)
+    assert plans_from_costs(load_config(None, ["resources.inference_gpus=0"]).resources)
 
 
 def test_a_fixed_cluster_keeps_its_pools_at_the_start_size():

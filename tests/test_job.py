@@ -147,6 +147,12 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
     assert (device["device"], device["precision"]) == ("cpu", "fp32")
     assert device["threads"] == report.resources["inference_threads"]
     assert device["torch"] == report.versions["torch"] and not report.warnings
+    # The CPU plan came from what the stages cost on the manifest's first three videos.
+    measured = report.calibration
+    assert measured["failure"] is None and (measured["videos"], measured["clips"]) == (3, 3)
+    assert measured["decode_s"] > 0 and measured["inference_s"] > 0
+    share = measured["inference_s"] / (measured["decode_s"] + measured["inference_s"])
+    assert report.resources["inference_share"] == pytest.approx(share, abs=1e-4)
 
 
 def test_predictions_match_the_stages_run_directly(

@@ -116,8 +116,9 @@ def plan_resources(
         inference_threads, inference_actors = 1, max(1, int(cluster.gpus / gpus_per_actor))
     else:
         torch_cpus = cluster.cpus * share
-        inference_threads = r.inference_cpus or min(MAX_TORCH_THREADS, max(1, ceil(torch_cpus)))
-        inference_actors = max(1, ceil(torch_cpus / inference_threads))
+        actors = ceil(torch_cpus / (r.inference_cpus or MAX_TORCH_THREADS))
+        inference_threads = r.inference_cpus or max(1, ceil(torch_cpus / actors))
+        inference_actors = max(1, actors)
     inference_actors = r.inference_actors or _capped(inference_actors, r.max_inference_actors)
     inference_total = inference_actors * inference_threads
     if share is None:
