@@ -65,6 +65,9 @@ class CpuSampler(threading.Thread):
         self.stopping = threading.Event()
         self.roles: dict[int, str] = {}
         self.commands: dict[int, str] = {}
+        self.titles: dict[tuple[int, str], float] = {}
+        """(pid, command line) -> when it was first seen: a Ray worker's title changes when it
+        becomes an actor"""
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -98,9 +101,11 @@ class CpuSampler(threading.Thread):
             return "driver"
         if pid not in self.commands:
             self.commands[pid] = command_line(pid)
+            self.titles.setdefault((pid, self.commands[pid]), time.time())
         if self.roles.get(pid) in ACTOR_ROLES.values():  # a worker stays an actor once it is one
             return self.roles[pid]
         command = self.commands[pid] = command_line(pid) or self.commands[pid]
+        self.titles.setdefault((pid, command), time.time())
         role = next((r for name, r in ACTOR_ROLES.items() if name in command), None)
         if role is None and parent_role in ACTOR_ROLES.values():
             role = parent_role
@@ -126,6 +131,11 @@ class CpuSampler(threading.Thread):
             previous = stamp
         return state
 
+    def first_seen(self, fragment: str) -> float | None:
+        """When a process whose command line holds `fragment` was first seen (None: never)."""
+        times = [when for (_, command), when in self.titles.items() if fragment in command]
+        return min(times) if times else None
+
     def by_process(self, start: float, end: float, top: int = 8) -> list[tuple[str, str, float]]:
         """(role, command line, CPU seconds) of the processes that used the most CPU between two
         times."""
@@ -133,7 +143,7 @@ class CpuSampler(threading.Thread):
         used = [
             (
                 self.roles.get(pid, "driver"),
-                self.commands.get(pid, "")[:80],
+                self.commands.get(pid, ""),
                 cpu - before.get(pid, 0),
             )
             for pid, cpu in after.items()
@@ -159,6 +169,8 @@ def short_name(command: str, role: str) -> str:
     if not words:
         return role
     name = words[0].rsplit("/", 1)[-1]
+    if name.startswith("python") and len(words) > 2 and words[1] in ("-m", "-u"):
+        words = words[1:]
     if name.startswith("python") and len(words) > 1:
         name = words[1].rsplit("/", 1)[-1]
     return f"{name} ({role})"

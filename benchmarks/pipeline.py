@@ -80,29 +80,37 @@ DISTINCT_VIDEOS = 4
 
 
 def cases(quick: bool) -> list[dict]:
-    """What each overhead run labels; `alone_rows`: how many of the rows inference alone times."""
-    tiny = dict(
+    """What each overhead run labels; `alone_rows`: how many of the rows inference alone times.
+    The three span the balance of the two stages: nearly all decoding (the tiny model), a
+    third decoding (a 224 px, 32-frame model with the tiny one's two narrow layers, on 480p
+    video) and nearly all torch (the base model's geometry with two of its twelve layers)."""
+    tiny: dict[str, Any] = dict(
         name="tiny (decode-bound)",
         checkpoint={},
-        video_frames=96,
+        video={**VIDEO, "num_frames": 96},
         rows=240 if quick else 1000,
         alone_rows=None,
         settings=[],
     )
+    between: dict[str, Any] = dict(
+        name="224 px, 2 narrow layers (in between)",
+        checkpoint={"image_size": 224, "num_frames": 32, "tubelet_size": [2, 16, 16]},
+        video={**VIDEO, "width": 854, "height": 480, "num_frames": 240},
+        rows=80 if quick else 300,
+        alone_rows=40 if quick else 100,
+        settings=[],
+    )
     # Model-bound: one clip per inference batch, so the output has one time stamp per clip (a
     # base-size clip is 3137 tokens: batching clips gains nothing on a CPU).
-    base = dict(
-        name="base, 32 frames (model-bound)",
-        checkpoint={**BASE, "num_frames": 32},
-        video_frames=160,
-        rows=4,
-        alone_rows=2,
+    base: dict[str, Any] = dict(
+        name="base geometry, 2 layers (model-bound)",
+        checkpoint={**BASE, "num_hidden_layers": 2},
+        video={**VIDEO, "num_frames": 160},
+        rows=12 if quick else 40,
+        alone_rows=4,
         settings=["resources.batch_size=1"],
     )
-    if quick:  # the same width and depth, 8 frames (785 tokens): ~1/6 of the cost per clip
-        base = {**base, "name": "base, 8 frames (model-bound)", "rows": 3}
-        base["checkpoint"] = {**BASE, "num_frames": 8}
-    return [tiny, base]
+    return [tiny, between, base]
 
 
 # ---------------------------------------------------------------------------------- overhead
@@ -211,8 +219,9 @@ def case_inputs(case: dict, directory: Path) -> None:
     from vivit_batch.testing.media import write_video
 
     make_checkpoint(directory / "checkpoint", **case["checkpoint"])
+    video = case["video"]
     videos = [
-        write_video(directory / f"video{i}.mp4", num_frames=case["video_frames"] + i, **VIDEO)
+        write_video(directory / f"video{i}.mp4", **{**video, "num_frames": video["num_frames"] + i})
         for i in range(DISTINCT_VIDEOS)
     ]
     write_manifest(directory / "manifest.csv", videos, case["rows"])
@@ -236,7 +245,8 @@ def run_case(case: dict, directory: Path) -> dict:
     job = pipeline.prepare_job(config)
     prepare_s = time.perf_counter() - started
     driver_rss_after_prepare = peak_rss_mib()
-    resources = pipeline.plan_resources(config, pipeline.cluster_shape())
+    # The run's own plan (the stages' costs measured now; `run_job` plans from the same figures)
+    resources, calibration = pipeline.planned_resources(job, case["rows"])
 
     # Alone, before the pipeline: decode all rows; inference on the first half of its share.
     decode_stage = DecodeStage(job.decode)
@@ -298,7 +308,10 @@ def run_case(case: dict, directory: Path) -> dict:
             CPUS / (decode.cpu_per_clip + inference.cpu_per_clip),
         )
         bottleneck = f"{slowest} actor"
+        capacity = CPUS / total_per_clip
         cpu = {
+            "capacity": capacity,
+            "capacity_ratio": steady / capacity if steady else None,
             "per_clip": per_clip,
             "alone_per_clip": {"decode": decode.cpu_per_clip, "inference": inference.cpu_per_clip},
             "bottleneck_share": used[bottleneck] / (window[1] - window[0]) / actors[slowest],
@@ -318,6 +331,7 @@ def run_case(case: dict, directory: Path) -> dict:
         "clips": clips,
         "status": report.counts["status"],
         "resources": report.resources,
+        "calibration": calibration,
         "settings": case["settings"],
         "prepare_s": prepare_s,
         "decode_alone": decode.rate,

@@ -14,6 +14,7 @@ TEMPLATE = Path(__file__).with_name("templates") / "pipeline.md"
 CPUS = 2
 """Ray's `num_cpus` in the benchmark's runs"""
 OVERHEAD_TARGET = 0.10
+CAPACITY_TARGET = 0.85
 MEMORY_TARGET = 1.2
 MEMORY_SETTINGS = [
     "resources.decode_batch_size=500",
@@ -36,6 +37,9 @@ def render_section(command: str, runs: list[dict], mem: list[dict], env: dict) -
 def overhead_values(runs: list[dict]) -> dict[str, object]:
     return {
         "cpus": CPUS,
+        "capacity_target": CAPACITY_TARGET,
+        "balance_table": _table(BALANCE_HEADER, [balance_row(r) for r in runs]),
+        "balance_verdicts": "\n".join(balance_line(r) for r in runs),
         "plan": describe_plan(runs),
         "rates_table": _table(RATES_HEADER, [rates_row(r) for r in runs]),
         "cpu_table": _table(CPU_HEADER, [cpu_row(r) for r in runs]),
@@ -44,6 +48,40 @@ def overhead_values(runs: list[dict]) -> dict[str, object]:
         "sources": "\n".join(line for r in runs for line in source_lines(r)),
         "prepare_memory": prepare_memory_line(runs),
     }
+
+
+BALANCE_HEADER = (
+    "model | measured per clip, one core: decode / inference | plan | in the run, CPU s per "
+    "clip: decode / inference / driver and Ray | capacity | steady | steady / capacity"
+)
+
+
+def balance_row(r: dict) -> str:
+    measured, plan, c = r["calibration"], r["resources"], r["cpu"]
+    costs = (
+        f"{1000 * measured['decode_s']:.1f} ms / {1000 * measured['inference_s']:.1f} ms"
+        if measured.get("decode_s")
+        else f"none ({measured.get('failure')})"
+    )
+    if not c:
+        return f"| {r['name']} | {costs} | {plan_text(plan)} | n/a (fewer than two stamps) |"
+    p = c["per_clip"]
+    return (
+        f"| {r['name']} | {costs} | {plan_text(plan)} | {p['decode actor']:.4f} / "
+        f"{p['inference actor']:.4f} / {p['driver'] + p['other Ray']:.4f} "
+        f"| {fmt(c['capacity'], 3)} | {fmt(r['steady'], 3)} | {fmt(c['capacity_ratio'])} |"
+    )
+
+
+def plan_text(plan: dict) -> str:
+    torch = f"{plan['inference_actors']} x {plan['inference_threads']} torch thread(s)"
+    return f"{plan['decode_actors']} decode actor(s), {torch}"
+
+
+def balance_line(r: dict) -> str:
+    ratio = (r["cpu"] or {}).get("capacity_ratio")
+    verdict = "n/a" if ratio is None else ("met" if ratio >= CAPACITY_TARGET else "missed")
+    return f"- {r['name']}: {fmt(ratio)} of capacity, {verdict}."
 
 
 RATES_HEADER = (

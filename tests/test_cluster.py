@@ -143,7 +143,7 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     assert report["resources"]["inference_gpus"] == 0
     [device] = report["inference_devices"]
     assert device["device"] == "cpu"
-    assert device["threads"] == report["resources"]["inference_threads"] == 1  # 3 CPUs // 2
+    assert device["threads"] == report["resources"]["inference_threads"] == 1  # tiny: decoding
 
 
 AUTOSCALING_SCRIPT = """

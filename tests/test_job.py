@@ -146,6 +146,7 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
     [device] = report.inference_devices  # what really labelled the rows
     assert (device["device"], device["precision"]) == ("cpu", "fp32")
     assert device["threads"] == report.resources["inference_threads"]
+    assert 0 < device["start_s"] < report.wall_seconds  # device, model load and checks
     assert device["torch"] == report.versions["torch"] and not report.warnings
     # The CPU plan came from what the stages cost on the manifest's first three videos.
     measured = report.calibration

@@ -61,12 +61,14 @@ class InferenceStage:
         # A refusal is raised from the first batch rather than here: Ray reports an error in an
         # actor's constructor as text only, and retries the constructor without end.
         self.refusal: Exception | None = None
+        started = time.perf_counter()
         try:
             self.classifier = self._start()
         except (DeviceError, CheckpointChanged) as error:
             self.refusal = error
             return
         self.device = describe(self.classifier.device, settings.precision)
+        self.device["start_s"] = round(time.perf_counter() - started, 3)  # load, checks
         if "warning" in self.device:
             log.warning(self.device["warning"])
 
