@@ -107,12 +107,15 @@ def test_without_a_measurement_the_cores_split_evenly():
 
 
 def test_short_manifests_get_fewer_decode_actors_and_smaller_decode_calls():
+    """A decode actor for each 2 CPU seconds of decoding at most (what one costs to start)."""
     one = plan(cpus=16, costs=costs(0.2, 0.01), videos=1)
     assert (one.decode_actors, one.decode_batch_size) == (1, 1)
-    few = plan(cpus=2, costs=costs(0.0188, 0.0014), videos=24)
+    few = plan(cpus=16, costs=costs(0.2, 0.01), videos=24)  # 4.8 s of decoding
     assert (few.decode_actors, few.decode_batch_size) == (2, 3)  # 4 calls each
+    tiny = plan(cpus=2, costs=costs(0.0188, 0.0014), videos=24)  # 0.45 s: not worth a second
+    assert (tiny.decode_actors, tiny.decode_batch_size) == (1, 6)
     many = plan(cpus=2, costs=costs(0.0188, 0.0014), videos=10_000)
-    assert many.decode_batch_size == 16
+    assert (many.decode_actors, many.decode_batch_size) == (2, 16)
     assert plan("resources.decode_batch_size=5", videos=24).decode_batch_size == 5
 
 

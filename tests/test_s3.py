@@ -40,6 +40,9 @@ def checkpoint(tmp_path_factory):
     return directory
 
 
+EXPLICIT_POOLS = ("decode_actors", "inference_actors", "inference_cpus")
+
+
 def run(manifest, output, checkpoint, endpoint, *extra):
     return main(
         [
@@ -141,15 +144,17 @@ def test_transient_failures_are_retried_and_lose_nothing(ray_cluster, s3, checkp
 
 def test_a_replaced_object_is_relabelled_with_refresh_changed(ray_cluster, s3, checkpoint):
     """A prefix is listed once per run, and its listing gives each video's size, ETag and
-    modification time: no HEAD per video for its version (requests counted at a proxy)."""
+    modification time: no HEAD per video for its version (requests counted at a proxy). The
+    pools are set, so that no cost measurement reads the first videos too."""
     fs = s3.filesystem()
+    pools = [f"--set=resources.{key}=1" for key in EXPLICIT_POOLS]
     fs.copy(f"{BUCKET}/in/clip0.mp4", f"{BUCKET}/changing/x.mp4")
     fs.copy(f"{BUCKET}/in/clip1.mp4", f"{BUCKET}/changing/y.mp4")
     manifest = f"s3://{BUCKET}/changing/"
     output = f"s3://{BUCKET}/out-refresh"
     proxy = FaultyProxy(s3.port)  # no faults: it records the requests
     try:
-        assert run(manifest, output, checkpoint, proxy.endpoint_url) == 0
+        assert run(manifest, output, checkpoint, proxy.endpoint_url, *pools) == 0
         first = tally(proxy.requests, f"{BUCKET}/changing/")
         before = {r["uri"]: r for r in read_s3_output(s3, "out-refresh").to_pylist()}
         x = f"s3://{BUCKET}/changing/x.mp4"
@@ -161,7 +166,8 @@ def test_a_replaced_object_is_relabelled_with_refresh_changed(ray_cluster, s3, c
         unchanged = {r["uri"]: r["run_id"] for r in read_s3_output(s3, "out-refresh").to_pylist()}
         assert unchanged == {uri: row["run_id"] for uri, row in before.items()}
         proxy.requests.clear()
-        assert run(manifest, output, checkpoint, proxy.endpoint_url, "--refresh-changed") == 0
+        refresh = [*pools, "--refresh-changed"]
+        assert run(manifest, output, checkpoint, proxy.endpoint_url, *refresh) == 0
         refreshed = tally(proxy.requests, f"{BUCKET}/changing/")
     finally:
         proxy.stop()

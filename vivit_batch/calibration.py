@@ -1,13 +1,14 @@
 """What each stage costs per clip, for this model, input and machine: the figures the CPU plan
 divides the cores by (`job.resources`).
 
-`Calibration` measures them in a process of its own (`python -m vivit_batch.calibration`),
-started before Ray so that it runs while Ray starts. That process decodes the manifest's first
-videos (`ManifestSummary.first_uris`) as the decode stage does (the first one once more before,
-untimed: a decoding process's one-time costs), stopping once `DECODE_BUDGET_S` of CPU is spent, and times the model's forward pass on their clips, on one thread: the model
-with one encoder layer through the inference code, then that layer alone, so that a 12-layer
-model costs about two layers to time (`forward_seconds`). Weights do not change the cost: the
-layers are random.
+`Calibration` measures them in a process of its own (`python -m vivit_batch.calibration`), started
+before Ray so that it runs while Ray starts. That process decodes the manifest's first videos
+(`ManifestSummary.first_uris`) as the decode stage does, stopping once `DECODE_BUDGET_S` of CPU is
+spent (the first includes a decoding process's one-time costs, about 20 ms, much as the stage's own
+per-video work that is not decoding comes on top of every video's), and times the model's forward
+pass on their clips, on one thread: the model with one encoder layer through the inference code,
+then that layer alone, so that a 12-layer model costs about two layers to time (`forward_seconds`).
+Weights do not change the cost: the layers are random.
 
 Video bytes are untrusted, so the process is set up as the decoding processes are
 (`video.isolation`): their environment, their memory cap, no core files, and a deadline. A
@@ -156,9 +157,6 @@ def measure(
     decode: DecodeSettings, model: VivitConfig, uris: list[str], clips_per_forward: int
 ) -> dict:
     """Decode CPU seconds per clip over the first `uris` that decode, and the forward's."""
-    for uri in uris:  # warm-up, untimed: what a decoding process pays once (about 20 ms)
-        if first_clips(decode, uri) is not None:
-            break
     spent, clips, videos, sample = 0.0, 0, 0, None
     for uri in uris:
         started = time.process_time()

@@ -35,6 +35,10 @@ MAX_TORCH_THREADS = 8
 DECODE_BATCH_SIZE = 16
 """Videos per decode call, unless the manifest is too short to give each actor several."""
 DECODE_CALLS_PER_ACTOR = 4
+DECODE_ACTOR_START_S = 2.0
+"""CPU seconds a decode actor and its decoding process take to start (BENCHMARKS.md, Start-up:
+about 0.9 each on the 2-core machine): a CPU plan starts no decode actor for less decoding than
+that (a short manifest finishes sooner without it)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,8 @@ def plan_resources(
     else:
         decode_pool_cpus = cluster.cpus * (1 - share)
         decode_actors = max(1, ceil(decode_pool_cpus / decode_threads))
+        if videos and costs and costs.decode_s:
+            decode_actors = min(decode_actors, decode_actors_worth(videos * costs.decode_s))
     if videos:
         decode_actors = min(decode_actors, videos)
     decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
@@ -183,6 +189,12 @@ def inference_share(costs: StageCosts | None) -> float:
     if costs is None or costs.decode_s is None:
         return 0.5
     return costs.inference_s / (costs.decode_s + costs.inference_s)
+
+
+def decode_actors_worth(decoding_s: float) -> int:
+    """How many decode actors `decoding_s` CPU seconds of decoding keep busy for at least what
+    each costs to start (`DECODE_ACTOR_START_S`); one at least."""
+    return max(1, int(decoding_s / DECODE_ACTOR_START_S))
 
 
 def decode_batch_size(videos: int | None, decode_actors: int) -> int:

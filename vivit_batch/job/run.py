@@ -105,12 +105,14 @@ def run_job(job: PreparedJob) -> RunReport:
     return report
 
 
-def planned_resources(job: PreparedJob, videos: int | None) -> tuple[Resources, dict]:
+def planned_resources(job: PreparedJob, videos: int) -> tuple[Resources, dict]:
     """The actor pools for this cluster and `videos` to label, and what the stages' costs
-    measured for a CPU plan (the run report's `calibration`: empty for a GPU or explicit plan)."""
+    measured for a CPU plan (the run report's `calibration`: empty for a GPU or explicit plan,
+    and when there is nothing to label)."""
     cluster = cluster_shape()
     resources = job.config.resources
-    if gpus_per_inference_actor(resources, cluster) or not plans_from_costs(resources):
+    needs_costs = videos and plans_from_costs(resources)
+    if not needs_costs or gpus_per_inference_actor(resources, cluster):
         if job.calibration:
             job.calibration.cancel()
         return plan_resources(job.config, cluster, videos=videos), {}
