@@ -153,13 +153,16 @@ def holding_lock(output: Output, run_id: str, run: RunSection) -> Iterator[Fence
         yield Unlocked()
         return
     lock = output.lock(run_id, run.lock_stale_after_s, run.lock_wait_s, _interrupt_main_thread)
-    with _interruptible(), lock:  # the lock (and its heartbeat) ends first
-        try:
+    try:
+        with _interruptible(), lock:  # the lock (and its heartbeat) ends first
             yield lock
-        except KeyboardInterrupt:
-            if lock.lost:
-                raise LockLost(lock.lost) from None
-            raise
+    except (KeyboardInterrupt, Exception):
+        # Once the lock is lost, whatever ended the block is that loss: the heartbeat's
+        # interrupt (in the block, or in the lock's release on the way out), or a commit whose
+        # staged file the run that took over had cleared.
+        if lock.lost:
+            raise LockLost(lock.lost) from None
+        raise
 
 
 LOCK_LOST_SIGNAL = signal.SIGUSR1
