@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, NoReturn
 from vivit_batch import __version__
 from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
 from vivit_batch.logs import LOG_FORMATS, setup_logging
-from vivit_batch.model import CheckpointError
 from vivit_batch.output import LockLost, RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
@@ -61,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.verbose)
     try:
         return args.handler(args)
-    except (ConfigError, CheckpointError) as error:
+    except ConfigError as error:  # a CheckpointError too: the model stays unimported here
         log_error(redact(str(error)))  # it may quote manifest lines
         return EXIT_CONFIG
     except LockLost as error:
