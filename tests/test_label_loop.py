@@ -114,6 +114,9 @@ def test_two_rounds_of_the_readme_loop(labels_output, capsys):
     assert "360 labelled rows (360 videos) of 3 classes in column truth of to-label.csv, " in (
         printed
     )
+    # the output names the head by its absolute path: train-head finds it from anywhere
+    identity = Output("labels").read_identity() or {}
+    assert identity["model_source"] == str(labels_output.parent / "my-head")
     # the output, relabelled twice, holds the new classes: right on the videos nobody labelled
     rows = Output("labels").rows(["video_id", "label"])
     assert rows.num_rows == VIDEOS and set(pc.unique(rows["label"]).to_pylist()) == set(CLASSES)
