@@ -274,7 +274,8 @@ def add_head_commands(commands) -> None:
         "--truth-column",
         required=True,
         metavar="NAME",
-        help="a manifest column with the true class of some videos (empty: no label)",
+        help="the column with the true class of some videos, in the output (a manifest "
+        "column) or in the --labels files (empty: no label)",
     )
     train.add_argument("--save", required=True, metavar="DIR", help="where the checkpoint goes")
     add_labels_argument(train)
