@@ -9,7 +9,8 @@ random shape (so margins spread from 0 to 1), a `truth` manifest column filled o
 ten, one error row in a hundred. Then measures, each in a fresh process, the wall seconds and the
 peak resident memory of
 
-  review N     `pick_for_review(output, N, "truth")`: file by file, a pool of 5 x N
+  review N     `pick_for_review(output, N, read_truth(output, "truth"))`: file by file, a
+               pool of 5 x N
   whole read   the columns review reads, read at once (`dataset.to_table`): what ranking the
                candidates without streaming needs before it starts
 
@@ -52,6 +53,7 @@ import json, sys, time
 from pathlib import Path
 from vivit_batch.output import Output
 from vivit_batch.review.pick import ROW_COLUMNS, pick_for_review
+from vivit_batch.truth import read_truth
 
 def mib(name):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(name))
@@ -64,7 +66,7 @@ if what == "whole":
     columns = [*ROW_COLUMNS, "status", "truth"]
     rows = output.dataset().to_table(columns=columns).num_rows
 else:
-    rows = pick_for_review(output, int(what), "truth").num_rows
+    rows = pick_for_review(output, int(what), read_truth(output, "truth")).num_rows
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "before": before, "peak": mib("VmHWM:"), "rows": rows}))
 """

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -166,6 +168,23 @@ def test_a_head_whose_backbone_did_not_compute_the_embeddings_is_exit_2(tmp_path
     assert "Train a head on this output with `vivit-batch train-head`" in error
     assert not (output / "_versions").exists() and not (output / "_runs").exists()
     assert {p: p.read_bytes() for p in files} == files
+
+
+def test_review_and_relabel_load_neither_torch_nor_scikit_learn(tmp_path, tiny):
+    """Commands that read an output (relabel: a matrix product per file) start without the
+    model's libraries: a fresh interpreter runs them through the CLI, then lists what it
+    imported of those."""
+    directory, sha256 = tiny
+    output, save = str(generate(tmp_path / "out", sha256)), str(tmp_path / "to-label.csv")
+    script = (
+        "import sys; from vivit_batch.cli import main; "
+        f"assert main(['review', {output!r}, '--count', '3', '--save', {save!r}]) == 0; "
+        f"assert main(['relabel', {output!r}, '--model', {str(directory / 'head')!r}]) == 0; "
+        "print(sorted({'torch', 'sklearn', 'transformers'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 def test_a_directory_train_head_did_not_make_is_exit_2(tmp_path, tiny, capsys):

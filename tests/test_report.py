@@ -23,6 +23,7 @@ from PIL import Image
 
 from vivit_batch.cli import EXIT_CONFIG, EXIT_OK, main
 from vivit_batch.output import FileWriter, Output, RunReport, Unlocked, commit_staged
+from vivit_batch.output.runs import RELABEL_MODE, Throughput
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
@@ -35,7 +36,7 @@ from vivit_batch.output.schema import (
     VIEWS,
     output_schema,
 )
-from vivit_batch.report import output_stats
+from vivit_batch.report import output_stats, summary_text
 from vivit_batch.report.html import render_html
 from vivit_batch.storage import storage_options
 from vivit_batch.testing.media import read_index, write_video
@@ -255,6 +256,45 @@ def test_a_per_video_output_reports_as_before(output, capsys):
     page = render_html(output_stats(output.uri))
     assert "Top-1 labels of labelled rows" in page and "seconds of video" not in page
     assert '"title":{"text":"rows"}' in page and '"x":[1,2,2,2]' in page
+
+
+def test_runs_show_the_figures_their_reports_have_and_relabel_runs_their_rows_and_time(output):
+    """A run without throughput figures (the fixture's), one that decoded nothing, and a
+    relabel: no `None` in the text or on the page."""
+    later = START + timedelta(days=2)
+    nothing_decoded = Throughput(clips_per_second=0.0)  # no stage was busy: no stage figures
+    output.write_report(
+        RunReport(
+            "night3", later.isoformat(), 1.5, skipped_committed=10, throughput=nothing_decoded
+        ),
+        Unlocked(),
+    )
+    relabel = RunReport(
+        "relabel1",
+        (later + timedelta(hours=1)).isoformat(),
+        0.4,
+        mode=RELABEL_MODE,
+        rows_written=10,
+        counts={"status": {"ok": 7, "error": 3}},
+    )
+    output.write_report(relabel, Unlocked())
+    stats = output_stats(output.uri)
+    text = summary_text(stats)
+    runs = text[text.index("  runs:\n") :]
+    assert runs.splitlines()[1::2] == [  # each run's line, then its device line
+        "    night1: 6 rows, 120.0 s",
+        "    night2: 4 rows, 80.0 s",
+        "    night3: 0 rows, 1.5 s, 0.0 clips/s",
+    ]
+    assert runs.endswith("\n    relabel1: relabel, 10 rows, 0.4 s") and "None" not in runs
+    table = render_html(stats).split('<table class="runs">')[1].split("</table>")[0]
+    rows = {
+        cells[0]: cells[2:]  # from the mode on
+        for cells in (re.findall(r"<td>(.*?)</td>", row) for row in table.split("<tr>")[2:])
+    }
+    assert rows["night3"] == ["incremental", "1.5", "0", "10", "0", "0.0", "", ""]
+    assert rows["relabel1"] == ["relabel", "0.4", "10", "0", "3", "", "", ""]
+    assert "None" not in table
 
 
 def test_an_output_with_no_rows_reports_zero(tmp_path, capsys):

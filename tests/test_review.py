@@ -109,6 +109,34 @@ def test_never_a_video_with_a_truth_value_nor_one_twice(tmp_path):
     ]
 
 
+def test_videos_labelled_in_labels_files_are_never_picked(tmp_path):
+    """`--labels` as train-head reads them: the output's column and the files' values count
+    together (by video_id), empty and null values are none, any number of files."""
+    output = write_output(
+        tmp_path / "out",
+        [
+            Row("in-output", [0.5, 0.49], truth="cat"),
+            Row("in-file", [0.5, 0.48]),
+            Row("empty-in-file", [0.5, 0.47]),
+            Row("in-second-file", [0.5, 0.46]),
+            Row("null-in-second-file", [0.5, 0.45]),
+            Row("in-no-file", [0.9, 0.05]),
+        ],
+    )
+    (tmp_path / "first.csv").write_text("video_id,truth\nin-file,dog\nempty-in-file,\n")
+    (tmp_path / "second.jsonl").write_text(
+        '{"video_id": "in-second-file", "truth": "cat"}\n'
+        '{"video_id": "null-in-second-file", "truth": null}\n'
+    )
+    files = ["--labels", str(tmp_path / "first.csv"), "--labels", str(tmp_path / "second.jsonl")]
+    lines = read_csv(review(output, tmp_path, "--count", "10", *files))
+    assert [line["video_id"] for line in lines] == [
+        "empty-in-file",
+        "null-in-second-file",
+        "in-no-file",
+    ]
+
+
 def test_a_near_tie_ranks_above_a_confident_row(tmp_path):
     output = write_output(
         tmp_path / "out",
@@ -277,6 +305,11 @@ def test_an_output_without_rows_gives_an_empty_file(tmp_path, capsys):
         (["OUT", "--count", "0"], "argument --count: must be at least 1, not 0"),
         (["OUT", "--count", "x"], "argument --count: takes a whole number, not 'x'"),
         (["OUT", "--count", "3", "--format", "xml"], "argument --format: invalid choice"),
+        (["OUT", "--count", "3", "--labels", "nowhere.csv"], "--labels nowhere.csv cannot be read"),
+        (
+            ["OUT", "--count", "3", "--labels", "README.md"],
+            "--labels README.md: expected a .csv, .jsonl or .parquet file",
+        ),
         (
             ["s3://bucket/out", "--count", "3", "--set", "storage.endpoint_url=http://127.0.0.1:9"]
             + ["--set", "storage.max_attempts=1"],
@@ -314,7 +347,7 @@ def test_the_readme_join_puts_the_filled_labels_into_the_manifest(tmp_path, monk
         tmp_path / "out",
         [Row("tie", [0.41, 0.40]), Row("sure", [0.9, 0.05]), Row("known", [0.5, 0.5], truth="dog")],
     )
-    path = review(output, tmp_path, "--count", "5", "--truth-column", "truth", save="to_label.csv")
+    path = review(output, tmp_path, "--count", "5", "--truth-column", "truth", save="to-label.csv")
     lines = read_csv(path)
     for line in lines:
         line["truth"] = "cat" if line["video_id"] == "tie" else ""  # "sure" left for later

@@ -175,10 +175,39 @@ def test_labels_given_in_a_file_after_the_rows_were_written(tmp_path, tiny, caps
         == 0
     )
     training = json.loads((tmp_path / "h" / "training.json").read_text())
-    assert (training["rows"], training["labels_file"]) == (24, str(labels))
+    assert (training["rows"], training["labels_files"]) == (24, [str(labels)])
     assert f"24 labelled rows (24 videos) of 3 classes in column label of {labels}" in (
         capsys.readouterr().out
     )
+
+
+def test_labels_files_and_the_output_s_column_count_together(tmp_path, tiny, capsys):
+    """The output's column gives the even videos' classes (5 of each); two files add videos and
+    give video 0 (a cat in the output) a new class: with the files' value winning, that class
+    has the 3 videos it needs. Files that disagree on a video are exit 2."""
+    output = generated(tmp_path, tiny, labelled_every=2)
+    (tmp_path / "a.csv").write_text(
+        "video_id,manifest_label\nvideo-0000001,owl\nvideo-0000003,owl\nvideo-0000007,\n"
+    )
+    (tmp_path / "b.jsonl").write_text(
+        '{"video_id": "video-0000000", "manifest_label": "owl"}\n'
+        '{"video_id": "video-0000009", "manifest_label": "dog"}\n'
+    )
+    files = ["--labels", str(tmp_path / "a.csv"), "--labels", str(tmp_path / "b.jsonl")]
+    assert train(output, tmp_path / "h", "--model", str(tiny[0]), *files) == 0
+    training = json.loads((tmp_path / "h" / "training.json").read_text())
+    assert (training["rows"], training["classes"]) == (18, ["cat", "dog", "fox", "owl"])
+    assert training["labels_files"] == [str(tmp_path / "a.csv"), str(tmp_path / "b.jsonl")]
+    source = f"column manifest_label of the output, {tmp_path / 'a.csv'}, {tmp_path / 'b.jsonl'}"
+    assert training["truth_from"] == source
+    assert f"18 labelled rows (18 videos) of 4 classes in {source}" in capsys.readouterr().out
+    (tmp_path / "c.csv").write_text("video_id,manifest_label\nvideo-0000001,cat\n")
+    files += ["--labels", str(tmp_path / "c.csv")]
+    assert train(output, tmp_path / "h2", "--model", str(tiny[0]), *files) == 2
+    assert "more than one manifest_label for video_id video-0000001: keep one" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "h2").exists()
 
 
 @pytest.mark.parametrize(
@@ -188,7 +217,7 @@ def test_labels_given_in_a_file_after_the_rows_were_written(tmp_path, tiny, caps
         ("video_id,kind\nvideo-0000001,cat\n", "has no label column; it has video_id, kind"),
         (
             "video_id,label\nvideo-0000001,cat\nvideo-0000001,dog\n",
-            "gives more than one label to video_id video-0000001: keep one",
+            ": more than one label for video_id video-0000001: keep one",
         ),
     ],
 )

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, NoReturn
 from vivit_batch import __version__
 from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
 from vivit_batch.logs import LOG_FORMATS, setup_logging
-from vivit_batch.model import CheckpointError
 from vivit_batch.output import LockLost, RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
-from vivit_batch.review import FORMATS, POOL_FACTOR
+from vivit_batch.review import FORMATS, POOL_FACTOR, TRUTH
 from vivit_batch.settings import describe, rule_of, show
 
 if TYPE_CHECKING:
@@ -40,8 +39,8 @@ examples:
   vivit-batch run --manifest 's3://bucket/raw/' --output s3://bucket/labels/ \\
       --model ./checkpoint --config configs/kinetics400-4x3.yaml --set resources.batch_size=4
   vivit-batch report out/ --html report.html --truth-column manifest_label
-  vivit-batch review out/ --count 50 --truth-column manifest_label --save to_label.csv
-  vivit-batch train-head out/ --truth-column manifest_label --save my-head/
+  vivit-batch review out/ --count 50 --save to-label.csv
+  vivit-batch train-head out/ --labels to-label.csv --truth-column truth --save my-head/
   vivit-batch relabel out/ --model my-head/
   vivit-batch lock s3://bucket/labels/ || echo "a run holds it"
 
@@ -61,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.verbose)
     try:
         return args.handler(args)
-    except (ConfigError, CheckpointError) as error:
+    except ConfigError as error:  # a CheckpointError too: the model stays unimported here
         log_error(redact(str(error)))  # it may quote manifest lines
         return EXIT_CONFIG
     except LockLost as error:
@@ -180,16 +179,18 @@ def add_lock_command(commands) -> None:
 REVIEW_RULE = f"""\
 Pick the N videos a person should label next and write them to FILE.
 
-candidates: `ok` rows with no value (null or empty) in --truth-column, one per video (in a
-  segments output, its least certain segment); a video with a truth value is never picked.
+candidates: `ok` rows with no value (null or empty) in --truth-column, the output's or the
+  --labels files' (by video_id), one per video (in a segments output, its least certain
+  segment); a video with a truth value is never picked.
 rule: the margin (top-1 minus top-2 score) says how certain a row is. Of the {POOL_FACTOR} x N least
   certain candidates (ties by video id), greedy k-center on their normalised embeddings, seeded
   with the least certain, picks N: each next one is the farthest (cosine) from every one picked
   so far, so near-duplicates are not all picked. FILE lists them least certain first.
 FILE: by its extension, .csv or .jsonl with uri, video_id, predicted_label, predicted_score,
-  margin and an empty truth column (--truth-column, else `truth`) to fill in and join into the
-  manifest; or --format label-studio: Label Studio's task import JSON, the predicted label as a
-  pre-annotation (from_name "label", to_name "video": see the README's labeling config).
+  margin and an empty truth column (--truth-column, else `truth`) to fill in, then pass with
+  --labels FILE to train-head and to the next review; or --format label-studio: Label Studio's
+  task import JSON, the predicted label as a pre-annotation (from_name "label", to_name "video":
+  see the README's labeling config).
 """
 
 
@@ -211,13 +212,28 @@ def add_review_command(commands) -> None:
     review.add_argument(
         "--truth-column",
         metavar="COL",
-        help="the manifest column of true labels: videos with a value in it are not picked",
+        help="the column of true labels, in the output (a manifest column) or in the --labels "
+        "files: videos with a value in it are not picked; also FILE's column to fill in "
+        "(default: truth)",
     )
+    add_labels_argument(review, "a video with a value in one is not picked")
     review.add_argument(
         "--format", choices=FORMATS, help="default: FILE's extension (.csv, .jsonl)"
     )
     add_config_arguments(review, "its storage section applies")
     review.set_defaults(handler=review_command)
+
+
+def add_labels_argument(parser: argparse.ArgumentParser, effect: str = "") -> None:
+    parser.add_argument(
+        "--labels",
+        action="append",
+        metavar="FILE",
+        help="labels given after the rows were written: a CSV, JSONL or Parquet file with "
+        "video_id and the truth column (review's file once filled in, or a manifest with ids); "
+        "repeat it for several files. A video's value in a file wins over the output's column"
+        + (f"; {effect}" if effect else ""),
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, applies: str) -> None:
@@ -258,16 +274,11 @@ def add_head_commands(commands) -> None:
         "--truth-column",
         required=True,
         metavar="NAME",
-        help="a manifest column with the true class of some videos (empty: no label)",
+        help="the column with the true class of some videos, in the output (a manifest "
+        "column) or in the --labels files (empty: no label)",
     )
     train.add_argument("--save", required=True, metavar="DIR", help="where the checkpoint goes")
-    train.add_argument(
-        "--labels",
-        metavar="FILE",
-        help="take the truth values from this CSV, JSONL or Parquet file's --truth-column, "
-        "matched by video_id (a manifest with ids, or review's file once filled), instead of "
-        "the output's column: labels given after the rows were written",
-    )
+    add_labels_argument(train)
     train.add_argument(
         "--model",
         metavar="SOURCE",
@@ -463,12 +474,15 @@ def report_command(args: argparse.Namespace) -> int:
 def review_command(args: argparse.Namespace) -> int:
     from vivit_batch.output import Output
     from vivit_batch.review import pick_for_review, review_format, write_review
+    from vivit_batch.truth import read_truth
 
     format = review_format(args.save, args.format)  # a wrong name costs no reading
     config = load_config(args.config, args.set, output_uri=args.output)
     output = Output.existing(args.output, config.storage_options())
-    picked = pick_for_review(output, args.count, args.truth_column)
-    write_review(picked, args.save, format, args.truth_column or "truth")
+    column = args.truth_column or TRUTH
+    truth = read_truth(output, column, args.labels) if args.truth_column or args.labels else None
+    picked = pick_for_review(output, args.count, truth)
+    write_review(picked, args.save, format, column)
     log.info(f"wrote {picked.num_rows} videos to label, least certain first, to {args.save}")
     if picked.num_rows < args.count:
         log.warning(f"only {picked.num_rows} videos without a truth value are labelled ok")

@@ -67,7 +67,7 @@ def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> R
         output.write_identity(
             {
                 **identity,
-                "model_source": str(head.directory),
+                "model_source": str(head.directory.resolve()),  # for train-head from any cwd
                 "weights_sha256": head.weights_sha256,
             },
             lock,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vivit_batch.config import ConfigError
 from vivit_batch.heads.checkpoint import TRAINING_FILE, read_training, save_head
-from vivit_batch.heads.examples import Examples, read_examples, read_labels_file
+from vivit_batch.heads.examples import Examples, read_examples
 from vivit_batch.heads.fit import (
     C_GRID,
     HELD_OUT_FRACTION,
@@ -32,14 +32,13 @@ def train_head(
     save: str | Path,
     model_source: str | None = None,
     storage_options: dict | None = None,
-    labels_file: str | None = None,
+    labels: list[str] | None = None,
 ) -> dict:
     """Train, evaluate and save the head; returns what DIR/training.json holds. The truth values
-    are the output's column `truth_column`, or that column of `labels_file` matched by video_id.
-    `ConfigError` or `CheckpointError` (exit code 2) before any fitting when the inputs cannot
-    make one."""
+    are those of column `truth_column` in the output and, by video_id, in the `labels` files
+    (`truth.Truth`). `ConfigError` or `CheckpointError` (exit code 2) before any fitting when the
+    inputs cannot make one."""
     output = Output.existing(output_uri, storage_options)
-    labels = read_labels_file(labels_file, truth_column, storage_options) if labels_file else None
     examples = read_examples(output, truth_column, labels)
     classes = check_classes(examples, truth_column)
     backbone, reads = backbone_of(output, examples, model_source)
@@ -51,7 +50,7 @@ def train_head(
             "classifier)"
         )
     head = fit_head(examples, classes)
-    training = training_record(output, truth_column, labels_file, examples, head, backbone, reads)
+    training = training_record(output, examples, head, backbone, reads)
     save_head(save, backbone, head, training)
     return training
 
@@ -105,8 +104,6 @@ def embeddings_computed_by(backbone: VivitForVideoClassification) -> list[str]:
 
 def training_record(
     output: Output,
-    truth_column: str,
-    labels_file: str | None,
     examples: Examples,
     head: LinearHead,
     backbone: VivitForVideoClassification,
@@ -115,10 +112,12 @@ def training_record(
     """DIR/training.json: how the head was trained. No time or host in it: the same output and
     options give the same file."""
     evaluation = dataclasses.asdict(head.evaluation)
+    truth = examples.truth_from
     return {
         "output": output.uri,
-        "truth_column": truth_column,
-        "labels_file": labels_file,
+        "truth_column": truth.column,
+        "truth_from": truth.describe(),
+        "labels_files": list(truth.files),
         "rows": examples.rows,
         "videos": len(set(examples.videos.tolist())),
         "classes": head.classes,
@@ -173,8 +172,7 @@ def training_summary(training: dict, save: str | Path) -> str:
     k = held["k"]
     lines = [
         f"{training['rows']} labelled rows ({training['videos']} videos) of "
-        f"{len(training['classes'])} classes in column {training['truth_column']}"
-        + (f" of {training['labels_file']}" if training["labels_file"] else ""),
+        f"{len(training['classes'])} classes in {training['truth_from']}",
         f"held out {held['rows']} rows ({held['videos']} videos): top-1 {held['top1']:.1%}, "
         f"top-{k} {held['topk']:.1%} (C={held['C']:g}, fitted on the other "
         f"{held['train_videos']} videos)",

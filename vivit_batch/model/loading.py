@@ -19,6 +19,7 @@ from vivit_batch.fingerprint import fingerprint
 from vivit_batch.model.config import CONFIG_FILE, VivitConfig
 from vivit_batch.model.modeling import VivitForVideoClassification
 from vivit_batch.processor import PREPROCESSOR_FILE, PREPROCESSOR_FILES, ProcessorConfig
+from vivit_batch.settings import ConfigError
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -29,8 +30,9 @@ WEIGHT_FILES = (
 UNUSED_KEY_PREFIXES = ("vivit.pooler.",)  # a VivitModel head the classifier does not use
 
 
-class CheckpointError(ValueError):
-    """The checkpoint cannot be found, read or fitted to the model."""
+class CheckpointError(ConfigError):
+    """The checkpoint cannot be found, read or fitted to the model: bad input, like a
+    `ConfigError` (exit code 2), which is what callers that need no model catch."""
 
 
 @dataclass(frozen=True)

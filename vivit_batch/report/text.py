@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vivit_batch.output import Output, RunReport
 from vivit_batch.output.runs import RELABEL_MODE
-from vivit_batch.report.stats import Accuracy, OutputStats, SegmentStats, device_kinds
+from vivit_batch.report.stats import Accuracy, OutputStats, RunStats, SegmentStats, device_kinds
 
 
 def summary_text(stats: OutputStats, top: int = 10) -> str:
@@ -24,12 +24,21 @@ def summary_text(stats: OutputStats, top: int = 10) -> str:
             )
             continue
         lines.append(
-            f"    {run.run_id}: {run.rows_written} rows, {run.wall_seconds:.1f} s, "
-            f"{run.clips_per_second} clips/s (decode {run.decode_clips_per_second}, "
-            f"inference {run.inference_clips_per_second})"
+            f"    {run.run_id}: {run.rows_written} rows, {run.wall_seconds:.1f} s"
+            + throughput_text(run)
         )
         lines += [f"      {line}" for line in devices_then_warnings(run.devices, run.warnings)]
     return "\n".join(lines)
+
+
+def throughput_text(run: RunStats) -> str:
+    """', N clips/s (decode D, inference I)', of the figures the run's report has (a run that
+    decoded nothing has no stage figures)."""
+    if run.clips_per_second is None:
+        return ""
+    stages = {"decode": run.decode_clips_per_second, "inference": run.inference_clips_per_second}
+    known = [f"{stage} {value}" for stage, value in stages.items() if value is not None]
+    return f", {run.clips_per_second} clips/s" + (f" ({', '.join(known)})" if known else "")
 
 
 def segments_line(segments: SegmentStats) -> str:

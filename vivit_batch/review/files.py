@@ -25,6 +25,8 @@ from vivit_batch.config import ConfigError
 FORMATS = ("csv", "jsonl", "label-studio")
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl"}
 SEGMENT_SPAN = ("segment_start_s", "segment_end_s")
+TRUTH = "truth"
+"""The truth column's name without --truth-column."""
 FROM_NAME, TO_NAME = "label", "video"
 """The labeling config's `<Choices name=...>` and `<Video name=...>` the predictions refer to."""
 

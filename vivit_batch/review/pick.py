@@ -1,8 +1,9 @@
 """Which videos a person should label next: uncertain ones, spread over the embedding space.
 
 The rule:
-1. Candidates: `ok` rows whose truth value is null or empty (a video with a truth value is
-   never one), one per video: in a segments output, the video's least certain segment.
+1. Candidates: `ok` rows whose truth value (`truth.Truth`: the output's column, or the labels
+   files' by video_id) is null or empty (a video with a truth value is never one), one per
+   video: in a segments output, the video's least certain segment.
 2. Uncertainty: the margin, top-1 score minus top-2 score (`topk_scores`; the top-1 score
    where rows keep one label). Smaller is less certain.
 3. The pool: the `POOL_FACTOR` x N least certain candidates (ties by video id).
@@ -25,10 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from vivit_batch.output import Output
-from vivit_batch.output.reading import (
-    check_truth_column,
-    first_per_video,
-)
+from vivit_batch.output.reading import first_per_video
+from vivit_batch.truth import Truth, has_value
 
 POOL_FACTOR = 5
 ROW_COLUMNS = [
@@ -46,38 +45,36 @@ ORDER = [(MARGIN, "ascending"), ("video_id", "ascending")]
 """least certain first, ties by video id"""
 
 
-def pick_for_review(output: Output, count: int, truth_column: str | None = None) -> pa.Table:
+def pick_for_review(output: Output, count: int, truth: Truth | None = None) -> pa.Table:
     """The `count` videos to label next (fewer if there are fewer candidates), least certain
     first: `ROW_COLUMNS` (no embedding) plus `margin`, and in a segments output the segment's
-    `segment_index`, `segment_start_s`, `segment_end_s`."""
-    dataset = output.dataset()
-    if truth_column is not None:
-        check_truth_column(dataset.schema.names, truth_column)
+    `segment_index`, `segment_start_s`, `segment_end_s`. Without `truth`, every `ok` video is
+    a candidate."""
+    names = output.dataset().schema.names
     segment_columns = [
-        name
-        for name in ("segment_index", "segment_start_s", "segment_end_s")
-        if name in dataset.schema.names
+        name for name in ("segment_index", "segment_start_s", "segment_end_s") if name in names
     ]
-    columns = ROW_COLUMNS + segment_columns + ([truth_column] if truth_column else [])
+    truth_columns = truth.output_columns if truth else []
     pool = UncertainPool(POOL_FACTOR * count)
-    for _, rows in output.each_file(columns, where=ds.field("status") == "ok"):
-        pool.offer(candidates(rows, truth_column, segment_columns))
+    for _, rows in output.each_file(
+        ROW_COLUMNS + segment_columns + truth_columns, where=ds.field("status") == "ok"
+    ):
+        pool.offer(candidates(rows, truth, segment_columns))
     uncertain = pool.table()
     if uncertain is None:  # an output with no rows yet
         return pa.table(
             {name: pa.array([], pa.null()) for name in ROW_COLUMNS if name != "embedding"}
         )
     picked = uncertain.take(farthest_first(embeddings_of(uncertain), count))
-    kept = [name for name in picked.column_names if name not in ("embedding", truth_column)]
+    kept = [name for name in picked.column_names if name not in ("embedding", *truth_columns)]
     return picked.sort_by(ORDER).select(kept)
 
 
-def candidates(rows: pa.Table, truth_column: str | None, segment_columns: list[str]) -> pa.Table:
+def candidates(rows: pa.Table, truth: Truth | None, segment_columns: list[str]) -> pa.Table:
     """`ok` rows without a truth value, with their margin, one per video: its least certain."""
     rows = rows.filter(pc.and_(pc.is_valid(rows["topk_scores"]), pc.is_valid(rows["embedding"])))
-    if truth_column is not None:
-        truth = pc.cast(rows[truth_column], pa.string())
-        rows = rows.filter(pc.or_kleene(pc.is_null(truth), pc.equal(truth, "")))
+    if truth is not None:
+        rows = rows.filter(pc.invert(has_value(truth.values(rows))))
     rows = rows.append_column(MARGIN, margins(rows["topk_scores"]))
     order = ORDER + [(name, "ascending") for name in segment_columns[:1]]  # segment_index
     return first_per_video(rows.sort_by(order))

@@ -71,6 +71,9 @@ class Generated:
     hidden: int
     weights_sha256: str
     """what the rows say computed their embeddings"""
+    model: str = MODEL
+    """the model the output and its rows name (a checkpoint of `weights_sha256` for train-head
+    to load without --model)"""
     labelled_every: int = 1
     """video `i` has a truth value (column `manifest_label`) when `i % labelled_every == 0`"""
     errors_every: int = 0
@@ -88,7 +91,7 @@ def write_generated_output(uri: str, spec: Generated, rows_per_file: int = 5000)
     output = Output(uri)
     output.write_identity(
         {
-            "model_source": MODEL,
+            "model_source": spec.model,
             "weights_sha256": spec.weights_sha256,
             "preprocessing": {},
             "sampling": {},
@@ -142,7 +145,7 @@ def generated_rows(
             name: pa.array(np.full(rows, 1.0)).cast(kind) for name, kind in METADATA_COLUMNS.items()
         },
         **{name: pa.nulls(rows, kind) for name, kind in VERSION_COLUMNS.items()},
-        "model": pa.array([MODEL] * rows),
+        "model": pa.array([spec.model] * rows),
         "model_sha256": pa.array([spec.weights_sha256] * rows),
         "run_id": pa.array([spec.run_id] * rows),
         "processed_at": pa.nulls(rows, PROVENANCE_COLUMNS["processed_at"]),
