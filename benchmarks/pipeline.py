@@ -88,7 +88,7 @@ def cases(quick: bool) -> list[dict]:
         name="tiny (decode-bound)",
         checkpoint={},
         video={**VIDEO, "num_frames": 96},
-        rows=240 if quick else 1000,
+        rows=240 if quick else 2000,
         alone_rows=None,
         settings=[],
     )

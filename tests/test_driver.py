@@ -116,6 +116,10 @@ def test_short_manifests_get_fewer_decode_actors_and_smaller_decode_calls():
     assert (tiny.decode_actors, tiny.decode_batch_size) == (1, 6)
     many = plan(cpus=2, costs=costs(0.0188, 0.0014), videos=10_000)
     assert (many.decode_actors, many.decode_batch_size) == (2, 16)
+    # 1.05 cores of decoding: a second actor would decode 5% of it, 0.7 s for 120 videos
+    just_over = plan(cpus=2, costs=costs(0.126, 0.114), videos=120)
+    assert (just_over.decode_actors, just_over.inference_threads) == (1, 1)
+    assert plan(cpus=2, costs=costs(0.126, 0.114), videos=2000).decode_actors == 2
     assert plan("resources.decode_batch_size=5", videos=24).decode_batch_size == 5
 
 

@@ -37,8 +37,9 @@ DECODE_BATCH_SIZE = 16
 DECODE_CALLS_PER_ACTOR = 4
 DECODE_ACTOR_START_S = 2.0
 """CPU seconds a decode actor and its decoding process take to start (BENCHMARKS.md, Start-up:
-about 0.9 each on the 2-core machine): a CPU plan starts no decode actor for less decoding than
-that (a short manifest finishes sooner without it)."""
+about 0.9 each on the 2-core machine): a CPU plan starts no decode actor that would decode for
+less than that (a short manifest, or a share just above a whole core, finishes sooner without
+it: 120 videos of 120 ms on 1.05 cores' worth, 34 s with a second actor, 30 s without)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,9 @@ def plan_resources(
         decode_pool_cpus = cluster.cpus * (1 - share)
         decode_actors = max(1, ceil(decode_pool_cpus / decode_threads))
         if videos and costs and costs.decode_s:
-            decode_actors = min(decode_actors, decode_actors_worth(videos * costs.decode_s))
+            decoding_s = videos * costs.decode_s
+            wanted = decode_pool_cpus / decode_threads
+            decode_actors = decode_actors_worth(decoding_s, wanted)
     if videos:
         decode_actors = min(decode_actors, videos)
     decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
@@ -191,10 +194,18 @@ def inference_share(costs: StageCosts | None) -> float:
     return costs.inference_s / (costs.decode_s + costs.inference_s)
 
 
-def decode_actors_worth(decoding_s: float) -> int:
-    """How many decode actors `decoding_s` CPU seconds of decoding keep busy for at least what
-    each costs to start (`DECODE_ACTOR_START_S`); one at least."""
-    return max(1, int(decoding_s / DECODE_ACTOR_START_S))
+def decode_actors_worth(decoding_s: float, wanted: float) -> int:
+    """Decode actors for `wanted` actors' worth of cores, rounded up, less the last ones whose
+    part of the run's `decoding_s` CPU seconds would not pay for their start
+    (`DECODE_ACTOR_START_S`): 1.05 cores of decoding are one actor unless the run is long."""
+    actors = max(1, ceil(wanted))
+    while actors > 1:
+        capacity = min(actors, wanted)
+        last = (capacity - (actors - 1)) / capacity  # the last actor's part of the decoding
+        if decoding_s * last >= DECODE_ACTOR_START_S:
+            break
+        actors -= 1
+    return actors
 
 
 def decode_batch_size(videos: int | None, decode_actors: int) -> int:
