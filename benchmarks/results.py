@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import re
@@ -23,6 +24,17 @@ def cpu_model() -> str:
 
 def load_average() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def machine(load_before: str) -> dict[str, object]:
+    """When and where a benchmark ran: date, CPU, cores, load average before and now."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
 
 
 def write_section(title: str, section: str, path: Path = BENCHMARKS_MD) -> None:

@@ -25,7 +25,6 @@ Writes the "## Start-up" section of BENCHMARKS.md (`--no-write`: print only).
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import json
 import logging
@@ -41,7 +40,7 @@ from pathlib import Path
 from string import Template
 
 from benchmarks.cpu_sampler import CpuSampler, short_name
-from benchmarks.results import cpu_model, load_average, write_section
+from benchmarks.results import load_average, machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).with_name("templates") / "startup.md"
@@ -286,13 +285,7 @@ def main() -> None:
             runs.append(command_run(inputs, output))
             print(f"run {index + 1}: {runs[-1]}", file=sys.stderr, flush=True)
         phases = phases_run(inputs, output)
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "load_before": load_before,
-        "load_after": load_average(),
-    }
+    env = machine(load_before)
     text = section(runs, phases, env)
     print(text)
     if not args.no_write:

@@ -15,7 +15,6 @@ to hold one row per entry. Writes the "## Against a Ray Data script" section of 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ from string import Template
 
 import pyarrow.dataset as ds
 
-from benchmarks.results import cpu_model, load_average, write_section
+from benchmarks.results import load_average, machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).with_name("templates") / "versus_raydata.md"
@@ -131,13 +130,7 @@ def main() -> None:
         sizes = [str(size) for size in args.sizes]
         subprocess.run([*THIS, "--inputs", str(inputs), "--sizes", *sizes], check=True, cwd=ROOT)
         results = [compare(inputs, Path(work), size, args.repeats) for size in args.sizes]
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "load_before": load_before,
-        "load_after": load_average(),
-    }
+    env = machine(load_before)
     text = section(results, env, args.repeats)
     print(text)
     if not args.no_write:
