@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pickle
 import resource
@@ -36,8 +35,6 @@ from vivit_batch.model.config import VivitConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages.decode import DecodeSettings
 from vivit_batch.video.isolation import decoder_environment
-
-log = logging.getLogger("vivit_batch")
 
 DECODE_BUDGET_S = 1.0
 """Decoding stops at the first video that brings its CPU seconds past this."""

@@ -131,11 +131,8 @@ def plan_resources(
         decode_actors = max(1, int(decode_pool_cpus // decode_threads))
     else:
         decode_pool_cpus = cluster.cpus * (1 - share)
-        decode_actors = max(1, ceil(decode_pool_cpus / decode_threads))
-        if videos and costs and costs.decode_s:
-            decoding_s = videos * costs.decode_s
-            wanted = decode_pool_cpus / decode_threads
-            decode_actors = decode_actors_worth(decoding_s, wanted)
+        decoding_s = videos * costs.decode_s if videos and costs and costs.decode_s else None
+        decode_actors = decode_actors_worth(decoding_s, decode_pool_cpus / decode_threads)
     if videos:
         decode_actors = min(decode_actors, videos)
     decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
@@ -194,12 +191,12 @@ def inference_share(costs: StageCosts | None) -> float:
     return costs.inference_s / (costs.decode_s + costs.inference_s)
 
 
-def decode_actors_worth(decoding_s: float, wanted: float) -> int:
+def decode_actors_worth(decoding_s: float | None, wanted: float) -> int:
     """Decode actors for `wanted` actors' worth of cores, rounded up, less the last ones whose
-    part of the run's `decoding_s` CPU seconds would not pay for their start
+    part of the run's `decoding_s` CPU seconds (None: not known) would not pay for their start
     (`DECODE_ACTOR_START_S`): 1.05 cores of decoding are one actor unless the run is long."""
     actors = max(1, ceil(wanted))
-    while actors > 1:
+    while decoding_s is not None and actors > 1:
         capacity = min(actors, wanted)
         last = (capacity - (actors - 1)) / capacity  # the last actor's part of the decoding
         if decoding_s * last >= DECODE_ACTOR_START_S:

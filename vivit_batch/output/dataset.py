@@ -214,8 +214,10 @@ class Output:
         return files.replace_schema(schema)
 
     def columns(self) -> list[str]:
-        """The columns of the committed data files, in the order first seen."""
-        return self.dataset().schema.names if self.data_files() else []
+        """The columns of the committed data files, in the order first seen (none for an
+        output with no rows yet)."""
+        dataset = self.dataset()
+        return dataset.schema.names if dataset.files else []
 
     def data_files(self) -> list[str]:
         """The committed data files, in path order (none for a new output)."""
