@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -72,16 +74,18 @@ class FaultyProxy:
     connection closed without an answer (0: none fail). Keys containing one of `forbidden`
     are answered 403 AccessDenied, as a bucket policy would.
 
-    PUTs to keys ending in `slow_key` wait `delay_s` before they are forwarded, and the first
-    `lost_answers` of them are forwarded and then answered with a dropped connection (the write
-    happened, the client never hears of it). With `ignore_conditions`, If-Match and
-    If-None-Match headers are dropped, as by a store that does not implement them. Every
-    request is recorded in `requests` as (method, path with query)."""
+    PUTs (CopyObject included) to keys ending in `slow_key` (one suffix or several) wait
+    `delay_s` before they are forwarded, unless their client has hung up meanwhile (then they
+    are never applied), and the first `lost_answers` of them are forwarded and then answered
+    with a dropped connection (the write happened, the client never hears of it). With
+    `ignore_conditions`, If-Match and If-None-Match headers are dropped, as by a store that
+    does not implement them. Every request is recorded in `requests` as (method, path with
+    query)."""
 
     target_port: int
     every: int = 0
     forbidden: tuple[str, ...] = ()
-    slow_key: str | None = None
+    slow_key: str | tuple[str, ...] | None = None
     delay_s: float = 0.0
     lost_answers: int = 0
     ignore_conditions: bool = False
@@ -132,6 +136,8 @@ class FaultyProxy:
                 slow = self._is_slow_put()
                 if slow:
                     time.sleep(proxy.delay_s)
+                    if self._client_hung_up():
+                        return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
@@ -146,6 +152,13 @@ class FaultyProxy:
                 return (
                     self.command == "PUT" and bool(proxy.slow_key) and path.endswith(proxy.slow_key)
                 )
+
+            def _client_hung_up(self) -> bool:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                try:
+                    return bool(readable) and not self.connection.recv(1, socket.MSG_PEEK)
+                except OSError:  # reset
+                    return True
 
             def _lose_answer(self) -> bool:
                 with proxy._lock:

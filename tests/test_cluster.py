@@ -75,6 +75,7 @@ def test_ray_job_submit_runs_the_job_on_the_cluster(ray_cluster, tmp_path, job_i
 
 MULTI_NODE_SCRIPT = """
 import contextlib, io, json, sys
+from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
@@ -106,6 +107,13 @@ def placements():
 outcome = {"gpu_plan": cli("run", *job), "placements": placements()}
 outcome["validate"] = cli("validate", *job)
 outcome["cpu_plan"] = cli("run", *job, "--set", "resources.inference_gpus=0")
+def written():  # every file of the output but the lock's and staging
+    kept = [p for p in Path(output).rglob("*") if p.is_file() and "_tmp" not in p.parts]
+    return sorted((str(p), p.stat().st_mtime_ns) for p in kept if "_lock" not in p.name)
+
+before = written()
+outcome["forced_gpu_plan"] = cli("run", *job, "--force")
+outcome["forced_changed_nothing"] = written() == before
 print(json.dumps(outcome))
 ray.shutdown()
 cluster.shutdown()
@@ -118,7 +126,7 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     decode actors go to the CPU node and the inference actor to the GPU node, where it finds
     that torch cannot use CUDA, so the run and `validate` stop with exit code 2 before any row
     is labelled. With resources.inference_gpus=0 the same cluster labels on the CPU, with the
-    planned torch threads."""
+    planned torch threads; a `--force` run refused then leaves every row as it was."""
     output = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-c", MULTI_NODE_SCRIPT, str(job_inputs), str(output)],
@@ -130,7 +138,7 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
     assert outcome["placements"] == {"decode": ["cpu"], "inference": ["gpu"]}
-    for refused in (outcome["gpu_plan"], outcome["validate"]):
+    for refused in (outcome["gpu_plan"], outcome["validate"], outcome["forced_gpu_plan"]):
         assert refused["code"] == 2, refused["printed"][-3000:]
         assert "cannot use CUDA" in refused["printed"]
         assert "resources.inference_gpus=0" in refused["printed"]
@@ -140,6 +148,7 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     [report_file] = (output / "_runs").glob("*.json")  # the refused runs wrote nothing
     report = json.loads(report_file.read_text())
     assert ds.dataset(output).to_table()["run_id"].to_pylist() == [report["run_id"]] * 3
+    assert outcome["forced_changed_nothing"]
     assert report["resources"]["inference_gpus"] == 0
     [device] = report["inference_devices"]
     assert device["device"] == "cpu"

@@ -1,5 +1,6 @@
-"""The output dataset without Ray: staging and committing, the sink's files, withdrawal,
-versions, run reports. What readers (pyarrow, pandas, DuckDB) see at each step."""
+"""The output dataset without Ray: staging and committing, the sink's files, relabelled rows
+replaced in place, versions, run reports. What readers (pyarrow, pandas, DuckDB) see at each
+step."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from vivit_batch.output import (
     Output,
     RunReport,
     Unlocked,
+    WriteStats,
     commit_staged,
     output_schema,
 )
+from vivit_batch.output.replacing import Relabelled
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
@@ -37,7 +40,7 @@ from vivit_batch.report import output_stats, run_summary, summary_text
 HIDDEN = 4
 
 
-def labelled_rows(ids: list[str], errors: tuple[str, ...] = ()) -> pa.Table:
+def labelled_rows(ids: list[str], errors: tuple[str, ...] = (), split: str = "train") -> pa.Table:
     """Rows as the inference stage hands them to the sink: output columns, internal columns
     and a manifest column."""
     rows = len(ids)
@@ -57,7 +60,7 @@ def labelled_rows(ids: list[str], errors: tuple[str, ...] = ()) -> pa.Table:
         INFERENCE_SECONDS: pa.array([0.25] * rows),
         BYTES_READ: pa.array([100] * rows, pa.int64()),
         INFERENCE_DEVICE: pa.array(['{"device": "cpu"}'] * rows),
-        "split": pa.array(["train"] * rows),
+        "split": pa.array([split] * rows),
     }
     return pa.table(columns)
 
@@ -106,15 +109,55 @@ def test_partitions_become_folders_and_columns(tmp_path):
     assert ds.dataset(output.root).to_table()["run_date"].to_pylist() == ["2026-11-30"]
 
 
-def test_withdrawn_rows_disappear_and_emptied_files_stay(tmp_path):
+def relabel(output: Output, ids: list[str], run_id: str, **writer) -> WriteStats:
+    """Commit new rows of `ids` as a relabelling run does: in place of their committed rows."""
+    committed = output.committed(["video_id", "status"])
+    partition_by = tuple(writer.get("partition_values", {}))
+    relabelled = Relabelled.locate(committed, pa.array(ids), partition_by)
+    schema = output_schema(HIDDEN, partition_by)
+    rows = labelled_rows(ids, split=run_id)  # the manifest column tells the runs apart
+    staged = FileWriter(output, run_id, schema, rows_per_file=10, **writer)(rows)
+    stats = WriteStats()
+    for row in staged.to_pylist():
+        stats.add(commit_staged(output, Unlocked(run_id), row, relabelled))
+    return stats
+
+
+def run_of_each(output: Output) -> dict[str, str]:
+    """Which run's row each video has (`relabel` tags them in the `split` column)."""
+    table = ds.dataset(output.root, format="parquet").to_table(columns=["video_id", "split"])
+    ids = table["video_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "a video twice"
+    return dict(zip(ids, table["split"].to_pylist(), strict=True))
+
+
+def test_relabelled_rows_take_the_place_of_the_old_ones_in_their_files(tmp_path):
+    """New rows of committed videos go into the files that hold their old rows (each replaced
+    whole, under its name); the videos that had no row get a file of their own."""
     output = Output(str(tmp_path / "out"))
     files = write(output, ["a", "b", "c"])
-    committed = output.committed(["video_id", "status"])
-    assert sorted(committed) == sorted(files)
-    removed = output.withdraw(committed, pa.array(["a", "b", "x"]), Unlocked())
-    assert removed == 2
-    assert duckdb_ids(output) == ["c"]
-    assert all(Path(f).exists() for f in files)  # a reader may have listed them
+    before = {f: Path(f).stat().st_ino for f in files}
+    stats = relabel(output, ["a", "c", "x"], "new")
+    assert run_of_each(output) == {"a": "new", "b": "train", "c": "new", "x": "new"}
+    assert stats.rows_replaced == 2
+    assert sorted(stats.files) == sorted(files + [f for f in stats.files if "part-new-" in f])
+    assert [f for f in stats.files if "part-new-" in f] != []  # x's file
+    assert all(Path(f).stat().st_ino != before[f] for f in files)  # replaced, same names
+    assert sorted(duckdb_ids(output)) == ["a", "b", "c", "x"]
+    assert not list(Path(output.path("_tmp", "new")).glob("*"))  # nothing left staged
+
+
+def test_relabelled_rows_keep_the_partition_of_the_file_they_move_into(tmp_path):
+    output = Output(str(tmp_path / "out"))
+    schema = output_schema(HIDDEN, ("run_date",))
+    old = FileWriter(output, "old", schema, 10, partition_values={"run_date": "2026-11-30"})
+    for row in old(labelled_rows(["a"])).to_pylist():
+        commit_staged(output, Unlocked(), row)
+    relabel(output, ["a", "b"], "new", partition_values={"run_date": "2026-12-06"})
+    table = ds.dataset(output.root, format="parquet").to_table()
+    dates = dict(zip(table["video_id"].to_pylist(), table["run_date"].to_pylist(), strict=True))
+    assert dates == {"a": "2026-11-30", "b": "2026-12-06"}
+    assert run_of_each(output) == {"a": "new", "b": "new"}
 
 
 def test_an_archived_version_is_out_of_every_readers_glob(tmp_path):
@@ -143,11 +186,16 @@ def test_versions_archived_by_older_releases_are_hidden(tmp_path):
     assert duckdb_ids(output) == ["a"]
 
 
-def test_staging_left_by_dead_runs_is_cleared(tmp_path):
+def test_each_run_clears_its_own_staging_and_the_holder_what_dead_runs_left(tmp_path):
     output = Output(str(tmp_path / "out"))
     output.stage(b"never committed", "dead-run", "part-x.parquet")
-    output.clear_staging()
-    assert not Path(output.path("_tmp")).exists()
+    output.stage(b"staged now", "holder", "part-y.parquet")
+    output.clear_staging("another")  # a run clears its own folder only
+    assert len(list(Path(output.path("_tmp")).rglob("*.tmp"))) == 2
+    assert output.clear_dead_staging(Unlocked("holder")) == 1
+    assert [p.parent.name for p in Path(output.path("_tmp")).rglob("*.tmp")] == ["holder"]
+    output.clear_staging("holder")
+    assert not list(Path(output.path("_tmp")).iterdir())
 
 
 def test_run_reports_round_trip_and_older_reports_read(tmp_path):

@@ -107,6 +107,21 @@ def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFi
     return fsspec.core.url_to_fs(uri)
 
 
+def single_attempt_s3(options: dict | None = None):
+    """An S3 filesystem with `options` (`storage_options`) that sends each request once: no
+    botocore retries, no s3fs retries. For requests whose retries must go through a new check
+    (the lock's fence), with the caller's own deadline."""
+    import s3fs
+
+    ours = (HTTP_ALLOW_HOSTS, HTTP_READ_TIMEOUT)
+    options = {k: v for k, v in (options or {}).items() if k not in ours}
+    config = dict(options.get("config_kwargs") or {})
+    config["retries"] = {"total_max_attempts": 1, "mode": "standard"}
+    filesystem = s3fs.S3FileSystem(**{**options, "config_kwargs": config}, skip_instance_cache=True)
+    filesystem.retries = 1
+    return filesystem
+
+
 def arrow_filesystem(uri: str, options: dict | None = None):
     """A pyarrow filesystem for Ray Data's readers, built from ours (pyarrow's own S3 client
     ignores AWS_ENDPOINT_URL), or None for local paths."""

@@ -52,12 +52,12 @@ def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> R
     run_id = run.run_id or new_run_id()
     started = time.time()
     lock: OutputLock | Unlocked = (
-        Unlocked()
+        Unlocked(run_id)
         if run.locking == "none"
         else output.lock(run_id, run.lock_stale_after_s, run.lock_wait_s)
     )
     with lock:
-        output.clear_staging()
+        output.clear_dead_staging(lock)
         identity = output.read_identity() or {}
         require_backbone(output, head)
         archive = output.keep_identity(identity, lock)
@@ -76,7 +76,7 @@ def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> R
             run_id, started, head, identity, stats, lock, output.uri_of(archive)
         )
         output.write_report(report, lock)
-        output.clear_staging()
+        output.clear_staging(run_id)
     return report
 
 

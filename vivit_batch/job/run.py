@@ -1,4 +1,5 @@
-"""A run: lock -> reconcile the output's identity -> choose the work -> write -> report."""
+"""A run: lock -> choose the work -> write (the output changed from the first commit on) ->
+report."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -56,6 +57,7 @@ from vivit_batch.output import (
     output_schema,
 )
 from vivit_batch.output.dataset import Fence
+from vivit_batch.output.replacing import Relabelled
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.redact import redact
 
@@ -68,8 +70,10 @@ class Work:
 
     skip: pa.Array
     """committed ids the run leaves as they are"""
-    withdrawn: int = 0
-    """committed rows taken out because the run labels their videos again"""
+    relabelled: Relabelled
+    """committed videos the run labels again: where their rows are, to be replaced in place"""
+    archive: dict | None = None
+    """the identity of the version that `--new-version` archives before the first commit"""
     errors_kept: int = 0
     """the manifest's videos whose committed error row the run leaves in place"""
     to_label: int = 0
@@ -77,17 +81,16 @@ class Work:
 
 
 def run_job(job: PreparedJob) -> RunReport:
-    """Label the manifest into the output: lock -> reconcile identity -> choose the work ->
-    write -> report. Raises `LockLost` if another run takes the output over meanwhile."""
+    """Label the manifest into the output: lock -> choose the work -> write -> report. The
+    output is changed only once the first file is ready to commit (by then the stages have
+    passed their device and checkpoint checks), or at the end. Raises `LockLost` if another
+    run takes the output over meanwhile."""
     config = job.config
     run_id = config.run.run_id or new_run_id()
     output = Output(config.output.uri, job.decode.storage_options)
     started = time.time()
     with holding_lock(output, run_id, config.run) as lock:
-        output.clear_staging()
-        output.hide_legacy_archives(lock)
-        reconcile_identity(job, output, lock)
-        work = choose_work(job, output, lock)
+        work = choose_work(job, output)
         resources, calibration = planned_resources(job, work.to_label)
         log.info(
             "run %s: %d of the manifest's %d videos to label; %s",
@@ -98,10 +101,12 @@ def run_job(job: PreparedJob) -> RunReport:
         )
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
         dataset = build_dataset(job, resources, run_id, work.skip)
-        stats = write_rows(job, output, lock, dataset, run_id, started, work.to_label)
+        ready = OutputReady(job, output, lock, work.archive)
+        stats = write_rows(job, output, lock, dataset, (run_id, started), work, ready)
+        ready()
         report = run_report(job, run_id, started, work, stats, (resources, calibration), lock)
         output.write_report(report, lock)
-        output.clear_staging()
+        output.clear_staging(run_id)
     return report
 
 
@@ -150,7 +155,7 @@ def holding_lock(output: Output, run_id: str, run: RunSection) -> Iterator[Fence
     thread) and ends it with `LockLost`."""
     if run.locking == "none":
         log.warning("run.locking=none: no lock; nothing stops another run writing %s", output.uri)
-        yield Unlocked()
+        yield Unlocked(run_id)
         return
     lock = output.lock(run_id, run.lock_stale_after_s, run.lock_wait_s, _interrupt_main_thread)
     try:
@@ -200,27 +205,53 @@ def _interrupt_main_thread(reason: str) -> None:
         signal.pthread_kill(main.ident, LOCK_LOST_SIGNAL)
 
 
-def reconcile_identity(job: PreparedJob, output: Output, lock: Fence) -> None:
-    """Read under the lock: another run may have changed the identity since `prepare_job`."""
+def identity_to_archive(job: PreparedJob, output: Output) -> dict | None:
+    """The output's recorded identity if this run starts a new version over it (`--new-version`;
+    without it a different identity is refused here, exit 2). Read under the lock: another run
+    may have changed the identity since `prepare_job`."""
     recorded = output.read_identity()
-    if recorded is not None and identity_differences(recorded, job.identity):
-        check_identity(job, recorded)
-        archived = output.archive(recorded, lock)
-        log.info("the output's previous version is now under %s", archived)
-    output.write_identity(job.identity, lock)
+    if recorded is None or not identity_differences(recorded, job.identity):
+        return None
+    check_identity(job, recorded)
+    return recorded
 
 
-def choose_work(job: PreparedJob, output: Output, lock: Fence) -> Work:
-    """Which committed videos the run skips; the rows of those it relabels are withdrawn."""
-    committed = output.committed(committed_columns(job.config.run.refresh_changed))
+class OutputReady:
+    """The changes a run makes to the output before its first commit, made once, when the first
+    file is ready (or at the end): dead runs' staging removed, legacy archives renamed, the
+    previous version archived (`--new-version`), the identity written."""
+
+    def __init__(self, job: PreparedJob, output: Output, lock: Fence, archive: dict | None):
+        self.job, self.output, self.lock, self.archive = job, output, lock, archive
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        output, lock = self.output, self.lock
+        output.clear_dead_staging(lock)
+        output.hide_legacy_archives(lock)
+        if self.archive is not None:
+            archived = output.archive(self.archive, lock)
+            log.info("the output's previous version is now under %s", archived)
+        output.write_identity(self.job.identity, lock)
+        self.done = True
+
+
+def choose_work(job: PreparedJob, output: Output) -> Work:
+    """Which committed videos the run skips, and where the rows of those it relabels are (they
+    are replaced in place as it commits). Only reads the output."""
+    archive = identity_to_archive(job, output)
+    columns = committed_columns(job.config.run.refresh_changed)
+    committed = {} if archive is not None else output.committed(columns)
     relabel = ids_to_relabel(job, committed)
-    withdrawn = output.withdraw(committed, relabel, lock)
     kept_errors = without(error_ids(committed.values()), relabel)
     skip = without(all_ids(committed.values()), relabel)
     counted = count_in_manifest(job, errors_kept=kept_errors, skipped=skip)
     return Work(
         skip=skip,
-        withdrawn=withdrawn,
+        relabelled=Relabelled.locate(committed, relabel, job.partition_by),
+        archive=archive,
         errors_kept=counted["errors_kept"],
         to_label=job.manifest.rows - counted["skipped"],
     )
@@ -231,14 +262,15 @@ def write_rows(
     output: Output,
     lock: Fence,
     dataset: ray.data.Dataset,
-    run_id: str,
-    started: float,
-    to_label: int,
+    run: tuple[str, float],
+    work: Work,
+    ready: Callable[[], None],
 ) -> WriteStats:
     """Write tasks stage the labelled rows as files (in segments mode this process does, once
-    a file's worth of whole videos is in); this process commits each one (and, when no terminal
-    shows Ray Data's progress bars, logs how far it got every so often)."""
+    a file's worth of whole videos is in); this process commits each one, after `ready()` (and,
+    when no terminal shows Ray Data's progress bars, logs how far it got every so often)."""
     config = job.config
+    run_id, started = run
     segments = job.decode.sampling.segments
     writer = FileWriter(
         output,
@@ -252,7 +284,7 @@ def write_rows(
         contextlib.nullcontext()
         if interactive()
         else progress_lines(
-            to_label,
+            work.to_label,
             lambda: (stats.videos, stats.clips, stats.status.get("error", 0)),
             config.run.progress_every_s,
         )
@@ -260,7 +292,8 @@ def write_rows(
     with stage_errors(), progress:
         staged = staged_whole_videos(dataset, writer) if segments else staged_files(dataset, writer)
         for row in staged:
-            stats.add(commit_staged(output, lock, row))
+            ready()
+            stats.add(commit_staged(output, lock, row, work.relabelled))
     return stats
 
 
@@ -322,7 +355,7 @@ def run_report(
         rows_written=stats.rows,
         videos_written=stats.videos,
         skipped_committed=job.manifest.rows - stats.videos,
-        rows_replaced=work.withdrawn,
+        rows_replaced=stats.rows_replaced,
         counts={"status": dict(stats.status), "error_code": dict(stats.error_codes)},
         error_budget=ErrorBudget(
             manifest_rows=job.manifest.rows,

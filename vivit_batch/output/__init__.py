@@ -1,5 +1,6 @@
-"""The output dataset and its protocol: layout, identity, committed rows, withdrawal, versions,
-run reports, the lock, and the Parquet sink. `Output` is the one object that writes there."""
+"""The output dataset and its protocol: layout, identity, committed rows, rows replaced in place,
+versions, run reports, the lock, and the Parquet sink. `Output` is the one object that writes
+there."""
 
 from vivit_batch.output.dataset import ARCHIVED_SUFFIX, Output, Unlocked
 from vivit_batch.output.lock import LockLost, OutputLock, OutputLocked

@@ -11,9 +11,10 @@
 Readers (pyarrow, pandas, DuckDB's `OUT/**/*.parquet`) see committed rows only: bookkeeping
 names start with `_`, and no file ends in `.parquet` unless it is current committed data.
 
-Every change is staged first (written whole under `_tmp/`, fsync'd on local disk) and then
-committed inside the run's `lock.fenced()`: a rename on local disk, one server-side copy on S3.
-So a file appears whole or not at all, and a run that has lost its lock commits nothing.
+Every change is staged first (written whole under the run's own `_tmp/<run_id>/`, fsync'd on
+local disk) and then committed inside the run's `lock.fenced()`: a rename on local disk; on S3
+one server-side copy, sent once with the lease's deadline and retried only through a new fence
+check. So a file appears whole or not at all, and a run that has lost its lock commits nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import shutil
@@ -34,7 +36,7 @@ import pyarrow.parquet as pq
 
 from vivit_batch import storage
 from vivit_batch.config import ConfigError
-from vivit_batch.output.lock import OutputLock
+from vivit_batch.output.lock import Lease, OutputLock
 from vivit_batch.output.records import (
     ConditionalWritesUnsupported,
     LocalRecord,
@@ -44,6 +46,8 @@ from vivit_batch.output.records import (
 from vivit_batch.output.runs import RunReport
 from vivit_batch.output.schema import ROW_TYPES
 
+log = logging.getLogger("vivit_batch")
+
 IDENTITY_FILE = "_dataset.json"
 LOCK_FILE = "_lock.json"
 LOCK_GUARD = "_lock.guard"
@@ -52,6 +56,8 @@ TMP_DIR = "_tmp"
 VERSIONS_DIR = "_versions"
 ARCHIVED_SUFFIX = ".archived"
 """Appended to archived data files, so that no recursive `*.parquet` glob reaches them."""
+FENCED_ATTEMPTS = 3
+"""How many fence checks a commit on S3 gets: each sends its request once."""
 
 
 class Output:
@@ -61,6 +67,8 @@ class Output:
         self.filesystem, self.root = storage.filesystem(self.uri, storage_options)
         self.is_local = storage.is_local(self.uri)
         self.is_s3 = storage.is_s3(self.uri)
+        self._single_attempt = None
+        """an S3 filesystem without retries, for fenced requests (made when first needed)"""
 
     @classmethod
     def existing(cls, uri: str, storage_options: dict | None = None) -> Output:
@@ -147,7 +155,8 @@ class Output:
             else:
                 probe = self.path(TMP_DIR, f"write-check-{uuid.uuid4().hex}")
                 self.filesystem.pipe_file(probe, b"")
-                self.filesystem.rm_file(probe)
+                with contextlib.suppress(FileNotFoundError):  # a holder's clean-up took it
+                    self.filesystem.rm_file(probe)
             return self.read_identity()
         except FileNotFoundError as error:
             raise ConfigError(
@@ -229,23 +238,6 @@ class Output:
         return ds.dataset(self.root, filesystem=self.filesystem, format="parquet").to_table(
             columns=columns
         )
-
-    def withdraw(self, files: dict[str, pa.Table], video_ids: pa.Array, lock: Fence) -> int:
-        """Remove the rows of `video_ids` from the committed files that hold them, each file
-        replaced whole, so that a reader never sees a video twice: a video is absent until the
-        run commits its new row. A file left with no rows stays, empty: a reader may have
-        listed it a moment before. Returns the rows removed."""
-        removed = 0
-        for path, rows in files.items():
-            stale = pa.compute.is_in(rows.column("video_id"), video_ids)
-            count = pa.compute.sum(stale).as_py() or 0
-            if not count:
-                continue
-            table = pq.read_table(path, filesystem=self.filesystem)
-            kept = table.filter(pa.compute.invert(stale))
-            self.write(path, parquet_bytes(kept), lock, stage_as=posixpath.basename(path))
-            removed += count
-        return removed
 
     def archive(self, identity: dict, lock: Fence) -> str:
         """Move the data files and identity under `_versions/<name>/` (same relative paths,
@@ -335,8 +327,7 @@ class Output:
                 os.replace(source, target)
             sync_directory(posixpath.dirname(target))
             return
-        with lock.fenced():
-            self._copy(source, target)
+        self._fenced_copy(source, target, lock)
         self.filesystem.rm_file(source)
 
     def copy(self, source: str, target: str, lock: Fence) -> None:
@@ -344,10 +335,9 @@ class Output:
         Locally a hard link (a copy where the disk has none) staged and renamed into place, so
         the copy too appears whole; on S3 one server-side copy."""
         if not self.is_local:
-            with lock.fenced():
-                self._copy(source, target)
+            self._fenced_copy(source, target, lock)
             return
-        staged = self.staging_path("driver", posixpath.basename(target))
+        staged = self.staging_path(lock.run_id, posixpath.basename(target))
         os.makedirs(posixpath.dirname(staged), exist_ok=True)
         try:
             os.link(source, staged)
@@ -359,25 +349,77 @@ class Output:
 
     def write(self, final: str, data: bytes, lock: Fence, stage_as: str) -> None:
         """Stage `data` and commit it at `final`."""
-        self.commit(self.stage(data, "driver", stage_as), final, lock)
+        self.commit(self.stage(data, lock.run_id, stage_as), final, lock)
 
-    def clear_staging(self) -> None:
-        """Remove what earlier runs staged and never committed (run it holding the lock)."""
+    def clear_staging(self, run_id: str) -> None:
+        """Remove what run `run_id` staged and did not commit (only that run's own files)."""
         with contextlib.suppress(FileNotFoundError):
-            self.filesystem.rm(self.path(TMP_DIR), recursive=True)
+            self.filesystem.rm(self.path(TMP_DIR, run_id), recursive=True)
 
-    def _copy(self, source: str, target: str) -> None:
-        if self.is_s3:  # one CopyObject request, so the fenced block is one request
-            bucket, key, _ = self.filesystem.split_path(target)
-            source_bucket, source_key, _ = self.filesystem.split_path(source)
-            self.filesystem.call_s3(
+    def clear_dead_staging(self, lock: Fence) -> int:
+        """Remove what other runs staged and never committed: they are dead, since this run
+        holds the lock. Each run's folder is removed inside a fence (a holder paused past its
+        lease removes nothing). Returns how many folders went."""
+        removed = 0
+        for path in self._staging_folders():
+            if posixpath.basename(path) == lock.run_id:
+                continue
+            with lock.fenced() as lease:
+                self._remove_tree(path, lease)
+            removed += 1
+        return removed
+
+    def _staging_folders(self) -> list[str]:
+        try:
+            return [entry["name"] for entry in self.filesystem.ls(self.path(TMP_DIR), detail=True)]
+        except FileNotFoundError:
+            return []
+
+    def _remove_tree(self, path: str, lease: Lease) -> None:
+        if self.is_s3:
+            single = self._single_attempt_filesystem()
+            lease.run(lambda: single._rm(path, recursive=True), single.loop)
+        elif self.filesystem.isdir(path):
+            self.filesystem.rm(path, recursive=True)
+        else:
+            self.filesystem.rm_file(path)
+
+    def _fenced_copy(self, source: str, target: str, lock: Fence) -> None:
+        """One server-side copy inside a fence: sent once, abandoned when the lease ends, and
+        retried (transient failures only) through a new fence check."""
+        for attempt in range(1, FENCED_ATTEMPTS + 1):
+            with lock.fenced() as lease:
+                try:
+                    self._copy(source, target, lease)
+                    return
+                except (FileNotFoundError, PermissionError):
+                    raise
+                except OSError as error:
+                    if attempt == FENCED_ATTEMPTS:
+                        raise
+                    log.warning("copying %s to %s failed (%s): again", source, target, error)
+
+    def _copy(self, source: str, target: str, lease: Lease) -> None:
+        if not self.is_s3:
+            self.filesystem.copy(source, target)
+            return
+        bucket, key, _ = self.filesystem.split_path(target)
+        source_bucket, source_key, _ = self.filesystem.split_path(source)
+        single = self._single_attempt_filesystem()
+        lease.run(
+            lambda: single._call_s3(
                 "copy_object",
                 Bucket=bucket,
                 Key=key,
                 CopySource={"Bucket": source_bucket, "Key": source_key},
-            )
-        else:
-            self.filesystem.copy(source, target)
+            ),
+            single.loop,
+        )
+
+    def _single_attempt_filesystem(self):
+        if self._single_attempt is None:
+            self._single_attempt = storage.single_attempt_s3(self.storage_options)
+        return self._single_attempt
 
     # Run reports
 
@@ -398,13 +440,17 @@ class Output:
 
 
 class Fence(Protocol):
-    """What `Output` needs of a lock: `fenced()` around each commit (`OutputLock`, or
-    `Unlocked` for `run.locking=none`)."""
+    """What `Output` needs of a lock: `fenced()` around each commit, granting a `Lease`
+    (`OutputLock`, or `Unlocked` for `run.locking=none`), and the run id whose `_tmp/` folder
+    the run stages in."""
+
+    @property
+    def run_id(self) -> str: ...
 
     @property
     def generation(self) -> int | None: ...
 
-    def fenced(self) -> contextlib.AbstractContextManager: ...
+    def fenced(self) -> contextlib.AbstractContextManager[Lease]: ...
 
 
 class Unlocked:
@@ -413,14 +459,17 @@ class Unlocked:
 
     generation: int | None = None
 
+    def __init__(self, run_id: str = "unlocked"):
+        self.run_id = run_id
+
     def __enter__(self) -> Unlocked:
         return self
 
     def __exit__(self, *exc_info) -> None:
         pass
 
-    def fenced(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+    def fenced(self) -> contextlib.AbstractContextManager[Lease]:
+        return contextlib.nullcontext(Lease(ends_at=None))
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

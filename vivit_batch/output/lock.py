@@ -13,15 +13,22 @@ The protocol (the README's "Re-running" section states its guarantees):
   `stale_after_s` (written in the record) on its own clock: no other host's clock or settings
   are trusted. Only a holder on provably the same machine (boot id and PID namespace) whose
   process is gone is taken over at once.
-- Every commit runs inside `fenced()`: the lease is valid on the holder's clock and the record
-  still names this run and generation; locally the guard is held shared across the commit, so a
-  takeover (which holds it exclusively) cannot fall between the check and the commit.
+- Every commit runs inside `fenced()`: the record still names this run and generation, and the
+  lease, measured after that read, is still valid on the holder's clock. Locally the guard is
+  held shared across the commit, so a takeover (which holds it exclusively) cannot fall between
+  the check and the commit. On S3 the fence grants a `Lease`: the commit is one request, sent
+  once, and abandoned when the lease ends (`Lease.run`), or at once when the lock is lost. The
+  lease ends half a stale period after the last renewal was sent, and a takeover needs the
+  record unchanged for a whole stale period after that renewal landed: so every request of an
+  old holder has ended on its side at least half a stale period before a new holder begins.
 - Releasing replaces the record with a `released` one (no delete: a conditional delete is not
   something every S3-compatible store has).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -29,8 +36,9 @@ import platform
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from vivit_batch.config import ConfigError
 from vivit_batch.output.records import Conflict, Versioned
@@ -48,6 +56,11 @@ class OutputLocked(ConfigError):
 
 class LockLost(RuntimeError):
     """This run no longer holds the output's lock: it must not commit anything more."""
+
+
+class LeaseEnded(TimeoutError):
+    """A fenced request was not answered before the lease ended: it was abandoned (its
+    connection closed), and is retried, if at all, only through a new fence check."""
 
 
 def lease_clock() -> float:
@@ -103,6 +116,44 @@ class ProcessIdentity:
         return started is None or (recorded is not None and started != recorded)
 
 
+@dataclass
+class Lease:
+    """What a fence grants: requests sent under it must end by `ends_at` (on `clock`; None: no
+    end, for `run.locking=none`). Requests run through `run` are cancelled when the lock is
+    lost."""
+
+    ends_at: float | None
+    clock: Callable[[], float] = field(default=lease_clock)
+    in_flight: set[concurrent.futures.Future] = field(default_factory=set)
+    """shared with the lock, which cancels them when it is lost"""
+
+    def seconds_left(self) -> float | None:
+        return None if self.ends_at is None else self.ends_at - self.clock()
+
+    def run(self, request: Callable[[], Awaitable[Any]], loop: asyncio.AbstractEventLoop) -> Any:
+        """Await `request()` on `loop` (an fsspec filesystem's): it starts only while the lease
+        lasts, and is cancelled (its connection closed) when the lease ends, or the lock is
+        lost, before it is answered."""
+
+        async def within_lease():
+            left = self.seconds_left()
+            if left is not None and left <= 0:
+                raise LeaseEnded("the lease ended before the request was sent")
+            return await request()
+
+        future = asyncio.run_coroutine_threadsafe(within_lease(), loop)
+        self.in_flight.add(future)
+        try:
+            return future.result(timeout=self.seconds_left())
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise LeaseEnded("the lease ended before the store answered") from None
+        except concurrent.futures.CancelledError:
+            raise LockLost("the lock was lost while a request was in flight") from None
+        finally:
+            self.in_flight.discard(future)
+
+
 class OutputLock:
     """The lease of one run on one output. Use as a context manager, or `acquire`/`release`."""
 
@@ -132,6 +183,8 @@ class OutputLock:
         self._beats = 0
         self._renewed_at = 0.0
         """lease clock when the last successful renewal was sent"""
+        self._in_flight: set[concurrent.futures.Future] = set()
+        """requests sent under a fence and not yet answered (cancelled when the lock is lost)"""
         self._writing = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="lock-heartbeat")
@@ -223,14 +276,11 @@ class OutputLock:
             self._beats += 1
             self._renewed_at = sent
 
-    def check(self) -> None:
-        """Raise `LockLost` unless this run certainly still holds the lock: its lease is fresh on
-        its own clock and the record still names its generation. Reads, never writes (it runs
-        under the shared guard)."""
+    def check(self) -> Lease:
+        """Raise `LockLost` unless this run certainly still holds the lock: the record names its
+        run and generation, and its lease, measured after that read, is fresh on its own clock.
+        Returns the lease left. Reads, never writes (it runs under the shared guard)."""
         if self.lost:
-            raise LockLost(self.lost)
-        if self.clock() - self._renewed_at >= self.stale_after_s / 2:
-            self._lose(f"no renewal succeeded for {self.stale_after_s / 2:g} s")
             raise LockLost(self.lost)
         current = self.store.read()
         record = current.record if current else {}
@@ -241,20 +291,24 @@ class OutputLock:
         ):
             self._lose(f"the lock now belongs to run {record.get('run_id')}")
             raise LockLost(self.lost)
+        lease = Lease(self._renewed_at + self.stale_after_s / 2, self.clock, self._in_flight)
+        if (lease.seconds_left() or 0) <= 0:
+            self._lose(f"no renewal succeeded for {self.stale_after_s / 2:g} s")
+            raise LockLost(self.lost)
+        return lease
 
     @contextlib.contextmanager
-    def fenced(self) -> Iterator[None]:
+    def fenced(self) -> Iterator[Lease]:
         """Commit inside this: the check holds for the whole block on local disk; on S3 the
-        block should be one request, issued with at least half the stale period of lease left.
-        A lease older than a renewal interval is renewed first, outside the guard (a renewal
-        needs the guard exclusively): a run that was paused renews, or learns it lost the lock,
-        before it commits."""
+        block should be one request, run through the `Lease` it yields. A lease older than a
+        renewal interval is renewed first, outside the guard (a renewal needs the guard
+        exclusively): a run that was paused renews, or learns it lost the lock, before it
+        commits; a commit starts with at least a quarter of the stale period of lease left."""
         if not self.lost and self.clock() - self._renewed_at >= self.stale_after_s / 4:
             with contextlib.suppress(OSError):  # check() decides whether the lease still holds
                 self.renew()
         with self.store.guarded(exclusive=False):
-            self.check()
-            yield
+            yield self.check()
 
     # Letting go
 
@@ -277,6 +331,8 @@ class OutputLock:
             "more; what it committed before stays, and a later run labels what is missing."
         )
         log.error(self.lost)
+        for request in list(self._in_flight):
+            request.cancel()
         if self.on_lost:
             self.on_lost(self.lost)
 

@@ -31,6 +31,8 @@ class WriteStats:
     bytes_read: int = 0
     devices: list[str] = field(default_factory=list)
     """the distinct inference actors' device records (JSON), see `device.describe`"""
+    rows_replaced: int = 0
+    """committed rows of earlier runs that these rows took the place of"""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -46,13 +48,14 @@ class WriteStats:
     def add(self, other: WriteStats) -> None:
         self.rows += other.rows
         self.videos += other.videos
-        self.files += other.files
+        self.files += [f for f in other.files if f not in self.files]
         self.status.update(other.status)
         self.error_codes.update(other.error_codes)
         self.clips += other.clips
         self.decode_seconds += other.decode_seconds
         self.inference_seconds += other.inference_seconds
         self.bytes_read += other.bytes_read
+        self.rows_replaced += other.rows_replaced
         self.devices += [d for d in other.devices if d not in self.devices]
 
 

@@ -4,10 +4,10 @@
 turns a batch of labelled rows into files of at most `rows_per_file` rows, never splitting a
 video's rows (a video with more gets a file of its own), in output column order, stages each
 (`Output.stage`) and returns one row per file: where it is staged, where it goes, and what it
-holds. The driver commits each one
-(`commit_staged`) inside the lock's fence, so only the process that holds the lease ever makes
-rows visible. File names carry the run id and a digest of the video ids inside, so a retried
-task rewrites the same file instead of adding a second copy.
+holds. The driver commits each one (`commit_staged`) inside the lock's fence, so only the
+process that holds the lease ever makes rows visible; rows of videos the run relabels take the
+place of their old rows (`replacing`). File names carry the run id and a digest of the video
+ids inside, so a retried task rewrites the same file instead of adding a second copy.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vivit_batch.output.dataset import Fence, Output, parquet_bytes
+from vivit_batch.output.replacing import Relabelled, commit_replacing
 from vivit_batch.output.runs import WriteStats
 from vivit_batch.output.schema import (
     BYTES_READ,
@@ -30,6 +31,7 @@ from vivit_batch.output.schema import (
     VIEWS,
 )
 
+NOTHING_RELABELLED = Relabelled.locate({}, pa.array([], pa.string()))
 STAGED_SCHEMA = pa.schema([("staged", pa.string()), ("final", pa.string()), ("stats", pa.string())])
 
 
@@ -93,11 +95,15 @@ class FileWriter:
         return self.output.path(*folders, f"part-{self.run_id}-{digest}.parquet")
 
 
-def commit_staged(output: Output, lock: Fence, staged: dict) -> WriteStats:
-    """Commit one file `FileWriter` staged (a row of its output); returns what it holds."""
-    output.commit(staged["staged"], staged["final"], lock)
+def commit_staged(
+    output: Output, lock: Fence, staged: dict, relabelled: Relabelled | None = None
+) -> WriteStats:
+    """Commit one file `FileWriter` staged (a row of its output), the new rows of `relabelled`
+    videos in place of their old ones (`replacing`); returns what it holds."""
+    files, replaced = commit_replacing(output, lock, staged, relabelled or NOTHING_RELABELLED)
     stats = WriteStats.from_json(staged["stats"])
-    stats.files = [output.uri_of(staged["final"])]
+    stats.files = [output.uri_of(path) for path in files]
+    stats.rows_replaced = replaced
     return stats
 
 
