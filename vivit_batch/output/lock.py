@@ -209,8 +209,13 @@ class OutputLock:
                     return
                 continue
             holder = current.record
-            if holder.get("state") == RELEASED or self.me.holder_is_gone(holder):
+            if holder.get("state") == RELEASED:
                 if self._try_take(current):
+                    return
+                continue
+            if self.me.holder_is_gone(holder):
+                if self._try_take(current):
+                    self._outlast_requests_of(holder)
                     return
                 continue
             if watched is not None and watched.version != current.version:
@@ -241,6 +246,20 @@ class OutputLock:
         self.generation, self._beats, self._renewed_at = generation, 0, sent
         self._heartbeat.start()
         return True
+
+    def _outlast_requests_of(self, holder: dict) -> None:
+        """A holder on this machine whose process is gone may have left a commit in flight,
+        which ends, at the latest, when its lease ends: half its stale period after its last
+        renewal, dated by this very machine's clock. Wait for that before trusting what is
+        committed (not locally: there commits are made under the guard this run now holds)."""
+        written_at = holder.get("written_at")
+        if self.store.commits_under_guard or not isinstance(written_at, (int, float)):
+            return
+        lease = stale_after(holder) / 2
+        left = min(lease, written_at + lease - time.time())
+        if left > 0:
+            log.info("waiting %.1f s for the requests the previous holder may have sent", left)
+            time.sleep(left)
 
     # Holding it
 

@@ -56,6 +56,9 @@ def decode(data: bytes) -> dict:
 
 
 class LocalRecord:
+    commits_under_guard = True
+    """commits are made holding the guard shared, so no takeover falls inside one"""
+
     def __init__(self, path: str, guard_path: str):
         self.path = path
         self.guard_path = guard_path
@@ -124,6 +127,8 @@ PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict",
 
 class S3Record:
     """A record in an S3 object, through s3fs's client (its credentials, endpoint, retries)."""
+
+    commits_under_guard = False
 
     def __init__(self, filesystem, path: str):
         self.filesystem = filesystem
