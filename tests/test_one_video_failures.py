@@ -18,7 +18,13 @@ from tests.local_http import SilentServer
 from vivit_batch.cli import EXIT_ERROR_BUDGET, EXIT_OK, exit_code_of
 from vivit_batch.model import load_pretrained
 from vivit_batch.output.runs import ErrorBudget, RunReport
-from vivit_batch.output.schema import CLIP_SHAPE, CLIPS, STAT_TIMED_OUT, VERSION_COLUMNS
+from vivit_batch.output.schema import (
+    CLIP_SHAPE,
+    CLIPS,
+    SEGMENTS_TOTAL,
+    STAT_TIMED_OUT,
+    VERSION_COLUMNS,
+)
 from vivit_batch.output.sink import stats_of
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sources import changed_ids, with_versions
@@ -178,3 +184,19 @@ def test_a_source_that_stalls_the_version_check_is_a_timeout_row_within_the_stal
     started = time.monotonic()
     assert changed_ids(rows, recorded, options).num_rows == 0
     assert time.monotonic() - started < stall_s + margin_s
+
+
+def test_an_exception_while_decoding_segments_ends_the_video_with_one_error_row(
+    videos, monkeypatch
+):
+    monkeypatch.setenv(TEST_FAULTS, FAULTS)
+    segments = SamplingConfig(num_frames=4, frame_sample_rate=1, temporal_views="segments")
+    stage = DecodeStage(DecodeSettings(segments, PROCESSOR, DecodeConfig()))
+    try:
+        rows = stage.decode_all(manifest([str(videos["fine-1"]), str(videos["raise"])]))
+    finally:
+        stage.decoder.close()
+    fine, failed = (rows.filter(pa.compute.equal(rows["video_id"], v)) for v in ("v0", "v1"))
+    assert fine.num_rows == 3 and set(fine["status"].to_pylist()) == {"ok"}  # 12 frames / 4
+    assert failed["error_code"].to_pylist() == ["internal_error"]
+    assert failed[SEGMENTS_TOTAL].to_pylist() == [0]  # no segment row came before it
