@@ -1,11 +1,13 @@
 """HTTP servers on 127.0.0.1 (a free port) that serve from a thread, for tests of http URIs: a
-base class, one that stalls midway through a file, and one that crashes its clients."""
+base class, one that stalls midway through a file, one that never answers, and one that crashes
+its clients."""
 
 from __future__ import annotations
 
 import http.server
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -67,6 +69,29 @@ class StallingServer(LocalHTTPServer):
     def stop(self) -> None:
         self.release.set()
         super().stop()
+
+
+class SilentServer:
+    """Accepts connections and never answers on them (not even headers) until it is stopped."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._hold_each, daemon=True).start()
+        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.url = f"http://{self.host}/silent.mp4"
+
+    def _hold_each(self) -> None:
+        while True:
+            try:
+                self.held.append(self.listener.accept()[0])
+            except OSError:  # stopped
+                return
+
+    def stop(self) -> None:
+        self.listener.close()
+        for connection in self.held:
+            connection.close()
 
 
 class CrashingServer(LocalHTTPServer):

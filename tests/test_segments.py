@@ -160,6 +160,13 @@ def test_a_video_leaves_whole_once_all_its_segments_are_in():
     assert videos.incomplete == 0
 
 
+def test_segments_that_inference_failed_make_one_error_row_without_a_segment():
+    videos = WholeVideos()
+    failed = pa.concat_tables([labelled("c", [0], None), labelled("c", [1, 2], 3, status="error")])
+    [c] = list(videos.add(failed))
+    assert c["status"].to_pylist() == ["error"] and c["segment_index"].to_pylist() == [None]
+
+
 @pytest.mark.parametrize(
     ("ids", "slices"),
     [

@@ -50,6 +50,7 @@ def test_error_codes_are_the_documented_strings():
         "timeout",
         "decode_crash",
         "storage_error",
+        "internal_error",
     ]
     assert str(ErrorCode.TOO_LARGE) == "too_large"
 

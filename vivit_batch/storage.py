@@ -247,6 +247,23 @@ def _kind_of_file(mode: int) -> str:
     return "a socket" if stat.S_ISSOCK(mode) else "not a file"
 
 
+def read_timeout(options: dict | None) -> float | None:
+    """The seconds `with_read_timeout` gave `options`, if any."""
+    return (options or {}).get(HTTP_READ_TIMEOUT)
+
+
+def info_within(filesystem: fsspec.AbstractFileSystem, path: str, timeout_s: float | None) -> dict:
+    """`filesystem.info(path)`, given up after `timeout_s` in all on the async filesystems
+    (http(s), S3): one deadline over the clients' retries and fallbacks (s3fs retries a stalled
+    read, fsspec's http falls back from HEAD to GET), the request cancelled. Raises
+    `TimeoutError` (fsspec's `FSTimeoutError`) then."""
+    if timeout_s is None or not getattr(filesystem, "async_impl", False):
+        return filesystem.info(path)
+    from fsspec.asyn import sync
+
+    return sync(filesystem.loop, filesystem._info, path, timeout=timeout_s)
+
+
 def with_read_timeout(options: dict | None, read_timeout_s: float | None) -> dict | None:
     """`options` whose network reads give up after `read_timeout_s` without a byte: botocore's
     read timeout for S3, aiohttp's socket read timeout for http(s)."""

@@ -71,6 +71,9 @@ SEGMENT_SPAN_COLUMNS = ("clip_start_s", "clip_end_s")
 SEGMENTS_TOTAL = "_segments_total"
 """on the rows of a video's last chunk of segments: how many segments it has; on its error row:
 how many segment rows came before it (see `output.videos`)"""
+STAT_TIMED_OUT = "_stat_timed_out"
+"""bool: the source did not answer the version check within decode.stall_timeout_s
+(`sources.with_versions` -> decode stage, which makes the row a `timeout` without decoding)"""
 DECODE_SECONDS = "_decode_s"
 INFERENCE_SECONDS = "_inference_s"
 INFERENCE_DEVICE = "_inference_device"

@@ -3,8 +3,9 @@ together, so that one commit makes all of them visible (or its one error row).
 
 Inference actors label a video's chunks of segments in any order; the last chunk's rows carry
 the video's segment count and metadata (`SEGMENTS_TOTAL`), and a video that failed midway ends
-with an error row that counts the segment rows sent before it. `WholeVideos` runs in the driver,
-between the pipeline and the file writer.
+with an error row that counts the segment rows sent before it (a segment that inference could
+not label is an error row too: the video's output is then one error row). `WholeVideos` runs in
+the driver, between the pipeline and the file writer.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.output.schema import METADATA_COLUMNS, SEGMENT_SPAN_COLUMNS, SEGMENTS_TOTAL
+from vivit_batch.output.schema import (
+    METADATA_COLUMNS,
+    SEGMENT_COLUMNS,
+    SEGMENT_SPAN_COLUMNS,
+    SEGMENTS_TOTAL,
+)
 
 
 @dataclass
@@ -55,8 +61,13 @@ def _whole(rows: pa.Table) -> pa.Table:
     """A video's output rows: its one error row, or its segments in order, each with the video's
     metadata (which the last chunk's rows carry)."""
     errors = rows.filter(pc.equal(rows["status"], "error"))
-    if errors.num_rows:
-        return errors
+    if errors.num_rows:  # one, with no segment: segments that inference failed keep theirs
+        error = errors.slice(0, 1)
+        for name, kind in SEGMENT_COLUMNS.items():
+            index = error.schema.get_field_index(name)
+            if index >= 0:
+                error = error.set_column(index, name, pa.nulls(1, kind))
+        return error
     rows = rows.sort_by("segment_index")
     indices = rows["segment_index"].to_numpy()
     rows = rows.filter(pa.array(np.append(True, indices[1:] != indices[:-1])))  # once each

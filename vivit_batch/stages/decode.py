@@ -1,7 +1,9 @@
 """The decode stage: manifest rows -> rows with uint8 clips (as bytes) and video metadata, or
 error rows (segments mode: a row per segment). Plain Python over pyarrow tables, run by the
 decode actors. A bad video is a row with `status = "error"`, never an exception: an exception
-would make Ray Data drop or retry a whole batch.
+would make Ray Data drop or retry a whole batch. An unexpected exception of one video is its
+`internal_error` row (`failures`); a source that did not answer the version check in time
+(`sources`) is a `timeout` row, not decoded.
 
 Nothing here imports torch: with `decode.isolation=process` the decode actor only passes
 requests to its decoding processes, which have their own.
@@ -26,19 +28,22 @@ from vivit_batch.output.schema import (
     SEGMENT_DECODED_COLUMNS,
     SEGMENT_SPAN_COLUMNS,
     SEGMENTS_TOTAL,
+    STAT_TIMED_OUT,
     VIEWS,
 )
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.redact import redact, redacted_uris
+from vivit_batch.redact import redacted_uris
+from vivit_batch.stages.failures import ALWAYS_FATAL, error_columns, internal_error
 from vivit_batch.video import (
     DecodeConfig,
     DecodeRequest,
+    ErrorCode,
     SamplingConfig,
     VideoError,
     VideoMetadata,
     decode_video,
 )
-from vivit_batch.video.isolation import IsolatedDecoder
+from vivit_batch.video.isolation import DecoderUnavailable, IsolatedDecoder
 from vivit_batch.video.segments import SegmentChunk, decode_segments
 
 
@@ -68,44 +73,63 @@ class DecodeStage:
             self.decoder = IsolatedDecoder(settings.config)
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        stalled = (
+            batch.column(STAT_TIMED_OUT).to_pylist()
+            if STAT_TIMED_OUT in batch.column_names
+            else [False] * batch.num_rows
+        )
         videos = zip(
-            batch.column("uri").to_pylist(), batch.column("video_id").to_pylist(), strict=True
+            batch.column("uri").to_pylist(),
+            batch.column("video_id").to_pylist(),
+            stalled,
+            strict=True,
         )
         if not self.settings.sampling.segments:
-            rows = [self.decode_one(uri, video_id) for uri, video_id in videos]
+            rows = [self.decode_one(*video) for video in videos]
             yield _with_decoded(batch, rows, DECODED_COLUMNS)
             return
-        for index, (uri, video_id) in enumerate(videos):
-            for rows in self.decode_segments(uri, video_id):
+        for index, video in enumerate(videos):
+            for rows in self.decode_segments(*video):
                 yield _with_decoded(batch.take([index] * len(rows)), rows, SEGMENT_ROW_COLUMNS)
 
     def decode_all(self, batch: pa.Table) -> pa.Table:
         """Every row at once (`validate`, benchmarks): all of a video's segments in memory."""
         return pa.concat_tables(self(batch))
 
-    def decode_one(self, uri: str, video_id: str) -> dict:
+    def decode_one(self, uri: str, video_id: str, stalled: bool = False) -> dict:
+        """A video's row; `stalled`: its source did not answer the version check in time."""
         started = time.perf_counter()
         row = dict.fromkeys(DECODED_COLUMNS)
         decode = self.decoder.decode if self.decoder else decode_video
         try:
+            if stalled:
+                raise self.stalled_version_check(uri)
             video = decode(self.settings.request(uri, video_id))
-        except VideoError as error:
-            row.update(_error_columns(error))
-        else:
             meta = video.metadata
             row.update({name: getattr(meta, name) for name in METADATA_COLUMNS})
             row.update(_clip_columns(video.clips))
             row[BYTES_READ] = meta.bytes_read
+        except VideoError as error:
+            row.update(error_columns(error))
+        except FATAL:
+            raise
+        except Exception as error:  # noqa: BLE001 (one video's bug: its row, see `failures`)
+            row = dict.fromkeys(DECODED_COLUMNS)
+            row.update(error_columns(internal_error(uri, error, "decoding")))
         row[DECODE_SECONDS] = time.perf_counter() - started
         return row
 
-    def decode_segments(self, uri: str, video_id: str) -> Iterator[list[dict]]:
+    def decode_segments(
+        self, uri: str, video_id: str, stalled: bool = False
+    ) -> Iterator[list[dict]]:
         """A video's segment rows, a chunk at a time; an error ends them with one error row
         that says how many segment rows came before it (`SEGMENTS_TOTAL`)."""
         decode = self.decoder.decode_segments if self.decoder else decode_segments
         delivered = 0
         started = time.perf_counter()
         try:
+            if stalled:
+                raise self.stalled_version_check(uri)
             for chunk in decode(self.settings.request(uri, video_id)):
                 rows = _segment_rows(chunk)
                 per_segment_s = (time.perf_counter() - started) / len(rows)
@@ -116,14 +140,30 @@ class DecodeStage:
                 delivered += len(rows)
                 yield rows
                 started = time.perf_counter()  # not the time spent waiting for inference
-        except VideoError as error:
+        except FATAL:
+            raise
+        except Exception as error:  # noqa: BLE001 (one video's bug: its row, see `failures`)
+            if not isinstance(error, VideoError):
+                error = internal_error(uri, error, "decoding")
             row = dict.fromkeys(SEGMENT_ROW_COLUMNS)
-            row.update(_error_columns(error))
+            row.update(error_columns(error))
             row.update({SEGMENTS_TOTAL: delivered, DECODE_SECONDS: time.perf_counter() - started})
             yield [row]
 
+    def stalled_version_check(self, uri: str) -> VideoError:
+        stall_s = self.settings.config.stall_timeout_s
+        return VideoError(
+            ErrorCode.TIMEOUT,
+            uri,
+            f"the source did not answer the check of its version (size, time, ETag) within "
+            f"decode.stall_timeout_s={stall_s:g} s, so it was not decoded; raise "
+            "decode.stall_timeout_s for sources this slow",
+        )
+
 
 SEGMENT_ROW_COLUMNS = {**SEGMENT_DECODED_COLUMNS, **DECODED_COLUMNS}
+FATAL: tuple[type[Exception], ...] = (*ALWAYS_FATAL, DecoderUnavailable)
+"""What stops the run rather than make one video's error row (see `failures`)."""
 
 
 def _segment_rows(chunk: SegmentChunk) -> list[dict]:
@@ -149,10 +189,6 @@ def _finish_segments(rows: list[dict], metadata: VideoMetadata, total: int) -> N
         row.update({n: getattr(metadata, n) for n in video_columns})
         row[SEGMENTS_TOTAL] = total
     rows[-1][BYTES_READ] = metadata.bytes_read
-
-
-def _error_columns(error: VideoError) -> dict:
-    return {"status": "error", "error_code": str(error.code), "error_message": redact(str(error))}
 
 
 def _clip_columns(clips: np.ndarray) -> dict:

@@ -1,6 +1,10 @@
 """The inference stage: decoded rows -> the same rows with prediction columns, their clips
 dropped. Plain Python over pyarrow tables, run by the inference actors (see `inference` for
 the model side: uint8 clips in, top-k labels and embeddings out).
+
+A video whose preprocessing raises, or a batch whose labelling raises, does not fail the batch:
+the batch is split in halves until the videos that raise alone are found; they become
+`internal_error` rows, the others are labelled (`failures` says what stays fatal).
 """
 
 from __future__ import annotations
@@ -13,23 +17,35 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from vivit_batch.device import DeviceError, describe, open_device, require_fit
-from vivit_batch.inference import VideoClassifier
+from vivit_batch.inference import Prediction, VideoClassifier
 from vivit_batch.model import CheckpointError, load_pretrained
 from vivit_batch.output.schema import (
     CLIP_SHAPE,
     CLIPS,
     INFERENCE_DEVICE,
     INFERENCE_SECONDS,
+    OUTCOME_COLUMNS,
     PREDICTION_COLUMNS,
     PROVENANCE_COLUMNS,
     embedding_type,
 )
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.redact import redacted_uris
+from vivit_batch.stages.failures import ALWAYS_FATAL, error_columns, internal_error
+from vivit_batch.video import VideoError
 
 log = logging.getLogger("vivit_batch")
+
+FATAL: tuple[type[Exception], ...] = (
+    *ALWAYS_FATAL,
+    torch.cuda.OutOfMemoryError,
+    torch.AcceleratorError,
+)
+"""What stops the run rather than make one video's error row: the device is out of memory or
+in error for every video, not for this one (see `failures`)."""
 
 
 class CheckpointChanged(CheckpointError):
@@ -102,9 +118,19 @@ class InferenceStage:
             raise self.refusal
         started = time.perf_counter()
         ok = [i for i, s in enumerate(batch.column("status").to_pylist()) if s == "ok"]
-        clips = [_clips_of(batch, i) for i in ok]
-        predictions = dict(zip(ok, self.classifier.classify(clips) if clips else [], strict=True))
-        batch = batch.drop_columns([CLIPS, CLIP_SHAPE])
+        uris = batch.column("uri").to_pylist()
+        clips: dict[int, np.ndarray] = {}
+        failed: dict[int, VideoError] = {}
+        for row in ok:
+            try:
+                clips[row] = _clips_of(batch, row)
+            except FATAL:
+                raise
+            except Exception as error:  # noqa: BLE001 (one video's bug: its row)
+                failed[row] = internal_error(uris[row], error, "preprocessing")
+        predictions: dict[int, Prediction] = {}
+        self._label_bisecting(list(clips), clips, predictions, failed, uris)
+        batch = _with_errors(batch.drop_columns([CLIPS, CLIP_SHAPE]), failed)
         columns = self._prediction_columns(predictions, batch.num_rows)
         elapsed = time.perf_counter() - started
         columns[INFERENCE_SECONDS] = pa.array([elapsed / batch.num_rows] * batch.num_rows)
@@ -112,6 +138,33 @@ class InferenceStage:
         for name, column in columns.items():
             batch = batch.append_column(name, column)
         return redacted_uris(batch)  # fetched: done
+
+    def _label_bisecting(
+        self,
+        rows: list[int],
+        clips: dict[int, np.ndarray],
+        predictions: dict[int, Prediction],
+        failed: dict[int, VideoError],
+        uris: list[str],
+    ) -> None:
+        """Label `rows` together; if that raises, each half on its own, down to single rows,
+        which then fail alone (a batch with one bad video costs about 2 log2(batch) extra
+        passes of shrinking size)."""
+        if not rows:
+            return
+        try:
+            found = self.classifier.classify([clips[row] for row in rows])
+        except FATAL:
+            raise
+        except Exception as error:  # noqa: BLE001 (one video's bug: found by halving)
+            if len(rows) == 1:
+                failed[rows[0]] = internal_error(uris[rows[0]], error, "labelling")
+                return
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                self._label_bisecting(part, clips, predictions, failed, uris)
+            return
+        predictions.update(zip(rows, found, strict=True))
 
     def _prediction_columns(self, predictions: dict, rows: int) -> dict[str, pa.Array]:
         hidden = self.classifier.model.config.hidden_size
@@ -146,6 +199,18 @@ PREDICTION_VALUES = {
     "topk_scores": lambda p: p.scores,
 }
 """Each prediction column from a `Prediction` (see `inference`)."""
+
+
+def _with_errors(batch: pa.Table, failed: dict[int, VideoError]) -> pa.Table:
+    """`batch` with the rows in `failed` made error rows."""
+    if not failed:
+        return batch
+    for name, kind in OUTCOME_COLUMNS.items():
+        values = batch.column(name).to_pylist()
+        for row, error in failed.items():
+            values[row] = error_columns(error)[name]
+        batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, kind))
+    return batch
 
 
 def _clips_of(batch: pa.Table, row: int) -> np.ndarray:

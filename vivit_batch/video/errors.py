@@ -19,6 +19,9 @@ class ErrorCode(str, Enum):
     DECODE_CRASH = "decode_crash"
     """The decoding process died (set by the pipeline, which sees the worker go)."""
     STORAGE_ERROR = "storage_error"
+    INTERNAL_ERROR = "internal_error"
+    """An unexpected exception while decoding, preprocessing or labelling the video (a bug that
+    this file hits): see `stages.failures`."""
 
     def __str__(self) -> str:
         return self.value

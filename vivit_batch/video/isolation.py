@@ -4,8 +4,9 @@ PyAV cannot be interrupted from Python while FFmpeg blocks (a stalled pipe or ne
 decoder that loops), and a segfault or abort in FFmpeg ends the process it runs in. So
 `IsolatedDecoder` runs `decode_video` in a long-lived worker process, reused from video to video:
 a request goes down a pipe, the clips come back as raw bytes. The parent waits with a hard
-deadline (the soft one inside `decode_video` stays the first line); a worker that misses it is
-killed and replaced, and the video is a `timeout`. A worker that dies is replaced and the video
+deadline (the soft one inside `decode_video` stays the first line) that covers the whole reply,
+its last byte included; a worker that misses it is killed and replaced, and the video is a
+`timeout`. A worker that dies is replaced and the video
 retried up to `crash_retries` times, then it is a `decode_crash`.
 
 Workers are forked from a zygote: a process started once per `IsolatedDecoder` that imports PyAV,
@@ -22,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -37,14 +40,16 @@ from vivit_batch.video.decode import DecodeConfig, DecodedVideo, DecodeRequest
 from vivit_batch.video.errors import ErrorCode, VideoError
 from vivit_batch.video.segments import SegmentChunk
 from vivit_batch.video.worker import (
+    HEADER_LENGTH,
+    MAX_HEADER_BYTES,
     STILL_RUNNING,
+    TEST_FAULTS,
     Chunk,
     Decoded,
     DecoderProcessError,
     Failed,
     MalformedReply,
     parse_reply,
-    receive_into,
 )
 
 KILL_GRACE_S = 3.0
@@ -176,6 +181,10 @@ class IsolatedDecoder:
         self.close()
 
 
+class DecoderUnavailable(DecoderProcessError):
+    """The decoding processes cannot be started: no video's fault, so the run stops."""
+
+
 class _Stuck(Exception):
     pass
 
@@ -196,7 +205,7 @@ class _Processes:
 
     def ready_worker(self, startup_timeout_s: float) -> _Worker:
         if self.closed:
-            raise DecoderProcessError("this IsolatedDecoder is closed")
+            raise DecoderUnavailable("this IsolatedDecoder is closed")
         if self.worker and self.worker.died_while_idle():  # not the next video's fault
             self.end_worker()
         if self.worker:
@@ -212,7 +221,7 @@ class _Processes:
                 zygote.stop()
                 self.zygote = None
                 if restarted:  # a zygote that died is restarted once
-                    raise DecoderProcessError(f"the decoding processes failed: {gone}") from None
+                    raise DecoderUnavailable(f"the decoding processes failed: {gone}") from None
                 restarted = True
 
     def end_worker(self) -> str:
@@ -332,10 +341,12 @@ class _Worker:
     def __init__(self, pid: int, request_fd: int, reply_fd: int):
         self.pid = pid
         self.requests = Connection(request_fd, readable=False)
-        self.replies = Connection(reply_fd, writable=False)
+        self.reply_fd = reply_fd
+        self._replies = select.poll()
+        self._replies.register(reply_fd, select.POLLIN)
 
     def died_while_idle(self) -> bool:
-        return self.replies.poll(0)  # nothing is due: readable means the pipe's end
+        return self._readable_within(0)  # nothing is due: readable means the pipe's end
 
     def send(self, request: bytes) -> None:
         """Send a pickled `DecodeRequest`."""
@@ -345,29 +356,54 @@ class _Worker:
             raise _Died() from error
 
     def receive(
-        self, deadline: float | None, uri: str, max_clip_bytes: int
+        self, timeout_s: float | None, uri: str, max_clip_bytes: int
     ) -> tuple[Decoded | Chunk | Failed, np.ndarray | None]:
-        """The next reply, and the clips that follow a `Decoded` or a `Chunk`. A reply that is
-        not one (`parse_reply`) counts as the worker's death."""
+        """The next reply, and the clips that follow a `Decoded` or a `Chunk`, all of it within
+        `timeout_s` (else `_Stuck`). A reply that is not one (`parse_reply`, a header longer than
+        `MAX_HEADER_BYTES`) counts as the worker's death."""
+        end = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            if not self.replies.poll(deadline):
-                raise _Stuck()
-            reply = parse_reply(self.replies.recv_bytes(), uri, max_clip_bytes)
+            (size,) = HEADER_LENGTH.unpack(self._read(HEADER_LENGTH.size, end))
+            if size > MAX_HEADER_BYTES:
+                raise MalformedReply(f"a header of {size} bytes, above {MAX_HEADER_BYTES}")
+            reply = parse_reply(self._read(size, end), uri, max_clip_bytes)
             clips = None
             if isinstance(reply, (Decoded, Chunk)):
                 clips = np.empty(reply.shape, np.uint8)
-                receive_into(self.replies.fileno(), clips)
+                self._read_into(clips.data.cast("B"), end)
             return reply, clips
         except (EOFError, OSError) as error:
             raise _Died() from error
         except MalformedReply as error:
             raise _Died(f"it sent a reply that is not one ({error})") from None
 
+    def _read(self, size: int, end: float | None) -> bytes:
+        data = bytearray(size)
+        self._read_into(memoryview(data), end)
+        return bytes(data)
+
+    def _read_into(self, view: memoryview, end: float | None) -> None:
+        """Fill `view` from the reply pipe by `end` (monotonic seconds; None: no deadline)."""
+        done = 0
+        while done < len(view):
+            left = None if end is None else end - time.monotonic()
+            if not self._readable_within(left):
+                raise _Stuck()
+            count = os.readv(self.reply_fd, [view[done:]])
+            if not count:
+                raise EOFError("the decoding process closed its pipe midway through a reply")
+            done += count
+
+    def _readable_within(self, timeout_s: float | None) -> bool:
+        """Whether the reply pipe has bytes (or its end) within `timeout_s` (None: waits)."""
+        timeout_ms = None if timeout_s is None else max(0.0, timeout_s * 1000)
+        return bool(self._replies.poll(timeout_ms))
+
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
         self.requests.close()
-        self.replies.close()
+        os.close(self.reply_fd)
 
 
 def _result(reply: Decoded | Failed, clips: np.ndarray | None) -> DecodedVideo:
@@ -386,7 +422,7 @@ ENVIRONMENT_KEPT = frozenset(
     {"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
     | {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "SSL_CERT_FILE", "SSL_CERT_DIR"}
     | {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "HTTP_PROXY", "HTTPS_PROXY"}
-    | {"no_proxy", "http_proxy", "https_proxy"}
+    | {"no_proxy", "http_proxy", "https_proxy", TEST_FAULTS}
 )
 ENVIRONMENT_PREFIXES_KEPT = ("LC_", "AWS_", "FSSPEC_")
 """The decoding processes open the videos themselves (local files, S3 with the standard AWS

@@ -7,10 +7,11 @@ of the parent's `IsolatedDecoder` and reports their exits. A worker (`serve`) de
 clips) per chunk of segments, the last one carrying the metadata, or a `Failed` at any point.
 Both exit when the process above them does.
 
-Replies are data, never pickles: a JSON header (`encode_reply`) that the parent checks field by
-field (`parse_reply`) before it believes any of it, then the clips' raw uint8 bytes. A decoder
-exploit in the worker can send the parent wrong pixels or a malformed reply (the worker is then
-treated as crashed), not code to run.
+Replies are data, never pickles: a JSON header (`encode_reply`) after its length
+(`HEADER_LENGTH`, at most `MAX_HEADER_BYTES`), which the parent checks field by field
+(`parse_reply`) before it believes any of it, then the clips' raw uint8 bytes. A decoder exploit
+in the worker can send the parent wrong pixels or a malformed reply (the worker is then treated
+as crashed), not code to run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ _REAP_WAIT_S = 10.0
 _PIPE_BYTES = 2**20
 """Pipe buffer asked for (Linux), so a clip crosses in a few writes rather than 64 KiB ones."""
 _F_SETPIPE_SZ = 1031
+HEADER_LENGTH = struct.Struct("<I")
+"""What precedes a reply's header on the pipe: its length in bytes."""
+MAX_HEADER_BYTES = 16 * 2**20
+"""Most bytes of a reply's header the parent reads (a larger one is a malformed reply). The
+largest a worker sends, a chunk of segments' bounds, takes about 45 bytes per segment."""
+TEST_FAULTS = "VIVIT_BATCH_TEST_DECODE_FAULTS"
+"""Test builds only, never set in production: `fault:name,fault:name,...` in the environment of
+the process that starts an `IsolatedDecoder` makes its workers misbehave on each video whose URI
+ends with `name`, so that tests can show each fault costs that video one error row: `raise` (an
+exception while decoding), `partial_reply` (a reply cut short, then silence), `oversized_reply`
+(a header longer than `MAX_HEADER_BYTES`, then silence)."""
 
 
 class DecoderProcessError(RuntimeError):
@@ -305,7 +317,6 @@ def _fork_worker(control: socket.socket, max_memory_bytes: int) -> tuple[int, li
 def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
     """A worker: decode each request until the request pipe closes or the zygote ends."""
     requests = Connection(request_fd, writable=False)
-    replies = Connection(reply_fd, readable=False)
     if max_memory_bytes:
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         if hard != resource.RLIM_INFINITY:
@@ -317,10 +328,15 @@ def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
             request = requests.recv_bytes()
         except (EOFError, OSError):
             return
-        for reply, clips in _replies(pickle.loads(request), max_memory_bytes):  # the parent's
-            replies.send_bytes(encode_reply(reply))
+        request = pickle.loads(request)  # the parent's
+        fault = injected_fault(request.uri)
+        if fault in ("partial_reply", "oversized_reply"):
+            _send_faulty_reply(reply_fd, fault)
+        for reply, clips in _replies(request, max_memory_bytes):
+            header = encode_reply(reply)
+            _send_all(reply_fd, memoryview(HEADER_LENGTH.pack(len(header)) + header))
             if clips is not None:
-                _send_all(reply_fd, clips)
+                _send_all(reply_fd, clips.data.cast("B"))
             del reply, clips
 
 
@@ -329,6 +345,8 @@ def _replies(
 ) -> Iterator[tuple[Decoded | Chunk | Failed, np.ndarray | None]]:
     """The replies to one request, each with the clips to send after it."""
     try:
+        if injected_fault(request.uri) == "raise":
+            raise RuntimeError(f"a fault injected by {TEST_FAULTS}")
         if request.sampling.segments:
             for chunk in decode_segments(request):
                 clips = np.ascontiguousarray(chunk.clips)
@@ -375,19 +393,25 @@ def _exit_with_parent(parent_pid: int) -> None:
     os._exit(0)
 
 
-def receive_into(fd: int, array: np.ndarray) -> None:
-    """Read exactly the array's bytes from the pipe, straight into it."""
-    view = array.data.cast("B")
-    done = 0
-    while done < len(view):
-        count = os.readv(fd, [view[done:]])
-        if not count:
-            raise EOFError("the decoding process closed the pipe midway through a clip")
-        done += count
-
-
-def _send_all(fd: int, array: np.ndarray) -> None:
-    view = array.data.cast("B")
+def _send_all(fd: int, view: memoryview) -> None:
     done = 0
     while done < len(view):
         done += os.write(fd, view[done:])
+
+
+def injected_fault(uri: str) -> str | None:
+    """The fault `TEST_FAULTS` injects for `uri` (test builds only), if any."""
+    for entry in os.environ.get(TEST_FAULTS, "").split(","):
+        fault, _, name = entry.partition(":")
+        if name and uri.endswith(name):
+            return fault
+    return None
+
+
+def _send_faulty_reply(reply_fd: int, fault: str) -> None:
+    """Start the reply `fault` names, then hang until the parent kills this worker."""
+    if fault == "partial_reply":
+        _send_all(reply_fd, memoryview(HEADER_LENGTH.pack(100) + b'{"kind": "dec'))
+    else:
+        _send_all(reply_fd, memoryview(HEADER_LENGTH.pack(MAX_HEADER_BYTES + 1)))
+    threading.Event().wait()
