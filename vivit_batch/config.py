@@ -19,6 +19,7 @@ import yaml
 
 from vivit_batch import storage
 from vivit_batch.settings import (
+    BYTES,
     SECONDS,
     ConfigError,
     Section,
@@ -60,6 +61,14 @@ class ManifestSection(Section, name="manifest"):
         "manifest_ keeps a ground-truth `label` column as manifest_label",
         pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
         pattern_help="a letter, then up to 63 letters, digits or '_'",
+    )
+    max_cell_bytes: int = setting(
+        64 * 2**10,
+        "largest manifest value (one column of one row, uri included; lists and objects "
+        "summed): a larger one is refused before any work, since the value is repeated on "
+        "every output row of its video (each segment's, in segments mode)",
+        unit=BYTES,
+        minimum=1,
     )
 
 
