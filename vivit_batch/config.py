@@ -76,6 +76,15 @@ class ManifestSection(Section, name="manifest"):
 class OutputSection(Section, name="output"):
     uri: str = setting("", "directory (local or s3://) of the Parquet dataset")
     rows_per_file: int = setting(5000, "most rows in one Parquet file", minimum=1)
+    max_held_bytes: int = setting(
+        2**30,
+        "temporal_views=segments: most bytes of labelled segment rows the driver holds; past "
+        "it, the whole videos in are staged at once (smaller files), and when the videos still "
+        "waiting for their last chunk alone hold more, the one holding most becomes a too_large "
+        "error row",
+        unit=BYTES,
+        minimum=1,
+    )
     partition_by: str | None = setting(
         None,
         "run_date: each run's rows under a run_date=YYYY-MM-DD/ folder (UTC date of its start)",
