@@ -1,7 +1,10 @@
 """Manifest reading and validation, without Ray."""
 
+import json
+
 import pyarrow as pa
 
+from vivit_batch.cli import main
 from vivit_batch.config import ManifestSection
 from vivit_batch.manifest import (
     manifest_format,
@@ -11,6 +14,7 @@ from vivit_batch.manifest import (
     with_ids,
 )
 from vivit_batch.output import RESERVED_COLUMNS
+from vivit_batch.testing.checkpoints import make_checkpoint
 
 
 def test_formats_by_extension_and_listing(tmp_path):
@@ -62,3 +66,44 @@ def test_scan_refuses_internal_and_repeated_column_names(tmp_path):
     assert "repeats column names: uri" in problems[0]
     assert "starting with '_': _decode_s, _views" in problems[1]
     assert "rename them" in problems[1]
+
+
+def test_scan_refuses_cells_over_the_limit_naming_row_and_column(tmp_path):
+    manifest = tmp_path / "m.csv"
+    big = "x" * 2**20
+    manifest.write_text(f"uri,notes,tag\na.mp4,short,t\nb.mp4,{big},t\nc.mp4,ok,{big}\n")
+    [problem] = scan_manifest(ManifestSection(str(manifest)), RESERVED_COLUMNS).problems
+    assert "has 2 value(s) larger than manifest.max_cell_bytes (64KiB)" in problem
+    assert "line 3, column 'notes' (1048576 bytes); line 4, column 'tag' (1048576 bytes)" in problem
+    assert "raise manifest.max_cell_bytes" in problem
+    raised = ManifestSection(str(manifest), max_cell_bytes=2**20)
+    assert scan_manifest(raised, RESERVED_COLUMNS).problems == []
+
+
+def test_cell_sizes_count_what_a_value_holds(tmp_path):
+    """Lists and objects are summed over their items; a URI is a cell like any other."""
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"uri": "a.mp4", "meta": {"tags": ["x" * 60, "y" * 60], "n": 1}},
+        {"uri": "b" * 200 + ".mp4", "meta": {"tags": [], "n": 2}},
+        {"uri": "c.mp4", "meta": None},
+    ]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    section = ManifestSection(str(manifest), max_cell_bytes=100)
+    [problem] = scan_manifest(section, RESERVED_COLUMNS).problems
+    assert "line 1, column 'meta' (128 bytes); line 2, column 'uri' (204 bytes)." in problem
+
+
+def test_a_run_with_a_1_mib_cell_exits_2_at_the_scan(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint"
+    make_checkpoint(checkpoint)
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"uri": "a.mp4", "caption": "fine"}, {"uri": "b.mp4", "caption": "x" * 2**20}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    arguments = ["--manifest", str(manifest), "--output", str(tmp_path / "out")]
+    assert main(["run", *arguments, "--model", str(checkpoint)]) == 2
+    printed = capsys.readouterr().err
+    assert "line 2, column 'caption' (1048576 bytes)" in printed
+    assert "manifest.max_cell_bytes (64KiB)" in printed
+    assert "Traceback" not in printed
+    assert not (tmp_path / "out").exists()

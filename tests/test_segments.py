@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from vivit_batch.output.schema import SEGMENTS_TOTAL
@@ -146,7 +147,7 @@ def labelled(video_id: str, indices: list[int | None], total: int | None, status
 
 
 def test_a_video_leaves_whole_once_all_its_segments_are_in():
-    videos = WholeVideos()
+    videos = WholeVideos(max_held_bytes=2**30)
     last_chunk_first = pa.concat_tables([labelled("a", [2, 3], 4), labelled("b", [0, 1], None)])
     assert list(videos.add(last_chunk_first)) == []
     assert videos.incomplete == 2
@@ -161,10 +162,69 @@ def test_a_video_leaves_whole_once_all_its_segments_are_in():
 
 
 def test_segments_that_inference_failed_make_one_error_row_without_a_segment():
-    videos = WholeVideos()
+    videos = WholeVideos(max_held_bytes=2**30)
     failed = pa.concat_tables([labelled("c", [0], None), labelled("c", [1, 2], 3, status="error")])
     [c] = list(videos.add(failed))
     assert c["status"].to_pylist() == ["error"] and c["segment_index"].to_pylist() == [None]
+
+
+CAPTION = 10_000
+"""bytes of a manifest value that every segment row of its video carries"""
+
+
+def carrying(video_id: str, indices: list[int], total: int | None) -> pa.Table:
+    """Labelled segment rows as the driver gets them, each with a manifest caption."""
+    rows = labelled(video_id, indices, total)
+    outcome = {"error_code": None, "error_message": None, "label": "cat"}
+    for name, value in outcome.items():
+        rows = rows.append_column(name, pa.array([value] * rows.num_rows, pa.string()))
+    return rows.append_column("caption", pa.array(["c" * CAPTION] * rows.num_rows))
+
+
+def test_whole_videos_leave_early_to_keep_the_rows_held_within_the_budget():
+    budget = 10 * CAPTION  # about 10 segment rows
+    videos = WholeVideos(max_held_bytes=budget)
+    batches = [carrying(video, [0, 1, 2, 3], 4) for video in "abcde"]
+    files = [f["video_id"].unique().to_pylist() for f in videos.files(batches, 1000)]
+    assert files == [["a", "b", "c"], ["d", "e"]]  # 1000 rows a file, but 12 rows are too many
+    unbounded = WholeVideos(max_held_bytes=2**40).files(batches, 1000)
+    assert [f["video_id"].unique().to_pylist() for f in unbounded] == [list("abcde")]
+
+
+def test_a_video_past_the_budget_becomes_one_too_large_row_and_the_others_go_on():
+    budget = 10 * CAPTION
+    videos = WholeVideos(max_held_bytes=budget)
+    held = []
+
+    def arriving():
+        yield carrying("other", [0, 1], None)
+        for first in range(0, 12, 3):  # "long" alone outgrows the budget on its 4th chunk
+            yield carrying("long", [first, first + 1, first + 2], None)
+            held.append(videos.held_bytes)
+        yield carrying("other", [2], 3)
+        yield carrying("long", [12], 13)  # its last chunk, after it was given up: dropped
+
+    files = list(videos.files(arriving(), rows_per_file=1000))
+    assert max(held) <= budget and videos.incomplete == 0
+    [rows] = files
+    [error] = rows.filter(pc.equal(rows["video_id"], "long")).to_pylist()
+    assert (error["status"], error["error_code"]) == ("error", "too_large")
+    assert (
+        "for 2 unfinished video(s), more than output.max_held_bytes (100000)"
+        in (error["error_message"])
+    )
+    assert "raise output.max_held_bytes" in error["error_message"]
+    assert (error["segment_index"], error["label"], error["duration_s"]) == (None, None, None)
+    assert error["caption"] == "c" * CAPTION  # the manifest's values stay on its row
+    other = rows.filter(pc.equal(rows["video_id"], "other"))
+    assert other["segment_index"].to_pylist() == [0, 1, 2]
+    assert other["status"].unique().to_pylist() == ["ok"]
+
+
+def test_a_video_still_unfinished_at_the_end_fails_the_run():
+    videos = WholeVideos(max_held_bytes=2**30)
+    with pytest.raises(RuntimeError, match="segment rows of 1 videos did not all arrive"):
+        list(videos.files([carrying("a", [0, 1], 4), carrying("b", [0], 1)], 1000))
 
 
 @pytest.mark.parametrize(
@@ -194,6 +254,6 @@ def test_a_video_that_fails_midway_is_one_error_row_and_none_of_its_segments(
     assert failed["status"].to_pylist() == ["error"]
     assert failed["error_code"].to_pylist() == ["decode_error"]
     assert failed[SEGMENTS_TOTAL].to_pylist() == [sum(t.num_rows for t in chunks)]
-    videos = WholeVideos()
+    videos = WholeVideos(max_held_bytes=2**30)
     whole = [rows for table in tables for rows in videos.add(table)]
     assert len(whole) == 1 and whole[0].num_rows == 1 and whole[0]["status"][0].as_py() == "error"

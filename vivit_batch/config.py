@@ -19,6 +19,7 @@ import yaml
 
 from vivit_batch import storage
 from vivit_batch.settings import (
+    BYTES,
     SECONDS,
     ConfigError,
     Section,
@@ -61,12 +62,29 @@ class ManifestSection(Section, name="manifest"):
         pattern=r"[A-Za-z][A-Za-z0-9_]{0,63}",
         pattern_help="a letter, then up to 63 letters, digits or '_'",
     )
+    max_cell_bytes: int = setting(
+        64 * 2**10,
+        "largest manifest value (one column of one row, uri included; lists and objects "
+        "summed): a larger one is refused before any work, since the value is repeated on "
+        "every output row of its video (each segment's, in segments mode)",
+        unit=BYTES,
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)
 class OutputSection(Section, name="output"):
     uri: str = setting("", "directory (local or s3://) of the Parquet dataset")
     rows_per_file: int = setting(5000, "most rows in one Parquet file", minimum=1)
+    max_held_bytes: int = setting(
+        2**30,
+        "temporal_views=segments: most bytes of labelled segment rows the driver holds; past "
+        "it, the whole videos in are staged at once (smaller files), and when the videos still "
+        "waiting for their last chunk alone hold more, the one holding most becomes a too_large "
+        "error row",
+        unit=BYTES,
+        minimum=1,
+    )
     partition_by: str | None = setting(
         None,
         "run_date: each run's rows under a run_date=YYYY-MM-DD/ folder (UTC date of its start)",

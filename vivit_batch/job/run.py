@@ -290,7 +290,11 @@ def write_rows(
         )
     )
     with stage_errors(), progress:
-        staged = staged_whole_videos(dataset, writer) if segments else staged_files(dataset, writer)
+        staged = (
+            staged_whole_videos(dataset, writer, config.output.max_held_bytes)
+            if segments
+            else staged_files(dataset, writer)
+        )
         for row in staged:
             ready()
             stats.add(commit_staged(output, lock, row, work.relabelled))
@@ -306,23 +310,12 @@ def staged_files(dataset: ray.data.Dataset, writer: FileWriter) -> Iterator[dict
         yield from batch.to_pylist()
 
 
-def staged_whole_videos(dataset: ray.data.Dataset, writer: FileWriter) -> Iterator[dict]:
-    """Segments mode: labelled rows gathered into whole videos (`WholeVideos`) and staged here
-    a file's worth at a time, so that no file, and no commit, holds a part of a video."""
-    videos = WholeVideos()
-    pending: list[pa.Table] = []
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        pending += videos.add(batch)
-        if sum(t.num_rows for t in pending) >= writer.rows_per_file:
-            yield from writer(pa.concat_tables(pending, promote_options="default")).to_pylist()
-            pending = []
-    if pending:
-        yield from writer(pa.concat_tables(pending, promote_options="default")).to_pylist()
-    if videos.incomplete:
-        raise RuntimeError(
-            f"the segment rows of {videos.incomplete} videos did not all arrive; nothing of "
-            "them was written (a rerun labels them)"
-        )
+def staged_whole_videos(dataset: ray.data.Dataset, writer: FileWriter, held: int) -> Iterator[dict]:
+    """Segments mode: labelled rows gathered into whole videos (`WholeVideos`, holding at most
+    `held` bytes) and staged here, so that no file, and no commit, holds a part of a video."""
+    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    for rows in WholeVideos(held).files(batches, writer.rows_per_file):
+        yield from writer(rows).to_pylist()
 
 
 def run_report(

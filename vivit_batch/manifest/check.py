@@ -1,6 +1,6 @@
 """Checking a manifest before any work, in one streaming pass (run it in a Ray task: it holds
 only a set of id hashes, never the rows): parse errors with the line where they happen,
-column names, empty manifests and URIs, unsupported schemes, duplicate ids."""
+column names, empty manifests and URIs, unsupported schemes, duplicate ids, oversized cells."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vivit_batch import storage
 from vivit_batch.config import ManifestSection
@@ -26,6 +28,7 @@ from vivit_batch.manifest.read import (
     supported_uri,
     with_ids,
 )
+from vivit_batch.settings import BYTES, show
 
 MAX_LISTED_PROBLEMS = 10
 SAMPLE_VIDEOS = 3
@@ -50,7 +53,7 @@ def scan_manifest(
     section: ManifestSection, reserved_columns: set[str], options: dict | None = None
 ) -> ManifestSummary:
     """One streaming pass: parse errors and URI schemes, column checks, empty manifest, empty
-    URIs, duplicate ids (with their rows)."""
+    URIs, duplicate ids (with their rows), cells over `max_cell_bytes` (with row and column)."""
     summary = ManifestSummary()
     if not supported_uri(section.uri, section.allow_http):
         summary.problems.append(
@@ -60,7 +63,7 @@ def scan_manifest(
     fmt = manifest_format(section, options)
     base = base_directory(section)
     first_row_of: dict[bytes, str] = {}
-    duplicates, empty, unsupported = [], [], []
+    duplicates, empty, unsupported, oversized = [], [], [], []
     listing = list_videos(section.uri, options) if fmt == "videos" else None
     try:
         for offset, batch in batches(section.uri, fmt, options, listing):
@@ -77,6 +80,7 @@ def scan_manifest(
             if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
                 summary.problems.append(f"manifest {section.uri}: 'uri' must be text, not {kind}")
                 return summary
+            oversized += _oversized_cells(batch, section.max_cell_bytes, fmt, offset)
             given = batch.column("uri").to_pylist()
             table = pa.Table.from_batches([batch])
             filled = pa.array([u or "" for u in given], pa.string())
@@ -117,6 +121,14 @@ def scan_manifest(
             f"manifest {section.uri} has {len(unsupported)} URIs with an unsupported scheme: "
             f"{_listed(unsupported)}. {supported_schemes(section)}"
         )
+    if oversized:
+        summary.problems.append(
+            f"manifest {section.uri} has {len(oversized)} value(s) larger than "
+            f"manifest.max_cell_bytes ({show(section.max_cell_bytes, BYTES)}): "
+            f"{_listed(oversized)}. Each is repeated on every output row of its video (every "
+            "segment's, in segments mode): keep large data elsewhere and give its key or path "
+            "in the manifest, or raise manifest.max_cell_bytes"
+        )
     if duplicates:
         summary.problems.append(
             f"manifest {section.uri} has {len(duplicates)} duplicate video ids: "
@@ -124,6 +136,55 @@ def scan_manifest(
             "distinct ids)"
         )
     return summary
+
+
+def _oversized_cells(batch: pa.RecordBatch, limit: int, fmt: str, offset: int) -> list[str]:
+    """'line N, column 'name' (B bytes)' for each value of `batch` over `limit` bytes, row by
+    row."""
+    found = [
+        (int(row), f"column {name!r} ({sizes[row]} bytes)")
+        for name, column in zip(batch.column_names, batch.columns, strict=True)
+        for sizes in [_value_bytes(column)]
+        for row in np.flatnonzero(sizes > limit)
+    ]
+    found.sort(key=lambda cell: cell[0])  # stable: columns in order within a row
+    return [f"{_row_label(fmt, offset + row)}, {cell}" for row, cell in found]
+
+
+def _value_bytes(values: pa.Array) -> np.ndarray:
+    """The bytes each value of `values` holds: text and binary as stored, lists and objects
+    summed over their items, nulls 0."""
+    kind = values.type
+    if pa.types.is_primitive(kind) or pa.types.is_decimal(kind):
+        return np.full(len(values), kind.bit_width // 8)
+    if any(is_kind(kind) for is_kind in _BYTE_STRINGS):
+        return _filled(pc.binary_length(values))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        summed = np.concatenate([[0], np.cumsum(_value_bytes(values.flatten()))])
+        lengths = _filled(pc.list_value_length(values))
+        ends = np.cumsum(lengths)
+        return summed[ends] - summed[ends - lengths]
+    if pa.types.is_struct(kind):
+        fields = (_value_bytes(field) for field in values.flatten())
+        return sum(fields, np.zeros(len(values), np.int64))
+    if pa.types.is_dictionary(kind):
+        return _value_bytes(values.dictionary_decode())
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        return _value_bytes(values.cast(pa.large_binary()))
+    return np.array([values.slice(row, 1).nbytes for row in range(len(values))])
+
+
+_BYTE_STRINGS = (
+    pa.types.is_binary,
+    pa.types.is_string,
+    pa.types.is_large_binary,
+    pa.types.is_large_string,
+    pa.types.is_fixed_size_binary,
+)
+
+
+def _filled(counts: pa.Array) -> np.ndarray:
+    return counts.fill_null(0).to_numpy().astype(np.int64)
 
 
 def _listed(items: list[str]) -> str:
