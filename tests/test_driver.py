@@ -12,14 +12,6 @@ import pytest
 
 from vivit_batch.calibration import StageCosts
 from vivit_batch.config import ConfigError, JobConfig, load_config
-from vivit_batch.incremental import (
-    all_ids,
-    count_listed,
-    error_ids,
-    relabel_candidates,
-    select_relabelled,
-    without,
-)
 from vivit_batch.job import ClusterShape, PreparedJob, plan_resources
 from vivit_batch.job.prepare import check_identity, identity_differences
 from vivit_batch.job.resources import plans_from_costs
@@ -30,6 +22,15 @@ from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sources import changed_ids, source_differs, source_version
 from vivit_batch.stages.decode import DecodeSettings
 from vivit_batch.video import SamplingConfig
+from vivit_batch.work import (
+    Work,
+    all_ids,
+    count_listed,
+    error_ids,
+    relabel_candidates,
+    select_relabelled,
+    without,
+)
 
 
 def plan(
@@ -245,6 +246,24 @@ def test_only_candidates_the_manifest_still_lists_are_relabelled():
     assert without(all_ids([COMMITTED]), chosen["video_id"]).to_pylist() == ["a", "c"]
     assert error_ids([COMMITTED]).to_pylist() == ["b"]
     assert count_listed(manifest, {"count": ids("b", "a")})["count"].to_pylist() == [1]
+
+
+def test_the_work_over_committed_files_skips_keeps_and_relabels_in_place():
+    """A `--rerun-errors` run over two committed files whose manifest lists b, c, d and a new
+    video, with b's source fixed: b's error row is replaced where it is, d's error row is kept,
+    a (no longer listed) and c are skipped."""
+    committed = {
+        "f1": pa.table({"video_id": ids("a", "b"), "status": ["ok", "error"]}),
+        "f2": pa.table({"video_id": ids("c", "d"), "status": ["ok", "error"]}),
+    }
+    manifest = pa.table({"video_id": ids("b", "c", "d", "new"), "uri": ["1", "2", "3", "4"]})
+    work = Work.over(committed, relabel=ids("b"))
+    assert work.skip.to_pylist() == ["a", "c", "d"]
+    assert work.kept_errors.to_pylist() == ["d"]
+    assert work.relabelled.holding(ids("b", "new")) == {"f1": ids("b")}
+    listed = count_listed(manifest, {"skip": work.skip, "kept_errors": work.kept_errors})
+    counted = work.counted(manifest.num_rows, listed.to_pylist()[0])
+    assert (counted.to_label, counted.errors_kept) == (2, 1)  # b and new; d's error stays
 
 
 def versions_table(rows: dict[str, dict]) -> pa.Table:

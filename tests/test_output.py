@@ -18,6 +18,7 @@ from vivit_batch.output import (
     FileWriter,
     Output,
     RunReport,
+    RunWriter,
     Unlocked,
     WriteStats,
     commit_staged,
@@ -184,6 +185,26 @@ def test_versions_archived_by_older_releases_are_hidden(tmp_path):
     assert duckdb_ids(output) == ["a", "a"]  # what 0.1 outputs gave DuckDB
     assert output.hide_legacy_archives(Unlocked()) == 1
     assert duckdb_ids(output) == ["a"]
+
+
+def test_a_run_writer_changes_the_output_only_from_its_first_commit(tmp_path):
+    """Staging touches nothing readers see; the first commit writes the identity (and clears
+    what dead runs staged) before the file; `finish` writes the report and clears the run's
+    own staging."""
+    output = Output(str(tmp_path / "out"))
+    output.stage(b"left by a dead run", "dead-run", "part-x.parquet")
+    files = FileWriter(output, "run1", output_schema(HIDDEN), rows_per_file=10)
+    nothing = Relabelled.locate({}, pa.array([], pa.string()))
+    writer = RunWriter(output, Unlocked("run1"), files, {"weights_sha256": "ab" * 32}, nothing)
+    [staged] = files(labelled_rows(["a", "b"])).to_pylist()
+    assert output.read_identity() is None and not output.data_files()
+    writer.commit(staged)
+    assert output.read_identity() == {"weights_sha256": "ab" * 32}
+    assert duckdb_ids(output) == ["a", "b"] and writer.stats.videos == 2
+    assert not Path(output.path("_tmp", "dead-run")).exists()
+    writer.finish(RunReport(run_id="run1", rows_written=writer.stats.rows))
+    assert [r.rows_written for r in output.read_reports()] == [2]
+    assert not Path(output.path("_tmp", "run1")).exists()
 
 
 def test_each_run_clears_its_own_staging_and_the_holder_what_dead_runs_left(tmp_path):

@@ -220,7 +220,7 @@ def test_relabel_on_s3(tmp_path, tiny, s3_server, capsys):
     )
     options = {"endpoint_url": s3_server.endpoint_url, "key": ACCESS_KEY, "secret": SECRET_KEY}
     output = Output("s3://heads/out", options)
-    rows = output.rows(["status", "label"])
+    rows = output.dataset().to_table(columns=["status", "label"])
     assert rows.num_rows == 60
     assert set(rows.filter(pc.equal(rows["status"], "ok"))["label"].to_pylist()) <= set(CLASSES)
     [archive] = s3.ls("heads/out/_versions")

@@ -12,21 +12,23 @@ import pyarrow as pa
 import ray
 
 from vivit_batch.config import ConfigError
-from vivit_batch.incremental import (
+from vivit_batch.job.cluster import off_gpu_nodes
+from vivit_batch.job.prepare import PreparedJob
+from vivit_batch.job.resources import Resources
+from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
+from vivit_batch.model import CheckpointError
+from vivit_batch.output import FileWriter
+from vivit_batch.output.videos import WholeVideos
+from vivit_batch.sources import with_versions
+from vivit_batch.stages.decode import DecodeStage
+from vivit_batch.stages.inference import InferenceSettings, InferenceStage
+from vivit_batch.work import (
     EMPTY_IDS,
     all_ids,
     count_listed,
     relabel_candidates,
     select_relabelled,
 )
-from vivit_batch.job.cluster import off_gpu_nodes
-from vivit_batch.job.prepare import PreparedJob
-from vivit_batch.job.resources import Resources
-from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
-from vivit_batch.model import CheckpointError
-from vivit_batch.sources import with_versions
-from vivit_batch.stages.decode import DecodeStage
-from vivit_batch.stages.inference import InferenceSettings, InferenceStage
 
 LIGHT_TASKS = 1
 LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
@@ -79,7 +81,7 @@ def actor_pool(start: int, most: int) -> ray.data.ActorPoolStrategy:
 
 
 def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array:
-    """Committed videos of this manifest that this run labels again (see `incremental`)."""
+    """Committed videos of this manifest that this run labels again (see `work`)."""
     config = job.config
     if not committed:
         return EMPTY_IDS
@@ -198,3 +200,21 @@ def first_rows(job: PreparedJob, count: int) -> pa.Table:
     """The manifest's first `count` rows, with ids, as the decode stage receives them."""
     table = pa.concat_tables(_tables(read_manifest_dataset(job).limit(count)))
     return with_ids(table, **id_options(job))
+
+
+def staged_files(
+    dataset: ray.data.Dataset, writer: FileWriter, segments: bool, max_held_bytes: int
+) -> Iterator[dict]:
+    """The files `writer` stages from the labelled rows, a row each (see `FileWriter`): by write
+    tasks, or in segments mode here, once a file's worth of whole videos is in (`WholeVideos`,
+    holding at most `max_held_bytes`), so that no file, and no commit, holds a part of a video."""
+    if segments:
+        batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+        for rows in WholeVideos(max_held_bytes).files(batches, writer.rows_per_file):
+            yield from writer(rows).to_pylist()
+        return
+    staged = dataset.map_batches(
+        writer, batch_size=writer.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
+    )
+    for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield from batch.to_pylist()

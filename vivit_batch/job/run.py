@@ -11,23 +11,20 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
-import pyarrow as pa
 import ray
 
 from vivit_batch.config import RunSection
-from vivit_batch.incremental import all_ids, committed_columns, error_ids, without
 from vivit_batch.job.cluster import cluster_shape
 from vivit_batch.job.dataset import (
-    LIGHT_TASK,
     build_dataset,
     count_in_manifest,
     ids_to_relabel,
     partition_values,
     stage_errors,
+    staged_files,
 )
 from vivit_batch.job.prepare import (
     PreparedJob,
@@ -49,35 +46,18 @@ from vivit_batch.output import (
     ModelUsed,
     Output,
     RunReport,
+    RunWriter,
     Throughput,
     Unlocked,
     WriteStats,
-    commit_staged,
     new_run_id,
     output_schema,
 )
 from vivit_batch.output.dataset import Fence
-from vivit_batch.output.replacing import Relabelled
-from vivit_batch.output.videos import WholeVideos
 from vivit_batch.redact import redact
+from vivit_batch.work import Work, committed_columns
 
 log = logging.getLogger("vivit_batch")
-
-
-@dataclass
-class Work:
-    """What a run into an existing output does with the videos it already holds."""
-
-    skip: pa.Array
-    """committed ids the run leaves as they are"""
-    relabelled: Relabelled
-    """committed videos the run labels again: where their rows are, to be replaced in place"""
-    archive: dict | None = None
-    """the identity of the version that `--new-version` archives before the first commit"""
-    errors_kept: int = 0
-    """the manifest's videos whose committed error row the run leaves in place"""
-    to_label: int = 0
-    """the manifest's videos this run labels"""
 
 
 def run_job(job: PreparedJob) -> RunReport:
@@ -101,12 +81,18 @@ def run_job(job: PreparedJob) -> RunReport:
         )
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
         dataset = build_dataset(job, resources, run_id, work.skip)
-        ready = OutputReady(job, output, lock, work.archive)
-        stats = write_rows(job, output, lock, dataset, (run_id, started), work, ready)
-        ready()
-        report = run_report(job, run_id, started, work, stats, (resources, calibration), lock)
-        output.write_report(report, lock)
-        output.clear_staging(run_id)
+        writer = RunWriter(
+            output,
+            lock,
+            file_writer(job, output, run_id, started),
+            job.identity,
+            work.relabelled,
+            work.archive,
+        )
+        write_rows(job, dataset, writer, work.to_label)
+        plan = (resources, calibration)
+        report = run_report(job, run_id, started, work, writer.stats, plan, lock)
+        writer.finish(report)
     return report
 
 
@@ -216,106 +202,50 @@ def identity_to_archive(job: PreparedJob, output: Output) -> dict | None:
     return recorded
 
 
-class OutputReady:
-    """The changes a run makes to the output before its first commit, made once, when the first
-    file is ready (or at the end): dead runs' staging removed, legacy archives renamed, the
-    previous version archived (`--new-version`), the identity written."""
-
-    def __init__(self, job: PreparedJob, output: Output, lock: Fence, archive: dict | None):
-        self.job, self.output, self.lock, self.archive = job, output, lock, archive
-        self.done = False
-
-    def __call__(self) -> None:
-        if self.done:
-            return
-        output, lock = self.output, self.lock
-        output.clear_dead_staging(lock)
-        output.hide_legacy_archives(lock)
-        if self.archive is not None:
-            archived = output.archive(self.archive, lock)
-            log.info("the output's previous version is now under %s", archived)
-        output.write_identity(self.job.identity, lock)
-        self.done = True
-
-
 def choose_work(job: PreparedJob, output: Output) -> Work:
     """Which committed videos the run skips, and where the rows of those it relabels are (they
     are replaced in place as it commits). Only reads the output."""
     archive = identity_to_archive(job, output)
     columns = committed_columns(job.config.run.refresh_changed)
     committed = {} if archive is not None else output.committed(columns)
-    relabel = ids_to_relabel(job, committed)
-    kept_errors = without(error_ids(committed.values()), relabel)
-    skip = without(all_ids(committed.values()), relabel)
-    counted = count_in_manifest(job, errors_kept=kept_errors, skipped=skip)
-    return Work(
-        skip=skip,
-        relabelled=Relabelled.locate(committed, relabel, job.partition_by),
-        archive=archive,
-        errors_kept=counted["errors_kept"],
-        to_label=job.manifest.rows - counted["skipped"],
-    )
+    work = Work.over(committed, ids_to_relabel(job, committed), job.partition_by, archive)
+    listed = count_in_manifest(job, kept_errors=work.kept_errors, skip=work.skip)
+    return work.counted(job.manifest.rows, listed)
 
 
 def write_rows(
-    job: PreparedJob,
-    output: Output,
-    lock: Fence,
-    dataset: ray.data.Dataset,
-    run: tuple[str, float],
-    work: Work,
-    ready: Callable[[], None],
-) -> WriteStats:
+    job: PreparedJob, dataset: ray.data.Dataset, writer: RunWriter, to_label: int
+) -> None:
     """Write tasks stage the labelled rows as files (in segments mode this process does, once
-    a file's worth of whole videos is in); this process commits each one, after `ready()` (and,
-    when no terminal shows Ray Data's progress bars, logs how far it got every so often)."""
-    config = job.config
-    run_id, started = run
-    segments = job.decode.sampling.segments
-    writer = FileWriter(
-        output,
-        run_id,
-        output_schema(job.model_config.hidden_size, job.partition_by, segments),
-        config.output.rows_per_file,
-        partition_values(job.partition_by, started),
-    )
-    stats = WriteStats()
+    a file's worth of whole videos is in); `writer` commits each one (and, when no terminal
+    shows Ray Data's progress bars, this logs how far it got every so often)."""
+    stats = writer.stats
     progress = (
         contextlib.nullcontext()
         if interactive()
         else progress_lines(
-            work.to_label,
+            to_label,
             lambda: (stats.videos, stats.clips, stats.status.get("error", 0)),
-            config.run.progress_every_s,
+            job.config.run.progress_every_s,
         )
     )
     with stage_errors(), progress:
-        staged = (
-            staged_whole_videos(dataset, writer, config.output.max_held_bytes)
-            if segments
-            else staged_files(dataset, writer)
-        )
-        for row in staged:
-            ready()
-            stats.add(commit_staged(output, lock, row, work.relabelled))
-    return stats
+        segments = job.decode.sampling.segments
+        held = job.config.output.max_held_bytes
+        for staged in staged_files(dataset, writer.files, segments, held):
+            writer.commit(staged)
 
 
-def staged_files(dataset: ray.data.Dataset, writer: FileWriter) -> Iterator[dict]:
-    """The files write tasks stage, a row each (see `FileWriter`)."""
-    staged = dataset.map_batches(
-        writer, batch_size=writer.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
+def file_writer(job: PreparedJob, output: Output, run_id: str, started: float) -> FileWriter:
+    """What write tasks call to stage this run's files."""
+    segments = job.decode.sampling.segments
+    return FileWriter(
+        output,
+        run_id,
+        output_schema(job.model_config.hidden_size, job.partition_by, segments),
+        job.config.output.rows_per_file,
+        partition_values(job.partition_by, started),
     )
-    for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield from batch.to_pylist()
-
-
-def staged_whole_videos(dataset: ray.data.Dataset, writer: FileWriter, held: int) -> Iterator[dict]:
-    """Segments mode: labelled rows gathered into whole videos (`WholeVideos`, holding at most
-    `held` bytes) and staged here, so that no file, and no commit, holds a part of a video."""
-    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
-    for rows in WholeVideos(held).files(batches, writer.rows_per_file):
-        yield from writer(rows).to_pylist()
 
 
 def run_report(

@@ -14,6 +14,7 @@ from vivit_batch.output.runs import (
 )
 from vivit_batch.output.schema import RESERVED_COLUMNS, output_schema
 from vivit_batch.output.sink import FileWriter, commit_staged
+from vivit_batch.output.writer import RunWriter
 
 __all__ = [
     "ARCHIVED_SUFFIX",
@@ -26,6 +27,7 @@ __all__ = [
     "OutputLock",
     "OutputLocked",
     "RunReport",
+    "RunWriter",
     "Throughput",
     "Unlocked",
     "WriteStats",

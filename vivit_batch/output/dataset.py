@@ -233,12 +233,6 @@ class Output:
         dataset = self._dataset()
         return sorted(dataset.files) if dataset else []
 
-    def rows(self, columns: list[str] | None = None) -> pa.Table:
-        """The committed rows, as readers see them."""
-        return ds.dataset(self.root, filesystem=self.filesystem, format="parquet").to_table(
-            columns=columns
-        )
-
     def archive(self, identity: dict, lock: Fence) -> str:
         """Move the data files and identity under `_versions/<name>/` (same relative paths,
         `.archived` appended to data files), the identity last, so that an interrupted move

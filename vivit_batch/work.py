@@ -1,20 +1,69 @@
-"""Which videos a run into an existing output labels: plain functions over Arrow tables.
+"""Which videos a run into an existing output labels: `Work`, from plain functions over Arrow
+tables (the job maps them over the manifest's blocks with Ray Data; tests call them as they are).
 
 A committed video is skipped, unless the run relabels it: `run.mode` "force" relabels every
 video of the manifest, "rerun_errors" those whose row is an error, and `run.refresh_changed`
-those whose source changed since it was labelled. Ids stay in Arrow arrays (no Python set of
-100,000 strings in the driver).
+those whose source changed since it was labelled. A relabelled video's new rows take the place
+of its old ones (`output.replacing`). Ids stay in Arrow arrays (no Python set of 100,000
+strings in the driver).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vivit_batch.output.replacing import Relabelled
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.sources import changed_ids
 
 EMPTY_IDS = pa.array([], pa.string())
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a run into an existing output does with the videos it already holds."""
+
+    skip: pa.Array
+    """committed ids the run leaves as they are"""
+    kept_errors: pa.Array
+    """committed ids of error rows the run leaves as they are"""
+    relabelled: Relabelled
+    """committed videos the run labels again: where their rows are, to be replaced in place"""
+    archive: dict | None = None
+    """the identity of the version that `--new-version` archives before the first commit"""
+    errors_kept: int = 0
+    """the manifest's videos whose committed error row the run leaves in place"""
+    to_label: int = 0
+    """the manifest's videos this run labels"""
+
+    @classmethod
+    def over(
+        cls,
+        committed: dict[str, pa.Table],
+        relabel: pa.Array,
+        partition_by: tuple[str, ...] = (),
+        archive: dict | None = None,
+    ) -> Work:
+        """The work over `committed` (each file's rows, `committed_columns`) when the run
+        relabels the ids in `relabel` (`select_relabelled`); not counted yet."""
+        return cls(
+            skip=without(all_ids(committed.values()), relabel),
+            kept_errors=without(error_ids(committed.values()), relabel),
+            relabelled=Relabelled.locate(committed, relabel, partition_by),
+            archive=archive,
+        )
+
+    def counted(self, manifest_rows: int, listed: dict[str, int]) -> Work:
+        """With the manifest's counts of `skip` and `kept_errors` (`count_listed` summed)."""
+        return dataclasses.replace(
+            self,
+            errors_kept=listed["kept_errors"],
+            to_label=manifest_rows - listed["skip"],
+        )
 
 
 def committed_columns(refresh_changed: bool) -> list[str]:
