@@ -1,4 +1,5 @@
-"""decode_video on videos encoded here, whose frames carry their own index (tests/media.py)."""
+"""decode_video on videos encoded here, whose frames carry their own index
+(`vivit_batch/testing/media.py`)."""
 
 from __future__ import annotations
 

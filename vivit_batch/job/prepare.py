@@ -159,7 +159,7 @@ def identity_differences(recorded: dict | None, current: dict) -> list[str]:
     """The keys of the dataset identity in which `current` differs from `recorded`."""
     if recorded is None:
         return []
-    recorded = {"partition_by": [], **recorded}  # outputs written before partitioning existed
+    recorded = {"partition_by": [], **recorded}  # an identity that does not say has none
     keys = ("weights_sha256", "preprocessing", "sampling", "partition_by")
     return [key for key in keys if recorded.get(key) != current[key]]
 

@@ -1,6 +1,7 @@
-"""Checking a manifest before any work, in one streaming pass (run it in a Ray task: it holds
-only a set of id hashes, never the rows): parse errors with the line where they happen,
-column names, empty manifests and URIs, unsupported schemes, duplicate ids, oversized cells."""
+"""Checking a manifest before any work, in one streaming pass that holds only a set of id hashes,
+never the rows (`job.prepare` runs it in a process of its own): parse errors with the line where
+they happen, column names, empty manifests and URIs, unsupported schemes, duplicate ids,
+oversized cells."""
 
 from __future__ import annotations
 

@@ -275,8 +275,8 @@ class Output:
         self.write(path, data, lock, stage_as=posixpath.basename(path))
 
     def hide_legacy_archives(self, lock: Fence) -> int:
-        """Versions archived by vivit-batch 0.1 kept their `.parquet` names, which DuckDB's
-        recursive glob reads as current rows: rename them. Returns how many."""
+        """Archived data files still named `….parquet` (archives made before the `.archived`
+        suffix) are current rows to DuckDB's recursive glob: rename them. Returns how many."""
         legacy = self.filesystem.glob(self.path(VERSIONS_DIR, "**", "*.parquet"))
         for path in legacy:
             self.move(path, path + ARCHIVED_SUFFIX, lock)

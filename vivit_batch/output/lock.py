@@ -47,7 +47,7 @@ log = logging.getLogger("vivit_batch")
 
 HELD, RELEASED = "held", "released"
 DEFAULT_STALE_AFTER_S = 120.0
-"""For records that do not say (written by an older vivit-batch, or unreadable)."""
+"""For records that do not say (unreadable, or written without the field)."""
 
 
 class OutputLocked(ConfigError):

@@ -1,7 +1,7 @@
 """The run report: what one run did, as a typed object, written to `OUT/_runs/<run_id>.json`.
 
 The CLI's summary, `vivit-batch report`, the benchmarks and the tests all read this object;
-`to_dict`/`from_dict` are its JSON form (reports written by older versions read with defaults).
+`to_dict`/`from_dict` are its JSON form (fields a report lacks read as their defaults).
 """
 
 from __future__ import annotations
