@@ -19,7 +19,7 @@ from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.sources import changed_ids, source_differs, source_version
+from vivit_batch.source_versions import changed_ids, source_differs, source_version
 from vivit_batch.stages.decode import DecodeSettings
 from vivit_batch.video import SamplingConfig
 from vivit_batch.work import (

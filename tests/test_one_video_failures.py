@@ -27,7 +27,7 @@ from vivit_batch.output.schema import (
 )
 from vivit_batch.output.sink import stats_of
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.sources import changed_ids, with_versions
+from vivit_batch.source_versions import changed_ids, with_versions
 from vivit_batch.stages.decode import DecodeSettings, DecodeStage
 from vivit_batch.stages.inference import InferenceSettings, InferenceStage
 from vivit_batch.storage import with_read_timeout

@@ -12,7 +12,7 @@ from tests.s3 import FaultyProxy, tally
 from vivit_batch.config import ManifestSection
 from vivit_batch.manifest import listing_table, scan_manifest, with_ids
 from vivit_batch.output import RESERVED_COLUMNS
-from vivit_batch.sources import changed_ids
+from vivit_batch.source_versions import changed_ids
 from vivit_batch.storage import storage_options
 from vivit_batch.testing.media import write_video
 

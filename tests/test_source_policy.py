@@ -11,7 +11,7 @@ from tests.local_http import LocalHTTPServer
 from tests.test_hostile_inputs import FileServer
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.source_policy import parse_allow_hosts, refusal
-from vivit_batch.sources import source_version
+from vivit_batch.source_versions import source_version
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, ErrorCode, SamplingConfig, VideoError, decode_video
 

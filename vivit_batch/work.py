@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from vivit_batch.output.replacing import Relabelled
 from vivit_batch.output.schema import VERSION_COLUMNS
-from vivit_batch.sources import changed_ids
+from vivit_batch.source_versions import changed_ids
 
 EMPTY_IDS = pa.array([], pa.string())
 

@@ -18,7 +18,7 @@ import ray
 
 from vivit_batch.config import RunSection
 from vivit_batch.job.cluster import cluster_shape
-from vivit_batch.job.dataset import (
+from vivit_batch.job.pipeline import (
     build_dataset,
     count_in_manifest,
     ids_to_relabel,

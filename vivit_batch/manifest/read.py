@@ -26,7 +26,7 @@ from vivit_batch import storage
 from vivit_batch.config import ConfigError, ManifestSection
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.redact import unsigned_uri
-from vivit_batch.sources import version_of
+from vivit_batch.source_versions import version_of
 
 VIDEO_EXTENSIONS = (
     ".mp4",

@@ -46,7 +46,7 @@ VERSION_COLUMNS = {
     "source_modified": pa.timestamp("us", tz="UTC"),
     "source_etag": pa.string(),
 }
-"""The version of the source file a row labelled (see `sources`)."""
+"""The version of the source file a row labelled (see `source_versions`)."""
 PROVENANCE_COLUMNS = {
     "model": pa.string(),
     "model_sha256": pa.string(),
@@ -73,7 +73,8 @@ SEGMENTS_TOTAL = "_segments_total"
 how many segment rows came before it (see `output.videos`)"""
 STAT_TIMED_OUT = "_stat_timed_out"
 """bool: the source did not answer the version check within decode.stall_timeout_s
-(`sources.with_versions` -> decode stage, which makes the row a `timeout` without decoding)"""
+(`source_versions.with_versions` -> decode stage, which makes the row a `timeout` without
+decoding)"""
 DECODE_SECONDS = "_decode_s"
 INFERENCE_SECONDS = "_inference_s"
 INFERENCE_DEVICE = "_inference_device"

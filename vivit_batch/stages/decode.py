@@ -3,7 +3,7 @@ error rows (segments mode: a row per segment). Plain Python over pyarrow tables,
 decode actors. A bad video is a row with `status = "error"`, never an exception: an exception
 would make Ray Data drop or retry a whole batch. An unexpected exception of one video is its
 `internal_error` row (`failures`); a source that did not answer the version check in time
-(`sources`) is a `timeout` row, not decoded.
+(`source_versions`) is a `timeout` row, not decoded.
 
 Nothing here imports torch: with `decode.isolation=process` the decode actor only passes
 requests to its decoding processes, which have their own.

@@ -36,9 +36,9 @@ def label_in_process(config: JobConfig, run_id: str = "in-process"):
     identity), without Ray: the decode and inference stages run here, on one batch. Returns
     the `PreparedJob`."""
     from vivit_batch.job import ClusterShape, inference_settings, plan_resources, prepare_job
-    from vivit_batch.job.dataset import id_options, partition_values
+    from vivit_batch.job.pipeline import id_options, partition_values
     from vivit_batch.manifest.read import batches, manifest_format, with_ids
-    from vivit_batch.sources import with_versions
+    from vivit_batch.source_versions import with_versions
     from vivit_batch.stages.decode import DecodeStage
     from vivit_batch.stages.inference import InferenceStage
 

@@ -19,7 +19,7 @@ from vivit_batch.manifest import base_directory, listing_table, read_dataset, wi
 from vivit_batch.model import CheckpointError
 from vivit_batch.output import FileWriter
 from vivit_batch.output.videos import WholeVideos
-from vivit_batch.sources import with_versions
+from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceSettings, InferenceStage
 from vivit_batch.work import (
