@@ -118,7 +118,7 @@ def test_two_rounds_of_the_readme_loop(labels_output, capsys):
     identity = Output("labels").read_identity() or {}
     assert identity["model_source"] == str(labels_output.parent / "my-head")
     # the output, relabelled twice, holds the new classes: right on the videos nobody labelled
-    rows = Output("labels").rows(["video_id", "label"])
+    rows = Output("labels").dataset().to_table(columns=["video_id", "label"])
     assert rows.num_rows == VIDEOS and set(pc.unique(rows["label"]).to_pylist()) == set(CLASSES)
     unlabelled = [
         row for row in rows.to_pylist() if row["video_id"] not in set().union(*labelled.values())
