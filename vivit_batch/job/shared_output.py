@@ -40,6 +40,8 @@ def require_shared_output(output: Output, run_id: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(marker)
+        with contextlib.suppress(OSError):  # the run's staging folder, unless it holds more
+            os.rmdir(os.path.dirname(marker))
     if blind:
         raise ConfigError(
             f"output {output.uri} is a local path that not every node of this {len(nodes)}-node "
