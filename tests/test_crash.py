@@ -16,6 +16,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.local_http import StallingServer
+from tests.test_lock import FROZEN_COMMITTER, frozen_process, record_of
+from vivit_batch.cli import EXIT_CONFIG
+from vivit_batch.output import Output
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 
@@ -272,6 +275,25 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
     assert {f for f in job.files() if "part-frozen-" in f} == committed_by_frozen
     assert len(job.committed()) == VIDEOS  # one row per video (committed() checks)
     assert "run frozen lost the lock" in log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_run_behind_a_holder_frozen_inside_a_commit_exits_2_after_lock_wait_s(ray_cluster, job):
+    """`vivit-batch run` while another run is stopped inside a commit, holding the lock's guard:
+    it gives up once run.lock_wait_s has passed, with the locked exit code (2), touching
+    nothing."""
+    output = Output(job.output)
+    log = job.directory / "next.log"
+    with frozen_process(FROZEN_COMMITTER, output):
+        started = time.monotonic()
+        run = start_run(job, ray_cluster, extra=["--set", "run.lock_wait_s=3"], log=log)
+        assert run.wait(timeout=120) == EXIT_CONFIG
+        assert time.monotonic() - started >= 3
+        assert record_of(output)["run_id"] == "frozen"
+    assert "is being written by run frozen" in log.read_text()
+    assert "kept the lock's guard" in log.read_text()
+    assert job.committed() == [] and not os.path.exists(output.path("_dataset.json"))
 
 
 SEGMENT_FRAMES = 6

@@ -4,6 +4,7 @@ the reader's own clock, and commits fenced. No Ray: these run in seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -393,29 +395,47 @@ lock = output.lock("frozen", 1.0)
 lock.acquire()
 staged = output.stage(b"committed before the takeover", "frozen", "late.txt")
 with lock.fenced():
-    print("committing", flush=True)
+    print("frozen", flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
     os.replace(staged, output.path("late.txt"))
     os._exit(0)  # dies holding the lock: only a takeover frees it
 """
 
+FROZEN_TAKER = """
+import fcntl, os, signal, sys
+
+guard = os.open(sys.argv[1] + "/_lock.guard", os.O_RDWR | os.O_CREAT)
+fcntl.flock(guard, fcntl.LOCK_EX)  # as a run replacing the record does
+print("frozen", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+@contextlib.contextmanager
+def frozen_process(script: str, output: Output) -> Iterator[subprocess.Popen]:
+    """`script` run on `output` until it stops itself (SIGSTOP) where it says "frozen"; killed
+    after the block."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, output.uri], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert process.stdout.readline().strip() == "frozen"
+        while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
 
 def test_a_takeover_cannot_fall_between_a_local_check_and_its_commit(tmp_path):
     """A committer frozen after the check and before the rename holds the takeover off until
-    it has committed: the taker then sees its file, so the window is closed."""
+    it has committed (for as long as the taker may wait): the taker then sees its file, so the
+    window is closed."""
     output = Output(str(tmp_path / "out"))
-    committer = subprocess.Popen(
-        [sys.executable, "-c", FROZEN_COMMITTER, output.uri],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert committer.stdout.readline().strip() == "committing"
-        while Path(f"/proc/{committer.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
-            time.sleep(0.01)
+    with frozen_process(FROZEN_COMMITTER, output) as committer:
         took: list[bool] = []
-        taker = output.lock("taker", STALE)
+        taker = output.lock("taker", STALE, wait_s=60)
 
         def take() -> None:
             taker.acquire()
@@ -429,9 +449,46 @@ def test_a_takeover_cannot_fall_between_a_local_check_and_its_commit(tmp_path):
         thread.join(timeout=30)
         assert took == [True]
         taker.release()
-    finally:
-        committer.kill()
-        committer.wait()
+
+
+@pytest.mark.parametrize("wait_s", [2.5, None])
+def test_a_holder_frozen_inside_a_commit_stops_the_next_run_after_lock_wait_s(tmp_path, wait_s):
+    """The next run gives up with OutputLocked (exit 2) once run.lock_wait_s has passed, or,
+    without it, once the frozen holder's record has been stale and its guard then held for its
+    stale period again: it neither hangs nor takes over under the commit."""
+    output = Output(str(tmp_path / "out"))
+    settings = RunSection(lock_stale_after_s=60, lock_wait_s=wait_s)
+    bound = wait_s or 2 * STALE
+    with frozen_process(FROZEN_COMMITTER, output):
+        started = time.monotonic()
+        with (
+            pytest.raises(OutputLocked, match="run frozen.*kept the lock's guard"),
+            holding_lock(output, "next", settings),
+        ):
+            pass
+        assert bound <= time.monotonic() - started < bound + 1.5
+        assert record_of(output)["run_id"] == "frozen"
+    assert not os.path.exists(output.path("late.txt"))
+
+
+def test_a_holder_that_cannot_take_its_own_guard_loses_the_lock_instead_of_hanging(tmp_path):
+    """Another process frozen while holding the guard exclusively (as in its takeover): the
+    holder's renewals and its commit wait only while its lease lasts, then it has lost the
+    lock and commits nothing."""
+    output = Output(str(tmp_path / "out"))
+    lost: list[str] = []
+    with (
+        output.lock("holder", STALE, on_lost=lost.append) as holder,
+        frozen_process(FROZEN_TAKER, output),
+    ):
+        staged = output.stage(b"late", "holder", "late.txt")
+        started = time.monotonic()
+        with pytest.raises(LockLost, match="lost the lock"):
+            output.commit(staged, output.path("late.txt"), holder)
+        assert time.monotonic() - started < STALE
+        assert lost and "guard" in lost[0]
+    assert not os.path.exists(output.path("late.txt"))
+    assert record_of(output)["state"] == "held"  # lost: it leaves the record alone
 
 
 def test_a_lost_lock_wakes_the_runs_main_thread_from_a_blocking_wait(tmp_path):

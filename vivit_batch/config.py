@@ -227,14 +227,16 @@ class RunSection(Section, name="run"):
     )
     lock_wait_s: float | None = setting(
         None,
-        "most to wait for a lock another run holds before exit 2; default: until it is stale",
+        "most to wait for a lock another run holds (on local disk its guard file too) before "
+        "exit 2; default: until it is stale, and for the guard one stale period",
         unit=SECONDS,
         minimum=0,
     )
     locking: str = setting(
         "conditional",
-        "conditional: one run at a time (local disk, or S3 with conditional writes); none: no "
-        "lock, for stores without them (you make sure that runs never overlap)",
+        "conditional: one run at a time (local disk, not network or FUSE filesystems, or S3 "
+        "with conditional writes); none: no lock, for stores without them (you make sure that "
+        "runs never overlap)",
         choices=("conditional", "none"),
     )
     run_id: str | None = setting(

@@ -38,6 +38,7 @@ from vivit_batch.job.resources import (
     plan_resources,
     plans_from_costs,
 )
+from vivit_batch.job.shared_output import require_shared_output
 from vivit_batch.logs import interactive, progress_lines
 from vivit_batch.output import (
     ErrorBudget,
@@ -70,6 +71,7 @@ def run_job(job: PreparedJob) -> RunReport:
     output = Output(config.output.uri, job.decode.storage_options)
     started = time.time()
     with holding_lock(output, run_id, config.run) as lock:
+        require_shared_output(output, run_id)
         work = choose_work(job, output)
         resources, calibration = planned_resources(job, work.to_label)
         log.info(

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from vivit_batch import storage
 from vivit_batch.config import ConfigError
 from vivit_batch.output.lock import Lease, OutputLock
+from vivit_batch.output.mounts import require_lockable_filesystem
 from vivit_batch.output.records import (
     ConditionalWritesUnsupported,
     LocalRecord,
@@ -116,12 +117,15 @@ class Output:
         read_only: bool = False,
     ) -> OutputLock:
         """This output's lock for `run_id` (not yet taken). Refuses outputs whose store cannot
-        make the conditional writes the lock needs. `read_only`: to look at the lock, never to
-        take it (the output is not created, the store's conditional writes not probed)."""
+        make the conditional writes the lock needs, or, locally, whose filesystem's `flock` it
+        cannot rely on (`mounts`). `read_only`: to look at the lock, never to take it (the
+        output is not created, the store's conditional writes and filesystem not checked)."""
         if not read_only:
             self.create()
         store: LocalRecord | S3Record
         if self.is_local:
+            if not read_only:
+                require_lockable_filesystem(self.root, self.uri)
             store = LocalRecord(self.path(LOCK_FILE), self.path(LOCK_GUARD))
         elif self.is_s3:
             store = S3Record(self.filesystem, self.path(LOCK_FILE))

@@ -21,6 +21,10 @@ The protocol (the README's "Re-running" section states its guarantees):
   lease ends half a stale period after the last renewal was sent, and a takeover needs the
   record unchanged for a whole stale period after that renewal landed: so every request of an
   old holder has ended on its side at least half a stale period before a new holder begins.
+- No wait for the local guard is unbounded (`guard_patience`): a run taking the lock waits for
+  it within `wait_s` (else the holder's stale period) and then stops with `OutputLocked`; the
+  holder waits for it only while its lease lasts, after which, by the rules above, it has lost
+  the lock.
 - Releasing replaces the record with a `released` one (no delete: a conditional delete is not
   something every S3-compatible store has).
 """
@@ -41,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vivit_batch.config import ConfigError
-from vivit_batch.output.records import Conflict, Versioned
+from vivit_batch.output.records import Conflict, GuardBusy, LocalRecord, Versioned
 
 log = logging.getLogger("vivit_batch")
 
@@ -168,6 +172,8 @@ class OutputLock:
         clock: Callable[[], float] = lease_clock,
     ):
         self.store = store
+        if isinstance(store, LocalRecord):
+            store.patience = self.guard_patience
         self.output_uri = output_uri
         self.run_id = run_id
         self.stale_after_s = stale_after_s
@@ -178,6 +184,7 @@ class OutputLock:
         self.me = ProcessIdentity.current()
         self.generation = 0
         self.lost: str | None = None
+        self._acquiring_since = 0.0
         self._version = ""
         """the version of the record this run last wrote"""
         self._beats = 0
@@ -199,7 +206,7 @@ class OutputLock:
     # Taking the lock
 
     def acquire(self) -> None:
-        started = self.clock()
+        started = self._acquiring_since = self.clock()
         watched: Versioned | None = None
         watched_since = 0.0
         while True:
@@ -243,6 +250,10 @@ class OutputLock:
             self._version = self._write(self._record(HELD, generation, 0), current)
         except Conflict:
             return False
+        except GuardBusy as error:
+            holder = current.record if current else {}
+            why = f"a process (a run frozen inside a commit?) kept the lock's guard: {error}"
+            raise self._locked(holder, why) from None
         self.generation, self._beats, self._renewed_at = generation, 0, sent
         self._heartbeat.start()
         return True
@@ -326,8 +337,37 @@ class OutputLock:
         if not self.lost and self.clock() - self._renewed_at >= self.stale_after_s / 4:
             with contextlib.suppress(OSError):  # check() decides whether the lease still holds
                 self.renew()
-        with self.store.guarded(exclusive=False):
+        with self._commit_guard():
             yield self.check()
+
+    @contextlib.contextmanager
+    def _commit_guard(self) -> Iterator[None]:
+        """The store's guard, shared. Waited for only while the lease lasts (`guard_patience`):
+        a holder that cannot have it by then can no more renew than commit, so it has lost the
+        lock."""
+        with contextlib.ExitStack() as guard:
+            try:
+                guard.enter_context(self.store.guarded(exclusive=False))
+            except GuardBusy as error:
+                if not self.lost:
+                    self._lose(
+                        f"it could not take the lock's guard while its lease lasted ({error})"
+                    )
+                raise LockLost(self.lost) from None
+            yield
+
+    def guard_patience(self) -> float:
+        """How long this run may wait for the local guard from now. Holding the lock: while its
+        lease lasts (a renewal or commit that cannot have the guard by then is lost by the
+        rules). Taking it: until `wait_s` from the start of `acquire`, else for the stale period
+        of the record's holder (what a waiter waits by the rules)."""
+        now = self.clock()
+        if self._version:
+            return self._renewed_at + self.stale_after_s / 2 - now
+        if self.wait_s is not None:
+            return self._acquiring_since + self.wait_s - now
+        current = self.store.read()
+        return stale_after(current.record if current else {})
 
     # Letting go
 

@@ -11,6 +11,10 @@ the caller read). Of two writers racing, exactly one wins; the other gets `Confl
   (never moved or deleted), and is written to a temporary file, fsync'd and renamed into place,
   so a reader sees the old record or the new one, never a part. Commits hold the same guard
   shared (`guarded`), which is what closes the window between checking the lock and committing.
+  The guard is never waited for without bound: it is tried without blocking, again every
+  `GUARD_POLL_S`, for as long as `patience` says (the lock decides: see `OutputLock`), and then
+  `GuardBusy` is raised, so that a process frozen while holding it (SIGSTOP, a hung disk) stops
+  no one for longer than that.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fsspec.asyn import sync
@@ -29,6 +35,10 @@ from fsspec.asyn import sync
 
 class Conflict(Exception):
     """The record exists (create), or is no longer at the version the caller read (replace)."""
+
+
+class GuardBusy(OSError):
+    """Another process held the local guard for as long as the caller could wait."""
 
 
 class ConditionalWritesUnsupported(OSError):
@@ -55,6 +65,10 @@ def decode(data: bytes) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+GUARD_POLL_S = 0.01
+"""The pause between two tries for a local guard that another process holds."""
+
+
 class LocalRecord:
     commits_under_guard = True
     """commits are made holding the guard shared, so no takeover falls inside one"""
@@ -62,6 +76,9 @@ class LocalRecord:
     def __init__(self, path: str, guard_path: str):
         self.path = path
         self.guard_path = guard_path
+        self.patience: Callable[[], float] = lambda: math.inf
+        """Seconds a wait for the guard may last, asked as each wait starts; the lock using this
+        record sets it (`OutputLock.guard_patience`)."""
 
     def read(self) -> Versioned | None:
         try:
@@ -86,13 +103,31 @@ class LocalRecord:
 
     @contextlib.contextmanager
     def guarded(self, exclusive: bool = False) -> Iterator[None]:
-        """Hold the guard: exclusively to change the record, shared to act on what it says."""
+        """Hold the guard: exclusively to change the record, shared to act on what it says.
+        `GuardBusy` if another process holds it (the other way) for longer than `patience`."""
         descriptor = os.open(self.guard_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            self._flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
             os.close(descriptor)  # releases the flock
+
+    def _flock(self, descriptor: int, mode: int) -> None:
+        """`flock`, tried without blocking until it is granted or `patience` has passed (one
+        try at least)."""
+        started = time.monotonic()
+        give_up_at = started + self.patience()
+        while True:
+            try:
+                fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= give_up_at:
+                    raise GuardBusy(
+                        f"{self.guard_path} stayed locked by another process for "
+                        f"{time.monotonic() - started:.1f} s"
+                    ) from None
+            time.sleep(GUARD_POLL_S)
 
     def _write(self, record: dict) -> str:
         data = encode(record)
