@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from vivit_batch.cli import main
-from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
+from vivit_batch.config import JobConfig, all_keys, load_config
+from vivit_batch.errors import ConfigError
 from vivit_batch.settings import BYTES, SECONDS, rule_of, show
 from vivit_batch.video import DecodeConfig, SamplingConfig
 

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from vivit_batch.calibration import StageCosts
-from vivit_batch.config import ConfigError, JobConfig, load_config
+from vivit_batch.config import JobConfig, load_config
+from vivit_batch.errors import ConfigError
 from vivit_batch.incremental import (
     all_ids,
     count_listed,

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pytest
 
 from tests.local_http import CrashingServer, StallingServer, alive
-from vivit_batch.config import ConfigError, load_config
+from vivit_batch.config import load_config
+from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import DECODE_SECONDS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages.decode import DecodeSettings, DecodeStage

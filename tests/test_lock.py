@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.s3 import FaultyProxy, S3Server
-from vivit_batch.config import ConfigError, RunSection
+from vivit_batch.config import RunSection
+from vivit_batch.errors import ConfigError, LockLost, OutputLocked
 from vivit_batch.job.run import LOCK_LOST_SIGNAL, holding_lock
-from vivit_batch.output import LockLost, Output, OutputLock, OutputLocked
+from vivit_batch.output import Output, OutputLock
 from vivit_batch.output.lock import ProcessIdentity
 from vivit_batch.output.records import LocalRecord
 from vivit_batch.storage import storage_options

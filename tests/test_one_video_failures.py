@@ -15,7 +15,8 @@ import pyarrow as pa
 import pytest
 
 from tests.local_http import SilentServer
-from vivit_batch.cli import EXIT_ERROR_BUDGET, EXIT_OK, exit_code_of
+from vivit_batch.cli import exit_code_of
+from vivit_batch.errors import EXIT_ERROR_BUDGET, EXIT_OK
 from vivit_batch.model import load_pretrained
 from vivit_batch.output.runs import ErrorBudget, RunReport
 from vivit_batch.output.schema import (

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from vivit_batch.cli import EXIT_CONFIG, EXIT_OK, main
+from vivit_batch.cli import main
+from vivit_batch.errors import EXIT_OK, EXIT_USAGE
 from vivit_batch.output import FileWriter, Output, RunReport, Unlocked, commit_staged
 from vivit_batch.output.runs import RELABEL_MODE, Throughput
 from vivit_batch.output.schema import (
@@ -323,7 +324,7 @@ def test_what_is_not_an_output_is_one_line_and_exit_2(
     output, tmp_path, capsys, path, truth, expected
 ):
     (tmp_path / "notes.txt").write_text("not Parquet")
-    assert main(["report", str(tmp_path / path), "--truth-column", truth]) == EXIT_CONFIG
+    assert main(["report", str(tmp_path / path), "--truth-column", truth]) == EXIT_USAGE
     [line] = capsys.readouterr().err.splitlines()
     assert expected in line
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vivit_batch.settings import ConfigError
+from vivit_batch.errors import ConfigError
 from vivit_batch.video.sampling import NearestFrameMatcher, SamplingConfig, frame_positions
 
 

@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 
 from tests.local_http import StallingServer
+from vivit_batch.errors import StorageError
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.storage import (
-    InputFile,
-    NotARegularFile,
-    StorageError,
-    open_input,
-    storage_options,
-)
+from vivit_batch.storage import InputFile, NotARegularFile, open_input, storage_options
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import (
     DecodeConfig,

@@ -17,9 +17,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from vivit_batch import __version__
-from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
+from vivit_batch.config import JobConfig, all_keys, load_config
+from vivit_batch.errors import (
+    EXIT_ERROR_BUDGET,
+    EXIT_FAILED,
+    EXIT_LOCK_HELD,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    LockLost,
+    UsageError,
+)
 from vivit_batch.logs import LOG_FORMATS, setup_logging
-from vivit_batch.output import LockLost, RunReport
+from vivit_batch.output import RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
 from vivit_batch.review import FORMATS, POOL_FACTOR, TRUTH
@@ -29,9 +39,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from vivit_batch.stages.decode import DecodeStage
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
-EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
 
 EPILOG = """\
 examples:
@@ -60,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.verbose)
     try:
         return args.handler(args)
-    except ConfigError as error:  # a CheckpointError too: the model stays unimported here
+    except UsageError as error:
         log_error(redact(str(error)))  # it may quote manifest lines
-        return EXIT_CONFIG
+        return EXIT_USAGE
     except LockLost as error:
         log_error(str(error))
         return EXIT_FAILED
@@ -78,7 +85,7 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         log_error(f"{self.prog}: {message} (see {self.prog} --help)")
-        sys.exit(EXIT_CONFIG)
+        sys.exit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:

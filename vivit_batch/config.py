@@ -18,20 +18,11 @@ from typing import Any
 import yaml
 
 from vivit_batch import storage
-from vivit_batch.settings import (
-    BYTES,
-    SECONDS,
-    ConfigError,
-    Section,
-    brief,
-    coerce,
-    cut,
-    rule_of,
-    setting,
-)
+from vivit_batch.errors import ConfigError
+from vivit_batch.settings import BYTES, SECONDS, Section, brief, coerce, cut, rule_of, setting
 from vivit_batch.video import DecodeConfig, SamplingConfig
 
-__all__ = ["ConfigError", "JobConfig", "all_keys", "load_config"]
+__all__ = ["JobConfig", "all_keys", "load_config"]
 
 MANIFEST_FORMATS = ("auto", "csv", "jsonl", "parquet", "txt", "videos")
 RUN_MODES = ("incremental", "rerun_errors", "force")

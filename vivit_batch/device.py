@@ -17,15 +17,11 @@ import platform
 
 import torch
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import DeviceError
 
 log = logging.getLogger("vivit_batch")
 
 CPU, CUDA = "cpu", "cuda"
-
-
-class DeviceError(ConfigError):
-    """The planned device is not usable here, or the model does not fit it."""
 
 
 def torch_build() -> str:

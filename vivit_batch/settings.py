@@ -22,25 +22,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vivit_batch.errors import ConfigError
+
 BYTES, SECONDS = "bytes", "seconds"
 _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _SIZES |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _DURATIONS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-class ConfigError(ValueError):
-    """The configuration or the manifest is wrong; nothing has been processed (exit code 2)."""
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = problems or [message]
-
-    @classmethod
-    def of(cls, problems: list[str]) -> ConfigError:
-        """One error for all `problems` (each names its key): one line for one problem."""
-        if len(problems) == 1:
-            return cls(f"invalid configuration: {problems[0]}", problems)
-        return cls("invalid configuration:\n  " + "\n  ".join(problems), problems)
 
 
 @dataclass(frozen=True)

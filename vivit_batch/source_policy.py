@@ -19,7 +19,7 @@ import ipaddress
 
 import aiohttp
 
-from vivit_batch.storage import SourceRefused
+from vivit_batch.errors import SourceRefused
 
 ALLOW_HOSTS_KEY = "manifest.http_allow_hosts"
 

@@ -16,6 +16,8 @@ from typing import BinaryIO, TypeVar
 import fsspec
 from fsspec.utils import get_protocol
 
+from vivit_batch.errors import StorageError
+
 LOCAL_PROTOCOLS = ("file", "local")
 S3_PROTOCOLS = ("s3", "s3a")
 REMOTE_BLOCK_SIZE = 4 * 2**20
@@ -25,15 +27,6 @@ blocks this size rather than downloaded whole or streamed front to back."""
 
 
 T = TypeVar("T")
-
-
-class StorageError(OSError):
-    """A storage backend failed in a way that is not already an `OSError`."""
-
-
-class SourceRefused(PermissionError):
-    """An http(s) source resolved to an address the source policy refuses (`source_policy`).
-    aiohttp raises it wrapped in its own connection error: look along `__cause__`."""
 
 
 class NotARegularFile(OSError):

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vivit_batch.config import ConfigError, JobConfig
+from vivit_batch.config import JobConfig
+from vivit_batch.errors import ConfigError
 from vivit_batch.heads.checkpoint import HeadCheckpoint, read_head
 from vivit_batch.heads.examples import embedding_matrix
 from vivit_batch.output import (

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import ray
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import UsageError
 from vivit_batch.incremental import (
     EMPTY_IDS,
     all_ids,
@@ -23,7 +23,6 @@ from vivit_batch.job.cluster import off_gpu_nodes
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
-from vivit_batch.model import CheckpointError
 from vivit_batch.sources import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceSettings, InferenceStage
@@ -159,7 +158,7 @@ def stage_errors() -> Iterator[None]:
     Ray's wrapper of it."""
     try:
         yield
-    except (ConfigError, CheckpointError) as error:
+    except UsageError as error:
         raise getattr(error, "cause", error) from None
 
 

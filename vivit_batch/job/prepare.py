@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from vivit_batch import storage
 from vivit_batch.calibration import Calibration
-from vivit_batch.config import ConfigError, JobConfig, ManifestSection, require_job_inputs
+from vivit_batch.config import JobConfig, ManifestSection, require_job_inputs
+from vivit_batch.errors import ConfigError
 from vivit_batch.job.resources import plans_from_costs
 from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained

@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 
 from vivit_batch.config import RunSection
+from vivit_batch.errors import LockLost
 from vivit_batch.incremental import all_ids, committed_columns, error_ids, without
 from vivit_batch.job.cluster import cluster_shape
 from vivit_batch.job.dataset import (
@@ -45,7 +46,6 @@ from vivit_batch.logs import interactive, progress_lines
 from vivit_batch.output import (
     ErrorBudget,
     FileWriter,
-    LockLost,
     ModelUsed,
     Output,
     RunReport,

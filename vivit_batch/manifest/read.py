@@ -23,7 +23,8 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from vivit_batch import storage
-from vivit_batch.config import ConfigError, ManifestSection
+from vivit_batch.config import ManifestSection
+from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.redact import unsigned_uri
 from vivit_batch.sources import version_of

@@ -1,9 +1,8 @@
 """ViViT in plain PyTorch, loading Hugging Face checkpoints unchanged."""
 
+from vivit_batch.model.checkpoint import CheckpointInfo
 from vivit_batch.model.config import VivitConfig
 from vivit_batch.model.loading import (
-    CheckpointError,
-    CheckpointInfo,
     inspect_pretrained,
     load_pretrained,
     save_pretrained,
@@ -15,7 +14,6 @@ from vivit_batch.model.modeling import (
 )
 
 __all__ = [
-    "CheckpointError",
     "CheckpointInfo",
     "VideoClassifierOutput",
     "VivitConfig",

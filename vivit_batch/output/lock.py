@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import LockLost, OutputLocked
 from vivit_batch.output.records import Conflict, Versioned
 
 log = logging.getLogger("vivit_batch")
@@ -48,14 +48,6 @@ log = logging.getLogger("vivit_batch")
 HELD, RELEASED = "held", "released"
 DEFAULT_STALE_AFTER_S = 120.0
 """For records that do not say (written by an older vivit-batch, or unreadable)."""
-
-
-class OutputLocked(ConfigError):
-    """Another run holds this output."""
-
-
-class LockLost(RuntimeError):
-    """This run no longer holds the output's lock: it must not commit anything more."""
 
 
 class LeaseEnded(TimeoutError):

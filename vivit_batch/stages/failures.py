@@ -20,8 +20,8 @@ import re
 import threading
 import traceback
 
+from vivit_batch.errors import ConfigError
 from vivit_batch.redact import redact
-from vivit_batch.settings import ConfigError
 from vivit_batch.video import ErrorCode, VideoError
 
 log = logging.getLogger("vivit_batch")

@@ -19,9 +19,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from vivit_batch.device import DeviceError, describe, open_device, require_fit
+from vivit_batch.device import describe, open_device, require_fit
+from vivit_batch.errors import CheckpointError, DeviceError
 from vivit_batch.inference import Prediction, VideoClassifier
-from vivit_batch.model import CheckpointError, load_pretrained
+from vivit_batch.model import load_pretrained
 from vivit_batch.output.schema import (
     CLIP_SHAPE,
     CLIPS,

@@ -17,7 +17,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from vivit_batch.settings import SECONDS, ConfigError, Section, setting
+from vivit_batch.errors import ConfigError
+from vivit_batch.settings import SECONDS, Section, setting
 
 TEMPORAL_VIEWS = ("center", "uniform", "random", "segments")
 SPATIAL_CROPS = ("center", "three")
