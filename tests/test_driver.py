@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from vivit_batch.calibration import StageCosts
-from vivit_batch.config import JobConfig, load_config
+from vivit_batch.config import JobConfig, SamplingConfig, load_config
 from vivit_batch.errors import ConfigError
 from vivit_batch.incremental import (
     all_ids,
@@ -30,7 +30,6 @@ from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.sources import changed_ids, source_differs, source_version
 from vivit_batch.stages.decode import DecodeSettings
-from vivit_batch.video import SamplingConfig
 
 
 def plan(

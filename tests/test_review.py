@@ -19,6 +19,7 @@ import pytest
 
 from tests.test_report import HIDDEN, START, commit_rows, labelled_rows, new_output
 from vivit_batch.cli import main
+from vivit_batch.config import StorageSection
 from vivit_batch.errors import EXIT_OK, EXIT_USAGE
 from vivit_batch.output import Output, Unlocked
 from vivit_batch.output.schema import SEGMENT_COLUMNS, output_schema
@@ -283,7 +284,9 @@ def readme_labeling_config() -> str:
 def test_an_output_on_s3_is_read_with_the_storage_settings_given(s3_server, tmp_path):
     bucket = f"review-{uuid.uuid4().hex[:12]}"
     s3_server.filesystem().mkdir(bucket)
-    output = Output(f"s3://{bucket}/out", storage_options(endpoint_url=s3_server.endpoint_url))
+    output = Output(
+        f"s3://{bucket}/out", storage_options(StorageSection(endpoint_url=s3_server.endpoint_url))
+    )
     output.create()
     output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
     commit_review_rows(output, [Row("sure", [0.9, 0.05]), Row("tie", [0.41, 0.40])])

@@ -34,6 +34,7 @@ from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
 from vivit_batch.review import FORMATS, POOL_FACTOR, TRUTH
 from vivit_batch.settings import describe, rule_of, show
+from vivit_batch.storage import job_storage_options
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -413,7 +414,7 @@ def exit_code_of(report: RunReport) -> int:
 
 def validate_command(args: argparse.Namespace) -> int:
     from vivit_batch import job
-    from vivit_batch.device import summary
+    from vivit_batch.device_record import summary
     from vivit_batch.stages.decode import DecodeStage
 
     config = config_from(args)
@@ -460,7 +461,7 @@ def report_command(args: argparse.Namespace) -> int:
     from vivit_batch.report import output_stats, summary_text
 
     config = load_config(args.config, args.set, output_uri=args.output)
-    options = config.storage_options()
+    options = job_storage_options(config)
     examples = args.thumbnails if args.html else 0
     stats = output_stats(args.output, args.truth_column, examples, options)
     if args.html:
@@ -485,7 +486,7 @@ def review_command(args: argparse.Namespace) -> int:
 
     format = review_format(args.save, args.format)  # a wrong name costs no reading
     config = load_config(args.config, args.set, output_uri=args.output)
-    output = Output.existing(args.output, config.storage_options())
+    output = Output.existing(args.output, job_storage_options(config))
     column = args.truth_column or TRUTH
     truth = read_truth(output, column, args.labels) if args.truth_column or args.labels else None
     picked = pick_for_review(output, args.count, truth)
@@ -513,7 +514,7 @@ def lock_command(args: argparse.Namespace) -> int:
         print("no lock: run.locking=none (nothing stops overlapping runs)")
         return EXIT_OK
     try:
-        output = Output(args.output, config.storage_options())
+        output = Output(args.output, job_storage_options(config))
         lock = output.lock("lock-probe", config.run.lock_stale_after_s, read_only=True)
         state = lock_state(lock)
     except (OSError, ValueError, BotoCoreError) as error:  # a bad URI, an unreachable store
@@ -534,7 +535,7 @@ def train_head_command(args: argparse.Namespace) -> int:
         args.truth_column,
         args.save,
         args.model,
-        config.storage_options(),
+        job_storage_options(config),
         args.labels,
     )
     print(training_summary(training, args.save))

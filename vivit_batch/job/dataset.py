@@ -26,6 +26,7 @@ from vivit_batch.manifest import base_directory, listing_table, read_dataset, wi
 from vivit_batch.sources import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceSettings, InferenceStage
+from vivit_batch.storage import job_storage_options
 
 LIGHT_TASKS = 1
 LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
@@ -178,7 +179,7 @@ def read_manifest_dataset(job: PreparedJob) -> ray.data.Dataset:
     listing = job.manifest.listing
     return read_dataset(
         job.config.manifest,
-        job.config.storage_options(),
+        job_storage_options(job.config),
         None if listing is None else listing_table(listing),
         num_cpus=0,
         tasks=LIGHT_TASKS,

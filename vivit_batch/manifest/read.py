@@ -53,9 +53,9 @@ FORMATS_BY_EXTENSION = {
     ".parquet": "parquet",
     ".txt": "txt",
 }
-SCHEMES = ("file", "s3", "s3a")
+SCHEMES = storage.LOCAL_PROTOCOLS + storage.S3_PROTOCOLS
 """URI schemes videos and manifests may have, besides plain local paths."""
-HTTP_SCHEMES = ("http", "https")
+HTTP_SCHEMES = storage.HTTP_PROTOCOLS
 """Also accepted with `manifest.allow_http`."""
 
 

@@ -3,6 +3,7 @@
 from vivit_batch.model.checkpoint import CheckpointInfo
 from vivit_batch.model.config import VivitConfig
 from vivit_batch.model.loading import (
+    DTYPES,
     inspect_pretrained,
     load_pretrained,
     save_pretrained,
@@ -14,6 +15,7 @@ from vivit_batch.model.modeling import (
 )
 
 __all__ = [
+    "DTYPES",
     "CheckpointInfo",
     "VideoClassifierOutput",
     "VivitConfig",

@@ -29,6 +29,9 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 UNUSED_KEY_PREFIXES = ("vivit.pooler.",)  # a VivitModel head the classifier does not use
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Each `model.precision` as torch's dtype: what `load_pretrained(dtype=...)` and the
+classifier's autocast take."""
 
 
 def load_pretrained(
@@ -299,10 +302,9 @@ def _looks_like_local_path(source: str) -> bool:
 def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
-        raise CheckpointError(f"dtype {dtype!r} is not one of {sorted(names)}")
-    return names[dtype]
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def _some(items: list[str], limit: int = 8) -> str:
