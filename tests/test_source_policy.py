@@ -135,11 +135,11 @@ def test_a_redirect_to_an_address_not_listed_is_refused(served):
 
 
 def test_listed_hosts_are_read_redirects_included(served):
-    assert decode(f"{served.url}/v.mp4", "127.0.0.1").clips.shape[:2] == (1, 4)
+    assert decode(f"{served.url}/v.mp4", ("127.0.0.1",)).clips.shape[:2] == (1, 4)
     redirecting = Redirecting(f"{served.url}/v.mp4")
     try:
         ports = (redirecting.httpd.server_port, served.httpd.server_port)
-        allowed = ",".join(f"127.0.0.1:{port}" for port in ports)
+        allowed = tuple(f"127.0.0.1:{port}" for port in ports)
         assert decode(f"{redirecting.url}/v.mp4", allowed).clips.shape[:2] == (1, 4)
     finally:
         redirecting.stop()
