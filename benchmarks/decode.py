@@ -37,10 +37,11 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from benchmarks.results import cpu_model, write_section
+from vivit_batch.config import SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.storage import open_input
 from vivit_batch.testing.reference import image_processor, read_video_pyav
-from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.container import open_container, probe_stream, select_video_stream
 from vivit_batch.video.frames import ClipDecoder, Deadline
 from vivit_batch.video.sampling import frame_positions

@@ -40,8 +40,7 @@ import torch
 from benchmarks.model_forward import flops_per_clip
 from benchmarks.results import cpu_model, write_section
 from vivit_batch.config import ResourcesSection
-from vivit_batch.inference import PRECISIONS
-from vivit_batch.model import load_pretrained
+from vivit_batch.model import DTYPES, load_pretrained
 from vivit_batch.testing.checkpoints import BASE, TINY, make_checkpoint
 
 DISTINCT_VIDEOS = 16
@@ -60,7 +59,7 @@ def model_forward(directory: Path, architecture: dict, batches: list[int]) -> li
     config = ours.config
     flops = sum(flops_per_clip(config).values())
     figures = []
-    for precision, dtype in PRECISIONS.items():
+    for precision, dtype in DTYPES.items():
         for batch in batches:
             size = (batch, config.num_frames, 3, config.image_size, config.image_size)
             pixels = torch.randn(size, device=device)
@@ -80,7 +79,7 @@ def model_forward(directory: Path, architecture: dict, batches: list[int]) -> li
 
 
 def median_seconds(run, device: str, dtype, warm_ups: int = 2, repeats: int = 5) -> float:
-    autocast = torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
+    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
     times = []
     with torch.inference_mode(), autocast:
         for index in range(warm_ups + repeats):

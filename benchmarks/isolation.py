@@ -34,9 +34,10 @@ import av
 
 from benchmarks.decode import generate
 from benchmarks.results import cpu_model, write_section
+from vivit_batch.config import SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.isolation import IsolatedDecoder
 from vivit_batch.video.worker import Decoded, encode_reply, parse_reply
 

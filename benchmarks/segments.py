@@ -33,7 +33,8 @@ import av
 
 from benchmarks.decode import KEYINT, PROCESSOR, SIZES, generate
 from benchmarks.results import cpu_model, load_average, write_section
-from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig
+from vivit_batch.config import DecodeConfig, SamplingConfig
+from vivit_batch.video import DecodeRequest
 from vivit_batch.video.decode import assemble_clips, open_video
 from vivit_batch.video.frames import Deadline
 from vivit_batch.video.sampling import plan_segments

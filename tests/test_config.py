@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from vivit_batch.cli import main
-from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
+from vivit_batch.config import DecodeConfig, JobConfig, SamplingConfig, all_keys, load_config
+from vivit_batch.errors import ConfigError
 from vivit_batch.settings import BYTES, SECONDS, rule_of, show
-from vivit_batch.video import DecodeConfig, SamplingConfig
+from vivit_batch.storage import job_storage_options
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -175,3 +176,22 @@ def test_error_messages_quote_at_most_a_little_of_a_long_value():
         load_config(None, [f"model.top_k={'9' * 100_000}x"])
     assert "model.top_k must be a whole number, got '999" in str(error.value)
     assert "(100003 characters)" in str(error.value) and len(str(error.value)) < 300
+
+
+def test_a_list_setting_takes_a_yaml_list_or_comma_separated_text(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("manifest:\n  http_allow_hosts: [cdn.internal, '10.0.0.5:8080']\n")
+    hosts = ("cdn.internal", "10.0.0.5:8080")
+    assert load_config(path).manifest.http_allow_hosts == hosts
+    comma = load_config(None, ["manifest.http_allow_hosts=cdn.internal, 10.0.0.5:8080"])
+    assert comma.manifest.http_allow_hosts == hosts
+    assert load_config(None, ["manifest.http_allow_hosts=[a]"]).manifest.http_allow_hosts == ("a",)
+    assert job_storage_options(comma)["http_allow_hosts"] == hosts
+    with pytest.raises(ConfigError, match="http_allow_hosts must be a list of text"):
+        load_config(None, ["manifest.http_allow_hosts=[a, [b]]"])
+
+
+def test_a_list_setting_is_shown_as_a_list_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "manifest.http_allow_hosts  (list of text; default [])" in capsys.readouterr().out

@@ -17,7 +17,7 @@ import pytest
 
 from tests.local_http import StallingServer
 from tests.test_lock import FROZEN_COMMITTER, frozen_process, record_of
-from vivit_batch.cli import EXIT_CONFIG
+from vivit_batch.errors import EXIT_USAGE
 from vivit_batch.output import Output
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
@@ -288,7 +288,7 @@ def test_a_run_behind_a_holder_frozen_inside_a_commit_exits_2_after_lock_wait_s(
     with frozen_process(FROZEN_COMMITTER, output):
         started = time.monotonic()
         run = start_run(job, ray_cluster, extra=["--set", "run.lock_wait_s=3"], log=log)
-        assert run.wait(timeout=120) == EXIT_CONFIG
+        assert run.wait(timeout=120) == EXIT_USAGE
         assert time.monotonic() - started >= 3
         assert record_of(output)["run_id"] == "frozen"
     assert "is being written by run frozen" in log.read_text()

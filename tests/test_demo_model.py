@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from vivit_batch.config import SamplingConfig
 from vivit_batch.demo import CHECKPOINT_DIR, FRAME_SAMPLE_RATE, MOTION_CLASSES, write_sample_set
 from vivit_batch.demo.run import TIMELINE_PHASES
 from vivit_batch.demo.synthetic import TimelineVideo, write_timeline_video
@@ -24,7 +25,7 @@ from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.reference import read_video_pyav
-from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.sampling import frame_positions
 
 transformers = pytest.importorskip("transformers")

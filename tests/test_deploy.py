@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vivit_batch.cli import EXIT_LOCK_HELD, build_parser
+from vivit_batch.cli import build_parser
 from vivit_batch.config import load_config
+from vivit_batch.errors import EXIT_LOCK_HELD
 from vivit_batch.output import Output
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from vivit_batch.calibration import StageCosts
-from vivit_batch.config import ConfigError, JobConfig, load_config
+from vivit_batch.config import JobConfig, SamplingConfig, load_config
+from vivit_batch.errors import ConfigError
 from vivit_batch.job import ClusterShape, PreparedJob, plan_resources
 from vivit_batch.job.prepare import check_identity, identity_differences
 from vivit_batch.job.resources import plans_from_costs
@@ -21,7 +22,6 @@ from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.source_versions import changed_ids, source_differs, source_version
 from vivit_batch.stages.decode import DecodeSettings
-from vivit_batch.video import SamplingConfig
 from vivit_batch.work import (
     Work,
     all_ids,

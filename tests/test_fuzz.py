@@ -14,9 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import DecodeConfig, DecodeRequest, ErrorCode, SamplingConfig, VideoError
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError
 from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
 
 EXAMPLES = int(os.environ.get("VIVIT_FUZZ_EXAMPLES", "50"))

@@ -274,7 +274,8 @@ def test_unsupported_schemes_are_refused_with_the_supported_list(tmp_path):
         "2 URIs with an unsupported scheme: line 6: 'gs://b/v.mp4'; line 7: 'https://h/v.mp4'"
         in (problem)
     )
-    assert "Supported: local paths, file://, s3://, s3a://; http:// and https:// with " in problem
+    supported = "Supported: local paths, file://, local://, s3://, s3a://; http:// and https://"
+    assert supported in problem
     assert "manifest.allow_http=true" in problem
     [problem] = scan(tmp_path / "m.csv", text, allow_http=True)
     assert "1 URIs with an unsupported scheme: line 6: 'gs://b/v.mp4'" in problem

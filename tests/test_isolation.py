@@ -19,19 +19,13 @@ import pyarrow as pa
 import pytest
 
 from tests.local_http import CrashingServer, StallingServer, alive
-from vivit_batch.config import ConfigError, load_config
+from vivit_batch.config import DecodeConfig, SamplingConfig, load_config
+from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import DECODE_SECONDS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages.decode import DecodeSettings, DecodeStage
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import (
-    DecodeConfig,
-    DecodeRequest,
-    ErrorCode,
-    SamplingConfig,
-    VideoError,
-    decode_video,
-)
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
 from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
 from vivit_batch.video.worker import Decoded, MalformedReply, encode_reply, parse_reply
 
@@ -39,7 +33,7 @@ PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=2)
 SLACK_S = 20.0
 """Added to every time bound: this machine is shared and often loaded."""
-LOCAL_HTTP = {"http_allow_hosts": "127.0.0.1"}
+LOCAL_HTTP = {"http_allow_hosts": ("127.0.0.1",)}
 """The storage options that let sources reach the test's servers on 127.0.0.1."""
 
 
@@ -261,7 +255,8 @@ def test_processes_end_with_their_parent(tmp_path, videos):
         "import os, sys\n"
         "from vivit_batch.video.isolation import IsolatedDecoder\n"
         "from vivit_batch.processor import ProcessorConfig\n"
-        "from vivit_batch.video import DecodeRequest, SamplingConfig\n"
+        "from vivit_batch.config import SamplingConfig\n"
+        "from vivit_batch.video import DecodeRequest\n"
         "d = IsolatedDecoder()\n"
         "sampling, processor = SamplingConfig(num_frames=2), ProcessorConfig(shortest_edge=32)\n"
         "d.decode(DecodeRequest(sys.argv[1], sampling, processor))\n"

@@ -16,13 +16,14 @@ import pytest
 
 from tests.test_fail_fast import LOG_LINE
 from vivit_batch.cli import main
+from vivit_batch.config import SamplingConfig
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.output import Output, output_schema
 from vivit_batch.processor import PREPROCESSOR_FILE, VIDEO_PREPROCESSOR_FILE
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 
 GOOD_VIDEOS = [  # name, encoder, size, frames
     ("a.mp4", "libx264", (64, 48), 24),

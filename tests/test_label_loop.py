@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 import pytest
 
 from tests.test_review import README, read_csv
-from vivit_batch.cli import EXIT_OK, main
+from vivit_batch.cli import main
+from vivit_batch.errors import EXIT_OK
 from vivit_batch.fingerprint import fingerprint
 from vivit_batch.output import Output
 from vivit_batch.testing.checkpoints import make_checkpoint

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from tests.s3 import FaultyProxy, S3Server
-from vivit_batch.config import ConfigError, RunSection
+from vivit_batch.config import RunSection, StorageSection
+from vivit_batch.errors import ConfigError, LockLost, OutputLocked
 from vivit_batch.job.run import LOCK_LOST_SIGNAL, holding_lock
-from vivit_batch.output import LockLost, Output, OutputLock, OutputLocked
+from vivit_batch.output import Output, OutputLock
 from vivit_batch.output.lock import ProcessIdentity
 from vivit_batch.output.records import LocalRecord
 from vivit_batch.storage import storage_options
@@ -88,7 +89,7 @@ class Backend:
     def output(self, name: str, endpoint: str | None = None) -> Output:
         if self.server is None:
             return Output(f"{self.root}/{name}")
-        options = storage_options(endpoint_url=endpoint or self.server.endpoint_url)
+        options = storage_options(StorageSection(endpoint_url=endpoint or self.server.endpoint_url))
         return Output(f"{self.root}/{name}", options)
 
     def lock(self, name: str, run_id: str, stale_after_s: float = STALE, **options) -> OutputLock:
@@ -526,8 +527,12 @@ def test_a_commit_the_store_holds_past_the_lease_never_lands_after_a_takeover(s3
     s3_server.filesystem().mkdir(bucket)
     stale = 2.0
     proxy = FaultyProxy(s3_server.port, slow_key=("_lock.json", ".parquet"))
-    old = Output(f"s3://{bucket}/out", storage_options(endpoint_url=proxy.endpoint_url))
-    new = Output(f"s3://{bucket}/out", storage_options(endpoint_url=s3_server.endpoint_url))
+    old = Output(
+        f"s3://{bucket}/out", storage_options(StorageSection(endpoint_url=proxy.endpoint_url))
+    )
+    new = Output(
+        f"s3://{bucket}/out", storage_options(StorageSection(endpoint_url=s3_server.endpoint_url))
+    )
     holder = old.lock("old", stale)
     holder.acquire()
     staged = old.stage(b"committed late", "old", "part-late.parquet")

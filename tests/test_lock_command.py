@@ -9,7 +9,8 @@ import pytest
 
 from tests.test_lock import STALE, Backend, another_holder, gone_holder_here
 from tests.test_lock import backend as backend  # noqa: F401  (the local / S3 fixture)
-from vivit_batch.cli import EXIT_CONFIG, EXIT_LOCK_HELD, EXIT_OK, main
+from vivit_batch.cli import main
+from vivit_batch.errors import EXIT_LOCK_HELD, EXIT_OK, EXIT_USAGE
 from vivit_batch.output.lock import ProcessIdentity
 
 
@@ -95,5 +96,5 @@ def test_an_output_that_cannot_be_read_is_exit_2_in_one_line(
 ):
     arguments = [item for option in options for item in ("--set", option)]
     code, printed = lock_command(capsys, output, *arguments)
-    assert code == EXIT_CONFIG
+    assert code == EXIT_USAGE
     assert problem in printed and len(printed.splitlines()) == 1

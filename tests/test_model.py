@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from vivit_batch.config import load_config
+from vivit_batch.errors import CheckpointError
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.job import prepare_job
-from vivit_batch.model import CheckpointError, VivitConfig, inspect_pretrained, load_pretrained
+from vivit_batch.model import VivitConfig, inspect_pretrained, load_pretrained
 from vivit_batch.model.loading import read_weights
 from vivit_batch.model.modeling import VivitEmbeddings
 from vivit_batch.processor import PREPROCESSOR_FILE, VIDEO_PREPROCESSOR_FILE, ProcessorConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 from vivit_batch.output import Output
 from vivit_batch.output.mounts import MOUNT_TABLE, mount_of, require_lockable_filesystem
 

@@ -15,7 +15,9 @@ import pyarrow as pa
 import pytest
 
 from tests.local_http import SilentServer
-from vivit_batch.cli import EXIT_ERROR_BUDGET, EXIT_OK, exit_code_of
+from vivit_batch.cli import exit_code_of
+from vivit_batch.config import DecodeConfig, SamplingConfig
+from vivit_batch.errors import EXIT_ERROR_BUDGET, EXIT_OK
 from vivit_batch.model import load_pretrained
 from vivit_batch.output.runs import ErrorBudget, RunReport
 from vivit_batch.output.schema import (
@@ -33,7 +35,6 @@ from vivit_batch.stages.inference import InferenceSettings, InferenceStage
 from vivit_batch.storage import with_read_timeout
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import DecodeConfig, SamplingConfig
 from vivit_batch.video.isolation import KILL_GRACE_S
 from vivit_batch.video.worker import TEST_FAULTS
 
@@ -157,7 +158,7 @@ def test_a_source_that_stalls_the_version_check_is_a_timeout_row_within_the_stal
 ):
     stall_s = 2.0
     margin_s = 1.5  # fsspec alone waits out the stall twice (HEAD, then GET)
-    options = with_read_timeout({"http_allow_hosts": "127.0.0.1"}, stall_s)
+    options = with_read_timeout({"http_allow_hosts": ("127.0.0.1",)}, stall_s)
     rows = manifest([str(videos["fine-1"]), silent.url])
     started = time.monotonic()
     versioned = with_versions(rows, options)

@@ -21,7 +21,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from vivit_batch.cli import EXIT_CONFIG, EXIT_OK, main
+from vivit_batch.cli import main
+from vivit_batch.config import StorageSection
+from vivit_batch.errors import EXIT_OK, EXIT_USAGE
 from vivit_batch.output import FileWriter, Output, RunReport, Unlocked, commit_staged
 from vivit_batch.output.runs import RELABEL_MODE, Throughput
 from vivit_batch.output.schema import (
@@ -323,7 +325,7 @@ def test_what_is_not_an_output_is_one_line_and_exit_2(
     output, tmp_path, capsys, path, truth, expected
 ):
     (tmp_path / "notes.txt").write_text("not Parquet")
-    assert main(["report", str(tmp_path / path), "--truth-column", truth]) == EXIT_CONFIG
+    assert main(["report", str(tmp_path / path), "--truth-column", truth]) == EXIT_USAGE
     [line] = capsys.readouterr().err.splitlines()
     assert expected in line
 
@@ -426,7 +428,9 @@ def test_thumbnails_of_s3_sources_use_the_storage_settings_given(s3_server, tmp_
     s3_server.filesystem().mkdir(bucket)
     video = write_video(tmp_path / "v0.mp4", num_frames=30, width=64, height=48, fps=30)
     s3_server.filesystem().put(str(video), f"{bucket}/videos/v0.mp4")
-    output = Output(f"s3://{bucket}/out", storage_options(endpoint_url=s3_server.endpoint_url))
+    output = Output(
+        f"s3://{bucket}/out", storage_options(StorageSection(endpoint_url=s3_server.endpoint_url))
+    )
     output.create()
     output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
     rows = thumbnail_rows({"v0": THUMBNAIL_VIDEOS["v0"]}, [f"s3://{bucket}/videos/v0.mp4"])

@@ -18,7 +18,9 @@ import pyarrow as pa
 import pytest
 
 from tests.test_report import HIDDEN, START, commit_rows, labelled_rows, new_output
-from vivit_batch.cli import EXIT_CONFIG, EXIT_OK, main
+from vivit_batch.cli import main
+from vivit_batch.config import StorageSection
+from vivit_batch.errors import EXIT_OK, EXIT_USAGE
 from vivit_batch.output import Output, Unlocked
 from vivit_batch.output.schema import SEGMENT_COLUMNS, output_schema
 from vivit_batch.review.pick import UncertainPool
@@ -282,7 +284,9 @@ def readme_labeling_config() -> str:
 def test_an_output_on_s3_is_read_with_the_storage_settings_given(s3_server, tmp_path):
     bucket = f"review-{uuid.uuid4().hex[:12]}"
     s3_server.filesystem().mkdir(bucket)
-    output = Output(f"s3://{bucket}/out", storage_options(endpoint_url=s3_server.endpoint_url))
+    output = Output(
+        f"s3://{bucket}/out", storage_options(StorageSection(endpoint_url=s3_server.endpoint_url))
+    )
     output.create()
     output.write_identity({"weights_sha256": "ab" * 32}, Unlocked())
     commit_review_rows(output, [Row("sure", [0.9, 0.05]), Row("tie", [0.41, 0.40])])
@@ -321,7 +325,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, arguments, expected)
     output = write_output(tmp_path / "out", [Row("tie", [0.41, 0.40])])
     path = {"OUT": output.uri, "nowhere": str(tmp_path / "nowhere")}.get(arguments[0], arguments[0])
     save = tmp_path / "review.csv"
-    assert exit_code(["review", path, *arguments[1:], "--save", str(save)]) == EXIT_CONFIG
+    assert exit_code(["review", path, *arguments[1:], "--save", str(save)]) == EXIT_USAGE
     [line] = capsys.readouterr().err.splitlines()
     assert expected in line
     assert not save.exists()

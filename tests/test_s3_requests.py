@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from tests.s3 import FaultyProxy, tally
-from vivit_batch.config import ManifestSection
+from vivit_batch.config import ManifestSection, StorageSection
 from vivit_batch.manifest import listing_table, scan_manifest, with_ids
 from vivit_batch.output import RESERVED_COLUMNS
 from vivit_batch.source_versions import changed_ids
@@ -40,7 +40,7 @@ def proxy(s3_server):
 
 
 def test_scanning_a_prefix_lists_once_and_keeps_each_version(bucket, proxy):
-    options = storage_options(endpoint_url=proxy.endpoint_url)
+    options = storage_options(StorageSection(endpoint_url=proxy.endpoint_url))
     section = ManifestSection(f"s3://{BUCKET}/raw/")
     summary = scan_manifest(section, RESERVED_COLUMNS, options)
     assert not summary.problems and summary.rows == VIDEOS

@@ -12,13 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.output.schema import SEGMENTS_TOTAL
 from vivit_batch.output.sink import FileWriter
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages.decode import DecodeSettings, DecodeStage
 from vivit_batch.testing.media import garble_packets, read_index, write_video
-from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.isolation import IsolatedDecoder
 from vivit_batch.video.segments import decode_segments
 

@@ -10,10 +10,11 @@ import pyarrow.dataset as ds
 import pytest
 
 from vivit_batch.cli import main
-from vivit_batch.config import ConfigError, load_config
+from vivit_batch.config import load_config
 from vivit_batch.demo import CHECKPOINT_DIR, FRAME_SAMPLE_RATE, write_corrupt_video
 from vivit_batch.demo.run import TIMELINE_PHASES
 from vivit_batch.demo.synthetic import write_timeline_video
+from vivit_batch.errors import ConfigError
 from vivit_batch.job import prepare_job
 from vivit_batch.output import Output
 

@@ -9,11 +9,12 @@ import pytest
 
 from tests.local_http import LocalHTTPServer
 from tests.test_hostile_inputs import FileServer
+from vivit_batch.config import SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.source_policy import parse_allow_hosts, refusal
 from vivit_batch.source_versions import source_version
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import DecodeRequest, ErrorCode, SamplingConfig, VideoError, decode_video
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
 
 NOBODY: frozenset[str] = frozenset()
 
@@ -50,7 +51,7 @@ def test_public_addresses_are_allowed(address):
 
 
 def test_listed_hosts_are_allowed_by_name_or_address_and_port():
-    allowed = parse_allow_hosts(" cache.internal, 10.0.0.5:8080 ,")
+    allowed = parse_allow_hosts([" Cache.internal", "10.0.0.5:8080 ", ""])
     assert allowed == {"cache.internal", "10.0.0.5:8080"}
     assert refusal("cache.internal", "10.9.9.9", 80, allowed) is None
     assert refusal("Cache.Internal", "10.9.9.9", 8443, allowed) is None
@@ -101,7 +102,7 @@ def served(tmp_path):
     server.stop()
 
 
-def decode(uri: str, allow_hosts: str = "") -> None:
+def decode(uri: str, allow_hosts: tuple[str, ...] = ()) -> None:
     request = DecodeRequest(
         uri,
         SamplingConfig(num_frames=4, frame_sample_rate=1),
@@ -117,7 +118,7 @@ def test_a_loopback_source_not_listed_is_refused_before_any_request(served):
     assert refused.value.code == ErrorCode.PERMISSION_DENIED
     assert "127.0.0.1 is a loopback address" in str(refused.value)
     assert f"manifest.http_allow_hosts=127.0.0.1:{served.httpd.server_port}" in str(refused.value)
-    assert source_version(f"{served.url}/v.mp4", {"http_allow_hosts": ""})["source_size"] is None
+    assert source_version(f"{served.url}/v.mp4", {"http_allow_hosts": ()})["source_size"] is None
     assert served.requests == 0
 
 
@@ -125,7 +126,7 @@ def test_a_redirect_to_an_address_not_listed_is_refused(served):
     redirecting = Redirecting(f"{served.url}/v.mp4")
     try:
         with pytest.raises(VideoError) as refused:
-            decode(f"{redirecting.url}/v.mp4", f"127.0.0.1:{redirecting.httpd.server_port}")
+            decode(f"{redirecting.url}/v.mp4", (f"127.0.0.1:{redirecting.httpd.server_port}",))
     finally:
         redirecting.stop()
     assert refused.value.code == ErrorCode.PERMISSION_DENIED
@@ -134,11 +135,11 @@ def test_a_redirect_to_an_address_not_listed_is_refused(served):
 
 
 def test_listed_hosts_are_read_redirects_included(served):
-    assert decode(f"{served.url}/v.mp4", "127.0.0.1").clips.shape[:2] == (1, 4)
+    assert decode(f"{served.url}/v.mp4", ("127.0.0.1",)).clips.shape[:2] == (1, 4)
     redirecting = Redirecting(f"{served.url}/v.mp4")
     try:
         ports = (redirecting.httpd.server_port, served.httpd.server_port)
-        allowed = ",".join(f"127.0.0.1:{port}" for port in ports)
+        allowed = tuple(f"127.0.0.1:{port}" for port in ports)
         assert decode(f"{redirecting.url}/v.mp4", allowed).clips.shape[:2] == (1, 4)
     finally:
         redirecting.stop()

@@ -10,9 +10,10 @@ import av
 import numpy as np
 import pytest
 
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.media import has_encoder, read_index, write_video
-from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.sampling import frame_positions
 from vivit_batch.video.transform import FrameConverter
 

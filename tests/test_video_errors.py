@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.media import (
     cut_at_frame,
@@ -17,14 +18,7 @@ from vivit_batch.testing.media import (
     write_audio_only,
     write_video,
 )
-from vivit_batch.video import (
-    DecodeConfig,
-    DecodeRequest,
-    ErrorCode,
-    SamplingConfig,
-    VideoError,
-    decode_video,
-)
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
 from vivit_batch.video.sampling import frame_positions
 
 PROCESSOR = ProcessorConfig(shortest_edge=224)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from vivit_batch.config import SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.checkpoints import TINY
 from vivit_batch.testing.media import has_encoder, write_video
 from vivit_batch.testing.reference import image_processor, read_video_pyav
-from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.sampling import frame_positions
 
 transformers = pytest.importorskip("transformers")

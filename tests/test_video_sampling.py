@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vivit_batch.settings import ConfigError
-from vivit_batch.video.sampling import NearestFrameMatcher, SamplingConfig, frame_positions
+from vivit_batch.config import SamplingConfig
+from vivit_batch.errors import ConfigError
+from vivit_batch.video.sampling import NearestFrameMatcher, frame_positions
 
 
 def test_defaults_match_the_page_recipe_with_the_checkpoints_frames():

@@ -13,23 +13,12 @@ import numpy as np
 import pytest
 
 from tests.local_http import StallingServer
+from vivit_batch.config import DecodeConfig, SamplingConfig, StorageSection
+from vivit_batch.errors import StorageError
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.storage import (
-    InputFile,
-    NotARegularFile,
-    StorageError,
-    open_input,
-    storage_options,
-)
+from vivit_batch.storage import InputFile, NotARegularFile, open_input, storage_options
 from vivit_batch.testing.media import write_video
-from vivit_batch.video import (
-    DecodeConfig,
-    DecodeRequest,
-    ErrorCode,
-    SamplingConfig,
-    VideoError,
-    decode_video,
-)
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
 
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=4)
 PROCESSOR = ProcessorConfig(shortest_edge=224)
@@ -145,7 +134,9 @@ def test_a_stalled_s3_object_times_out_after_the_stall_timeout(tmp_path):
     after decode.stall_timeout_s without a byte (s3fs tries it 5 times), not the storage's
     60 s read timeout, and the row is a `timeout`."""
     server = StallingServer(write_video(tmp_path / "v.mp4", num_frames=30).read_bytes())
-    options = storage_options(endpoint_url=f"http://{server.host}", anon=True, timeout_s=60)
+    options = storage_options(
+        StorageSection(endpoint_url=f"http://{server.host}", anon=True, timeout_s=60)
+    )
     config = DecodeConfig(timeout_s=120, stall_timeout_s=0.5)
     started = time.monotonic()
     try:

@@ -17,21 +17,29 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from vivit_batch import __version__
-from vivit_batch.config import ConfigError, JobConfig, all_keys, load_config
+from vivit_batch.config import JobConfig, all_keys, load_config
+from vivit_batch.errors import (
+    EXIT_ERROR_BUDGET,
+    EXIT_FAILED,
+    EXIT_LOCK_HELD,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    LockLost,
+    UsageError,
+)
 from vivit_batch.logs import LOG_FORMATS, setup_logging
-from vivit_batch.output import LockLost, RunReport
+from vivit_batch.output import RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
 from vivit_batch.review import FORMATS, POOL_FACTOR, TRUTH
 from vivit_batch.settings import describe, rule_of, show
+from vivit_batch.storage import job_storage_options
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from vivit_batch.stages.decode import DecodeStage
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_ERROR_BUDGET = 0, 1, 2, 3
-EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
 
 EPILOG = """\
 examples:
@@ -60,9 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format, args.verbose)
     try:
         return args.handler(args)
-    except ConfigError as error:  # a CheckpointError too: the model stays unimported here
+    except UsageError as error:
         log_error(redact(str(error)))  # it may quote manifest lines
-        return EXIT_CONFIG
+        return EXIT_USAGE
     except LockLost as error:
         log_error(str(error))
         return EXIT_FAILED
@@ -78,7 +86,7 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         log_error(f"{self.prog}: {message} (see {self.prog} --help)")
-        sys.exit(EXIT_CONFIG)
+        sys.exit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -406,7 +414,7 @@ def exit_code_of(report: RunReport) -> int:
 
 def validate_command(args: argparse.Namespace) -> int:
     from vivit_batch import job
-    from vivit_batch.device import summary
+    from vivit_batch.device_record import summary
     from vivit_batch.stages.decode import DecodeStage
 
     config = config_from(args)
@@ -453,7 +461,7 @@ def report_command(args: argparse.Namespace) -> int:
     from vivit_batch.report import output_stats, summary_text
 
     config = load_config(args.config, args.set, output_uri=args.output)
-    options = config.storage_options()
+    options = job_storage_options(config)
     examples = args.thumbnails if args.html else 0
     stats = output_stats(args.output, args.truth_column, examples, options)
     if args.html:
@@ -478,7 +486,7 @@ def review_command(args: argparse.Namespace) -> int:
 
     format = review_format(args.save, args.format)  # a wrong name costs no reading
     config = load_config(args.config, args.set, output_uri=args.output)
-    output = Output.existing(args.output, config.storage_options())
+    output = Output.existing(args.output, job_storage_options(config))
     column = args.truth_column or TRUTH
     truth = read_truth(output, column, args.labels) if args.truth_column or args.labels else None
     picked = pick_for_review(output, args.count, truth)
@@ -506,7 +514,7 @@ def lock_command(args: argparse.Namespace) -> int:
         print("no lock: run.locking=none (nothing stops overlapping runs)")
         return EXIT_OK
     try:
-        output = Output(args.output, config.storage_options())
+        output = Output(args.output, job_storage_options(config))
         lock = output.lock("lock-probe", config.run.lock_stale_after_s, read_only=True)
         state = lock_state(lock)
     except (OSError, ValueError, BotoCoreError) as error:  # a bad URI, an unreachable store
@@ -527,7 +535,7 @@ def train_head_command(args: argparse.Namespace) -> int:
         args.truth_column,
         args.save,
         args.model,
-        config.storage_options(),
+        job_storage_options(config),
         args.labels,
     )
     print(training_summary(training, args.save))

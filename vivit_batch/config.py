@@ -1,8 +1,10 @@
 """The job configuration: sections of keys, each declared once with its type, default, help and
 accepted values (`settings.setting`), read from YAML and `--set key=value`, validated once.
 
-Every key is `section.name`; the YAML file mirrors the sections. `sampling` and `decode` are the
-video layer's own `SamplingConfig` and `DecodeConfig`. An unknown key is an error that suggests
+Every key is `section.name`; the YAML file mirrors the sections. Every section is declared here,
+`sampling` and `decode` included, and this module imports no other of the package's but
+`settings` and `errors`: the layers that honour a setting import it from here, and reading a
+configuration imports neither torch nor PyAV. An unknown key is an error that suggests
 the closest valid one; every problem is a `ConfigError` naming the key (exit code 2).
 """
 
@@ -17,11 +19,11 @@ from typing import Any
 
 import yaml
 
-from vivit_batch import storage
+from vivit_batch.errors import ConfigError
 from vivit_batch.settings import (
     BYTES,
     SECONDS,
-    ConfigError,
+    TEXTS,
     Section,
     brief,
     coerce,
@@ -29,12 +31,15 @@ from vivit_batch.settings import (
     rule_of,
     setting,
 )
-from vivit_batch.video import DecodeConfig, SamplingConfig
 
-__all__ = ["ConfigError", "JobConfig", "all_keys", "load_config"]
+__all__ = ["JobConfig", "all_keys", "load_config"]
 
 MANIFEST_FORMATS = ("auto", "csv", "jsonl", "parquet", "txt", "videos")
 RUN_MODES = ("incremental", "rerun_errors", "force")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TEMPORAL_VIEWS = ("center", "uniform", "random", "segments")
+SPATIAL_CROPS = ("center", "three")
+ISOLATION = ("process", "none")
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,10 @@ class ManifestSection(Section, name="manifest"):
     allow_http: bool = setting(
         False, "accept http(s):// video URIs (otherwise a manifest that names one is refused)"
     )
-    http_allow_hosts: str = setting(
-        "",
-        "hosts (or host:port), comma-separated, that http(s) sources may reach although they "
-        "resolve to loopback, link-local, private or other non-public addresses",
+    http_allow_hosts: TEXTS = setting(
+        (),
+        "hosts (or host:port) that http(s) sources may reach although they resolve to "
+        "loopback, link-local, private or other non-public addresses",
     )
     column_prefix: str | None = setting(
         None,
@@ -116,7 +121,7 @@ class ModelSection(Section, name="model"):
     precision: str = setting(
         "fp32",
         "fp32, or bf16/fp16 autocast on CUDA (a CPU actor labels in fp32, with a warning)",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
     )
     top_k: int = setting(5, "labels and scores kept per video", minimum=1)
     labels: str | None = setting(
@@ -127,6 +132,147 @@ class ModelSection(Section, name="model"):
         "checkpoint: preprocessor_config.json's rescale + normalise (Hugging Face's logits); "
         "scenic: x/127.5 - 1, as the original ViViT was trained",
         choices=("checkpoint", "scenic"),
+    )
+
+
+@dataclass(frozen=True)
+class SamplingConfig(Section, name="sampling"):
+    """Which frames of a video make its clips (the configuration's `sampling` section)."""
+
+    num_frames: int | None = setting(
+        None, "frames per clip; default: the checkpoint's num_frames", minimum=1
+    )
+    frame_sample_rate: int = setting(
+        4, "stride between sampled frames: a clip spans num_frames x this", minimum=1
+    )
+    temporal_views: str = setting(
+        "center",
+        "center: one clip in the middle; uniform: num_temporal_views clips evenly spaced from "
+        "the start to the end (the paper's protocol); random: one clip at a place reproducible "
+        "from (seed, video id); segments: one row per segment of the video along its whole "
+        "timeline (see segment_s)",
+        choices=TEMPORAL_VIEWS,
+    )
+    num_temporal_views: int = setting(1, "clips per video with temporal_views=uniform", minimum=1)
+    segment_s: float | None = setting(
+        None,
+        "temporal_views=segments: length of a segment, each labelled from one clip of num_frames "
+        "frames spread across it; default: one clip's span (num_frames x frame_sample_rate "
+        "frames). The last segment ends at the video's end, shorter unless the length divides",
+        unit=SECONDS,
+        above=0,
+    )
+    segment_stride_s: float | None = setting(
+        None,
+        "temporal_views=segments: a segment starts every this many seconds (less than "
+        "segment_s: overlapping segments); default: segment_s",
+        unit=SECONDS,
+        above=0,
+    )
+    spatial_crops: str = setting(
+        "center",
+        "center, or three: left, centre and right along the long side (the paper's 3-crop)",
+        choices=SPATIAL_CROPS,
+    )
+    seed: int = setting(0, "run seed for temporal_views=random", minimum=0)
+
+    def combination_problems(self) -> list[str]:
+        problems = []
+        if self.num_temporal_views > 1 and self.temporal_views != "uniform":
+            problems.append(
+                f"sampling.num_temporal_views={self.num_temporal_views} needs "
+                f"sampling.temporal_views=uniform (it is {self.temporal_views})"
+            )
+        for name in ("segment_s", "segment_stride_s"):
+            if getattr(self, name) is not None and not self.segments:
+                problems.append(
+                    f"sampling.{name} needs sampling.temporal_views=segments "
+                    f"(it is {self.temporal_views})"
+                )
+        return problems
+
+    @property
+    def segments(self) -> bool:
+        return self.temporal_views == "segments"
+
+    @property
+    def frames(self) -> int:
+        """`num_frames`, which the job fills in from the checkpoint when it is not set."""
+        if self.num_frames is None:
+            raise ConfigError("sampling.num_frames is not set (the job takes the checkpoint's)")
+        return self.num_frames
+
+    @property
+    def span(self) -> int:
+        """Frames covered by one clip."""
+        return self.frames * self.frame_sample_rate
+
+    @property
+    def num_spatial_crops(self) -> int:
+        return 3 if self.spatial_crops == "three" else 1
+
+    @property
+    def num_views(self) -> int:
+        return self.num_temporal_views * self.num_spatial_crops
+
+
+@dataclass(frozen=True)
+class DecodeConfig(Section, name="decode"):
+    """How videos are decoded and what one may cost (the configuration's `decode` section);
+    a cap of None means no cap."""
+
+    threads: int = setting(1, "PyAV decoder threads per decode actor", minimum=1)
+    max_pixels: int | None = setting(
+        7680 * 4320, "frames with more pixels make a too_large row (default: 8K)", minimum=1
+    )
+    max_duration_s: float | None = setting(
+        6 * 3600.0, "longer videos make a too_large row", unit=SECONDS, above=0
+    )
+    max_file_bytes: int | None = setting(
+        50 * 2**30, "larger files make a too_large row", unit=BYTES, minimum=1
+    )
+    timeout_s: float | None = setting(
+        300.0,
+        "a video taking longer makes a timeout row (checked between packets and frames; with "
+        "isolation=process its process is also killed a few seconds later)",
+        unit=SECONDS,
+        above=0,
+    )
+    stall_timeout_s: float | None = setting(
+        30.0,
+        "an http(s) or S3 source that sends no bytes this long makes a timeout row (named pipes "
+        "and devices make an unreadable row at once)",
+        unit=SECONDS,
+        above=0,
+    )
+    max_frames_per_clip: int | None = setting(
+        None,
+        "most frames decoded for one clip, counting those decoded only to reach it",
+        minimum=1,
+    )
+    segments_per_chunk: int = setting(
+        16,
+        "temporal_views=segments: segments a decode actor sends on to inference at a time (its "
+        "memory holds about two chunks of clips; decode.timeout_s applies to each chunk)",
+        minimum=1,
+    )
+    isolation: str = setting(
+        "process",
+        "process: decode in a child process per actor, killed and replaced when a video hangs "
+        "or crashes it; none: in the actor itself (no hard timeout; a crash takes the actor)",
+        choices=ISOLATION,
+    )
+    crash_retries: int = setting(
+        1,
+        "attempts after the first when the decoding process dies on a video; then decode_crash",
+        minimum=0,
+    )
+    max_memory_bytes: int | None = setting(
+        4 * 2**30,
+        "memory cap of the decoding process (isolation=process; an 8K H.264 clip peaks near 0.9 "
+        "GiB with 4 threads); a video needing more makes a too_large row",
+        unit=BYTES,
+        minimum=1,
     )
 
 
@@ -267,12 +413,6 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def storage_options(self) -> dict:
-        """The fsspec options for the manifest, the videos and the output (`storage`)."""
-        return storage.storage_options(
-            **dataclasses.asdict(self.storage), http_allow_hosts=self.manifest.http_allow_hosts
-        )
 
 
 SECTIONS: tuple[type[Section], ...] = tuple(typing.get_type_hints(JobConfig).values())

@@ -17,15 +17,10 @@ import platform
 
 import torch
 
-from vivit_batch.config import ConfigError
+from vivit_batch.device_record import CPU, CUDA
+from vivit_batch.errors import DeviceError
 
 log = logging.getLogger("vivit_batch")
-
-CPU, CUDA = "cpu", "cuda"
-
-
-class DeviceError(ConfigError):
-    """The planned device is not usable here, or the model does not fit it."""
 
 
 def torch_build() -> str:
@@ -108,16 +103,6 @@ def describe(device: torch.device, requested_precision: str) -> dict:
             f"{record['node']} labelled on the CPU in {used}"
         )
     return record
-
-
-def summary(record: dict) -> str:
-    """One line for people: 'cuda:0 NVIDIA H200 (139.8 GiB), bf16, ... on node x'."""
-    memory = f" ({record['memory_gib']} GiB)" if record.get("memory_gib") else ""
-    threads = f", {record['threads']} threads" if record["device"] == CPU else ""
-    return (
-        f"{record['device']} {record['name']}{memory}{threads}, {record['precision']}, "
-        f"torch {record['torch']} (CUDA {record['cuda'] or 'none'}) on node {record['node']}"
-    )
 
 
 def _cpu_name() -> str:

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vivit_batch.config import ModelSection, ResourcesSection
 from vivit_batch.device import precision_on
-from vivit_batch.model import VivitForVideoClassification
+from vivit_batch.model import DTYPES, VivitForVideoClassification
 from vivit_batch.processor import ProcessorConfig
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -36,20 +35,20 @@ class VideoClassifier:
         model: VivitForVideoClassification,
         processor: ProcessorConfig,
         *,
-        top_k: int = 5,
+        top_k: int = ModelSection.top_k,
         labels: dict[int, str] | None = None,
-        precision: str = "fp32",
-        clips_per_forward: int = 8,
+        precision: str = ModelSection.precision,
+        clips_per_forward: int = ResourcesSection.clips_per_forward,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
+        if precision not in DTYPES:
+            raise ValueError(f"precision {precision!r} is not one of {sorted(DTYPES)}")
         self.model = model
         self.device = next(model.parameters()).device
         self.top_k = min(top_k, model.config.num_labels)
         self.labels = labels or model.config.id2label
         self.precision = precision_on(self.device, precision)
         """what runs: autocast is CUDA's only (see `device`)"""
-        self.autocast_dtype = PRECISIONS[self.precision]
+        self.dtype = DTYPES[self.precision]
         self.clips_per_forward = clips_per_forward
         scale, shift = processor.pixel_affine()
         self.scale = torch.from_numpy(scale).to(self.device).view(1, 1, 3, 1, 1)
@@ -81,8 +80,8 @@ class VideoClassifier:
             pixels = self._normalise(clips[start : start + self.clips_per_forward])
             with torch.autocast(
                 self.device.type,
-                dtype=self.autocast_dtype or torch.float32,
-                enabled=self.autocast_dtype is not None,
+                dtype=self.dtype,
+                enabled=self.dtype != torch.float32,
             ):
                 output = self.model(pixels)
             probabilities.append(output.logits.float().softmax(-1).cpu())

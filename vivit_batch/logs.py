@@ -21,6 +21,9 @@ RAY_LOGGERS = ("ray", "ray.data")
 """Loggers that Ray gives console handlers of its own (its format, not ours)."""
 DROPPED = ("Progress bars disabled",)
 """Library lines about what this tool chose on purpose."""
+NOTICES = ("Token authentication is enabled for this Ray cluster",)
+"""Library warnings about the library's own defaults, which a run cannot act on: shown with -v
+(Ray 2.59+ turns token authentication on for the local cluster it starts, and says so)."""
 
 log = logging.getLogger("vivit_batch")
 
@@ -64,7 +67,11 @@ class LibraryLines(logging.Filter):
             return True
         if any(text in str(record.msg) for text in DROPPED):
             return False
-        return self.verbose or record.levelno >= logging.WARNING
+        if self.verbose:
+            return True
+        return record.levelno >= logging.WARNING and not any(
+            text in str(record.msg) for text in NOTICES
+        )
 
 
 class CurrentStderr(logging.StreamHandler):

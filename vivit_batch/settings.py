@@ -22,25 +22,14 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from vivit_batch.errors import ConfigError
+
 BYTES, SECONDS = "bytes", "seconds"
+TEXTS = tuple[str, ...]
+"""The type of a list-valued key: a YAML list, or comma-separated text (`--set k=a,b`)."""
 _SIZES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _SIZES |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _DURATIONS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
-
-
-class ConfigError(ValueError):
-    """The configuration or the manifest is wrong; nothing has been processed (exit code 2)."""
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = problems or [message]
-
-    @classmethod
-    def of(cls, problems: list[str]) -> ConfigError:
-        """One error for all `problems` (each names its key): one line for one problem."""
-        if len(problems) == 1:
-            return cls(f"invalid configuration: {problems[0]}", problems)
-        return cls("invalid configuration:\n  " + "\n  ".join(problems), problems)
 
 
 @dataclass(frozen=True)
@@ -116,6 +105,9 @@ def check(key: str, kind: Any, rule: Rule, value: Any) -> str | None:
     if value is None:
         return None if type(None) in allowed else f"{key} must be set"
     base = next(t for t in allowed if t is not type(None))
+    if base == TEXTS:
+        texts = isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+        return None if texts else f"{key} must be {_kind_name(base, rule)}, got {brief(value)}"
     numeric = base in (int, float) and not isinstance(value, bool)
     if not (isinstance(value, base) or (base is float and numeric and isinstance(value, int))):
         return f"{key} must be {_kind_name(base, rule)}, got {brief(value)}"
@@ -138,6 +130,8 @@ def coerce(key: str, kind: Any, rule: Rule, value: Any) -> Any:
     float is wanted. Values it cannot read are left for `check` to name."""
     allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     base = next((t for t in allowed if t is not type(None)), str)
+    if base == TEXTS:
+        return _texts(value)
     if isinstance(value, str) and rule.unit and base in (int, float):
         parsed = parse(value, rule.unit)
         if parsed is None:
@@ -148,6 +142,13 @@ def coerce(key: str, kind: Any, rule: Rule, value: Any) -> Any:
     if base is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+def _texts(value: Any) -> Any:
+    """'a, b' -> ('a', 'b'); a YAML list -> a tuple (its items left for `check`)."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return tuple(value) if isinstance(value, list) else value
 
 
 def parse(text: str, unit: str) -> float | None:
@@ -165,6 +166,8 @@ def show(value: Any, unit: str | None) -> str:
         return str(value).lower()
     if isinstance(value, str):
         return value or '""'
+    if isinstance(value, tuple):
+        return ",".join(value) or "[]"
     if unit is None:
         return str(value)
     scales = (
@@ -187,7 +190,9 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _kind_name(base: type, rule: Rule) -> str:
+def _kind_name(base: Any, rule: Rule) -> str:
+    if base == TEXTS:
+        return "a list of text (a YAML list, or comma-separated)"
     if rule.unit == BYTES:
         return "a size in bytes (e.g. 4GiB, 500MB, 1048576)"
     if rule.unit == SECONDS:
@@ -205,4 +210,6 @@ def describe(kind: Any, rule: Rule) -> str:
         return "one of " + ", ".join(map(str, rule.choices))
     if rule.unit:
         return {BYTES: "size", SECONDS: "duration"}[rule.unit]
+    if base == TEXTS:
+        return "list of text"
     return {int: "integer", float: "number", bool: "true/false", str: "text"}.get(base, "value")

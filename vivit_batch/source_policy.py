@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterable
 
 import aiohttp
 
-from vivit_batch.storage import SourceRefused
+from vivit_batch.errors import SourceRefused
 
 ALLOW_HOSTS_KEY = "manifest.http_allow_hosts"
 
 
-def parse_allow_hosts(text: str) -> frozenset[str]:
-    """'10.0.0.5, cdn.internal:8080' -> {'10.0.0.5', 'cdn.internal:8080'} (lower case)."""
-    return frozenset(entry.strip().lower() for entry in text.split(",") if entry.strip())
+def parse_allow_hosts(hosts: Iterable[str]) -> frozenset[str]:
+    """['10.0.0.5', ' CDN.internal:8080'] -> {'10.0.0.5', 'cdn.internal:8080'}."""
+    return frozenset(entry.strip().lower() for entry in hosts if entry.strip())
 
 
 def refusal(host: str, address: str, port: int, allowed: frozenset[str]) -> str | None:
@@ -84,5 +85,5 @@ async def guarded_client(
     return aiohttp.ClientSession(connector=GuardedConnector(allowed), **kwargs)
 
 
-def client_factory(allow_hosts: str, read_timeout_s: float | None = None):
+def client_factory(allow_hosts: Iterable[str], read_timeout_s: float | None = None):
     return functools.partial(guarded_client, parse_allow_hosts(allow_hosts), read_timeout_s)

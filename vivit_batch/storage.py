@@ -16,6 +16,9 @@ from typing import BinaryIO, TypeVar
 import fsspec
 from fsspec.utils import get_protocol
 
+from vivit_batch.config import JobConfig, StorageSection
+from vivit_batch.errors import StorageError
+
 LOCAL_PROTOCOLS = ("file", "local")
 S3_PROTOCOLS = ("s3", "s3a")
 REMOTE_BLOCK_SIZE = 4 * 2**20
@@ -25,15 +28,6 @@ blocks this size rather than downloaded whole or streamed front to back."""
 
 
 T = TypeVar("T")
-
-
-class StorageError(OSError):
-    """A storage backend failed in a way that is not already an `OSError`."""
-
-
-class SourceRefused(PermissionError):
-    """An http(s) source resolved to an address the source policy refuses (`source_policy`).
-    aiohttp raises it wrapped in its own connection error: look along `__cause__`."""
 
 
 class NotARegularFile(OSError):
@@ -58,34 +52,34 @@ def _storage_call(call: Callable[[], T]) -> T:
         raise StorageError(f"{type(error).__name__}: {error}") from error
 
 
+def job_storage_options(config: JobConfig) -> dict:
+    """The fsspec options for a job's manifest, videos and output."""
+    return storage_options(config.storage, config.manifest.http_allow_hosts)
+
+
 def storage_options(
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    profile: str | None = None,
-    anon: bool = False,
-    max_attempts: int = 10,
-    timeout_s: float = 60,
-    http_allow_hosts: str = "",
+    section: StorageSection | None = None, http_allow_hosts: tuple[str, ...] = ()
 ) -> dict:
     """s3fs options: botocore retries throttling, 5xx, resets and timeouts with backoff; and
     the hosts that http(s) sources may reach beyond public addresses (`source_policy`)."""
+    section = section or StorageSection()
     options = {
         HTTP_ALLOW_HOSTS: http_allow_hosts,
-        "anon": anon,
+        "anon": section.anon,
         # Workers outlive runs: a cached listing would hide an object replaced since.
         "use_listings_cache": False,
         "config_kwargs": {
-            "retries": {"max_attempts": max_attempts, "mode": "standard"},
-            "connect_timeout": timeout_s,
-            "read_timeout": timeout_s,
+            "retries": {"max_attempts": section.max_attempts, "mode": "standard"},
+            "connect_timeout": section.timeout_s,
+            "read_timeout": section.timeout_s,
         },
     }
-    if endpoint_url:
-        options["endpoint_url"] = endpoint_url
-    if region:
-        options["client_kwargs"] = {"region_name": region}
-    if profile:
-        options["profile"] = profile
+    if section.endpoint_url:
+        options["endpoint_url"] = section.endpoint_url
+    if section.region:
+        options["client_kwargs"] = {"region_name": section.region}
+    if section.profile:
+        options["profile"] = section.profile
     return options
 
 
@@ -96,7 +90,7 @@ def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFi
         return fsspec.filesystem("file"), local_path(uri)
     protocol = get_protocol(uri)
     options = dict(options or {})
-    allow_hosts = options.pop(HTTP_ALLOW_HOSTS, "")
+    allow_hosts = options.pop(HTTP_ALLOW_HOSTS, ())
     read_timeout_s = options.pop(HTTP_READ_TIMEOUT, None)
     if protocol in S3_PROTOCOLS:
         return fsspec.core.url_to_fs(uri, **options)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 from vivit_batch.manifest.read import FORMATS_BY_EXTENSION, batches
 from vivit_batch.output import Output
 from vivit_batch.output.reading import check_truth_column, manifest_columns

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from vivit_batch.config import SamplingConfig
 from vivit_batch.demo import CHECKPOINT_DIR, FRAME_SAMPLE_RATE
 from vivit_batch.demo.synthetic import MOTION_CLASSES, write_sample_video
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import VivitConfig, VivitForVideoClassification, save_pretrained
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video import DecodeRequest, SamplingConfig, decode_video
+from vivit_batch.video import DecodeRequest, decode_video
 
 TRAINING_FILE = "training.json"
 VALIDATION_SEED_OFFSET = 7919  # held-out videos come from a seed the training set never uses

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 from vivit_batch.fingerprint import fingerprint
 
 if TYPE_CHECKING:

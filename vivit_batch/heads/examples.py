@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 from vivit_batch.output import Output
 from vivit_batch.truth import Truth, has_value, read_truth
 

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vivit_batch.config import ConfigError, JobConfig
+from vivit_batch.config import JobConfig
+from vivit_batch.errors import ConfigError
 from vivit_batch.heads.checkpoint import HeadCheckpoint, read_head
 from vivit_batch.heads.examples import embedding_matrix
 from vivit_batch.output import (
@@ -40,6 +41,7 @@ from vivit_batch.output import (
 )
 from vivit_batch.output.dataset import Fence, parquet_bytes
 from vivit_batch.output.runs import RELABEL_MODE
+from vivit_batch.storage import job_storage_options
 
 
 def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> RunReport:
@@ -47,7 +49,7 @@ def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> R
     the run report. `ConfigError` (exit code 2), nothing changed, when DIR is not a head made
     by train-head or its backbone did not compute the output's embeddings."""
     head = read_head(head_directory)
-    output = Output.existing(output_uri, config.storage_options())
+    output = Output.existing(output_uri, job_storage_options(config))
     run = config.run
     run_id = run.run_id or new_run_id()
     started = time.time()

@@ -11,7 +11,7 @@ import dataclasses
 import platform
 from pathlib import Path
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import CheckpointError, ConfigError
 from vivit_batch.heads.checkpoint import TRAINING_FILE, read_training, save_head
 from vivit_batch.heads.examples import Examples, read_examples
 from vivit_batch.heads.fit import (
@@ -22,7 +22,7 @@ from vivit_batch.heads.fit import (
     check_classes,
     fit_head,
 )
-from vivit_batch.model import CheckpointError, VivitForVideoClassification, load_pretrained
+from vivit_batch.model import VivitForVideoClassification, load_pretrained
 from vivit_batch.output import Output
 
 

@@ -11,17 +11,17 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import ray
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import UsageError
 from vivit_batch.job.cluster import off_gpu_nodes
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
-from vivit_batch.model import CheckpointError
 from vivit_batch.output import FileWriter
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceSettings, InferenceStage
+from vivit_batch.storage import job_storage_options
 from vivit_batch.work import (
     EMPTY_IDS,
     all_ids,
@@ -161,7 +161,7 @@ def stage_errors() -> Iterator[None]:
     Ray's wrapper of it."""
     try:
         yield
-    except (ConfigError, CheckpointError) as error:
+    except UsageError as error:
         raise getattr(error, "cause", error) from None
 
 
@@ -181,7 +181,7 @@ def read_manifest_dataset(job: PreparedJob) -> ray.data.Dataset:
     listing = job.manifest.listing
     return read_dataset(
         job.config.manifest,
-        job.config.storage_options(),
+        job_storage_options(job.config),
         None if listing is None else listing_table(listing),
         num_cpus=0,
         tasks=LIGHT_TASKS,

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from vivit_batch import storage
 from vivit_batch.calibration import Calibration
-from vivit_batch.config import ConfigError, JobConfig, ManifestSection, require_job_inputs
+from vivit_batch.config import JobConfig, ManifestSection, require_job_inputs
+from vivit_batch.errors import ConfigError
 from vivit_batch.job.resources import plans_from_costs
 from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
@@ -68,7 +69,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
             f"sampling.spatial_crops=three needs a crop size, and model {config.model.source}'s "
             "preprocessor_config.json has no center crop: use sampling.spatial_crops=center"
         )
-    options = config.storage_options()
+    options = storage.job_storage_options(config)
     # the stall timeout also bounds the version checks' requests to the sources
     source_options = storage.with_read_timeout(options, config.decode.stall_timeout_s)
     decode = DecodeSettings(sampling, processor, config.decode, source_options)

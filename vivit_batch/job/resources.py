@@ -24,7 +24,7 @@ from math import ceil
 
 from vivit_batch.calibration import StageCosts
 from vivit_batch.config import JobConfig, ResourcesSection
-from vivit_batch.device import CPU, CUDA
+from vivit_batch.device_record import CPU, CUDA
 
 RAY_DATA_HEADROOM_CPUS = 1.0
 """Some Ray Data steps (listing files for read_parquet) always ask for a whole CPU; the actor

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import ray
 
 from vivit_batch.config import RunSection
+from vivit_batch.errors import LockLost
 from vivit_batch.job.cluster import cluster_shape
 from vivit_batch.job.pipeline import (
     build_dataset,
@@ -43,7 +44,6 @@ from vivit_batch.logs import interactive, progress_lines
 from vivit_batch.output import (
     ErrorBudget,
     FileWriter,
-    LockLost,
     ModelUsed,
     Output,
     RunReport,

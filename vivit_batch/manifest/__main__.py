@@ -11,7 +11,8 @@ import os
 import pickle
 import sys
 
-from vivit_batch.config import ConfigError, ManifestSection
+from vivit_batch.config import ManifestSection
+from vivit_batch.errors import ConfigError
 from vivit_batch.manifest.check import ManifestSummary, scan_manifest
 
 

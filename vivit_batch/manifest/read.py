@@ -23,7 +23,8 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from vivit_batch import storage
-from vivit_batch.config import ConfigError, ManifestSection
+from vivit_batch.config import ManifestSection
+from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.redact import unsigned_uri
 from vivit_batch.source_versions import version_of
@@ -52,9 +53,9 @@ FORMATS_BY_EXTENSION = {
     ".parquet": "parquet",
     ".txt": "txt",
 }
-SCHEMES = ("file", "s3", "s3a")
+SCHEMES = storage.LOCAL_PROTOCOLS + storage.S3_PROTOCOLS
 """URI schemes videos and manifests may have, besides plain local paths."""
-HTTP_SCHEMES = ("http", "https")
+HTTP_SCHEMES = storage.HTTP_PROTOCOLS
 """Also accepted with `manifest.allow_http`."""
 
 

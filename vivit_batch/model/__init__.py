@@ -1,9 +1,9 @@
 """ViViT in plain PyTorch, loading Hugging Face checkpoints unchanged."""
 
+from vivit_batch.model.checkpoint import CheckpointInfo
 from vivit_batch.model.config import VivitConfig
 from vivit_batch.model.loading import (
-    CheckpointError,
-    CheckpointInfo,
+    DTYPES,
     inspect_pretrained,
     load_pretrained,
     save_pretrained,
@@ -15,7 +15,7 @@ from vivit_batch.model.modeling import (
 )
 
 __all__ = [
-    "CheckpointError",
+    "DTYPES",
     "CheckpointInfo",
     "VideoClassifierOutput",
     "VivitConfig",

@@ -10,16 +10,17 @@ import hashlib
 import io
 import json
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from vivit_batch.errors import CheckpointError
 from vivit_batch.fingerprint import fingerprint
+from vivit_batch.model.checkpoint import CheckpointInfo
 from vivit_batch.model.config import CONFIG_FILE, VivitConfig
 from vivit_batch.model.modeling import VivitForVideoClassification
 from vivit_batch.processor import PREPROCESSOR_FILE, PREPROCESSOR_FILES, ProcessorConfig
-from vivit_batch.settings import ConfigError
 
 WEIGHT_FILES = (
     "model.safetensors",
@@ -28,25 +29,9 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 UNUSED_KEY_PREFIXES = ("vivit.pooler.",)  # a VivitModel head the classifier does not use
-
-
-class CheckpointError(ConfigError):
-    """The checkpoint cannot be found, read or fitted to the model: bad input, like a
-    `ConfigError` (exit code 2), which is what callers that need no model catch."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    source: str
-    revision: str | None
-    directory: Path
-    weight_files: tuple[Path, ...]
-    weights_sha256: str
-    processor: ProcessorConfig
-    processor_file: str | None
-    """which of `PREPROCESSOR_FILES` `processor` was read from; None: defaults, no file"""
-    commit: str | None = None
-    """for hub sources: the commit the revision resolved to (load it to get these files)"""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Each `model.precision` as torch's dtype: what `load_pretrained(dtype=...)` and the
+classifier's autocast take."""
 
 
 def load_pretrained(
@@ -317,10 +302,9 @@ def _looks_like_local_path(source: str) -> bool:
 def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
-        raise CheckpointError(f"dtype {dtype!r} is not one of {sorted(names)}")
-    return names[dtype]
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def _some(items: list[str], limit: int = 8) -> str:

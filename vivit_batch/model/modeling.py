@@ -20,7 +20,7 @@ from torch import nn
 from vivit_batch.model.config import VivitConfig
 
 if TYPE_CHECKING:
-    from vivit_batch.model.loading import CheckpointInfo
+    from vivit_batch.model.checkpoint import CheckpointInfo
 
 # hidden_act -> (activation, in-place version or None). The in-place one is for tensors that do
 # not require grad (inference): it spares a second (tokens x intermediate) buffer per layer.

@@ -3,7 +3,7 @@ versions, run reports, the lock, and the Parquet sink. `Output` is the one objec
 there."""
 
 from vivit_batch.output.dataset import ARCHIVED_SUFFIX, Output, Unlocked
-from vivit_batch.output.lock import LockLost, OutputLock, OutputLocked
+from vivit_batch.output.lock import OutputLock
 from vivit_batch.output.runs import (
     ErrorBudget,
     ModelUsed,
@@ -21,11 +21,9 @@ __all__ = [
     "RESERVED_COLUMNS",
     "ErrorBudget",
     "FileWriter",
-    "LockLost",
     "ModelUsed",
     "Output",
     "OutputLock",
-    "OutputLocked",
     "RunReport",
     "RunWriter",
     "Throughput",

@@ -35,7 +35,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from vivit_batch import storage
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 from vivit_batch.output.lock import Lease, OutputLock
 from vivit_batch.output.mounts import require_lockable_filesystem
 from vivit_batch.output.records import (

@@ -44,22 +44,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vivit_batch.config import ConfigError
+from vivit_batch.config import RunSection
+from vivit_batch.errors import LockLost, OutputLocked
 from vivit_batch.output.records import Conflict, GuardBusy, LocalRecord, Versioned
 
 log = logging.getLogger("vivit_batch")
 
 HELD, RELEASED = "held", "released"
-DEFAULT_STALE_AFTER_S = 120.0
+DEFAULT_STALE_AFTER_S = RunSection.lock_stale_after_s
 """For records that do not say (unreadable, or written without the field)."""
-
-
-class OutputLocked(ConfigError):
-    """Another run holds this output."""
-
-
-class LockLost(RuntimeError):
-    """This run no longer holds the output's lock: it must not commit anything more."""
 
 
 class LeaseEnded(TimeoutError):

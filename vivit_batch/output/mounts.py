@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 
 MOUNT_TABLE = "/proc/self/mountinfo"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import WRITTEN_COLUMNS
 
 

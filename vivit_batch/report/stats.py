@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.device import summary
+from vivit_batch.device_record import summary
 from vivit_batch.output import Output, RunReport
 from vivit_batch.output.reading import (
     check_truth_column,

@@ -16,9 +16,10 @@ from fractions import Fraction
 
 import numpy as np
 
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.report.stats import Example
-from vivit_batch.video import DecodeConfig, DecodeRequest, SamplingConfig, VideoError
+from vivit_batch.video import DecodeRequest, VideoError
 
 SHORT_SIDE = 160
 MAX_ASPECT = 3

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from vivit_batch.config import ConfigError
+from vivit_batch.errors import ConfigError
 
 FORMATS = ("csv", "jsonl", "label-studio")
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl"}

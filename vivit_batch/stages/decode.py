@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.output.schema import (
     BYTES_READ,
     CLIP_SHAPE,
@@ -34,15 +35,7 @@ from vivit_batch.output.schema import (
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.redact import redacted_uris
 from vivit_batch.stages.failures import ALWAYS_FATAL, error_columns, internal_error
-from vivit_batch.video import (
-    DecodeConfig,
-    DecodeRequest,
-    ErrorCode,
-    SamplingConfig,
-    VideoError,
-    VideoMetadata,
-    decode_video,
-)
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, VideoMetadata, decode_video
 from vivit_batch.video.isolation import DecoderUnavailable, IsolatedDecoder
 from vivit_batch.video.segments import SegmentChunk, decode_segments
 

@@ -8,7 +8,7 @@ raised at the same places) in each actor process, not once per video.
 
 What is no video's fault stays fatal, raised as before: exceptions that are not `Exception`s
 (KeyboardInterrupt, which is how a lost lock stops the driver; SystemExit), a configuration or
-device refusal or a changed checkpoint (`ConfigError` and its kinds), and what each stage lists
+device refusal or a changed checkpoint (`UsageError` and its kinds), and what each stage lists
 besides (the decoding processes failing to start; CUDA out of memory or a CUDA error, which leave
 the device unusable for every video).
 """
@@ -20,13 +20,13 @@ import re
 import threading
 import traceback
 
+from vivit_batch.errors import UsageError
 from vivit_batch.redact import redact
-from vivit_batch.settings import ConfigError
 from vivit_batch.video import ErrorCode, VideoError
 
 log = logging.getLogger("vivit_batch")
 
-ALWAYS_FATAL: tuple[type[Exception], ...] = (ConfigError,)
+ALWAYS_FATAL: tuple[type[Exception], ...] = (UsageError,)
 """Exceptions that stop the run whichever video raised them (see the module's docstring)."""
 _MESSAGE_CHARS = 500
 _PLACE_IN_TEXT = re.compile(r'File "[^"]*", line \d+')

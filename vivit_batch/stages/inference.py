@@ -19,9 +19,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from vivit_batch.device import DeviceError, describe, open_device, require_fit
+from vivit_batch.config import ModelSection, ResourcesSection
+from vivit_batch.device import describe, open_device, require_fit
+from vivit_batch.errors import CheckpointError, DeviceError
 from vivit_batch.inference import Prediction, VideoClassifier
-from vivit_batch.model import CheckpointError, load_pretrained
+from vivit_batch.model import load_pretrained
 from vivit_batch.output.schema import (
     CLIP_SHAPE,
     CLIPS,
@@ -61,10 +63,10 @@ class InferenceSettings:
     """what the driver checked: an actor that loads other weights refuses to label"""
     processor: ProcessorConfig
     run_id: str
-    top_k: int = 5
+    top_k: int = ModelSection.top_k
     labels: dict[int, str] | None = None
-    precision: str = "fp32"
-    clips_per_forward: int = 8
+    precision: str = ModelSection.precision
+    clips_per_forward: int = ResourcesSection.clips_per_forward
     device: str = "cpu"
     """what the plan gave the actor: cuda (a GPU from Ray) or cpu"""
     torch_threads: int | None = None

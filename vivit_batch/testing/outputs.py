@@ -24,6 +24,7 @@ from vivit_batch.output.schema import (
     VIEWS,
     embedding_type,
 )
+from vivit_batch.storage import job_storage_options
 
 MODEL = "/models/generated"
 """What generated rows say labelled them: a local path that does not exist (no hub look-up)."""
@@ -43,7 +44,7 @@ def label_in_process(config: JobConfig, run_id: str = "in-process"):
     from vivit_batch.stages.inference import InferenceStage
 
     job = prepare_job(config)
-    options = config.storage_options()
+    options = job_storage_options(config)
     manifest = config.manifest
     fmt = manifest_format(manifest, options)
     rows = pa.Table.from_batches([b for _, b in batches(manifest.uri, fmt, options)])

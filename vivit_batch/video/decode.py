@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.settings import BYTES, SECONDS, Section, setting
 from vivit_batch.storage import InputFile, open_input
 from vivit_batch.video.container import (
     StreamInfo,
@@ -26,70 +26,8 @@ from vivit_batch.video.container import (
 )
 from vivit_batch.video.errors import ErrorCode, VideoError
 from vivit_batch.video.frames import ClipDecoder, Deadline
-from vivit_batch.video.sampling import SamplingConfig, frame_positions
+from vivit_batch.video.sampling import frame_positions
 from vivit_batch.video.transform import FrameConverter, copy_picture, crop_views
-
-ISOLATION = ("process", "none")
-
-
-@dataclass(frozen=True)
-class DecodeConfig(Section, name="decode"):
-    """How videos are decoded and what one may cost (the configuration's `decode` section);
-    a cap of None means no cap."""
-
-    threads: int = setting(1, "PyAV decoder threads per decode actor", minimum=1)
-    max_pixels: int | None = setting(
-        7680 * 4320, "frames with more pixels make a too_large row (default: 8K)", minimum=1
-    )
-    max_duration_s: float | None = setting(
-        6 * 3600.0, "longer videos make a too_large row", unit=SECONDS, above=0
-    )
-    max_file_bytes: int | None = setting(
-        50 * 2**30, "larger files make a too_large row", unit=BYTES, minimum=1
-    )
-    timeout_s: float | None = setting(
-        300.0,
-        "a video taking longer makes a timeout row (checked between packets and frames; with "
-        "isolation=process its process is also killed a few seconds later)",
-        unit=SECONDS,
-        above=0,
-    )
-    stall_timeout_s: float | None = setting(
-        30.0,
-        "an http(s) or S3 source that sends no bytes this long makes a timeout row (named pipes "
-        "and devices make an unreadable row at once)",
-        unit=SECONDS,
-        above=0,
-    )
-    max_frames_per_clip: int | None = setting(
-        None,
-        "most frames decoded for one clip, counting those decoded only to reach it",
-        minimum=1,
-    )
-    segments_per_chunk: int = setting(
-        16,
-        "temporal_views=segments: segments a decode actor sends on to inference at a time (its "
-        "memory holds about two chunks of clips; decode.timeout_s applies to each chunk)",
-        minimum=1,
-    )
-    isolation: str = setting(
-        "process",
-        "process: decode in a child process per actor, killed and replaced when a video hangs "
-        "or crashes it; none: in the actor itself (no hard timeout; a crash takes the actor)",
-        choices=ISOLATION,
-    )
-    crash_retries: int = setting(
-        1,
-        "attempts after the first when the decoding process dies on a video; then decode_crash",
-        minimum=0,
-    )
-    max_memory_bytes: int | None = setting(
-        4 * 2**30,
-        "memory cap of the decoding process (isolation=process; an 8K H.264 clip peaks near 0.9 "
-        "GiB with 4 threads); a video needing more makes a too_large row",
-        unit=BYTES,
-        minimum=1,
-    )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from vivit_batch.storage import NotARegularFile, SourceRefused, StorageError
+from vivit_batch.errors import SourceRefused, StorageError
+from vivit_batch.storage import NotARegularFile
 
 
 class ErrorCode(str, Enum):

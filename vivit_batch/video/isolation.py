@@ -36,7 +36,8 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from vivit_batch.video.decode import DecodeConfig, DecodedVideo, DecodeRequest
+from vivit_batch.config import DecodeConfig
+from vivit_batch.video.decode import DecodedVideo, DecodeRequest
 from vivit_batch.video.errors import ErrorCode, VideoError
 from vivit_batch.video.segments import SegmentChunk
 from vivit_batch.video.worker import (

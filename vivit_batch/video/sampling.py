@@ -1,5 +1,5 @@
-"""Which frames make a clip: sampling settings, frame positions per view or per segment,
-nearest-frame matching.
+"""Which frames make a clip (as the `sampling` section says): frame positions per view or per
+segment, nearest-frame matching.
 
 Pure functions (no video needed). A frame *position* is an index at the stream's average frame
 rate; `decode` turns positions into times (`start + position / fps`) and gives each time the
@@ -17,91 +17,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from vivit_batch.settings import SECONDS, ConfigError, Section, setting
-
-TEMPORAL_VIEWS = ("center", "uniform", "random", "segments")
-SPATIAL_CROPS = ("center", "three")
-
-
-@dataclass(frozen=True)
-class SamplingConfig(Section, name="sampling"):
-    """Which frames of a video make its clips (the configuration's `sampling` section)."""
-
-    num_frames: int | None = setting(
-        None, "frames per clip; default: the checkpoint's num_frames", minimum=1
-    )
-    frame_sample_rate: int = setting(
-        4, "stride between sampled frames: a clip spans num_frames x this", minimum=1
-    )
-    temporal_views: str = setting(
-        "center",
-        "center: one clip in the middle; uniform: num_temporal_views clips evenly spaced from "
-        "the start to the end (the paper's protocol); random: one clip at a place reproducible "
-        "from (seed, video id); segments: one row per segment of the video along its whole "
-        "timeline (see segment_s)",
-        choices=TEMPORAL_VIEWS,
-    )
-    num_temporal_views: int = setting(1, "clips per video with temporal_views=uniform", minimum=1)
-    segment_s: float | None = setting(
-        None,
-        "temporal_views=segments: length of a segment, each labelled from one clip of num_frames "
-        "frames spread across it; default: one clip's span (num_frames x frame_sample_rate "
-        "frames). The last segment ends at the video's end, shorter unless the length divides",
-        unit=SECONDS,
-        above=0,
-    )
-    segment_stride_s: float | None = setting(
-        None,
-        "temporal_views=segments: a segment starts every this many seconds (less than "
-        "segment_s: overlapping segments); default: segment_s",
-        unit=SECONDS,
-        above=0,
-    )
-    spatial_crops: str = setting(
-        "center",
-        "center, or three: left, centre and right along the long side (the paper's 3-crop)",
-        choices=SPATIAL_CROPS,
-    )
-    seed: int = setting(0, "run seed for temporal_views=random", minimum=0)
-
-    def combination_problems(self) -> list[str]:
-        problems = []
-        if self.num_temporal_views > 1 and self.temporal_views != "uniform":
-            problems.append(
-                f"sampling.num_temporal_views={self.num_temporal_views} needs "
-                f"sampling.temporal_views=uniform (it is {self.temporal_views})"
-            )
-        for name in ("segment_s", "segment_stride_s"):
-            if getattr(self, name) is not None and not self.segments:
-                problems.append(
-                    f"sampling.{name} needs sampling.temporal_views=segments "
-                    f"(it is {self.temporal_views})"
-                )
-        return problems
-
-    @property
-    def segments(self) -> bool:
-        return self.temporal_views == "segments"
-
-    @property
-    def frames(self) -> int:
-        """`num_frames`, which the job fills in from the checkpoint when it is not set."""
-        if self.num_frames is None:
-            raise ConfigError("sampling.num_frames is not set (the job takes the checkpoint's)")
-        return self.num_frames
-
-    @property
-    def span(self) -> int:
-        """Frames covered by one clip."""
-        return self.frames * self.frame_sample_rate
-
-    @property
-    def num_spatial_crops(self) -> int:
-        return 3 if self.spatial_crops == "three" else 1
-
-    @property
-    def num_views(self) -> int:
-        return self.num_temporal_views * self.num_spatial_crops
+from vivit_batch.config import SamplingConfig
 
 
 def frame_positions(total_frames: int, sampling: SamplingConfig, video_id: str = "") -> np.ndarray:

@@ -70,8 +70,8 @@ def resize_bilinear(picture: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     interleaving is left to whoever copies out the crops (`copy_picture`), so that only the
     cropped pixels are interleaved.
     """
-    # Imported here: the configuration imports this package, and Ray's light tasks (manifest,
-    # versions, the sink) import the configuration; torch would add 1.5 s to each of them.
+    # Imported here: a decode actor imports this package to hand videos to its decoding
+    # process, which imports torch itself (`worker.py`); torch would add 1.5 s to each actor.
     import torch
 
     resized = torch.nn.functional.interpolate(

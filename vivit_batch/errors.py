@@ -1,0 +1,55 @@
+"""The errors that reach the user, and the exit codes they end a command with.
+
+Imports nothing from the package, so that any module (and `cli.main`, which catches
+`UsageError`) can name them without importing what raises them: torch, PyAV or Ray.
+"""
+
+from __future__ import annotations
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
+EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
+
+
+class UsageError(ValueError):
+    """Bad input: a configuration, manifest, checkpoint, device or output that cannot be used
+    as given. Nothing has been processed; one line says what is wrong (exit code 2)."""
+
+
+class ConfigError(UsageError):
+    """The configuration or the manifest is wrong."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+    @classmethod
+    def of(cls, problems: list[str]) -> ConfigError:
+        """One error for all `problems` (each names its key): one line for one problem."""
+        if len(problems) == 1:
+            return cls(f"invalid configuration: {problems[0]}", problems)
+        return cls("invalid configuration:\n  " + "\n  ".join(problems), problems)
+
+
+class CheckpointError(UsageError):
+    """The checkpoint cannot be found, read or fitted to the model."""
+
+
+class DeviceError(UsageError):
+    """The planned device is not usable here, or the model does not fit it."""
+
+
+class OutputLocked(UsageError):
+    """Another run holds this output."""
+
+
+class LockLost(RuntimeError):
+    """This run no longer holds the output's lock: it must not commit anything more."""
+
+
+class StorageError(OSError):
+    """A storage backend failed in a way that is not already an `OSError`."""
+
+
+class SourceRefused(PermissionError):
+    """An http(s) source resolved to an address the source policy refuses (`source_policy`).
+    aiohttp raises it wrapped in its own connection error: look along `__cause__`."""
