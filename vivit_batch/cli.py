@@ -506,8 +506,7 @@ def demo_command(args: argparse.Namespace) -> int:
 def lock_command(args: argparse.Namespace) -> int:
     from botocore.exceptions import BotoCoreError
 
-    from vivit_batch.output import Output
-    from vivit_batch.output.lock_state import lock_state
+    from vivit_batch.output import Output, lock_state
 
     config = load_config(args.config, args.set, output_uri=args.output)
     if config.run.locking == "none":

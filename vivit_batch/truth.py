@@ -14,8 +14,7 @@ import pyarrow.compute as pc
 
 from vivit_batch.errors import ConfigError
 from vivit_batch.manifest.read import FORMATS_BY_EXTENSION, batches
-from vivit_batch.output import Output
-from vivit_batch.output.reading import check_truth_column, manifest_columns
+from vivit_batch.output import Output, check_truth_column, manifest_columns
 
 LABELS_FORMATS = ("csv", "jsonl", "parquet")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.output.replacing import Relabelled
+from vivit_batch.output import Relabelled
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.source_versions import changed_ids
 

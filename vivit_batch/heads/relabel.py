@@ -31,6 +31,8 @@ from vivit_batch.errors import ConfigError
 from vivit_batch.heads.checkpoint import HeadCheckpoint, read_head
 from vivit_batch.heads.examples import embedding_matrix
 from vivit_batch.output import (
+    RELABEL_MODE,
+    Fence,
     ModelUsed,
     Output,
     OutputLock,
@@ -38,9 +40,8 @@ from vivit_batch.output import (
     Unlocked,
     WriteStats,
     new_run_id,
+    parquet_bytes,
 )
-from vivit_batch.output.dataset import Fence, parquet_bytes
-from vivit_batch.output.runs import RELABEL_MODE
 from vivit_batch.storage import job_storage_options
 
 

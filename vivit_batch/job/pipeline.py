@@ -16,8 +16,7 @@ from vivit_batch.job.cluster import off_gpu_nodes
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
-from vivit_batch.output import FileWriter
-from vivit_batch.output.videos import WholeVideos
+from vivit_batch.output import FileWriter, WholeVideos
 from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceSettings, InferenceStage

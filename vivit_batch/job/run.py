@@ -43,6 +43,7 @@ from vivit_batch.job.shared_output import require_shared_output
 from vivit_batch.logs import interactive, progress_lines
 from vivit_batch.output import (
     ErrorBudget,
+    Fence,
     FileWriter,
     ModelUsed,
     Output,
@@ -54,7 +55,6 @@ from vivit_batch.output import (
     new_run_id,
     output_schema,
 )
-from vivit_batch.output.dataset import Fence
 from vivit_batch.redact import redact
 from vivit_batch.work import Work, committed_columns
 

@@ -15,11 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vivit_batch.device_record import summary
-from vivit_batch.output import Output, RunReport
-from vivit_batch.output.reading import (
-    check_truth_column,
-    first_per_video,
-)
+from vivit_batch.output import Output, RunReport, check_truth_column, first_per_video
 from vivit_batch.output.schema import SEGMENT_COLUMNS
 
 ROW_COLUMNS = ["status", "error_code", "label", "score", "topk_labels", "run_id", "processed_at"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from vivit_batch.output import Output, RunReport
-from vivit_batch.output.runs import RELABEL_MODE
+from vivit_batch.output import RELABEL_MODE, Output, RunReport
 from vivit_batch.report.stats import Accuracy, OutputStats, RunStats, SegmentStats, device_kinds
 
 

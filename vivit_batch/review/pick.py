@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from vivit_batch.output import Output
-from vivit_batch.output.reading import first_per_video
+from vivit_batch.output import Output, first_per_video
 from vivit_batch.truth import Truth, has_value
 
 POOL_FACTOR = 5
