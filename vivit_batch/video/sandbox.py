@@ -33,6 +33,8 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from vivit_batch.settings import ConfigError
+
 WITHOUT_LANDLOCK = "VIVIT_BATCH_TEST_KERNEL_WITHOUT_LANDLOCK"
 """Test builds only: set (to anything) in the environment of the process that probes, and of
 the decoding processes, `probe` reports a kernel without Landlock. It can only turn the
@@ -153,6 +155,30 @@ def probe() -> Support:
         abi = max(0, _syscall(_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION))
     seccomp = _prctl(_PR_GET_SECCOMP, 0, 0, 0, 0) >= 0
     return Support(abi, seccomp, platform.machine())
+
+
+def planned(mode: str, isolation: str) -> tuple[str, str | None]:
+    """The sandbox a run's decoding processes enter on this machine, in words (`none`, `off`, or
+    what it enforces: `Support.describe`), and the warning to give when there is none though
+    one was asked for. `ConfigError` (exit 2) for `decode.sandbox=required` without it."""
+    if isolation != "process":
+        return "none (decode.isolation=none)", None
+    if mode == "off":
+        return "off", None
+    support = probe()
+    missing = support.missing
+    if missing and mode == "required":
+        raise ConfigError(
+            f"decode.sandbox=required, but this kernel has no {missing}: run on a kernel with "
+            "it, or set decode.sandbox=auto to decode without the sandbox"
+        )
+    if missing:
+        return "none", (
+            f"the decoding processes run without a sandbox: this kernel has no {missing}; a "
+            "video that exploits the decoder could read this user's files and reach the network "
+            "(decode.sandbox=required refuses to run so)"
+        )
+    return support.describe(), None
 
 
 class Sandbox:
