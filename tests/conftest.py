@@ -159,7 +159,7 @@ def zombie(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """A moto S3 server process on 127.0.0.1 (see tests/s3.py)."""
+    """moto's S3 server on 127.0.0.1, in this process (see tests/s3.py)."""
     from tests.s3 import start_moto
 
     server = start_moto()

@@ -95,11 +95,11 @@ class SilentServer:
 
 
 class CrashingServer(LocalHTTPServer):
-    """Sends SIGSEGV to each process that asks it for the file's bytes (the first `kills` of
-    them; later ones get `data`, as HEAD requests always do): a decoder crash on a poison file,
-    the decoding process found from outside through /proc (client port -> socket inode ->
-    process), with no hook in the code under test. The reader dies midway through opening the
-    video, waiting for its first bytes."""
+    """Sends SIGSEGV to the process that decodes what each reader asks it for (the first
+    `kills` of them; later ones get `data`, as HEAD requests always do): a decoder crash on a
+    poison file, the process found from outside through /proc (client port -> socket inode ->
+    reader -> its decoding worker, `decoders_of`), with no hook in the code under test. The
+    decoder dies midway through opening the video, waiting for its first bytes."""
 
     def __init__(self, kills: int | None = None, data: bytes = b""):
         self.kills = kills
@@ -110,7 +110,9 @@ class CrashingServer(LocalHTTPServer):
             def do_GET(self):
                 with lock:
                     if server.kills is None or len(server.killed) < server.kills:
-                        clients = processes_connected(self.client_address[1], self.server)
+                        readers = processes_connected(self.client_address[1], self.server)
+                        # a reader may retry the request of a decoder killed already
+                        clients = [p for p in decoders_of(readers) if p not in server.killed]
                         for pid in clients:
                             os.kill(pid, signal.SIGSEGV)
                         server.killed += clients
@@ -127,7 +129,7 @@ class CrashingServer(LocalHTTPServer):
 
 
 def processes_connected(client_port: int, server: http.server.HTTPServer) -> list[int]:
-    """Pids of the other processes holding the client's end of a connection to `server` on
+    """Pids of the processes holding the client's end of a connection to `server` on
     127.0.0.1 (local port `client_port`)."""
     # /proc/net/tcp's addresses: 127.0.0.1 as little-endian hex, then the port in hex
     ends = (f"0100007F:{client_port:04X}", f"0100007F:{server.server_port:04X}")
@@ -137,14 +139,33 @@ def processes_connected(client_port: int, server: http.server.HTTPServer) -> lis
             fields = line.split()
             if (fields[1], fields[2]) == ends:
                 inodes.add(f"socket:[{fields[9]}]")
-    found, me = [], os.getpid()
+    found = []
     for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-            if pid != me and any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
                 found.append(pid)
         except OSError:  # gone, or not ours to look into
             continue
+    return found
+
+
+def decoders_of(readers: list[int]) -> list[int]:
+    """The processes that decode what `readers` read: a reader's decoding workers (the
+    children of its zygote: decoders read through their actor) where it has them, else the
+    reader itself, unless that is this process (a test reading for its own decoder)."""
+    children: dict[int, list[int]] = {}
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(pid)
+    found = []
+    for reader in readers:
+        workers = [w for zygote in children.get(reader, []) for w in children.get(zygote, [])]
+        found += workers or ([reader] if reader != os.getpid() else [])
     return found
 
 

@@ -7,8 +7,6 @@ import http.client
 import itertools
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -17,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import s3fs
+from moto.server import ThreadedMotoServer
 
 from tests.conftest import free_port
 
@@ -27,8 +26,11 @@ SECRET_KEY = "vivit-batch-secret-never-printed-8d1f0a"
 
 @dataclass
 class S3Server:
+    """moto's S3 server, in this process (a thread), on 127.0.0.1: other processes (Ray's
+    workers, the job's subprocesses) reach it on its port like any S3 endpoint."""
+
     endpoint_url: str
-    process: subprocess.Popen
+    server: ThreadedMotoServer
 
     @property
     def port(self) -> int:
@@ -43,29 +45,14 @@ class S3Server:
         )
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        self.server.stop()
 
 
 def start_moto() -> S3Server:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = S3Server(f"http://127.0.0.1:{port}", process)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/")
-            connection.getresponse().read()
-            return server
-        except OSError:
-            time.sleep(0.2)
-    server.stop()
-    raise RuntimeError("moto server did not start")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return S3Server(f"http://127.0.0.1:{port}", server)
 
 
 @dataclass

@@ -10,8 +10,9 @@ pass on their clips, on one thread: the model with one encoder layer through the
 then that layer alone, so that a 12-layer model costs about two layers to time (`forward_seconds`).
 Weights do not change the cost: the layers are random.
 
-Video bytes are untrusted, so the process is set up as the decoding processes are
-(`video.isolation`): their environment, their memory cap, no core files, and a deadline. A
+Video bytes are untrusted, so the process is set up much as the decoding processes are
+(`video.isolation`): their environment (but for what opening sources needs: it reads them
+itself, unsandboxed), their memory cap, no core files, and a deadline. A
 video that crashes or hangs it costs the measurement, never the run: the plan then splits the
 cores evenly, and says why.
 """
@@ -34,7 +35,7 @@ import numpy as np
 from vivit_batch.model.config import VivitConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages.decode import DecodeSettings
-from vivit_batch.video.isolation import decoder_environment
+from vivit_batch.video.isolation import source_reader_environment
 
 DECODE_BUDGET_S = 1.0
 """Decoding stops at the first video that brings its CPU seconds past this."""
@@ -78,7 +79,7 @@ class Calibration:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=decoder_environment(),
+            env=source_reader_environment(),
         )
         request = (decode, dataclasses.asdict(model), uris, clips_per_forward)
         with self.process.stdin as stream:  # type: ignore[union-attr]

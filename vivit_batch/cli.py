@@ -427,7 +427,7 @@ def validate_command(args: argparse.Namespace) -> int:
         f"{prepared.manifest.rows} rows"
     )
     resources, _ = job.planned_resources(prepared, prepared.manifest.rows)
-    log.info(f"plan: {resources.describe()}")
+    log.info(f"plan: {resources.describe()}; decode sandbox: {prepared.sandbox}")
     decoded = first_chunks(DecodeStage(prepared.decode), job.first_rows(prepared, args.videos))
     labelled = job.label_on_cluster(prepared, resources, decoded)
     [device] = [json.loads(d) for d in labelled.column(INFERENCE_DEVICE).unique().to_pylist()]

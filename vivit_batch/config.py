@@ -40,6 +40,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 TEMPORAL_VIEWS = ("center", "uniform", "random", "segments")
 SPATIAL_CROPS = ("center", "three")
 ISOLATION = ("process", "none")
+SANDBOX = ("auto", "required", "off")
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,18 @@ class DecodeConfig(Section, name="decode"):
         unit=BYTES,
         minimum=1,
     )
+    sandbox: str = setting(
+        "auto",
+        "isolation=process: the decoding processes read no file and reach no network "
+        "(Landlock, seccomp); auto: when the kernel has them, else a warning; required: exit 2 "
+        "without them; off: never",
+        choices=SANDBOX,
+    )
+
+    def combination_problems(self) -> list[str]:
+        if self.sandbox == "required" and self.isolation != "process":
+            return ["decode.sandbox=required needs decode.isolation=process"]
+        return []
 
 
 @dataclass(frozen=True)

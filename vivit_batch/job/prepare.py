@@ -22,6 +22,7 @@ from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
 from vivit_batch.output import RESERVED_COLUMNS, Output
 from vivit_batch.processor import PREPROCESSOR_FILES, ProcessorConfig
 from vivit_batch.stages.decode import DecodeSettings
+from vivit_batch.video.sandbox import planned as sandbox_planned
 
 log = logging.getLogger("vivit_batch")
 
@@ -36,6 +37,8 @@ class PreparedJob:
     manifest: ManifestSummary
     warnings: list[str] = field(default_factory=list)
     """what the run report and the summary repeat (preprocessing defaults, say)"""
+    sandbox: str = "none"
+    """the decoding processes' sandbox on this machine, in words (`video.sandbox.planned`)"""
     calibration: Calibration | None = None
     """the stages' costs being measured, for a CPU plan (`start_calibration`)"""
 
@@ -59,6 +62,7 @@ class PreparedJob:
 def prepare_job(config: JobConfig) -> PreparedJob:
     """Everything checked before any work, without Ray: raises ConfigError or CheckpointError."""
     require_job_inputs(config)
+    sandbox, no_sandbox = sandbox_planned(config.decode.sandbox, config.decode.isolation)
     checkpoint, model_config = inspect_pretrained(config.model.source, config.model.revision)
     sampling = config.sampling
     if sampling.num_frames is None:
@@ -85,7 +89,8 @@ def prepare_job(config: JobConfig) -> PreparedJob:
         decode,
         labels or model_config.id2label,
         manifest,
-        warnings=preprocessing_warnings(checkpoint),
+        warnings=preprocessing_warnings(checkpoint) + ([no_sandbox] if no_sandbox else []),
+        sandbox=sandbox,
     )
     check_identity(job, recorded)
     for warning in job.warnings:

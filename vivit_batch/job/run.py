@@ -291,6 +291,7 @@ def run_report(
         throughput=Throughput.of(stats, wall, resources.decode_actors, resources.inference_actors),
         inference_devices=devices,
         warnings=job.warnings + [d["warning"] for d in devices if "warning" in d],
+        sandbox=job.sandbox,
         lock_generation=lock.generation,
         resources=vars(resources),
         calibration=calibration,

@@ -150,6 +150,9 @@ class RunReport:
     """what each inference actor labelled with: node, device, GPU name and memory or CPU
     threads, precision, torch and CUDA versions (see `device.describe`)"""
     warnings: list[str] = field(default_factory=list)
+    sandbox: str = ""
+    """the decoding processes' sandbox: `none`, `off`, or the Landlock ABI and what it enforces
+    (as the driver's machine offers it; `decode.sandbox=required` makes every node's)"""
     lock_generation: int | None = None
     """how many times the output's lock had been taken when this run took it"""
     resources: dict = field(default_factory=dict)

@@ -9,7 +9,7 @@ B-frames). A video that ends before its header says is sampled again over what i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import av
@@ -75,13 +75,24 @@ class DecodedVideo:
     metadata: VideoMetadata
 
 
-def decode_video(request: DecodeRequest) -> DecodedVideo:
-    """Decode the clips `request.sampling` asks for, preprocessed as `request.processor` says.
+def open_source(request: DecodeRequest) -> InputFile:
+    """The video's bytes, from its storage (a decoding worker's come from its actor)."""
+    return open_input(
+        request.uri, request.storage_options, stall_timeout_s=request.config.stall_timeout_s
+    )
+
+
+Opener = Callable[[DecodeRequest], InputFile]
+
+
+def decode_video(request: DecodeRequest, opener: Opener = open_source) -> DecodedVideo:
+    """Decode the clips `request.sampling` asks for, preprocessed as `request.processor` says,
+    from the bytes `opener` gives.
 
     Raises `VideoError` for anything wrong with the video or its storage.
     """
     deadline = Deadline(request.uri, request.config.timeout_s)
-    with open_video(request, deadline) as video:
+    with open_video(request, deadline, opener) as video:
         if request.frame_at_s is None:
             decoded = _decode_clips(request, video)
         else:
@@ -120,7 +131,9 @@ class OpenVideo:
 
 
 @contextlib.contextmanager
-def open_video(request: DecodeRequest, deadline: Deadline) -> Iterator[OpenVideo]:
+def open_video(
+    request: DecodeRequest, deadline: Deadline, opener: Opener = open_source
+) -> Iterator[OpenVideo]:
     """The video of `request` opened and checked against its limits; anything wrong with it or
     its storage, there or in the block, raised as a `VideoError`."""
     uri, config = request.uri, request.config
@@ -128,10 +141,7 @@ def open_video(request: DecodeRequest, deadline: Deadline) -> Iterator[OpenVideo
         raise ValueError(
             "spatial_crops='three' needs a processor with a crop size (do_center_crop)"
         )
-    with (
-        _as_video_errors(uri),
-        open_input(uri, request.storage_options, stall_timeout_s=config.stall_timeout_s) as source,
-    ):
+    with _as_video_errors(uri), opener(request) as source:
         _check_file_size(uri, source, config)
         with open_container(uri, source) as container:
             stream = select_video_stream(uri, container)

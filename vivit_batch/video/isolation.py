@@ -16,11 +16,19 @@ it (`too_large`, or `decode_crash` when the decoder dies of it) instead of bring
 to the actor. A worker that a video leaves holding more than half the cap is replaced, so
 fragmentation left by large videos cannot build up to it. Zygote and workers exit when the
 process that started them does.
+
+The workers hold nothing and reach nothing: they open no source (the parent reads the video's
+bytes for them, `served`, within the reply's deadline), their environment holds no credentials
+or home directory (`decoder_environment`), and with `decode.sandbox` auto or required each
+enters a sandbox before it reads its first request (`sandbox`): no file but the Python
+installation's to read, none to write, no sockets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import pickle
 import select
@@ -32,24 +40,27 @@ import sys
 import time
 import weakref
 from collections.abc import Iterator
-from multiprocessing.connection import Connection
 
 import numpy as np
 
 from vivit_batch.config import DecodeConfig
 from vivit_batch.video.decode import DecodedVideo, DecodeRequest
 from vivit_batch.video.errors import ErrorCode, VideoError
+from vivit_batch.video.sandbox import WITHOUT_LANDLOCK
 from vivit_batch.video.segments import SegmentChunk
+from vivit_batch.video.served import SourceOverdue, SourceRequest, SourceServer
 from vivit_batch.video.worker import (
     HEADER_LENGTH,
     MAX_HEADER_BYTES,
     STILL_RUNNING,
     TEST_FAULTS,
+    TEST_PROBE,
     Chunk,
     Decoded,
     DecoderProcessError,
     Failed,
     MalformedReply,
+    Reply,
     parse_reply,
 )
 
@@ -68,9 +79,10 @@ _CONTROL_TIMEOUT_S = 60.0
 class IsolatedDecoder:
     """`decode_video` in a killable worker process: `decode` takes the same `DecodeRequest`.
 
-    `config` gives the worker's memory cap (`max_memory_bytes`) and the retries after a crash
-    (`crash_retries`); each request's own config its deadline. One decode at a time (not
-    thread-safe). `close()` (or garbage collection) ends the processes.
+    `config` gives the worker's memory cap (`max_memory_bytes`), the retries after a crash
+    (`crash_retries`) and the sandbox (`sandbox`); each request's own config its deadline and
+    storage. One decode at a time (not thread-safe). `close()` (or garbage collection) ends
+    the processes.
     """
 
     def __init__(
@@ -83,8 +95,15 @@ class IsolatedDecoder:
         self.max_memory_bytes = config.max_memory_bytes
         self.startup_timeout_s = startup_timeout_s
         self._max_clip_bytes = config.max_memory_bytes or MAX_CLIP_BYTES
-        self._processes = _Processes(config.max_memory_bytes)
+        self._processes = _Processes(config.max_memory_bytes, config.sandbox)
         self._finalizer = weakref.finalize(self, self._processes.close)
+
+    @property
+    def sandbox(self) -> str | None:
+        """The workers' sandbox in words (`off`, `none`, or what it enforces), once the
+        decoding processes have started."""
+        zygote = self._processes.zygote
+        return zygote.sandbox if zygote and zygote.ready else None
 
     @property
     def restarts(self) -> int:
@@ -121,26 +140,27 @@ class IsolatedDecoder:
                     reply.first_index, np.array(reply.bounds_s), clips, reply.metadata
                 )
 
-    def _replies(
-        self, request: DecodeRequest
-    ) -> Iterator[tuple[Decoded | Chunk | Failed, np.ndarray | None]]:
+    def _replies(self, request: DecodeRequest) -> Iterator[tuple[Reply, np.ndarray | None]]:
         """The worker's replies to `request` up to its last (a `Decoded`, a `Failed` or a last
-        `Chunk`); after a crash, those of the retry from its first."""
+        `Chunk`); after a crash, those of the retry from its first. The worker gets the request
+        without its storage options: the parent reads the video for it (`served`)."""
         uri, timeout_s = request.uri, request.config.timeout_s
-        message = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        unstored = dataclasses.replace(request, storage_options=None)
+        message = pickle.dumps(unstored, protocol=pickle.HIGHEST_PROTOCOL)
         deadline = None if timeout_s is None else timeout_s + KILL_GRACE_S
         deaths: list[str] = []
         while True:
             worker = self._processes.ready_worker(self.startup_timeout_s)
+            source = SourceServer(request)
             finished = False
             try:
-                worker.send(message)
+                worker.send(message, deadline)
                 while not finished:
-                    reply, clips = worker.receive(deadline, uri, self._max_clip_bytes)
+                    reply, clips = worker.receive(deadline, uri, self._max_clip_bytes, source)
                     finished = not isinstance(reply, Chunk) or reply.metadata is not None
                     if finished and self._holds_too_much(reply.rss_bytes):
                         self._processes.end_worker()
-                    yield reply, clips
+                    yield _with_source_facts(reply, source), clips
                 return
             except _Stuck:
                 self._processes.end_worker()
@@ -163,6 +183,7 @@ class IsolatedDecoder:
                         f"({'; '.join(deaths)}); the file likely crashes the decoder (FFmpeg)",
                     ) from None
             finally:
+                source.close()
                 if not finished and self._processes.worker is worker:
                     self._processes.end_worker()  # left mid-stream: its replies are unread
 
@@ -197,9 +218,10 @@ class _Died(Exception):
 class _Processes:
     """The zygote and its current worker (either may be None, to be started when needed)."""
 
-    def __init__(self, max_memory_bytes: int | None):
+    def __init__(self, max_memory_bytes: int | None, sandbox: str):
         self.max_memory_bytes = max_memory_bytes
-        self.zygote: _Zygote | None = _Zygote(max_memory_bytes)
+        self.sandbox = sandbox
+        self.zygote: _Zygote | None = _Zygote(max_memory_bytes, sandbox)
         self.worker: _Worker | None = None
         self.replaced = 0
         self.closed = False
@@ -213,9 +235,14 @@ class _Processes:
             return self.worker
         restarted = False
         while True:
-            zygote = self.zygote = self.zygote or _Zygote(self.max_memory_bytes)
+            zygote = self.zygote = self.zygote or _Zygote(self.max_memory_bytes, self.sandbox)
             try:
                 zygote.wait_ready(startup_timeout_s)
+                if self.sandbox == "required" and zygote.missing:
+                    raise DecoderUnavailable(
+                        f"decode.sandbox=required, and the decoding processes have no sandbox: "
+                        f"{zygote.missing}"
+                    )
                 self.worker = zygote.fork()
                 return self.worker
             except _ZygoteGone as gone:
@@ -258,11 +285,12 @@ class _ZygoteGone(Exception):
 class _Zygote:
     """The parent's handle on the zygote: start it, have it fork a worker, reap one."""
 
-    def __init__(self, max_memory_bytes: int | None):
+    def __init__(self, max_memory_bytes: int | None, sandbox: str):
         ours, theirs = socket.socketpair()
         command = (
             "from vivit_batch.video.worker import zygote_main; "
-            f"zygote_main({theirs.fileno()}, {os.getpid()}, {max_memory_bytes or 0})"
+            f"zygote_main({theirs.fileno()}, {os.getpid()}, {max_memory_bytes or 0}, "
+            f"{sandbox!r})"
         )
         try:
             self.process = subprocess.Popen(
@@ -275,10 +303,19 @@ class _Zygote:
             theirs.close()
         self.control = ours
         self.ready = False
+        self.sandbox = "none"
+        """the workers' sandbox in words, from the ready message"""
+        self.missing: str | None = None
+        """why they have none, where one was asked for"""
 
     def wait_ready(self, timeout: float) -> None:
+        """Wait for the ready message: b"R", then the sandbox's description (JSON, after its
+        length: the zygote is not sandboxed itself, and is trusted)."""
         if not self.ready:
             self._receive(1, timeout)
+            (size,) = HEADER_LENGTH.unpack(self._receive(HEADER_LENGTH.size, timeout))
+            ready = json.loads(self._receive(size, timeout))
+            self.sandbox, self.missing = ready["sandbox"], ready["missing"]
             self.ready = True
 
     def fork(self) -> _Worker:
@@ -341,7 +378,10 @@ class _Worker:
 
     def __init__(self, pid: int, request_fd: int, reply_fd: int):
         self.pid = pid
-        self.requests = Connection(request_fd, readable=False)
+        self.request_fd = request_fd
+        os.set_blocking(request_fd, False)
+        self._requests_writable = select.poll()
+        self._requests_writable.register(request_fd, select.POLLOUT)
         self.reply_fd = reply_fd
         self._replies = select.poll()
         self._replies.register(reply_fd, select.POLLIN)
@@ -349,34 +389,55 @@ class _Worker:
     def died_while_idle(self) -> bool:
         return self._readable_within(0)  # nothing is due: readable means the pipe's end
 
-    def send(self, request: bytes) -> None:
-        """Send a pickled `DecodeRequest`."""
-        try:
-            self.requests.send_bytes(request)
-        except OSError as error:
-            raise _Died() from error
+    def send(self, request: bytes, timeout_s: float | None) -> None:
+        """Send a pickled `DecodeRequest` within `timeout_s` (else `_Stuck`)."""
+        self._send(request, None if timeout_s is None else time.monotonic() + timeout_s)
 
     def receive(
-        self, timeout_s: float | None, uri: str, max_clip_bytes: int
-    ) -> tuple[Decoded | Chunk | Failed, np.ndarray | None]:
+        self, timeout_s: float | None, uri: str, max_clip_bytes: int, source: SourceServer
+    ) -> tuple[Reply, np.ndarray | None]:
         """The next reply, and the clips that follow a `Decoded` or a `Chunk`, all of it within
-        `timeout_s` (else `_Stuck`). A reply that is not one (`parse_reply`, a header longer than
+        `timeout_s` (else `_Stuck`), the worker's questions about its video answered from
+        `source` on the way. A reply that is not one (`parse_reply`, a header longer than
         `MAX_HEADER_BYTES`) counts as the worker's death."""
         end = None if timeout_s is None else time.monotonic() + timeout_s
         try:
-            (size,) = HEADER_LENGTH.unpack(self._read(HEADER_LENGTH.size, end))
-            if size > MAX_HEADER_BYTES:
-                raise MalformedReply(f"a header of {size} bytes, above {MAX_HEADER_BYTES}")
-            reply = parse_reply(self._read(size, end), uri, max_clip_bytes)
+            while True:
+                (size,) = HEADER_LENGTH.unpack(self._read(HEADER_LENGTH.size, end))
+                if size > MAX_HEADER_BYTES:
+                    raise MalformedReply(f"a header of {size} bytes, above {MAX_HEADER_BYTES}")
+                reply = parse_reply(self._read(size, end), uri, max_clip_bytes)
+                if not isinstance(reply, SourceRequest):
+                    break
+                self._send(source.answer(reply, end), end)
             clips = None
             if isinstance(reply, (Decoded, Chunk)):
                 clips = np.empty(reply.shape, np.uint8)
                 self._read_into(clips.data.cast("B"), end)
             return reply, clips
+        except SourceOverdue:
+            raise _Stuck() from None
         except (EOFError, OSError) as error:
             raise _Died() from error
         except MalformedReply as error:
             raise _Died(f"it sent a reply that is not one ({error})") from None
+
+    def _send(self, message: bytes, end: float | None) -> None:
+        """Write `message` on the request pipe, framed as `Connection.send_bytes` frames it,
+        by `end` (monotonic seconds): a worker that stops reading cannot block the parent."""
+        view = memoryview(struct.pack("!i", len(message)) + message)
+        done = 0
+        try:
+            while done < len(view):
+                left = None if end is None else max(0.0, end - time.monotonic()) * 1000
+                if not self._requests_writable.poll(left):
+                    raise _Stuck()
+                try:
+                    done += os.write(self.request_fd, view[done:])
+                except BlockingIOError:
+                    continue
+        except OSError as error:
+            raise _Died() from error
 
     def _read(self, size: int, end: float | None) -> bytes:
         data = bytearray(size)
@@ -403,8 +464,28 @@ class _Worker:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        self.requests.close()
+        os.close(self.request_fd)
         os.close(self.reply_fd)
+
+
+def _with_source_facts(reply: Reply, source: SourceServer) -> Reply:
+    """`reply` with what the parent knows better: the bytes read from storage, and the error
+    of a source that failed (the worker, told only that it failed, reports a storage error)."""
+    metadata = reply.metadata if isinstance(reply, (Decoded, Chunk)) else None
+    if metadata is not None:
+        metadata.bytes_read = source.bytes_fetched()
+    failed = source.error
+    if (
+        isinstance(reply, Failed)
+        and failed is not None
+        and isinstance(reply.error, VideoError)
+        and reply.error.code == ErrorCode.STORAGE_ERROR
+    ):
+        error = failed
+        if isinstance(failed, OSError):
+            error = VideoError.from_storage(reply.error.uri, failed)
+        return Failed(error, reply.rss_bytes)
+    return reply
 
 
 def _result(reply: Decoded | Failed, clips: np.ndarray | None) -> DecodedVideo:
@@ -420,25 +501,52 @@ def _result(reply: Decoded | Failed, clips: np.ndarray | None) -> DecodedVideo:
 
 
 ENVIRONMENT_KEPT = frozenset(
-    {"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"}
-    | {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "SSL_CERT_FILE", "SSL_CERT_DIR"}
-    | {"REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "HTTP_PROXY", "HTTPS_PROXY"}
-    | {"no_proxy", "http_proxy", "https_proxy", TEST_FAULTS}
+    {"LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+    | {TEST_FAULTS, TEST_PROBE, WITHOUT_LANDLOCK}
 )
-ENVIRONMENT_PREFIXES_KEPT = ("LC_", "AWS_", "FSSPEC_")
-"""The decoding processes open the videos themselves (local files, S3 with the standard AWS
-credential chain and fsspec's defaults, http(s) through proxies), and need nothing else of the
-actor's environment: no HF_TOKEN, no other service's credentials, no LD_PRELOAD."""
+ENVIRONMENT_PREFIXES_KEPT = ("LC_",)
+"""The decoding processes open nothing (the parent reads the videos for them) and reach no
+network, so they keep only what Python and FFmpeg need of the actor's environment: the locale,
+the time zone, where the shared libraries are, thread counts. No AWS_*, no HOME, no PATH, no
+HF_TOKEN, no proxies, no LD_PRELOAD."""
+READER_ENVIRONMENT_KEPT = (
+    ENVIRONMENT_KEPT
+    | {"PATH", "HOME", "USER", "TMPDIR"}
+    | {
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NO_PROXY",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "no_proxy",
+        "http_proxy",
+        "https_proxy",
+    }
+)
+READER_ENVIRONMENT_PREFIXES_KEPT = ("LC_", "AWS_", "FSSPEC_")
+"""A process that opens sources itself (the calibration's) also keeps the home directory, the
+proxy and CA-bundle variables, `AWS_*` (the standard credential chain) and `FSSPEC_*`."""
 
 
 def decoder_environment() -> dict[str, str]:
     """What the decoding processes need of the parent's environment (`ENVIRONMENT_KEPT`), with
     its import path (a Ray working_dir, say) made explicit and OpenBLAS kept from starting
     threads at import, so that the zygote forks with one."""
+    return _environment(ENVIRONMENT_KEPT, ENVIRONMENT_PREFIXES_KEPT)
+
+
+def source_reader_environment() -> dict[str, str]:
+    """`decoder_environment` for a process that also opens the sources (`READER_*`)."""
+    return _environment(READER_ENVIRONMENT_KEPT, READER_ENVIRONMENT_PREFIXES_KEPT)
+
+
+def _environment(names: frozenset[str], prefixes: tuple[str, ...]) -> dict[str, str]:
     kept = {
         name: value
         for name, value in os.environ.items()
-        if name in ENVIRONMENT_KEPT or name.startswith(ENVIRONMENT_PREFIXES_KEPT)
+        if name in names or name.startswith(prefixes)
     }
     paths = os.pathsep.join(p for p in sys.path if p)
     return {**kept, "PYTHONPATH": paths, "OPENBLAS_NUM_THREADS": "1"}

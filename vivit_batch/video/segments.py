@@ -17,10 +17,12 @@ import numpy as np
 
 from vivit_batch.video.decode import (
     DecodeRequest,
+    Opener,
     OpenVideo,
     VideoMetadata,
     assemble_clips,
     check_corruption,
+    open_source,
     open_video,
 )
 from vivit_batch.video.errors import ErrorCode, VideoError
@@ -44,7 +46,7 @@ class SegmentChunk:
     """the video's, on its last chunk only"""
 
 
-def decode_segments(request: DecodeRequest) -> Iterator[SegmentChunk]:
+def decode_segments(request: DecodeRequest, opener: Opener = open_source) -> Iterator[SegmentChunk]:
     """The video's segments' clips (`request.sampling.temporal_views` is "segments"), in chunks
     of `request.config.segments_per_chunk`; the last chunk (never empty) carries the metadata.
 
@@ -53,7 +55,7 @@ def decode_segments(request: DecodeRequest) -> Iterator[SegmentChunk]:
     """
     per_chunk = request.config.segments_per_chunk
     deadline = Deadline(request.uri, request.config.timeout_s)
-    with open_video(request, deadline) as video:
+    with open_video(request, deadline, opener) as video:
         info = video.info
         fps = info.sampling_fps
         planned = info.frame_count or round(_planned_length_s(request) * fps)

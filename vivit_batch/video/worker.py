@@ -1,11 +1,12 @@
 """The decoding processes' side of `isolation`: the zygote, the workers, and what they say.
 
-The zygote (`zygote_main`) imports PyAV, numpy and torch once, then forks a worker per request
-of the parent's `IsolatedDecoder` and reports their exits. A worker (`serve`) decodes one
-`DecodeRequest` at a time from its request pipe and answers on its reply pipe with a `Decoded`
-(followed by the clips' raw bytes) or a `Failed`; a segments request with a `Chunk` (and its
-clips) per chunk of segments, the last one carrying the metadata, or a `Failed` at any point.
-Both exit when the process above them does.
+The zygote (`zygote_main`) imports PyAV, numpy and torch once, prepares the sandbox
+(`sandbox`), then forks a worker per request of the parent's `IsolatedDecoder` and reports their
+exits. A worker (`serve`) enters the sandbox, then decodes one `DecodeRequest` at a time from its
+request pipe and answers on its reply pipe with a `Decoded` (followed by the clips' raw bytes) or
+a `Failed`; a segments request with a `Chunk` (and its clips) per chunk of segments, the last one
+carrying the metadata, or a `Failed` at any point. The video's bytes it asks the parent for
+(`served`). Both exit when the process above them does.
 
 Replies are data, never pickles: a JSON header (`encode_reply`) after its length
 (`HEADER_LENGTH`, at most `MAX_HEADER_BYTES`), which the parent checks field by field
@@ -37,9 +38,11 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from vivit_batch.video.decode import DecodeRequest, VideoMetadata, decode_video
+from vivit_batch.video.decode import DecodeRequest, Opener, VideoMetadata, decode_video
 from vivit_batch.video.errors import ErrorCode, VideoError
+from vivit_batch.video.sandbox import Sandbox, SandboxUnavailable, probe, readable_roots
 from vivit_batch.video.segments import decode_segments
+from vivit_batch.video.served import SourceRequest, parse_answer, served_opener
 
 STILL_RUNNING = -(2**31)
 """What `reap` answers for a worker that did not end."""
@@ -58,6 +61,12 @@ the process that starts an `IsolatedDecoder` makes its workers misbehave on each
 ends with `name`, so that tests can show each fault costs that video one error row: `raise` (an
 exception while decoding), `partial_reply` (a reply cut short, then silence), `oversized_reply`
 (a header longer than `MAX_HEADER_BYTES`, then silence)."""
+TEST_PROBE = "VIVIT_BATCH_TEST_SANDBOX_PROBE"
+"""Test builds only, never set in production: present in the environment of the process that
+starts an `IsolatedDecoder`, its workers run a request whose URI starts with `PROBE_URI` as a
+probe of their sandbox instead of decoding (`sandbox_probe`), and answer what it found as the
+message of a `RuntimeError`. Without it at the zygote's start such a URI is only a bad path."""
+PROBE_URI = "vivit-sandbox-probe:"
 
 
 class DecoderProcessError(RuntimeError):
@@ -142,12 +151,17 @@ def encode_reply(reply: Decoded | Chunk | Failed) -> bytes:
     return json.dumps({**header, "rss_bytes": reply.rss_bytes}).encode()
 
 
-def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Decoded | Chunk | Failed:
-    """The reply `encode_reply` made, checked: `MalformedReply` for anything else (a pickle, a
-    field of the wrong type, clips larger than `max_clip_bytes`). Errors name `uri`, the
-    request's, whatever the reply says."""
+Reply = Decoded | Chunk | Failed
+
+
+def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Reply | SourceRequest:
+    """The reply `encode_reply` made or the `SourceRequest` a worker asks, checked:
+    `MalformedReply` for anything else (a pickle, a field of the wrong type, clips larger than
+    `max_clip_bytes`). Errors name `uri`, the request's, whatever the reply says."""
     try:
         header = json.loads(data)
+        if header["kind"] == "source":
+            return SourceRequest.parse(header)
         kind, rss_bytes = header["kind"], _count(header["rss_bytes"])
         if kind == "decoded":
             shape = _clips_shape(header["shape"], 5, max_clip_bytes)
@@ -239,8 +253,9 @@ def _metadata(fields: object) -> VideoMetadata:
     return VideoMetadata(**fields)
 
 
-def zygote_main(control_fd: int, parent_pid: int, max_memory_bytes: int) -> None:
-    """Fork workers on request until the parent closes the socket or dies, then exit."""
+def zygote_main(control_fd: int, parent_pid: int, max_memory_bytes: int, sandbox: str) -> None:
+    """Fork workers on request until the parent closes the socket or dies, then exit. The ready
+    message says which sandbox the workers enter (`sandbox`: a `decode.sandbox` mode)."""
     import torch  # for the resize: imported once, before the zygote forks
 
     # torch's resize runs on its intra-op pool, one thread per core unless told otherwise: on
@@ -249,20 +264,66 @@ def zygote_main(control_fd: int, parent_pid: int, max_memory_bytes: int) -> None
     control = socket.socket(fileno=control_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file per crash and retry
+    worker = _WorkerSetup(max_memory_bytes, *_prepared_sandbox(sandbox), TEST_PROBE in os.environ)
     exited: dict[int, int] = {}
-    control.sendall(b"R")
+    ready = json.dumps({"sandbox": worker.described, "missing": worker.missing}).encode()
+    control.sendall(b"R" + HEADER_LENGTH.pack(len(ready)) + ready)
     while True:
         command = _receive_command(control)
         if command is None or os.getppid() != parent_pid:
             os._exit(0)  # nothing to clean up; tearing down torch & co. takes seconds
         kind, pid = command
         if kind == b"F":
-            pid, fds = _fork_worker(control, max_memory_bytes)
+            pid, fds = _fork_worker(control, worker)
             socket.send_fds(control, [struct.pack("<i", pid)], fds)
             for fd in fds:
                 os.close(fd)
         else:
             control.sendall(struct.pack("<i", _reap(pid, exited)))
+
+
+@dataclass(frozen=True)
+class _WorkerSetup:
+    """What every worker the zygote forks starts with."""
+
+    max_memory_bytes: int
+    sandbox: Sandbox | None
+    described: str
+    """the sandbox in words: `off`, `none` or what it enforces (`Support.describe`)"""
+    missing: str | None
+    """why there is none where one was asked for"""
+    probes: bool
+    """runs `PROBE_URI` requests (`TEST_PROBE`)"""
+
+
+def _prepared_sandbox(mode: str) -> tuple[Sandbox | None, str, str | None]:
+    """The sandbox for `decode.sandbox=mode`, tried once in a process of its own, how it is
+    described, and why there is none (None when there is one or none was asked for)."""
+    if mode == "off":
+        return None, "off", None
+    support = probe()
+    if support.missing:
+        return None, "none", f"this kernel has no {support.missing}"
+    try:
+        sandbox = Sandbox(support, readable_roots())
+        _try_entering(sandbox)
+    except OSError as error:
+        return None, "none", f"the sandbox could not be entered ({error})"
+    return sandbox, support.describe(), None
+
+
+def _try_entering(sandbox: Sandbox) -> None:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            sandbox.enter()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SandboxUnavailable("a process could not enter it")
 
 
 def _receive_command(control: socket.socket) -> tuple[bytes, int] | None:
@@ -290,7 +351,7 @@ def _reap(pid: int, exited: dict[int, int]) -> int:
     return exited.pop(pid, STILL_RUNNING)
 
 
-def _fork_worker(control: socket.socket, max_memory_bytes: int) -> tuple[int, list[int]]:
+def _fork_worker(control: socket.socket, setup: _WorkerSetup) -> tuple[int, list[int]]:
     """Fork a worker; its pid and the parent's ends of its request and reply pipes."""
     request_read, request_write = os.pipe()
     reply_read, reply_write = os.pipe()
@@ -298,6 +359,7 @@ def _fork_worker(control: socket.socket, max_memory_bytes: int) -> tuple[int, li
         import fcntl
 
         fcntl.fcntl(reply_write, _F_SETPIPE_SZ, _PIPE_BYTES)
+        fcntl.fcntl(request_write, _F_SETPIPE_SZ, _PIPE_BYTES)  # video bytes, read for it
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -305,7 +367,7 @@ def _fork_worker(control: socket.socket, max_memory_bytes: int) -> tuple[int, li
             control.close()
             os.close(request_write)
             os.close(reply_read)
-            _serve(request_read, reply_write, max_memory_bytes)
+            _serve(request_read, reply_write, setup)
             code = 0
         finally:
             os._exit(code)
@@ -314,15 +376,21 @@ def _fork_worker(control: socket.socket, max_memory_bytes: int) -> tuple[int, li
     return pid, [request_write, reply_read]
 
 
-def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
+def _serve(request_fd: int, reply_fd: int, setup: _WorkerSetup) -> None:
     """A worker: decode each request until the request pipe closes or the zygote ends."""
     requests = Connection(request_fd, writable=False)
+    max_memory_bytes = setup.max_memory_bytes
     if max_memory_bytes:
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         if hard != resource.RLIM_INFINITY:
             max_memory_bytes = min(max_memory_bytes, hard)
         resource.setrlimit(resource.RLIMIT_DATA, (max_memory_bytes, hard))
+    global _STATM_FD
+    _STATM_FD = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)  # before the sandbox
+    if setup.sandbox:
+        setup.sandbox.enter()  # before any thread: it confines the calling thread only
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    opener = served_opener(functools.partial(_ask_parent, reply_fd, requests))
     while True:
         try:
             request = requests.recv_bytes()
@@ -332,7 +400,7 @@ def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
         fault = injected_fault(request.uri)
         if fault in ("partial_reply", "oversized_reply"):
             _send_faulty_reply(reply_fd, fault)
-        for reply, clips in _replies(request, max_memory_bytes):
+        for reply, clips in _replies(request, max_memory_bytes, opener, setup.probes):
             header = encode_reply(reply)
             _send_all(reply_fd, memoryview(HEADER_LENGTH.pack(len(header)) + header))
             if clips is not None:
@@ -340,15 +408,24 @@ def _serve(request_fd: int, reply_fd: int, max_memory_bytes: int) -> None:
             del reply, clips
 
 
+def _ask_parent(reply_fd: int, requests: Connection, question: SourceRequest) -> tuple[int, bytes]:
+    """Ask the parent about the video's bytes (see `served`); its answer."""
+    header = json.dumps(question.header()).encode()
+    _send_all(reply_fd, memoryview(HEADER_LENGTH.pack(len(header)) + header))
+    return parse_answer(requests.recv_bytes())
+
+
 def _replies(
-    request: DecodeRequest, max_memory_bytes: int
+    request: DecodeRequest, max_memory_bytes: int, opener: Opener, probes: bool
 ) -> Iterator[tuple[Decoded | Chunk | Failed, np.ndarray | None]]:
     """The replies to one request, each with the clips to send after it."""
     try:
         if injected_fault(request.uri) == "raise":
             raise RuntimeError(f"a fault injected by {TEST_FAULTS}")
+        if probes and request.uri.startswith(PROBE_URI):
+            raise RuntimeError(json.dumps(sandbox_probe(json.loads(request.uri[len(PROBE_URI) :]))))
         if request.sampling.segments:
-            for chunk in decode_segments(request):
+            for chunk in decode_segments(request, opener):
                 clips = np.ascontiguousarray(chunk.clips)
                 bounds = chunk.bounds_s.tolist()
                 yield (
@@ -356,7 +433,7 @@ def _replies(
                     clips,
                 )
             return
-        video = decode_video(request)
+        video = decode_video(request, opener)
     except VideoError as error:
         if isinstance(error.__cause__, MemoryError):
             error = _out_of_memory(request.uri, max_memory_bytes)
@@ -381,9 +458,12 @@ def _out_of_memory(uri: str, max_memory_bytes: int) -> VideoError:
     )
 
 
+_STATM_FD = -1
+"""The worker's /proc/self/statm, opened before its sandbox (which denies /proc)."""
+
+
 def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return int(os.pread(_STATM_FD, 200, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -415,3 +495,30 @@ def _send_faulty_reply(reply_fd: int, fault: str) -> None:
     else:
         _send_all(reply_fd, memoryview(HEADER_LENGTH.pack(MAX_HEADER_BYTES + 1)))
     threading.Event().wait()
+
+
+def sandbox_probe(spec: dict) -> dict[str, object]:
+    """Test builds only (`TEST_PROBE`): what this process can do of what `spec` lists: `read`
+    and `create` (paths), `connect` ([host, port]); each outcome "ok" or the error's type, and
+    the names in the environment."""
+    outcomes: dict[str, object] = {"environment": sorted(os.environ)}
+
+    def attempt(name: str, action: typing.Callable[[], object]) -> None:
+        try:
+            action()
+            outcomes[name] = "ok"
+        except OSError as error:
+            outcomes[name] = type(error).__name__
+
+    for index, path in enumerate(spec.get("read", [])):
+        attempt(f"read {index}", functools.partial(_open_and_close, path, "rb"))
+    for index, path in enumerate(spec.get("create", [])):
+        attempt(f"create {index}", functools.partial(_open_and_close, path, "xb"))
+    if "connect" in spec:
+        address = tuple(spec["connect"])
+        attempt("connect", lambda: socket.create_connection(address, timeout=5).close())
+    return outcomes
+
+
+def _open_and_close(path: str, mode: str) -> None:
+    open(path, mode).close()  # noqa: SIM115
