@@ -260,7 +260,7 @@ def run_case(case: dict, directory: Path) -> dict:
     decoded_rows = pa.concat_tables(decoded)
     inference_inputs = batches(decoded_rows, config.resources.batch_size)
     half = (len(inference_inputs) + 1) // 2
-    inference_stage = InferenceStage(pipeline.inference_settings(job, "alone", resources))
+    inference_stage = InferenceStage(pipeline.inference_options(job, "alone", resources))
     inference_stage(inference_inputs[0].slice(0, 1))  # warm-up
     inference_before, _ = time_stage(inference_stage, inference_inputs[:half])
 

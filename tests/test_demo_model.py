@@ -148,7 +148,7 @@ def _phase_holding(video: TimelineVideo, frames: np.ndarray) -> str | None:
     return next((p.label for p in video.phases if p.start_s <= first_s and last_s < p.end_s), None)
 
 
-SCALED_DOWN = "TrainingSettings(train_videos=24, validation_videos=12, training_views=1, epochs=2)"
+SCALED_DOWN = "TrainingRecipe(train_videos=24, validation_videos=12, training_views=1, epochs=2)"
 
 
 @pytest.mark.slow
@@ -158,7 +158,7 @@ def test_the_training_recipe_is_deterministic_for_a_seed(tmp_path):
     validation accuracy, 1.0000 on 2026-11-30 as in training.json: a run too long for the suite."""
     script = (
         "import sys; from pathlib import Path; "
-        "from vivit_batch.demo.train import TrainingSettings, train; "
+        "from vivit_batch.demo.train import TrainingRecipe, train; "
         f"train({SCALED_DOWN}, Path(sys.argv[1]))"
     )
     for run in ("first", "second"):

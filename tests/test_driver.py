@@ -21,7 +21,7 @@ from vivit_batch.model import CheckpointInfo, VivitConfig
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.source_versions import changed_ids, source_differs, source_version
-from vivit_batch.stages.decode import DecodeSettings
+from vivit_batch.stages.decode import DecodeStageOptions
 from vivit_batch.work import (
     Work,
     all_ids,
@@ -201,7 +201,7 @@ def prepared(
         settings.append(f"output.partition_by={partition_by}")
     config: JobConfig = load_config(None, settings, model_source="ckpt")
     checkpoint = CheckpointInfo("ckpt", None, Path("ckpt"), (), sha, ProcessorConfig(), None)
-    decode = DecodeSettings(SamplingConfig(num_frames=4), ProcessorConfig())
+    decode = DecodeStageOptions(SamplingConfig(num_frames=4), ProcessorConfig())
     return PreparedJob(config, checkpoint, VivitConfig(), decode, {}, ManifestSummary())
 
 

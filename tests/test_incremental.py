@@ -18,7 +18,7 @@ from vivit_batch.cli import main
 from vivit_batch.config import load_config
 from vivit_batch.job import (
     cluster_shape,
-    inference_settings,
+    inference_options,
     plan_resources,
     prepare_job,
     run_job,
@@ -222,7 +222,7 @@ def test_a_checkpoint_changed_after_the_driver_checked_it_fails_before_writing(
     )
     job = prepare_job(config)
     pinned = replace(job, checkpoint=replace(job.checkpoint, commit="c" * 40))
-    settings = inference_settings(pinned, "run", plan_resources(config, cluster_shape()))
+    settings = inference_options(pinned, "run", plan_resources(config, cluster_shape()))
     assert settings.revision == "c" * 40  # what every inference actor loads
     make_checkpoint(workspace / "ckpt", seed=1)  # replaced in place after the driver's check
     with pytest.raises(CheckpointChanged, match="changed after the run started"):

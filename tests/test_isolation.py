@@ -23,7 +23,7 @@ from vivit_batch.config import DecodeConfig, SamplingConfig, load_config
 from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import DECODE_SECONDS
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.stages.decode import DecodeSettings, DecodeStage
+from vivit_batch.stages.decode import DecodeStage, DecodeStageOptions
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
 from vivit_batch.video.isolation import KILL_GRACE_S, IsolatedDecoder
@@ -281,8 +281,8 @@ def test_decode_stage_gives_the_same_rows_with_and_without_isolation(decoder, vi
     (tmp_path / "random.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     uris = [str(videos["mp4"]), str(tmp_path / "random.mp4"), str(videos["avi"]), "/nope.mkv"]
     batch = pa.table({"video_id": [f"v{i}" for i in range(len(uris))], "uri": uris})
-    isolated = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeConfig()))
-    in_actor = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeConfig(isolation="none")))
+    isolated = DecodeStage(DecodeStageOptions(SAMPLING, PROCESSOR, DecodeConfig()))
+    in_actor = DecodeStage(DecodeStageOptions(SAMPLING, PROCESSOR, DecodeConfig(isolation="none")))
     assert isinstance(isolated.decoder, IsolatedDecoder) and in_actor.decoder is None
     isolated.decoder.close()  # the module's decoder saves this test starting another
     isolated.decoder = decoder

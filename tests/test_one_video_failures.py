@@ -30,8 +30,8 @@ from vivit_batch.output.schema import (
 from vivit_batch.output.sink import stats_of
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.source_versions import changed_ids, with_versions
-from vivit_batch.stages.decode import DecodeSettings, DecodeStage
-from vivit_batch.stages.inference import InferenceSettings, InferenceStage
+from vivit_batch.stages.decode import DecodeStage, DecodeStageOptions
+from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
 from vivit_batch.storage import with_read_timeout
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
@@ -58,7 +58,7 @@ def inference(tmp_path_factory) -> InferenceStage:
     checkpoint = tmp_path_factory.mktemp("checkpoint")
     make_checkpoint(checkpoint)
     sha256 = load_pretrained(str(checkpoint), None).checkpoint.weights_sha256
-    return InferenceStage(InferenceSettings(str(checkpoint), None, sha256, PROCESSOR, "test"))
+    return InferenceStage(InferenceStageOptions(str(checkpoint), None, sha256, PROCESSOR, "test"))
 
 
 def manifest(uris: list[str]) -> pa.Table:
@@ -83,7 +83,7 @@ def test_decoder_faults_cost_one_row_each_and_the_others_are_labelled(
     videos, inference, monkeypatch, caplog
 ):
     monkeypatch.setenv(TEST_FAULTS, FAULTS)  # before the decoding processes start
-    stage = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, DecodeConfig(timeout_s=2)))
+    stage = DecodeStage(DecodeStageOptions(SAMPLING, PROCESSOR, DecodeConfig(timeout_s=2)))
     try:
         started = time.monotonic()
         with caplog.at_level(logging.ERROR, "vivit_batch"):
@@ -121,7 +121,7 @@ def test_a_batch_that_fails_in_inference_is_halved_until_the_bad_videos_are_foun
 ):
     fine = [str(videos[name]) for name in ("fine-1", "fine-2")] * 4
     batch = DecodeStage(
-        DecodeSettings(SAMPLING, PROCESSOR, DecodeConfig(isolation="none"))
+        DecodeStageOptions(SAMPLING, PROCESSOR, DecodeConfig(isolation="none"))
     ).decode_all(manifest(fine))
     clips, shapes = batch[CLIPS].to_pylist(), batch[CLIP_SHAPE].to_pylist()
     clips[5], shapes[5] = bytes(4 * 32 * 32 * 4), [1, 4, 32, 32, 4]  # RGBA: labelling raises
@@ -169,7 +169,7 @@ def test_a_source_that_stalls_the_version_check_is_a_timeout_row_within_the_stal
 
     config = DecodeConfig(isolation="none", stall_timeout_s=stall_s)
     started = time.monotonic()
-    decoded = DecodeStage(DecodeSettings(SAMPLING, PROCESSOR, config, options)).decode_all(
+    decoded = DecodeStage(DecodeStageOptions(SAMPLING, PROCESSOR, config, options)).decode_all(
         versioned
     )
     assert time.monotonic() - started < stall_s  # not decoded: no second wait
@@ -192,7 +192,7 @@ def test_an_exception_while_decoding_segments_ends_the_video_with_one_error_row(
 ):
     monkeypatch.setenv(TEST_FAULTS, FAULTS)
     segments = SamplingConfig(num_frames=4, frame_sample_rate=1, temporal_views="segments")
-    stage = DecodeStage(DecodeSettings(segments, PROCESSOR, DecodeConfig()))
+    stage = DecodeStage(DecodeStageOptions(segments, PROCESSOR, DecodeConfig()))
     try:
         rows = stage.decode_all(manifest([str(videos["fine-1"]), str(videos["raise"])]))
     finally:

@@ -17,7 +17,7 @@ from vivit_batch.output.schema import SEGMENTS_TOTAL
 from vivit_batch.output.sink import FileWriter
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.stages.decode import DecodeSettings, DecodeStage
+from vivit_batch.stages.decode import DecodeStage, DecodeStageOptions
 from vivit_batch.testing.media import garble_packets, read_index, write_video
 from vivit_batch.video import DecodeRequest, decode_video
 from vivit_batch.video.isolation import IsolatedDecoder
@@ -246,7 +246,9 @@ def test_a_video_that_fails_midway_is_one_error_row_and_none_of_its_segments(
     video = write_video(tmp_path / "a.avi", num_frames=60, codec="mjpeg", pix_fmt="yuvj420p")
     garble_packets(video, every=1, start=20)  # frames 20 on damaged: too many to label
     stage = DecodeStage(
-        DecodeSettings(SEGMENTS, PROCESSOR, DecodeConfig(segments_per_chunk=1, isolation="none"))
+        DecodeStageOptions(
+            SEGMENTS, PROCESSOR, DecodeConfig(segments_per_chunk=1, isolation="none")
+        )
     )
     stage.decoder = decoder if isolation == "process" else None
     tables = list(stage(pa.table({"video_id": ["a"], "uri": [str(video)]})))

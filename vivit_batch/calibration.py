@@ -34,7 +34,7 @@ import numpy as np
 
 from vivit_batch.model.config import VivitConfig
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.stages.decode import DecodeSettings
+from vivit_batch.stages.decode import DecodeStageOptions
 from vivit_batch.video.isolation import source_reader_environment
 
 DECODE_BUDGET_S = 1.0
@@ -68,7 +68,7 @@ class Calibration:
 
     def __init__(
         self,
-        decode: DecodeSettings,
+        decode: DecodeStageOptions,
         model: VivitConfig,
         uris: list[str],
         clips_per_forward: int,
@@ -152,7 +152,7 @@ def _positive(value: object) -> float:
 
 
 def measure(
-    decode: DecodeSettings, model: VivitConfig, uris: list[str], clips_per_forward: int
+    decode: DecodeStageOptions, model: VivitConfig, uris: list[str], clips_per_forward: int
 ) -> dict:
     """Decode CPU seconds per clip over the first `uris` that decode, and the forward's."""
     spent, clips, videos, sample = 0.0, 0, 0, None
@@ -177,7 +177,7 @@ def measure(
     }
 
 
-def first_clips(decode: DecodeSettings, uri: str) -> np.ndarray | None:
+def first_clips(decode: DecodeStageOptions, uri: str) -> np.ndarray | None:
     """A video's clips (N, T, H, W, 3) as the decode stage makes them (in segments mode, its
     first chunk's); None for a video that does not decode."""
     from vivit_batch.video import VideoError, decode_video

@@ -47,7 +47,7 @@ PROCESSOR = ProcessorConfig(shortest_edge=32, crop_height=32, crop_width=32)
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
+class TrainingRecipe:
     seed: int = 0
     train_videos: int = 560
     validation_videos: int = 210
@@ -102,41 +102,41 @@ def inference_sampling(num_frames: int) -> SamplingConfig:
     return SamplingConfig(num_frames=num_frames, frame_sample_rate=FRAME_SAMPLE_RATE)
 
 
-def train(settings: TrainingSettings, out: Path) -> float:
+def train(recipe: TrainingRecipe, out: Path) -> float:
     """Train, save the checkpoint and training.json into `out`; returns held-out accuracy."""
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True)
     # one thread: reproducible, and on shared cores several threads stall each other
     torch.set_num_threads(1)
     config = model_config()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vivit-demo-") as scratch:
-        clips, labels = training_clips(Path(scratch), config.num_frames, settings)
-        held_out = held_out_videos(Path(scratch), config.num_frames, settings)
+        clips, labels = training_clips(Path(scratch), config.num_frames, recipe)
+        held_out = held_out_videos(Path(scratch), config.num_frames, recipe)
     print(f"{len(clips)} training clips written and decoded in {_since(started)}")
     model = VivitForVideoClassification(config)
     make_motion_sensitive(model)
-    fit(model, clips, labels, settings)
+    fit(model, clips, labels, recipe)
     accuracy = evaluate(model, *held_out)
     print(f"held-out accuracy {accuracy:.4f} on {len(held_out[1])} videos; total {_since(started)}")
     save_pretrained(model, out, PROCESSOR)
-    record = {"seed": settings.seed, "validation_accuracy": accuracy, "settings": asdict(settings)}
+    record = {"seed": recipe.seed, "validation_accuracy": accuracy, "settings": asdict(recipe)}
     (Path(out) / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return accuracy
 
 
 def training_clips(
-    scratch: Path, num_frames: int, settings: TrainingSettings
+    scratch: Path, num_frames: int, recipe: TrainingRecipe
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 clips (N, T, H, W, 3) from several temporal views per video, and their labels."""
     sampling = SamplingConfig(
         num_frames=num_frames,
         frame_sample_rate=FRAME_SAMPLE_RATE,
         temporal_views="uniform",
-        num_temporal_views=settings.training_views,
+        num_temporal_views=recipe.training_views,
     )
     videos = decode_sample_set(
-        scratch / "train", settings.train_videos, settings.seed, sampling, settings.workers
+        scratch / "train", recipe.train_videos, recipe.seed, sampling, recipe.workers
     )
     clips = np.concatenate([video_clips for video_clips, _ in videos])
     labels = np.concatenate([[label] * len(video_clips) for video_clips, label in videos])
@@ -144,15 +144,15 @@ def training_clips(
 
 
 def held_out_videos(
-    scratch: Path, num_frames: int, settings: TrainingSettings
+    scratch: Path, num_frames: int, recipe: TrainingRecipe
 ) -> tuple[list[np.ndarray], list[int]]:
     """Videos of another seed, decoded as the job decodes them: (clips per video, labels)."""
     videos = decode_sample_set(
         scratch / "held-out",
-        settings.validation_videos,
-        settings.seed + VALIDATION_SEED_OFFSET,
+        recipe.validation_videos,
+        recipe.seed + VALIDATION_SEED_OFFSET,
         inference_sampling(num_frames),
-        settings.workers,
+        recipe.workers,
     )
     return [clips for clips, _ in videos], [label for _, label in videos]
 
@@ -194,23 +194,23 @@ def fit(
     model: VivitForVideoClassification,
     clips: torch.Tensor,
     labels: torch.Tensor,
-    settings: TrainingSettings,
+    recipe: TrainingRecipe,
 ) -> None:
     """AdamW with a one-cycle schedule; every batch is augmented with `SYMMETRIES`."""
-    generator = torch.Generator().manual_seed(settings.seed)
-    steps_per_epoch = -(-len(clips) // settings.batch_size)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    steps_per_epoch = -(-len(clips) // recipe.batch_size)
     optimiser = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
     )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, settings.learning_rate, total_steps=settings.epochs * steps_per_epoch
+        optimiser, recipe.learning_rate, total_steps=recipe.epochs * steps_per_epoch
     )
     normalise = pixel_normaliser(PROCESSOR)
     model.train()
-    for epoch in range(settings.epochs):
+    for epoch in range(recipe.epochs):
         order = torch.randperm(len(clips), generator=generator)
         total_loss = 0.0
-        for batch in order.split(settings.batch_size):
+        for batch in order.split(recipe.batch_size):
             batch_clips, batch_labels = augment(clips[batch], labels[batch], generator)
             loss = torch.nn.functional.cross_entropy(
                 model(normalise(batch_clips)).logits, batch_labels
@@ -220,7 +220,7 @@ def fit(
             optimiser.step()
             schedule.step()
             total_loss += loss.item() * len(batch)
-        print(f"epoch {epoch + 1}/{settings.epochs}: loss {total_loss / len(clips):.4f}")
+        print(f"epoch {epoch + 1}/{recipe.epochs}: loss {total_loss / len(clips):.4f}")
     model.eval()
 
 
@@ -257,10 +257,10 @@ def _since(started: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
-    parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
-    parser.add_argument("--workers", type=int, default=TrainingSettings.workers)
+    parser.add_argument("--seed", type=int, default=TrainingRecipe.seed)
+    parser.add_argument("--workers", type=int, default=TrainingRecipe.workers)
     args = parser.parse_args(argv)
-    train(TrainingSettings(seed=args.seed, workers=args.workers), args.out)
+    train(TrainingRecipe(seed=args.seed, workers=args.workers), args.out)
 
 
 if __name__ == "__main__":

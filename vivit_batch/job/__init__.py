@@ -6,7 +6,7 @@ work, `run_job` labels the manifest into the output and returns the run report.
 """
 
 from vivit_batch.job.cluster import cluster_shape, connect
-from vivit_batch.job.pipeline import first_rows, inference_settings, label_on_cluster
+from vivit_batch.job.pipeline import first_rows, inference_options, label_on_cluster
 from vivit_batch.job.prepare import PreparedJob, prepare_job, start_calibration
 from vivit_batch.job.resources import ClusterShape, Resources, plan_resources
 from vivit_batch.job.run import planned_resources, run_job
@@ -18,7 +18,7 @@ __all__ = [
     "cluster_shape",
     "connect",
     "first_rows",
-    "inference_settings",
+    "inference_options",
     "label_on_cluster",
     "plan_resources",
     "planned_resources",

@@ -19,7 +19,7 @@ from vivit_batch.manifest import base_directory, listing_table, read_dataset, wi
 from vivit_batch.output import FileWriter, WholeVideos
 from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
-from vivit_batch.stages.inference import InferenceSettings, InferenceStage
+from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
 from vivit_batch.storage import job_storage_options
 from vivit_batch.work import (
     EMPTY_IDS,
@@ -55,7 +55,7 @@ def build_dataset(
     )
     dataset = dataset.map_batches(
         DecodeStage,
-        fn_constructor_kwargs={"settings": job.decode},
+        fn_constructor_kwargs={"options": job.decode},
         compute=actor_pool(resources.decode_actors, resources.max_decode_actors),
         num_cpus=resources.decode_cpus,
         ray_remote_args_fn=off_gpu_nodes(bool(resources.decode_nodes)),
@@ -64,7 +64,7 @@ def build_dataset(
     )
     return dataset.map_batches(
         InferenceStage,
-        fn_constructor_kwargs={"settings": inference_settings(job, run_id, resources)},
+        fn_constructor_kwargs={"options": inference_options(job, run_id, resources)},
         compute=actor_pool(resources.inference_actors, resources.max_inference_actors),
         num_cpus=resources.inference_cpus,
         num_gpus=resources.inference_gpus,
@@ -123,9 +123,9 @@ def partition_values(partition_by: tuple[str, ...], started: float) -> dict[str,
     return {name: {"run_date": run_date}[name] for name in partition_by}
 
 
-def inference_settings(job: PreparedJob, run_id: str, resources: Resources) -> InferenceSettings:
+def inference_options(job: PreparedJob, run_id: str, resources: Resources) -> InferenceStageOptions:
     config = job.config
-    return InferenceSettings(
+    return InferenceStageOptions(
         model_source=config.model.source,
         revision=job.checkpoint.commit,
         weights_sha256=job.checkpoint.weights_sha256,
@@ -146,7 +146,7 @@ def label_on_cluster(job: PreparedJob, resources: Resources, decoded: pa.Table) 
     stage = ray.remote(InferenceStage).options(
         num_cpus=resources.inference_cpus, num_gpus=resources.inference_gpus
     )
-    actor = stage.remote(inference_settings(job, "validate", resources))
+    actor = stage.remote(inference_options(job, "validate", resources))
     try:
         with stage_errors():
             return ray.get(actor.__call__.remote(decoded))

@@ -21,7 +21,7 @@ from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
 from vivit_batch.output import RESERVED_COLUMNS, Output
 from vivit_batch.processor import PREPROCESSOR_FILES, ProcessorConfig
-from vivit_batch.stages.decode import DecodeSettings
+from vivit_batch.stages.decode import DecodeStageOptions
 from vivit_batch.video.sandbox import planned as sandbox_planned
 
 log = logging.getLogger("vivit_batch")
@@ -32,7 +32,7 @@ class PreparedJob:
     config: JobConfig
     checkpoint: CheckpointInfo
     model_config: VivitConfig
-    decode: DecodeSettings
+    decode: DecodeStageOptions
     labels: dict[int, str]
     manifest: ManifestSummary
     warnings: list[str] = field(default_factory=list)
@@ -76,7 +76,7 @@ def prepare_job(config: JobConfig) -> PreparedJob:
     options = storage.job_storage_options(config)
     # the stall timeout also bounds the version checks' requests to the sources
     source_options = storage.with_read_timeout(options, config.decode.stall_timeout_s)
-    decode = DecodeSettings(sampling, processor, config.decode, source_options)
+    decode = DecodeStageOptions(sampling, processor, config.decode, source_options)
     labels = read_labels(config.model.labels, model_config.num_labels, options)
     manifest = scan_apart(config.manifest, RESERVED_COLUMNS, options)
     if manifest.problems:

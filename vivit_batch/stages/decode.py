@@ -41,7 +41,7 @@ from vivit_batch.video.segments import SegmentChunk, decode_segments
 
 
 @dataclass(frozen=True)
-class DecodeSettings:
+class DecodeStageOptions:
     """What every video of a run is decoded with: a `DecodeRequest` less the video."""
 
     sampling: SamplingConfig
@@ -59,11 +59,11 @@ class DecodeStage:
     """Manifest rows -> a row per video with its clips, or in segments mode a row per segment,
     handed on a chunk of segments at a time (see `video.segments`)."""
 
-    def __init__(self, settings: DecodeSettings):
-        self.settings = settings
+    def __init__(self, options: DecodeStageOptions):
+        self.options = options
         self.decoder = None
-        if settings.config.isolation == "process":
-            self.decoder = IsolatedDecoder(settings.config)
+        if options.config.isolation == "process":
+            self.decoder = IsolatedDecoder(options.config)
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         stalled = (
@@ -77,7 +77,7 @@ class DecodeStage:
             stalled,
             strict=True,
         )
-        if not self.settings.sampling.segments:
+        if not self.options.sampling.segments:
             rows = [self.decode_one(*video) for video in videos]
             yield _with_decoded(batch, rows, DECODED_COLUMNS)
             return
@@ -97,7 +97,7 @@ class DecodeStage:
         try:
             if stalled:
                 raise self.stalled_version_check(uri)
-            video = decode(self.settings.request(uri, video_id))
+            video = decode(self.options.request(uri, video_id))
             meta = video.metadata
             row.update({name: getattr(meta, name) for name in METADATA_COLUMNS})
             row.update(_clip_columns(video.clips))
@@ -123,7 +123,7 @@ class DecodeStage:
         try:
             if stalled:
                 raise self.stalled_version_check(uri)
-            for chunk in decode(self.settings.request(uri, video_id)):
+            for chunk in decode(self.options.request(uri, video_id)):
                 rows = _segment_rows(chunk)
                 per_segment_s = (time.perf_counter() - started) / len(rows)
                 for row in rows:
@@ -144,7 +144,7 @@ class DecodeStage:
             yield [row]
 
     def stalled_version_check(self, uri: str) -> VideoError:
-        stall_s = self.settings.config.stall_timeout_s
+        stall_s = self.options.config.stall_timeout_s
         return VideoError(
             ErrorCode.TIMEOUT,
             uri,

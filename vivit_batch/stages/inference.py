@@ -55,7 +55,7 @@ class CheckpointChanged(CheckpointError):
 
 
 @dataclass(frozen=True)
-class InferenceSettings:
+class InferenceStageOptions:
     model_source: str
     revision: str | None
     """the hub commit the driver resolved (None for local checkpoints)"""
@@ -74,8 +74,8 @@ class InferenceSettings:
 
 
 class InferenceStage:
-    def __init__(self, settings: InferenceSettings):
-        self.settings = settings
+    def __init__(self, options: InferenceStageOptions):
+        self.options = options
         # A refusal is raised from the first batch rather than here: Ray reports an error in an
         # actor's constructor as text only, and retries the constructor without end.
         self.refusal: Exception | None = None
@@ -85,34 +85,32 @@ class InferenceStage:
         except (DeviceError, CheckpointChanged) as error:
             self.refusal = error
             return
-        self.device = describe(self.classifier.device, settings.precision)
+        self.device = describe(self.classifier.device, options.precision)
         self.device["start_s"] = round(time.perf_counter() - started, 3)  # load, checks
         if "warning" in self.device:
             log.warning(self.device["warning"])
 
     def _start(self) -> VideoClassifier:
-        settings = self.settings
-        device = open_device(settings.device, settings.torch_threads)
-        model = load_pretrained(settings.model_source, settings.revision, device=device)
-        if model.checkpoint.weights_sha256 != settings.weights_sha256:
+        options = self.options
+        device = open_device(options.device, options.torch_threads)
+        model = load_pretrained(options.model_source, options.revision, device=device)
+        if model.checkpoint.weights_sha256 != options.weights_sha256:
             raise CheckpointChanged(
-                f"model {settings.model_source} changed after the run started: the driver "
-                f"checked weights sha256 {settings.weights_sha256[:12]}, an inference actor "
+                f"model {options.model_source} changed after the run started: the driver "
+                f"checked weights sha256 {options.weights_sha256[:12]}, an inference actor "
                 f"loaded {model.checkpoint.weights_sha256[:12]}. Nothing was labelled with it. "
                 "Do not modify a checkpoint while a run uses it; run again."
             )
         classifier = VideoClassifier(
             model,
-            settings.processor,
-            top_k=settings.top_k,
-            labels=settings.labels,
-            precision=settings.precision,
-            clips_per_forward=settings.clips_per_forward,
+            options.processor,
+            top_k=options.top_k,
+            labels=options.labels,
+            precision=options.precision,
+            clips_per_forward=options.clips_per_forward,
         )
         if device.type == "cuda":
-            require_fit(
-                classifier.warm_up, device, settings.clips_per_forward, classifier.precision
-            )
+            require_fit(classifier.warm_up, device, options.clips_per_forward, classifier.precision)
         return classifier
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -182,9 +180,9 @@ class InferenceStage:
             flat, type=embedding_type(hidden), mask=pa.compute.invert(valid)
         )
         provenance = {
-            "model": self.settings.model_source,
-            "model_sha256": self.settings.weights_sha256,
-            "run_id": self.settings.run_id,
+            "model": self.options.model_source,
+            "model_sha256": self.options.weights_sha256,
+            "run_id": self.options.run_id,
             "processed_at": datetime.now(timezone.utc),
         }
         for name, value in provenance.items():

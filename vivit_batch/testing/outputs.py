@@ -36,7 +36,7 @@ def label_in_process(config: JobConfig, run_id: str = "in-process"):
     """Label `config`'s manifest into its output as a run would (same checks, stages, files and
     identity), without Ray: the decode and inference stages run here, on one batch. Returns
     the `PreparedJob`."""
-    from vivit_batch.job import ClusterShape, inference_settings, plan_resources, prepare_job
+    from vivit_batch.job import ClusterShape, inference_options, plan_resources, prepare_job
     from vivit_batch.job.pipeline import id_options, partition_values
     from vivit_batch.manifest.read import batches, manifest_format, with_ids
     from vivit_batch.source_versions import with_versions
@@ -51,7 +51,7 @@ def label_in_process(config: JobConfig, run_id: str = "in-process"):
     rows = with_versions(with_ids(rows, **id_options(job)), options)
     decoded = DecodeStage(job.decode).decode_all(rows)
     resources = plan_resources(config, ClusterShape(cpus=os.cpu_count() or 1))
-    labelled = InferenceStage(inference_settings(job, run_id, resources))(decoded)
+    labelled = InferenceStage(inference_options(job, run_id, resources))(decoded)
     output = Output(config.output.uri, options)
     output.write_identity(job.identity, Unlocked())
     schema = output_schema(
