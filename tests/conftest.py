@@ -1,4 +1,6 @@
-"""Shared fixtures: one real Ray cluster (`ray start --head`, token auth) per test session."""
+"""Shared fixtures: one real Ray cluster (`ray start --head`, token auth) per test session, a
+moto S3 server, small checkpoints and outputs. Tests live in tests/unit (fast, no Ray) and
+tests/e2e (end to end, slow); what they share is in tests/helpers."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +32,8 @@ RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
 }
 os.environ.update(RAY_ENV)
-# Test S3 credentials for the moto server (tests/s3.py), exported before the Ray cluster starts
-# so that its workers inherit them; nothing may ever reach real AWS.
+# Test S3 credentials for the moto server (tests/helpers/s3.py), exported before the Ray cluster
+# starts so that its workers inherit them; nothing may ever reach real AWS.
 os.environ.update(
     {
         "AWS_ACCESS_KEY_ID": "AKIATESTVIVITBATCH01",
@@ -42,10 +45,13 @@ os.environ.update(
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Tests on a Ray cluster are end to end: `-m "not slow"` leaves them out."""
+    """tests/e2e holds the end-to-end and slow tests, tests/unit the fast ones (no Ray; servers
+    only in this process): `-m "not slow"` selects what `pytest tests/unit` runs."""
     for item in items:
-        if "ray_cluster" in getattr(item, "fixturenames", ()):
+        if Path(item.path).parent.name == "e2e":
             item.add_marker(pytest.mark.slow)
+        elif "ray_cluster" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} uses a Ray cluster: it belongs in tests/e2e")
 
 
 def pytest_runtest_setup(item) -> None:
@@ -159,8 +165,8 @@ def zombie(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1, in this process (see tests/s3.py)."""
-    from tests.s3 import start_moto
+    """moto's S3 server on 127.0.0.1, in this process (see tests/helpers/s3.py)."""
+    from tests.helpers.s3 import start_moto
 
     server = start_moto()
     yield server
@@ -226,3 +232,42 @@ def motion_head(motion_output, tmp_path_factory) -> Path:
     arguments = ["--truth-column", "manifest_label", "--save", str(head)]
     assert main(["train-head", str(motion_output.output), *arguments]) == 0
     return head
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request, tmp_path):
+    """An output location on local disk, then in a fresh bucket of the S3 server."""
+    from tests.helpers.locks import Backend
+
+    if request.param == "local":
+        return Backend("local", str(tmp_path))
+    server = request.getfixturevalue("s3_server")
+    bucket = f"lock-{uuid.uuid4().hex[:12]}"
+    server.filesystem().mkdir(bucket)
+    return Backend("s3", f"s3://{bucket}", server)
+
+
+@pytest.fixture
+def segments_output(tmp_path):
+    """A segments output: three videos in nine segments, one error row (`SEGMENTS`)."""
+    from tests.helpers.outputs import HIDDEN, START, commit_rows, new_output, segment_rows
+    from vivit_batch.output import output_schema
+
+    output = new_output(tmp_path / "segments")
+    commit_rows(output, segment_rows("night1", START), output_schema(HIDDEN, segments=True), START)
+    return output
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A small checkpoint in Hugging Face layout, one per test module."""
+    from vivit_batch.testing.checkpoints import make_checkpoint
+
+    directory = tmp_path_factory.mktemp("checkpoint")
+    make_checkpoint(directory)
+    return directory
+
+
+# Fixtures that tests in both tests/unit and tests/e2e use, imported after the environment above
+# is set (they import the package).
+from tests.helpers.fixtures import nightly_output, ours, sources, video_output  # noqa: E402, F401

@@ -1,0 +1,352 @@
+"""A driver killed with SIGKILL mid-run leaves a readable output, and the rerun completes it with
+exactly one row per manifest entry, keeping the rows committed before the crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import pyarrow.dataset as ds
+import pytest
+
+from tests.helpers.http import StallingServer
+from tests.helpers.locks import FROZEN_COMMITTER, frozen_process, record_of
+from vivit_batch.errors import EXIT_USAGE
+from vivit_batch.output import Output
+from vivit_batch.testing.checkpoints import make_checkpoint
+from vivit_batch.testing.media import write_video
+
+VIDEOS = 8
+
+
+@dataclass
+class Job:
+    directory: Path
+    output: str
+    s3: object | None = None
+
+    def filesystem(self):
+        if self.s3 is None:
+            return fsspec.filesystem("file"), self.output
+        return self.s3.filesystem(), self.output.removeprefix("s3://")
+
+    def committed(self) -> list[dict]:
+        """The output as a reader sees it; fails if a file is partial or a row is doubled."""
+        filesystem, path = self.filesystem()
+        if not filesystem.exists(path):
+            return []
+        rows = ds.dataset(path, filesystem=filesystem, format="parquet").to_table().to_pylist()
+        ids = [r["video_id"] for r in rows]
+        assert len(ids) == len(set(ids))
+        return rows
+
+    def files(self) -> set[str]:
+        filesystem, path = self.filesystem()
+        return set(filesystem.glob(f"{path}/*.parquet"))
+
+    def lock_holder(self) -> str | None:
+        return self.lock_record().get("run_id")
+
+    def lock_state(self) -> str | None:
+        return self.lock_record().get("state")
+
+    def lock_record(self) -> dict:
+        filesystem, path = self.filesystem()
+        try:
+            return json.loads(filesystem.cat(f"{path}/_lock.json"))
+        except FileNotFoundError:
+            return {}
+
+
+@pytest.fixture()
+def job(request, tmp_path):
+    make_checkpoint(tmp_path / "ckpt")
+    for i in range(VIDEOS):
+        write_video(tmp_path / f"v{i}.mp4", num_frames=20 + i, content="detailed")
+    (tmp_path / "manifest.txt").write_text("".join(f"v{i}.mp4\n" for i in range(VIDEOS)))
+    if request.param == "local":  # parametrised indirectly: "local" or "s3"
+        return Job(tmp_path, str(tmp_path / "out"))
+    server = request.getfixturevalue("s3_server")
+    bucket = f"crash-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    server.filesystem().mkdir(bucket)
+    return Job(tmp_path, f"s3://{bucket}/out", server)
+
+
+def start_run(
+    job: Job,
+    ray_cluster,
+    manifest: str = "manifest.txt",
+    extra: list[str] = (),
+    log: Path | None = None,
+) -> subprocess.Popen:
+    arguments = [
+        "--manifest",
+        str(job.directory / manifest),
+        "--output",
+        job.output,
+        "--model",
+        str(job.directory / "ckpt"),
+        "--set",
+        "resources.batch_size=1",
+        "--set",
+        "resources.decode_batch_size=1",
+        "--set",
+        "output.rows_per_file=1",
+    ]
+    if job.s3 is not None:
+        arguments += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
+    return ray_cluster.start_run(*arguments, *extra, log=log)
+
+
+def write_long_manifest(job: Job, copies: int) -> list[str]:
+    """`long.csv`: each video `copies` times under different ids, so that a run has work left
+    well after its first commits."""
+    rows = [f"v{i}.mp4,copy{copy}-v{i}" for copy in range(copies) for i in range(VIDEOS)]
+    (job.directory / "long.csv").write_text("uri,video_id\n" + "\n".join(rows) + "\n")
+    return rows
+
+
+@pytest.fixture()
+def stalling():
+    """An http source that sends a few bytes and then nothing, until the test ends."""
+    server = StallingServer(b"\0" * 10_000)
+    yield server
+    server.stop()
+
+
+def never_ending_manifest(job: Job, stalling: StallingServer) -> list[str]:
+    """`never-ending.txt`: the videos and the `stalling` source. One decode actor waits on it
+    (up to decode.timeout_s: its stall timeout is longer), so a run of it is mid-run for as long
+    as a test needs; the returned settings let it reach the source and give it a second decode
+    actor."""
+    manifest = (job.directory / "manifest.txt").read_text()
+    (job.directory / "never-ending.txt").write_text(f"{manifest}{stalling.url}\n")
+    settings = [
+        "resources.decode_actors=2",
+        "manifest.allow_http=true",
+        f"manifest.http_allow_hosts={stalling.host}",
+        "decode.stall_timeout_s=600",
+    ]
+    return [argument for setting in settings for argument in ("--set", setting)]
+
+
+def wait_for_files(job: Job, count: int, existing: set[str] = frozenset(), timeout=300) -> None:
+    """Until `count` files other than `existing` are committed."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(job.files() - existing) >= count:
+            return
+        time.sleep(0.2)  # each look lists the output: on S3 a request the server answers
+    raise AssertionError(f"no {count} committed files within {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_run_killed_at_start_up_leaves_a_lock_the_rerun_takes_at_once(ray_cluster, job):
+    process = start_run(job, ray_cluster)
+    time.sleep(4)  # starting up: model loading, manifest scan
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    rerun = start_run(job, ray_cluster, extra=["--set", "run.lock_wait_s=60"])
+    assert rerun.wait(timeout=600) == 0  # the holder's pid is gone: no stale period to wait
+    assert len(job.committed()) == VIDEOS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job, kill_after", [("local", 3), ("s3", 2)], indirect=["job"])
+def test_a_relabelling_run_killed_midway_always_shows_one_row_per_video(
+    ray_cluster, job, kill_after, stalling
+):
+    """A `--force` run over a complete output replaces each video's row in place: a reader
+    looking all the while sees every video exactly once, old row or new. Killed (SIGKILL)
+    mid-way, it leaves the videos it did not relabel with their previous rows; a plain rerun
+    then has nothing to do and exits 0."""
+    assert start_run(job, ray_cluster).wait(timeout=600) == 0
+    first = {r["video_id"]: r["run_id"] for r in job.committed()}
+    never_ending = never_ending_manifest(job, stalling)
+    relabel = start_run(job, ray_cluster, "never-ending.txt", extra=["--force", *never_ending])
+    reads = relabelled = 0
+    while relabelled < kill_after:
+        assert relabel.poll() is None, "the relabelling run ended"
+        view = read_once(job)
+        if view is not None:
+            assert {r["video_id"] for r in view} == first.keys()
+            relabelled = sum(r["run_id"] != first[r["video_id"]] for r in view)
+            reads += 1
+    relabel.send_signal(signal.SIGKILL)
+    relabel.wait()
+    before = {r["video_id"]: r for r in job.committed()}
+    assert before.keys() == first.keys()
+    assert len({r["run_id"] for r in before.values()} - set(first.values())) == 1
+    assert reads > 1
+
+    rerun = start_run(job, ray_cluster, extra=["--set", "output.rows_per_file=8"])
+    assert rerun.wait(timeout=600) == 0
+    after = {r["video_id"]: r for r in job.committed()}
+    assert after == before
+
+
+def read_once(job: Job) -> list[dict] | None:
+    """One reader's look at the output (`committed` asserts that no id appears twice), or None
+    if it could not read it through. Readers pause between looks: one that never paused would
+    take a core (with the S3 server's share) from the run it watches."""
+    time.sleep(0.1 if job.s3 is None else 0.3)
+    try:
+        return job.committed()
+    except OSError:
+        # A file replaced between the reader's listing and its read: s3fs refuses to read
+        # on when the ETag changed. The reader retries; what it read is never wrong.
+        return None
+
+
+def newest_inference_actor_pids(api_address: str) -> list[int]:
+    """Live inference actors of the newest job (actors of killed drivers may linger a while)."""
+    from ray.util.state import list_actors
+
+    actors = [
+        a
+        for a in list_actors(address=api_address, detail=True, limit=1000)
+        if "InferenceStage" in a.class_name and a.state == "ALIVE"
+    ]
+    if not actors:
+        return []
+    newest = max(int.from_bytes(bytes.fromhex(a.job_id), "little") for a in actors)
+    return [a.pid for a in actors if int.from_bytes(bytes.fromhex(a.job_id), "little") == newest]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_killed_inference_actor_is_replaced_and_nothing_is_lost(ray_cluster, job):
+    rows = write_long_manifest(job, copies=4)
+    process = start_run(job, ray_cluster, "long.csv")
+    deadline = time.time() + 300
+    while not (pids := newest_inference_actor_pids(ray_cluster.dashboard_url)):
+        assert process.poll() is None and time.time() < deadline, "no inference actor seen"
+        time.sleep(0.1)
+    wait_for_files(job, 1)  # it is labelling now
+    os.kill(pids[0], signal.SIGKILL)
+    assert process.poll() is None, "the run ended before the kill: give it more work"
+    assert process.wait(timeout=600) == 0
+    committed = job.committed()
+    assert len(committed) == len(rows)
+    assert {r["status"] for r in committed} == {"ok"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local", "s3"], indirect=True)
+def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, stalling):
+    """The holder is stopped (SIGSTOP) past its stale period, another run takes the output
+    over, then the holder resumes mid-run: it stops without committing, the other completes."""
+    never_ending = never_ending_manifest(job, stalling)  # still mid-run whenever it is stopped
+    log = job.directory / "frozen.log"
+    frozen = start_run(
+        job,
+        ray_cluster,
+        "never-ending.txt",
+        extra=["--set", "run.run_id=frozen", "--set", "run.lock_stale_after_s=4", *never_ending],
+        log=log,
+    )
+    wait_for_files(job, 2)
+    frozen.send_signal(signal.SIGSTOP)
+    taker = None
+    try:
+        assert job.lock_state() == "held"
+        taker_extra = ["--set", "run.run_id=taker", "--set", "output.rows_per_file=8"]
+        taker = start_run(job, ray_cluster, extra=taker_extra)
+        deadline = time.time() + 300
+        while job.lock_holder() != "taker":
+            assert time.time() < deadline and taker.poll() is None, "no takeover"
+            time.sleep(0.1)
+        committed_by_frozen = {f for f in job.files() if "part-frozen-" in f}
+        frozen.send_signal(signal.SIGCONT)
+        # at once: it does not wait out its blocked video (decode.timeout_s, 300 s)
+        assert frozen.wait(timeout=120) == 1
+        assert taker.wait(timeout=600) == 0
+    finally:  # a stopped driver would hold its actors' CPUs from the tests that follow
+        for process in (frozen, taker):
+            if process and process.poll() is None:
+                process.kill()
+    assert {f for f in job.files() if "part-frozen-" in f} == committed_by_frozen
+    assert len(job.committed()) == VIDEOS  # one row per video (committed() checks)
+    assert "run frozen lost the lock" in log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_run_behind_a_holder_frozen_inside_a_commit_exits_2_after_lock_wait_s(ray_cluster, job):
+    """`vivit-batch run` while another run is stopped inside a commit, holding the lock's guard:
+    it gives up once run.lock_wait_s has passed, with the locked exit code (2), touching
+    nothing."""
+    output = Output(job.output)
+    log = job.directory / "next.log"
+    with frozen_process(FROZEN_COMMITTER, output):
+        started = time.monotonic()
+        run = start_run(job, ray_cluster, extra=["--set", "run.lock_wait_s=3"], log=log)
+        assert run.wait(timeout=120) == EXIT_USAGE
+        assert time.monotonic() - started >= 3
+        assert record_of(output)["run_id"] == "frozen"
+    assert "is being written by run frozen" in log.read_text()
+    assert "kept the lock's guard" in log.read_text()
+    assert job.committed() == [] and not os.path.exists(output.path("_dataset.json"))
+
+
+SEGMENT_FRAMES = 6
+"""`sampling.segment_s=0.2` at the test videos' 30 fps"""
+
+
+def segments_of(num_frames: int) -> int:
+    """Segments of a video that long: whole ones, and a remainder of half a segment or more."""
+    whole, left = divmod(num_frames, SEGMENT_FRAMES)
+    return whole + (left * 2 >= SEGMENT_FRAMES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_segments_run_killed_midway_shows_only_whole_videos(ray_cluster, job, stalling):
+    """Segments mode, each chunk of one segment labelled on its own: a reader looking all along
+    sees each video with all of its segments or none; after SIGKILL the rerun completes it."""
+    segments = ["--set", "sampling.temporal_views=segments", "--set", "sampling.segment_s=0.2"]
+    segments += ["--set", "decode.segments_per_chunk=1"]
+    expected = {f"v{i}.mp4": segments_of(20 + i) for i in range(VIDEOS)}
+    never_ending = never_ending_manifest(job, stalling)
+    run = start_run(job, ray_cluster, "never-ending.txt", extra=[*segments, *never_ending])
+    looks = []
+    while len(job.files()) < 3:
+        looks.append(whole_videos_seen(job, expected))
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert len(looks) > 1 and max(looks) >= 3
+    assert start_run(job, ray_cluster, extra=segments).wait(timeout=600) == 0
+    assert whole_videos_seen(job, expected) == VIDEOS
+
+
+def whole_videos_seen(job: Job, expected: dict[str, int]) -> int:
+    """How many videos a reader sees; fails unless each has exactly its segments, in order,
+    covering it (each file holds whole videos)."""
+    time.sleep(0.1)
+    path = job.filesystem()[1]
+    if not job.files():
+        return 0
+    table = ds.dataset(path, format="parquet").to_table()
+    by_video: dict[str, list[dict]] = {}
+    for row in (
+        table.sort_by([("video_id", "ascending"), ("segment_index", "ascending")])
+        .select(
+            ["video_id", "uri", "segment_index", "segment_start_s", "segment_end_s", "num_frames"]
+        )
+        .to_pylist()
+    ):
+        by_video.setdefault(row["video_id"], []).append(row)
+    for rows in by_video.values():
+        name = Path(rows[0]["uri"]).name
+        assert [r["segment_index"] for r in rows] == list(range(expected[name])), name
+        ends = [r["segment_end_s"] for r in rows]
+        assert [r["segment_start_s"] for r in rows] == [0.0, *ends[:-1]]
+        assert ends[-1] == pytest.approx(rows[0]["num_frames"] / 30)
+    return len(by_video)
