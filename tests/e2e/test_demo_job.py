@@ -1,8 +1,5 @@
-"""`vivit-batch demo`: the full job (Ray, Parquet) labels freshly generated held-out clips with
-the shipped demo model, and gets them right; a head of its grouped motions, trained on some
-videos' hand labels, relabels the output and gets the other videos right too.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""`vivit-batch demo` end to end: the full job (Ray, Parquet) labels freshly generated held-out
+clips with the shipped demo model, and gets them right."""
 
 from __future__ import annotations
 

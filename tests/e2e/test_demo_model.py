@@ -1,10 +1,5 @@
-"""The shipped demo checkpoint: a standard Hugging Face checkpoint that labels motion correctly.
-
-Parity is checked against the Hugging Face page's recipe: `read_video_pyav` at the frame indices
-our decode samples, `VivitImageProcessor` from the shipped preprocessor_config.json, and
-`transformers.VivitForVideoClassification` with the shipped weights.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""The shipped demo model, the slow checks: every clip inside a timeline phase shows the phase,
+and the training recipe is deterministic for a seed."""
 
 from __future__ import annotations
 

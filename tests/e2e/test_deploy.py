@@ -1,10 +1,5 @@
-"""The deployment files: the Dockerfile and the Kubernetes example (configs/k8s/). No cluster
-and no docker daemon needed: the manifests are parsed and checked against KubeRay's RayJob
-fields, the Dockerfile, the README and the real argument parser; the launcher's shell commands
-run for real against a local output. With a docker daemon and VIVIT_BATCH_DOCKER_BUILD=1 the
-CPU image is built too (that downloads from PyPI, so it is never on by default).
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""The deployment files, the slow checks: the CPU image built and run (VIVIT_BATCH_DOCKER_BUILD=1),
+and the launcher skipping a night while a live run holds the output."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Hostile inputs cost one error row each, never the job: one run over a corpus of broken, huge,
-stalled and crashing files mixed with good videos writes every row with the right code, labels
-the good videos exactly as a clean run does, and ends in seconds, not decode.timeout_s. Also the
-manifest checks that stop a run before any work: parse errors with line numbers, unsupported URI
-schemes.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""Hostile inputs end to end: one run over a corpus of broken, huge, stalled and crashing files,
+a malformed manifest stopped before any work, presigned URLs kept out of rows, reports and logs."""
 
 from __future__ import annotations
 

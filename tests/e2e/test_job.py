@@ -1,6 +1,4 @@
-"""The labelling job end to end on a real Ray cluster: manifest -> Parquet, CLI and exit codes.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""The labelling job end to end on a real Ray cluster: manifest -> Parquet, CLI and exit codes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Parity with transformers' ViViT, checkpoint loading, errors and position interpolation.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""The model, the slow checks: parity at the base size, and a hub revision resolved to the commit
+that the actors load."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""`vivit-batch relabel`: an output's predictions recomputed from its stored embeddings by a head
-from train-head, committed through the output's protocol (lock, `_versions/`, one row per video
-throughout), agreeing with `run --model HEAD` on the same videos.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""`vivit-batch relabel` end to end: relabelling with a head and `run --model HEAD` agree, and the
+run joins the relabelled output."""
 
 from __future__ import annotations
 

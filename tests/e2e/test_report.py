@@ -1,9 +1,4 @@
-"""`vivit-batch report`: text, JSON and HTML from an output written with the real sink (no Ray),
-accuracy against a truth column, one-line errors for paths that are not outputs, thumbnails
-decoded from real encoded videos (placeholders for missing and broken ones), and the HTML page
-rendered by a real headless Chromium.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""`vivit-batch report` in a real headless Chromium: the HTML page, with and without thumbnails."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""The decoding workers' sandbox (`video.sandbox`) and their parent-served reads (`video.served`).
-
-A worker with the sandbox on runs a probe in place of decoding (`TEST_PROBE`, honoured only when
-the test sets it before the decoder starts): it cannot read a credentials file, reach a TCP
-server on 127.0.0.1 or create a file, and its environment holds no credentials or home; the same
-probe without the sandbox can, so the probe sees what it claims to. Sandboxed decoding of local,
-S3 (moto) and http (a local server) videos equals decoding in process, pixel for pixel. A kernel
-without Landlock is simulated (`WITHOUT_LANDLOCK`, honoured only by `sandbox.probe`):
-`decode.sandbox=required` is exit 2 naming it, `auto` runs with one warning and `sandbox: none`.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""The decoding sandbox end to end: a run on a (simulated) kernel without Landlock warns once and
+reports `sandbox: none`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""Segments mode without Ray: a video cut into segments decoded in one pass, handed on in chunks
-of bounded size (in-process and through the isolated worker alike), and the driver's gathering
-of a video's labelled rows into one whole video.
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""Segments mode, the slow check: a long video decoded in bounded memory."""
 
 from __future__ import annotations
 

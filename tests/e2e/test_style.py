@@ -1,7 +1,4 @@
-"""The codebase stays ruff-clean, ruff-formatted and type-checked (part of the test command, so
-CI enforces them).
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""The codebase type-checks (mypy from a cold cache: slow)."""
 
 import pytest
 

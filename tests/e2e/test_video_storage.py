@@ -1,7 +1,5 @@
-"""Opening videos through fsspec: local paths (regular files only), file:// URLs and S3 (a moto
-server; a stalling one).
-
-The end-to-end half (slow); the fast tests are in tests/unit."""
+"""Opening videos through fsspec, the slow check: a stalled S3 object times out after the stall
+timeout."""
 
 from __future__ import annotations
 

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,12 @@ from tests.helpers.locks import (
     gone_holder_here,
     record_of,
 )
-from tests.helpers.s3 import FaultyProxy
-from vivit_batch.config import RunSection, StorageSection
+from vivit_batch.config import RunSection
 from vivit_batch.errors import ConfigError, LockLost, OutputLocked
 from vivit_batch.job.run import LOCK_LOST_SIGNAL, holding_lock
 from vivit_batch.output import Output, OutputLock
 from vivit_batch.output.lock import ProcessIdentity
 from vivit_batch.output.records import LocalRecord
-from vivit_batch.storage import storage_options
 
 _unique = itertools.count()
 
@@ -319,46 +316,3 @@ def test_a_lost_lock_wakes_the_runs_main_thread_from_a_blocking_wait(tmp_path):
         signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 30
     assert signal.getsignal(LOCK_LOST_SIGNAL) is signal.SIG_DFL  # put back
-
-
-def test_a_commit_the_store_holds_past_the_lease_never_lands_after_a_takeover(s3_server):
-    """The store holds the old holder's CopyObject (and its renewals) far past its lease while
-    another run takes over: the copy, sent once with the lease's deadline, is abandoned when
-    the lease ends, so nothing of the old holder lands after the new holder read the output."""
-    bucket = f"fence-{uuid.uuid4().hex[:12]}"
-    s3_server.filesystem().mkdir(bucket)
-    stale = 2.0
-    proxy = FaultyProxy(s3_server.port, slow_key=("_lock.json", ".parquet"))
-    old = Output(
-        f"s3://{bucket}/out", storage_options(StorageSection(endpoint_url=proxy.endpoint_url))
-    )
-    new = Output(
-        f"s3://{bucket}/out", storage_options(StorageSection(endpoint_url=s3_server.endpoint_url))
-    )
-    holder = old.lock("old", stale)
-    holder.acquire()
-    staged = old.stage(b"committed late", "old", "part-late.parquet")
-    final = old.path("part-late.parquet")
-    proxy.delay_s = 4 * stale
-    failures: list[BaseException] = []
-
-    def commit() -> None:
-        try:
-            old.commit(staged, final, holder)
-        except (LockLost, OSError) as error:
-            failures.append(error)
-
-    committing = threading.Thread(target=commit)
-    started = time.monotonic()
-    committing.start()
-    with new.lock("new", stale, wait_s=30) as taker:
-        assert taker.generation == holder.generation + 1
-        read_at = time.monotonic()
-        assert not new.filesystem.exists(final)
-        time.sleep(max(0.0, started + proxy.delay_s + 1.0 - time.monotonic()))
-        assert not new.filesystem.exists(final), "the old holder's commit landed after the takeover"
-    committing.join(timeout=30)
-    assert failures and not committing.is_alive()
-    assert read_at - started < proxy.delay_s  # the store still held the copy when it read
-    holder.release()
-    proxy.stop()
