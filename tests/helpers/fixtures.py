@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -65,9 +66,10 @@ def sources(tmp_path_factory, s3_server):
     directory = tmp_path_factory.mktemp("sandbox-sources")
     video = write_video(directory / "v.mp4", num_frames=48, content="detailed")
     s3 = s3_server.filesystem()
-    s3.mkdir("sandboxed")
-    s3.put(str(video), "sandboxed/v.mp4")
+    bucket = f"sandboxed-{uuid.uuid4().hex[:12]}"  # one per module that uses it
+    s3.mkdir(bucket)
+    s3.put(str(video), f"{bucket}/v.mp4")
     http = FileServer(directory)
     options = storage_options(StorageSection(endpoint_url=s3_server.endpoint_url)) | LOCAL_HTTP
-    yield [str(video), "s3://sandboxed/v.mp4", f"{http.url}/v.mp4"], options
+    yield [str(video), f"s3://{bucket}/v.mp4", f"{http.url}/v.mp4"], options
     http.stop()
