@@ -532,8 +532,9 @@ READER_ENVIRONMENT_KEPT = (
     }
 )
 READER_ENVIRONMENT_PREFIXES_KEPT = ("LC_", "AWS_", "FSSPEC_")
-"""A process that opens sources itself (the calibration's) also keeps the home directory, the
-proxy and CA-bundle variables, `AWS_*` (the standard credential chain) and `FSSPEC_*`."""
+"""A process that opens sources itself (the calibration's with `decode.isolation=none`) also keeps
+the home directory, the proxy and CA-bundle variables, `AWS_*` (the standard credential chain)
+and `FSSPEC_*`."""
 
 
 def decoder_environment() -> dict[str, str]:

@@ -5,8 +5,9 @@ The zygote (`zygote_main`) imports PyAV, numpy and torch once, prepares the sand
 exits. A worker (`serve`) enters the sandbox, then decodes one `DecodeRequest` at a time from its
 request pipe and answers on its reply pipe with a `Decoded` (followed by the clips' raw bytes) or
 a `Failed`; a segments request with a `Chunk` (and its clips) per chunk of segments, the last one
-carrying the metadata, or a `Failed` at any point. The video's bytes it asks the parent for
-(`served`). Both exit when the process above them does.
+carrying the metadata, or a `Failed` at any point. A `Decoded` or `Chunk` says the worker's CPU
+seconds on the request so far (`cpu_s`, what `calibration` measures decoding by). The video's
+bytes it asks the parent for (`served`). Both exit when the process above them does.
 
 Replies are data, never pickles: a JSON header (`encode_reply`) after its length
 (`HEADER_LENGTH`, at most `MAX_HEADER_BYTES`), which the parent checks field by field
