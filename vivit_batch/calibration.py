@@ -15,7 +15,7 @@ holds no credentials, its reads served from a thread of the process that starts 
 decoding processes' environment (no `AWS_*`, no `HOME`). A video's decode cost is the worker's
 CPU seconds on it (as it reports them) plus the serving thread's (its reads of local files, the
 clips received; reads of remote sources run on threads of their own, not counted). The first
-video includes a worker's one-time costs, about 20 ms, much as the stage's own per-video work
+video includes a worker's one-time costs, about 10 ms, much as the stage's own per-video work
 that is not decoding comes on top of every video's. A video that crashes or hangs a worker costs
 that video, as in the run.
 
