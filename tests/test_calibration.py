@@ -123,6 +123,17 @@ def test_decoding_is_timed_in_the_sandboxed_worker(job, tmp_path):
     assert 0.5 < costs.decode_s / in_process.decode_s < 2, (costs, in_process)
 
 
+def test_without_a_centre_crop_the_forward_is_timed_on_the_decoded_clips(job):
+    """No crop: the clips' shape is the video's, so the measuring process waits for the first
+    clips from the decoding worker."""
+    uncropped = dataclasses.replace(job.decode.processor, do_center_crop=False)
+    settings = dataclasses.replace(job.decode, processor=uncropped)
+    measured = Calibration(settings, job.model_config, job.manifest.first_uris[:1], 8)
+    costs = measured.costs()
+    assert costs is not None and measured.failure is None
+    assert costs.videos == 1 and costs.decode_s > 0 and costs.inference_s > 0
+
+
 def test_a_video_that_crashes_the_decoder_costs_that_video_only(job):
     """The poison file kills the decoding worker that opens it (SIGSEGV from the server, as a
     decoder exploit or bug would), each attempt: as in the run, that video is not decoded; the

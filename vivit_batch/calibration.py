@@ -4,20 +4,22 @@ divides the cores by (`job.resources`).
 `Calibration` measures them while Ray starts. It decodes the manifest's first videos
 (`ManifestSummary.first_uris`) as the decode stage does, stopping once `DECODE_BUDGET_S` of CPU is
 spent, and a process of its own (`python -m vivit_batch.calibration`) times the model's forward
-pass on their clips, on one thread: the model with one encoder layer through the inference code,
-then that layer alone, so that a 12-layer model costs about two layers to time (`forward_seconds`).
-Weights do not change the cost: the layers are random.
+pass on clips of their shape, on one thread: the model with one encoder layer through the
+inference code, then that layer alone, so that a 12-layer model costs about two layers to time
+(`forward_seconds`). Weights do not change the cost: the layers are random.
 
 Video bytes are untrusted. With `decode.isolation=process` (the default) they are decoded as the
 decode stage decodes them: in an `IsolatedDecoder`'s sandboxed worker, which opens nothing and
 holds no credentials, its reads served from a thread of the process that starts the measurement
-(as the decode actor serves them); the measuring process gets only the decoded clips, and the
-decoding processes' environment (no `AWS_*`, no `HOME`). A video's decode cost is the worker's
-CPU seconds on it (as it reports them) plus the serving thread's (its reads of local files, the
-clips received; reads of remote sources run on threads of their own, not counted). The first
-video includes a worker's one-time costs, about 10 ms, much as the stage's own per-video work
-that is not decoding comes on top of every video's. A video that crashes or hangs a worker costs
-that video, as in the run.
+(as the decode actor serves them). The measuring process gets the decoding processes'
+environment (no `AWS_*`, no `HOME`) and nothing of the videos but, when no centre crop fixes the
+clips' shape, the first decoded clips; else it times the forward on blank clips of that shape
+while the videos decode (the forward's cost does not depend on the pixels). A video's decode
+cost is the worker's CPU seconds on it (as it reports them) plus the serving thread's (its reads
+of local files, the clips received; reads of remote sources run on threads of their own, not
+counted). The first video includes a worker's one-time costs, about 10 ms, much as the stage's
+own per-video work that is not decoding comes on top of every video's. A video that crashes or
+hangs a worker costs that video, as in the run.
 
 With `decode.isolation=none` (where the run decodes in its actors, unsandboxed, too) the
 measuring process decodes the videos itself, timed by its own CPU seconds, with what reading
@@ -88,8 +90,10 @@ class _Request:
     decode: DecodeStageOptions
     model: dict
     uris: list[str] | None
-    """the videos to decode, or None: decoded elsewhere, the sample clips (or None) follow"""
+    """the videos to decode, or None: decoded elsewhere"""
     clips_per_forward: int
+    sample_follows: bool
+    """the decoded clips (or None) follow, to time the forward on"""
 
 
 class Calibration:
@@ -115,13 +119,19 @@ class Calibration:
         stream = self.process.stdin
         assert stream is not None
         self.process.stdin = None  # ours to write and close: `communicate` is not to touch it
+        # A centre crop fixes the clips' shape: the forward, whose cost does not depend on the
+        # pixels, is timed on blank clips meanwhile, not after the decoding
+        sample_follows = isolated and not decode.processor.do_center_crop
+        model_fields = dataclasses.asdict(model)
         request = _Request(
-            decode, dataclasses.asdict(model), None if isolated else uris, clips_per_forward
+            decode, model_fields, None if isolated else uris, clips_per_forward, sample_follows
         )
-        _send(stream, request, last=not isolated)
+        _send(stream, request, last=not sample_follows)
         self.decoding: _IsolatedDecoding | None = None
         if isolated:
-            self.decoding = _IsolatedDecoding(decode, uris, self.started + TIMEOUT_S, stream)
+            end = self.started + TIMEOUT_S
+            sample_to = stream if sample_follows else None
+            self.decoding = _IsolatedDecoding(decode, uris, end, sample_to)
             self.decoding.start()
         self.failure: str | None = None
         self._costs: StageCosts | None = None
@@ -217,10 +227,14 @@ def _send(stream: IO[bytes], message: object, *, last: bool) -> None:
 
 class _IsolatedDecoding(threading.Thread):
     """Decodes the videos in an `IsolatedDecoder` (this thread serves its reads), then sends
-    the measuring process the first clips (or None) and closes its input."""
+    the measuring process the first clips (or None) and closes its input, if `sample_to`."""
 
     def __init__(
-        self, decode: DecodeStageOptions, uris: list[str], end: float, sample_to: IO[bytes]
+        self,
+        decode: DecodeStageOptions,
+        uris: list[str],
+        end: float,
+        sample_to: IO[bytes] | None,
     ):
         super().__init__(name="calibration-decoding", daemon=True)
         self.options, self.uris, self.end, self.sample_to = decode, uris, end, sample_to
@@ -239,7 +253,8 @@ class _IsolatedDecoding(threading.Thread):
         except Exception as error:  # noqa: BLE001 (the measurement's failure, not the run's)
             self.failure = f"the decoding processes failed: {error}"
         finally:
-            _send(self.sample_to, self.figures.sample, last=True)
+            if self.sample_to:
+                _send(self.sample_to, self.figures.sample, last=True)
 
 
 # ---------------------------------------------------------------------- decoding and timing
@@ -358,16 +373,17 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     decode, model = request.decode, VivitConfig(**request.model)
     figures: dict[str, object] = {}
-    if request.uris is None:  # decoded in sandboxed workers
+    sample = None
+    if request.sample_follows:  # decoded in sandboxed workers, not centre-cropped
         sample = pickle.load(sys.stdin.buffer)
-    else:  # decode.isolation=none: the untrusted bytes are decoded here, under the cap
+    elif request.uris is not None:  # decode.isolation=none: decoded here, under the cap
         cap = decode.config.max_memory_bytes
         if cap:
             hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
             resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
         decoded = decode_costs(decode, request.uris, end=float("inf"))
         sample, figures = decoded.sample, decoded.summary()
-    if sample is None:
+    if sample is None:  # blank clips, of a centre crop's shape
         size = decode.processor.crop_height, decode.processor.crop_width
         sample = np.zeros((1, decode.sampling.num_frames or model.num_frames, *size, 3), np.uint8)
     inference_s = forward_seconds(model, decode.processor, sample, request.clips_per_forward)
