@@ -18,7 +18,15 @@ from vivit_batch.job import prepare_job
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import VideoMetadata
-from vivit_batch.video.worker import Decoded, MalformedReply, encode_reply, parse_reply
+from vivit_batch.video.sandbox import probe
+from vivit_batch.video.worker import (
+    PROBE_URI,
+    TEST_PROBE,
+    Decoded,
+    MalformedReply,
+    encode_reply,
+    parse_reply,
+)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +140,29 @@ def test_without_a_centre_crop_the_forward_is_timed_on_the_decoded_clips(job):
     costs = measured.costs()
     assert costs is not None and measured.failure is None
     assert costs.videos == 1 and costs.decode_s > 0 and costs.inference_s > 0
+
+
+@pytest.mark.skipif(probe().missing is not None, reason="no Landlock or seccomp filters")
+def test_the_videos_are_decoded_in_the_sandbox(job, tmp_path, monkeypatch):
+    """The calibration's decoding worker, probed in place of a video (`TEST_PROBE`: its
+    findings come back as the error that fails the measurement), has the decoding processes'
+    sandbox and environment: the credentials file in the home directory it does not know is
+    unreadable, nothing can be created."""
+    credentials = tmp_path / "home" / ".aws" / "credentials"
+    credentials.parent.mkdir(parents=True)
+    credentials.write_text("[default]\naws_secret_access_key = in-the-home\n")
+    for name, value in [("HOME", str(credentials.parents[1])), ("AWS_PROFILE", "x")]:
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(TEST_PROBE, "1")
+    spec = {"read": [str(credentials)], "create": [str(tmp_path / "written")]}
+    measured = measure(job, [PROBE_URI + json.dumps(spec)])
+    assert measured.costs() is None
+    prefix = "the decoding processes failed: "
+    assert measured.failure is not None and measured.failure.startswith(prefix)
+    found = json.loads(measured.failure.removeprefix(prefix))
+    assert (found["read 0"], found["create 0"]) == ("PermissionError", "PermissionError")
+    assert not {"HOME", "AWS_PROFILE"} & set(found["environment"])
+    assert not (tmp_path / "written").exists()
 
 
 def test_a_video_that_crashes_the_decoder_costs_that_video_only(job):
