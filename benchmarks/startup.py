@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from string import Template
 
-from benchmarks.cpu_sampler import CpuSampler, short_name
+from benchmarks.cpu_sampler import ACTOR_ROLES, CpuSampler, short_name
 from benchmarks.results import load_average, machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,8 @@ VIVIT_BATCH = str(Path(sys.executable).with_name("vivit-batch"))
 FIRST_ROW_TARGET_S = 10.0
 FIXED_CPU_TARGET_S = 15.0
 ZYGOTE = "vivit_batch.video.worker import zygote_main"
-"""the decoding processes' command line: the zygote's, and its forked workers'"""
+"""the decoding processes' command line: the zygote's, and its forked workers' (the decode
+actor's, and the cost measurement's in the driver)"""
 
 
 def make_inputs(directory: Path) -> None:
@@ -201,7 +202,9 @@ def phases_run(inputs: Path, output: Path) -> dict:
     result = json.loads(lines[-1][len("RESULT ") :])
     times = result["times"]
     workers = sorted(
-        when for (_, command_line), when in sampler.titles.items() if ZYGOTE in command_line
+        when
+        for (pid, command_line), when in sampler.titles.items()
+        if ZYGOTE in command_line and sampler.roles.get(pid) == ACTOR_ROLES["DecodeStage"]
     )
     inference = sampler.first_seen("MapBatches(InferenceStage)")
     moments = [

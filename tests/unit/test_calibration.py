@@ -4,6 +4,7 @@ real videos and a real checkpoint's geometry; no Ray."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ from vivit_batch.config import load_config
 from vivit_batch.job import prepare_job
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
+from vivit_batch.video import VideoMetadata
+from vivit_batch.video.sandbox import probe
+from vivit_batch.video.worker import (
+    PROBE_URI,
+    TEST_PROBE,
+    Decoded,
+    MalformedReply,
+    encode_reply,
+    parse_reply,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,22 +89,105 @@ def test_a_measurement_past_its_deadline_is_a_failure_not_an_error(job, monkeypa
     assert measured.process.returncode is not None  # killed, not left running
 
 
-def test_the_measuring_process_keeps_only_what_decoding_needs(job, monkeypatch):
-    """It reads untrusted bytes: the decoding processes' environment, no secrets."""
+@pytest.mark.parametrize("isolation", ["process", "none"])
+def test_the_measuring_process_holds_no_credentials(job, monkeypatch, isolation):
+    """It handles what untrusted bytes decode to: the decoding processes' environment (no
+    `AWS_*`, no `HOME`), or with isolation=none, where it reads and decodes the videos itself,
+    that plus what reading needs (`AWS_*`, `HOME`); never a token. Seen in the process, as it
+    runs."""
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
-    measured = measure(job, [])
+    monkeypatch.setenv("HOME", "/home/calibration-test")
+    decode = dataclasses.replace(
+        job.decode, config=dataclasses.replace(job.decode.config, isolation=isolation)
+    )
+    measured = Calibration(decode, job.model_config, [], clips_per_forward=8)
     environment = Path(f"/proc/{measured.process.pid}/environ").read_bytes().split(b"\0")
-    measured.costs()
-    assert b"AWS_ACCESS_KEY_ID=AKIAEXAMPLE" in environment
-    assert not any(variable.startswith(b"HF_TOKEN=") for variable in environment)
+    assert measured.costs() is not None  # it was the measuring process, and it measured
+    names = {variable.split(b"=")[0] for variable in environment}
+    assert b"HF_TOKEN" not in names
+    reads_sources = isolation == "none"
+    assert (b"AWS_ACCESS_KEY_ID=AKIAEXAMPLE" in environment) == reads_sources
+    assert (b"HOME=/home/calibration-test" in environment) == reads_sources
+    if not reads_sources:
+        assert not any(name.startswith(b"AWS_") for name in names)
 
 
-def test_a_video_that_crashes_the_decoder_costs_the_measurement_only(job):
-    """The measuring process dies on the poison file (SIGSEGV from the server, as a decoder
-    exploit or bug would): the figures are missing, the reason says so, nothing is raised."""
+def test_decoding_is_timed_in_the_sandboxed_worker(job, tmp_path):
+    """decode_s is the worker's CPU seconds (and the serving thread's): about what decoding the
+    same video costs in the measuring process itself (isolation=none, as before the sandbox:
+    the first video in a fresh process either way)."""
+    video = str(write_video(tmp_path / "v.mp4", num_frames=90, width=640, height=480))
+    config = dataclasses.replace(job.decode.config, isolation="none")
+    in_process = Calibration(
+        dataclasses.replace(job.decode, config=config), job.model_config, [video], 8
+    ).costs()
+    measured = measure(job, [video])
+    costs = measured.costs()
+    assert costs is not None and costs.decode_s is not None, measured.failure
+    assert in_process is not None and in_process.decode_s is not None
+    assert (costs.videos, costs.clips) == (in_process.videos, in_process.clips) == (1, 1)
+    assert 0.5 < costs.decode_s / in_process.decode_s < 2, (costs, in_process)
+
+
+def test_without_a_centre_crop_the_forward_is_timed_on_the_decoded_clips(job):
+    """No crop: the clips' shape is the video's, so the measuring process waits for the first
+    clips from the decoding worker."""
+    uncropped = dataclasses.replace(job.decode.processor, do_center_crop=False)
+    settings = dataclasses.replace(job.decode, processor=uncropped)
+    measured = Calibration(settings, job.model_config, job.manifest.first_uris[:1], 8)
+    costs = measured.costs()
+    assert costs is not None and measured.failure is None
+    assert costs.videos == 1 and costs.decode_s > 0 and costs.inference_s > 0
+
+
+@pytest.mark.skipif(probe().missing is not None, reason="no Landlock or seccomp filters")
+def test_the_videos_are_decoded_in_the_sandbox(job, tmp_path, monkeypatch):
+    """The calibration's decoding worker, probed in place of a video (`TEST_PROBE`: its
+    findings come back as the error that fails the measurement), has the decoding processes'
+    sandbox and environment: the credentials file in the home directory it does not know is
+    unreadable, nothing can be created."""
+    credentials = tmp_path / "home" / ".aws" / "credentials"
+    credentials.parent.mkdir(parents=True)
+    credentials.write_text("[default]\naws_secret_access_key = in-the-home\n")
+    for name, value in [("HOME", str(credentials.parents[1])), ("AWS_PROFILE", "x")]:
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(TEST_PROBE, "1")
+    spec = {"read": [str(credentials)], "create": [str(tmp_path / "written")]}
+    measured = measure(job, [PROBE_URI + json.dumps(spec)])
+    assert measured.costs() is None
+    prefix = "the decoding processes failed: "
+    assert measured.failure is not None and measured.failure.startswith(prefix)
+    found = json.loads(measured.failure.removeprefix(prefix))
+    assert (found["read 0"], found["create 0"]) == ("PermissionError", "PermissionError")
+    assert not {"HOME", "AWS_PROFILE"} & set(found["environment"])
+    assert not (tmp_path / "written").exists()
+
+
+def test_a_video_that_crashes_the_decoder_costs_that_video_only(job):
+    """The poison file kills the decoding worker that opens it (SIGSEGV from the server, as a
+    decoder exploit or bug would), each attempt: as in the run, that video is not decoded; the
+    measuring process never saw it, and the next video is measured."""
     poison = CrashingServer()
     settings = dataclasses.replace(job.decode, storage_options=LOCAL_HTTP)
+    try:
+        uris = [poison.url, job.manifest.first_uris[0]]
+        measured = Calibration(settings, job.model_config, uris, clips_per_forward=8)
+        costs = measured.costs()
+    finally:
+        poison.stop()
+    assert costs is not None and measured.failure is None
+    assert (costs.videos, costs.clips) == (1, 1) and costs.decode_s > 0
+    assert len(poison.killed) == 2  # crash_retries=1: two workers
+    assert measured.process.pid not in poison.killed
+
+
+def test_with_isolation_none_a_crash_costs_the_measurement_only(job):
+    """The measuring process decodes itself and dies on the poison file: the figures are
+    missing, the reason says so, nothing is raised."""
+    poison = CrashingServer()
+    config = dataclasses.replace(job.decode.config, isolation="none")
+    settings = dataclasses.replace(job.decode, storage_options=LOCAL_HTTP, config=config)
     try:
         measured = Calibration(settings, job.model_config, [poison.url], clips_per_forward=8)
         assert measured.costs() is None
@@ -101,3 +195,13 @@ def test_a_video_that_crashes_the_decoder_costs_the_measurement_only(job):
         poison.stop()
     assert measured.failure.startswith("the measuring process ended with status -11")
     assert poison.killed == [measured.process.pid]
+
+
+def test_the_workers_cpu_seconds_are_checked_before_they_are_believed():
+    """A worker that a video exploited can claim any `cpu_s`: a figure that is not one makes
+    its reply malformed (its worker is treated as crashed), as any field does."""
+    header = json.loads(encode_reply(Decoded(VideoMetadata(), (1, 4, 32, 32, 3), 0, 0.25)))
+    assert parse_reply(json.dumps(header).encode(), "v.mp4", 2**30).cpu_s == 0.25
+    for claim in [-1, "0.1", True, float("nan"), 1e9]:
+        with pytest.raises(MalformedReply):
+            parse_reply(json.dumps({**header, "cpu_s": claim}).encode(), "v.mp4", 2**30)

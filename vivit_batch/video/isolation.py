@@ -96,6 +96,9 @@ class IsolatedDecoder:
         self.startup_timeout_s = startup_timeout_s
         self._max_clip_bytes = config.max_memory_bytes or MAX_CLIP_BYTES
         self._processes = _Processes(config.max_memory_bytes, config.sandbox)
+        self.worker_cpu_s = 0.0
+        """The worker's CPU seconds on the latest request, as of its latest clips (what the
+        worker says: a figure to plan by, never to trust with more)."""
         self._finalizer = weakref.finalize(self, self._processes.close)
 
     @property
@@ -149,6 +152,7 @@ class IsolatedDecoder:
         message = pickle.dumps(unstored, protocol=pickle.HIGHEST_PROTOCOL)
         deadline = None if timeout_s is None else timeout_s + KILL_GRACE_S
         deaths: list[str] = []
+        self.worker_cpu_s = 0.0
         while True:
             worker = self._processes.ready_worker(self.startup_timeout_s)
             source = SourceServer(request)
@@ -158,6 +162,8 @@ class IsolatedDecoder:
                 while not finished:
                     reply, clips = worker.receive(deadline, uri, self._max_clip_bytes, source)
                     finished = not isinstance(reply, Chunk) or reply.metadata is not None
+                    if isinstance(reply, (Decoded, Chunk)):
+                        self.worker_cpu_s = reply.cpu_s
                     if finished and self._holds_too_much(reply.rss_bytes):
                         self._processes.end_worker()
                     yield _with_source_facts(reply, source), clips
@@ -526,8 +532,9 @@ READER_ENVIRONMENT_KEPT = (
     }
 )
 READER_ENVIRONMENT_PREFIXES_KEPT = ("LC_", "AWS_", "FSSPEC_")
-"""A process that opens sources itself (the calibration's) also keeps the home directory, the
-proxy and CA-bundle variables, `AWS_*` (the standard credential chain) and `FSSPEC_*`."""
+"""A process that opens sources itself (the calibration's with `decode.isolation=none`) also keeps
+the home directory, the proxy and CA-bundle variables, `AWS_*` (the standard credential chain)
+and `FSSPEC_*`."""
 
 
 def decoder_environment() -> dict[str, str]:

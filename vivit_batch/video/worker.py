@@ -5,8 +5,9 @@ The zygote (`zygote_main`) imports PyAV, numpy and torch once, prepares the sand
 exits. A worker (`serve`) enters the sandbox, then decodes one `DecodeRequest` at a time from its
 request pipe and answers on its reply pipe with a `Decoded` (followed by the clips' raw bytes) or
 a `Failed`; a segments request with a `Chunk` (and its clips) per chunk of segments, the last one
-carrying the metadata, or a `Failed` at any point. The video's bytes it asks the parent for
-(`served`). Both exit when the process above them does.
+carrying the metadata, or a `Failed` at any point. A `Decoded` or `Chunk` says the worker's CPU
+seconds on the request so far (`cpu_s`, what `calibration` measures decoding by). The video's
+bytes it asks the parent for (`served`). Both exit when the process above them does.
 
 Replies are data, never pickles: a JSON header (`encode_reply`) after its length
 (`HEADER_LENGTH`, at most `MAX_HEADER_BYTES`), which the parent checks field by field
@@ -81,6 +82,8 @@ class Decoded:
     shape: tuple[int, ...]
     rss_bytes: int
     """the worker's resident memory after the video"""
+    cpu_s: float = 0.0
+    """the worker's CPU seconds on the request (`calibration` measures decoding by them)"""
 
 
 @dataclass
@@ -93,6 +96,8 @@ class Chunk:
     rss_bytes: int
     metadata: VideoMetadata | None = None
     """on the video's last chunk"""
+    cpu_s: float = 0.0
+    """the worker's CPU seconds on the request so far"""
 
 
 @dataclass
@@ -125,6 +130,7 @@ def encode_reply(reply: Decoded | Chunk | Failed) -> bytes:
             "kind": "decoded",
             "metadata": dataclasses.asdict(reply.metadata),
             "shape": list(reply.shape),
+            "cpu_s": reply.cpu_s,
         }
     elif isinstance(reply, Chunk):
         metadata = reply.metadata
@@ -134,6 +140,7 @@ def encode_reply(reply: Decoded | Chunk | Failed) -> bytes:
             "bounds_s": reply.bounds_s,
             "shape": list(reply.shape),
             "metadata": None if metadata is None else dataclasses.asdict(metadata),
+            "cpu_s": reply.cpu_s,
         }
     elif isinstance(reply.error, VideoError):
         header = {
@@ -165,7 +172,9 @@ def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Reply | SourceReq
         kind, rss_bytes = header["kind"], _count(header["rss_bytes"])
         if kind == "decoded":
             shape = _clips_shape(header["shape"], 5, max_clip_bytes)
-            return Decoded(_metadata(header["metadata"]), shape, rss_bytes)
+            return Decoded(
+                _metadata(header["metadata"]), shape, rss_bytes, _seconds(header["cpu_s"])
+            )
         if kind == "chunk":
             shape = _clips_shape(header["shape"], 6, max_clip_bytes)
             bounds = _bounds(header["bounds_s"], shape[0])
@@ -176,6 +185,7 @@ def parse_reply(data: bytes, uri: str, max_clip_bytes: int) -> Reply | SourceReq
                 shape,
                 rss_bytes,
                 None if metadata is None else _metadata(metadata),
+                _seconds(header["cpu_s"]),
             )
         if kind == "video_error":
             detail = _text(header["detail"])
@@ -198,6 +208,12 @@ def _count(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MalformedReply(f"{str(value)[:40]!r} where a count belongs")
     return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+        raise MalformedReply(f"{str(value)[:40]!r} where seconds belong")
+    return float(value)
 
 
 def _clips_shape(value: object, dimensions: int, max_clip_bytes: int) -> tuple[int, ...]:
@@ -419,6 +435,7 @@ def _replies(
     request: DecodeRequest, max_memory_bytes: int, opener: Opener, probes: bool
 ) -> Iterator[tuple[Decoded | Chunk | Failed, np.ndarray | None]]:
     """The replies to one request, each with the clips to send after it."""
+    started = time.process_time()
     try:
         if injected_fault(request.uri) == "raise":
             raise RuntimeError(f"a fault injected by {TEST_FAULTS}")
@@ -428,10 +445,11 @@ def _replies(
             for chunk in decode_segments(request, opener):
                 clips = np.ascontiguousarray(chunk.clips)
                 bounds = chunk.bounds_s.tolist()
-                yield (
-                    Chunk(chunk.first_index, bounds, clips.shape, _rss_bytes(), chunk.metadata),
-                    clips,
+                cpu_s = time.process_time() - started
+                chunk_reply = Chunk(
+                    chunk.first_index, bounds, clips.shape, _rss_bytes(), chunk.metadata, cpu_s
                 )
+                yield chunk_reply, clips
             return
         video = decode_video(request, opener)
     except VideoError as error:
@@ -446,7 +464,7 @@ def _replies(
         yield Failed(error, _rss_bytes(), traceback.format_exc()), None
         return
     clips = np.ascontiguousarray(video.clips)
-    yield Decoded(video.metadata, clips.shape, _rss_bytes()), clips
+    yield Decoded(video.metadata, clips.shape, _rss_bytes(), time.process_time() - started), clips
 
 
 def _out_of_memory(uri: str, max_memory_bytes: int) -> VideoError:
