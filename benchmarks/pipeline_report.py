@@ -287,7 +287,7 @@ def memory_notes(mem: list[dict], small: dict, large: dict) -> list[str]:
             "- A rerun's driver holds state per committed row (`job.run_job`), all of "
             "it in Arrow arrays: the (video_id, status) table of every committed file "
             "(`Output.committed`), the ids to relabel and the ids to skip "
-            "(`incremental`), and where the rows of those it relabels are "
+            "(`work`), and where the rows of those it relabels are "
             "(`replacing.Relabelled`)."
         )
     rows_per_file = large["rows"] / large["files"] if large["files"] else 0
