@@ -377,10 +377,8 @@ class Output:
         if self.is_s3:
             single = self._single_attempt_filesystem()
             lease.run(lambda: single._rm(path, recursive=True), single.loop)
-        elif self.filesystem.isdir(path):
+        else:  # a run's folder, or a write-check probe
             self.filesystem.rm(path, recursive=True)
-        else:
-            self.filesystem.rm_file(path)
 
     def _fenced_copy(self, source: str, target: str, lock: Fence) -> None:
         """One server-side copy inside a fence: sent once, abandoned when the lease ends, and

@@ -314,7 +314,7 @@ class OutputLock:
         ):
             self._lose(f"the lock now belongs to run {record.get('run_id')}")
             raise LockLost(self.lost)
-        lease = Lease(self._renewed_at + self.stale_after_s / 2, self.clock, self._in_flight)
+        lease = Lease(self._lease_ends_at(), self.clock, self._in_flight)
         if (lease.seconds_left() or 0) <= 0:
             self._lose(f"no renewal succeeded for {self.stale_after_s / 2:g} s")
             raise LockLost(self.lost)
@@ -349,16 +349,19 @@ class OutputLock:
                 raise LockLost(self.lost) from None
             yield
 
+    def _lease_ends_at(self) -> float:
+        """On this run's clock: half the stale period after its last renewal was sent."""
+        return self._renewed_at + self.stale_after_s / 2
+
     def guard_patience(self) -> float:
         """How long this run may wait for the local guard from now. Holding the lock: while its
         lease lasts (a renewal or commit that cannot have the guard by then is lost by the
         rules). Taking it: until `wait_s` from the start of `acquire`, else for the stale period
         of the record's holder (what a waiter waits by the rules)."""
-        now = self.clock()
         if self._version:
-            return self._renewed_at + self.stale_after_s / 2 - now
+            return self._lease_ends_at() - self.clock()
         if self.wait_s is not None:
-            return self._acquiring_since + self.wait_s - now
+            return self._acquiring_since + self.wait_s - self.clock()
         current = self.store.read()
         return stale_after(current.record if current else {})
 

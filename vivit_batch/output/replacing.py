@@ -73,14 +73,25 @@ def commit_replacing(
     """Commit the file `FileWriter` staged (a row of its output), its relabelled videos' rows
     moved into the committed files that hold their old rows. Returns the files committed and
     how many old rows were replaced."""
-    if not len(relabelled):
-        output.commit(staged["staged"], staged["final"], lock)
-        return [staged["final"]], 0
-    table = pq.read_table(staged["staged"], filesystem=output.filesystem)
-    holding = relabelled.holding(table["video_id"])
-    if not holding:
-        output.commit(staged["staged"], staged["final"], lock)
-        return [staged["final"]], 0
+    if len(relabelled):
+        table = pq.read_table(staged["staged"], filesystem=output.filesystem)
+        holding = relabelled.holding(table["video_id"])
+        if holding:
+            return _commit_into_holders(output, lock, staged, table, holding, relabelled)
+    output.commit(staged["staged"], staged["final"], lock)
+    return [staged["final"]], 0
+
+
+def _commit_into_holders(
+    output: Output,
+    lock: Fence,
+    staged: dict,
+    table: pa.Table,
+    holding: dict[str, pa.Array],
+    relabelled: Relabelled,
+) -> tuple[list[str], int]:
+    """`table`'s rows of the videos in `holding` into the files holding their old rows; the
+    rest (videos without a row) committed as the staged file."""
     replaced = 0
     for path, ids in holding.items():
         new_rows = table.filter(pc.is_in(table["video_id"], ids))
