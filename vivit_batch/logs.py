@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -24,6 +26,11 @@ DROPPED = ("Progress bars disabled",)
 NOTICES = ("Token authentication is enabled for this Ray cluster",)
 """Library warnings about the library's own defaults, which a run cannot act on: shown with -v
 (Ray 2.59+ turns token authentication on for the local cluster it starts, and says so)."""
+
+NATIVE_NOTICES = ("has constructor arguments in the object store and max_restarts > 0",)
+"""Lines that Ray's C++ side writes straight to this process's stderr about Ray's own choices:
+Ray Data's actor pools put their constructor arguments in the object store themselves
+(ray-project/ray#57733). Shown with -v; Ray's session logs keep them either way."""
 
 log = logging.getLogger("vivit_batch")
 
@@ -172,3 +179,38 @@ def duration(seconds: float) -> str:
     if hours:
         return f"{hours}h {minutes:02d}m"
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+NATIVE_FILTER = """
+import sys
+notices = [notice.encode() for notice in sys.argv[1:]]
+for line in sys.stdin.buffer:
+    if not any(notice in line for notice in notices):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+_forwarders: list[subprocess.Popen] = []
+
+
+def filter_native_stderr() -> None:
+    """Drop `NATIVE_NOTICES` from what this process writes to its stderr (file descriptor 2,
+    where Ray's C++ core worker writes its ERROR lines, past Python's logging). A small child
+    process forwards every other line, in order, until the last writer is gone, so nothing is
+    lost if this process dies. Once per process; not where something (pytest) has replaced
+    `sys.stderr`."""
+    stderr = sys.__stderr__
+    if _forwarders or stderr is None or sys.stderr is not stderr:
+        return
+    stderr.flush()
+    real_stderr = os.dup(2)
+    forwarder = subprocess.Popen(
+        [sys.executable, "-S", "-c", NATIVE_FILTER, *NATIVE_NOTICES],
+        stdin=subprocess.PIPE,
+        stdout=real_stderr,
+        start_new_session=True,  # a Ctrl-C to the run does not cut its last lines short
+    )
+    os.close(real_stderr)
+    assert forwarder.stdin is not None
+    os.dup2(forwarder.stdin.fileno(), 2)
+    forwarder.stdin.close()
+    _forwarders.append(forwarder)

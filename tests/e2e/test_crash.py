@@ -275,6 +275,7 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
     assert {f for f in job.files() if "part-frozen-" in f} == committed_by_frozen
     assert len(job.committed()) == VIDEOS  # one row per video (committed() checks)
     assert "run frozen lost the lock" in log.read_text()
+    assert "constructor arguments" not in log.read_text()  # Ray's notice (`NATIVE_NOTICES`)
 
 
 @pytest.mark.slow

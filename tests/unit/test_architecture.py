@@ -168,3 +168,29 @@ def test_rays_notice_about_its_own_defaults_is_logged_only_with_verbose(verbose,
     logged = capsys.readouterr().err
     assert ("Token authentication is enabled" in logged) == verbose
     assert "a warning of Ray's that a run can act on" in logged
+
+
+NATIVE_WRITER = """
+import os, sys, time
+from vivit_batch.logs import NATIVE_NOTICES, filter_native_stderr, setup_logging
+
+setup_logging()
+filter_native_stderr()
+os.write(2, b"[core_worker.cc:2465] Actor X " + NATIVE_NOTICES[0].encode() + b". See\\n")
+os.write(2, b"[core_worker.cc:99] a C++ error a run can act on\\n")
+import logging
+logging.getLogger("vivit_batch").error("the run's own last line")
+sys.stderr.flush()
+os.kill(os.getpid(), 9)  # dies at once: what it wrote still arrives
+"""
+
+
+def test_rays_native_notice_is_dropped_and_every_other_line_arrives_even_if_the_run_dies():
+    done = subprocess.run(
+        [sys.executable, "-c", NATIVE_WRITER], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -9
+    assert "constructor arguments" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == "[core_worker.cc:99] a C++ error a run can act on"
+    assert lines[1].endswith("ERROR the run's own last line")

@@ -13,7 +13,7 @@ import ray.data as ray_data
 from ray._private.state import state as global_state
 
 from vivit_batch.job.resources import ClusterShape
-from vivit_batch.logs import adopt_ray_loggers
+from vivit_batch.logs import adopt_ray_loggers, filter_native_stderr
 
 NODE_ID_LABEL = "ray.io/node-id"
 """the label Ray gives every node: its id"""
@@ -22,7 +22,10 @@ NODE_ID_LABEL = "ray.io/node-id"
 def connect(address: str | None, verbose: bool = False) -> None:
     """Join the cluster at `address`, else start an embedded local Ray (not a cluster that
     some earlier `ray start` left running). The actors' own output reaches this process's log
-    only when `verbose` (it lacks times and levels; Ray keeps it in its log files)."""
+    only when `verbose` (it lacks times and levels; Ray keeps it in its log files), and so do
+    Ray's C++ lines about Ray's own choices (`filter_native_stderr`)."""
+    if not verbose:
+        filter_native_stderr()
     ray_data.DataContext.get_current()  # Ray Data sets up its logging on first use
     adopt_ray_loggers()
     if ray.is_initialized():
