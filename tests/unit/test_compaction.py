@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers.locks import ROOT
-from tests.helpers.outputs import START, commit_run, new_output
+from tests.helpers.outputs import HIDDEN, START, commit_run, new_output, rows_of
 from vivit_batch.cli import main
 from vivit_batch.config import OutputSection, StorageSection
 from vivit_batch.errors import EXIT_OK, EXIT_USAGE
-from vivit_batch.output import Output, RunWriter, Unlocked, parquet_bytes
+from vivit_batch.output import Output, RunWriter, Unlocked, output_schema, parquet_bytes
 from vivit_batch.output.compaction import TEST_STOP, plan
 from vivit_batch.output.exchange import ExchangeUnsupported, exchange, system_call
 from vivit_batch.output.sink import NOTHING_RELABELLED, FileWriter
@@ -300,26 +300,26 @@ def test_on_s3_merges_need_offline_and_one_killed_midway_is_finished_by_the_next
 ):
     output, endpoint = s3_output(s3_server)
     build(output, days=1)
-    before, listed = rows_of(output), objects(output)
+    before, listed = s3_rows(output), objects(output)
 
     assert compact(output, "--rows-per-file", "10", *endpoint) == EXIT_USAGE
     assert "on S3 no folder can be swapped atomically" in capsys.readouterr().err
     assert [o for o in objects(output) if "/_lock" not in o] == listed
 
     kill(start_compaction(output.uri, "merged", "--offline", *endpoint))
-    assert len(rows_of(output)) == 20 + 10  # the merged file and its sources, until finished
+    assert len(s3_rows(output)) == 20 + 10  # the merged file and its sources, until finished
     [record] = output.filesystem.glob(output.path("_tmp", "*", "merges", "*.json"))
 
     with output.lock("next-holder", 2.0) as lock:  # what every run does before its commits
         output.clear_dead_staging(lock)
-    assert rows_of(output) == before and not output.filesystem.exists(record)
+    assert s3_rows(output) == before and not output.filesystem.exists(record)
     assert len(output.data_files()) == 8 - 4 + 1
 
     assert compact(output, "--rows-per-file", "10", "--offline", *endpoint) == EXIT_OK
-    assert rows_of(output) == before and len(output.data_files()) == 2
+    assert s3_rows(output) == before and len(output.data_files()) == 2
 
 
-def rows_of(output: Output) -> list[dict]:
+def s3_rows(output: Output) -> list[dict]:
     table = output.dataset().to_table(columns=["video_id", "run_id", "label"])
     return sorted(table.to_pylist(), key=lambda row: row["video_id"])
 
@@ -327,36 +327,41 @@ def rows_of(output: Output) -> list[dict]:
 def test_a_run_compacts_its_folder_when_it_holds_more_than_compact_after_files(tmp_path):
     output = new_output(tmp_path / "out")
     build(output, days=1)  # 8 files of 3 and 2 rows
-    folder = output.path("run_date=2026-11-30")
+    writer = tonights_run(output, {"run_date": "2026-11-30"})  # 2 more
     before = rows(output.uri)
-    writer = run_writer(output, {"run_date": "2026-11-30"})
 
-    writer.compact(OutputSection(rows_per_file=10, compact_after_files=8))
-    assert len(data_files(tmp_path / "out")) == 8  # 8 small files: not more than 8
-    writer.compact(OutputSection(rows_per_file=10, compact_after_files=7))
-    assert [p.parent.name for p in data_files(tmp_path / "out")] == [Path(folder).name] * 2
+    writer.compact(OutputSection(rows_per_file=10, compact_after_files=10))
+    assert len(data_files(tmp_path / "out")) == 10  # 10 small files: not more than 10
+    writer.compact(OutputSection(rows_per_file=10, compact_after_files=9))
+    files = data_files(tmp_path / "out")
+    assert sorted(pq.read_metadata(f).num_rows for f in files) == [5, 10, 10]
+    assert {f.parent.name for f in files} == {"run_date=2026-11-30"}
+    assert all(f.name.startswith("part-tonight-") for f in files)
     assert rows(output.uri) == before
 
 
 def test_a_run_leaves_an_unpartitioned_output_alone_unless_compact_offline(tmp_path, caplog):
     output = new_output(tmp_path / "out")
     build(output, days=1, partitioned=False)
-    writer = run_writer(output, {})
+    writer = tonights_run(output, {})
 
     writer.compact(OutputSection(rows_per_file=10, compact_after_files=1))
-    assert len(data_files(tmp_path / "out")) == 8
+    assert len(data_files(tmp_path / "out")) == 10
     assert "(root) not compacted: the files at the root of an unpartitioned" in caplog.text
     assert "set output.compact_offline=true" in caplog.text.lower()
 
     writer.compact(OutputSection(rows_per_file=10, compact_after_files=1, compact_offline=True))
-    assert len(data_files(tmp_path / "out")) == 2
+    assert len(data_files(tmp_path / "out")) == 3
 
 
-def run_writer(output: Output, partitions: dict[str, str]) -> RunWriter:
-    """The writer of a run that committed a file into the folder of `partitions`."""
-    files = FileWriter(output, "tonight", pa.schema([]), 10, partitions)
-    writer = RunWriter(output, Unlocked("tonight"), files, {}, NOTHING_RELABELLED)
-    writer.stats.files = ["a file"]
+def tonights_run(output: Output, partitions: dict[str, str]) -> RunWriter:
+    """The writer of a run that has committed five new videos (files of 3 and 2 rows) into the
+    folder of `partitions`, as `run_job` does before it compacts."""
+    files = FileWriter(output, "tonight", output_schema(HIDDEN, tuple(partitions)), 3, partitions)
+    identity = output.read_identity() or {}
+    writer = RunWriter(output, Unlocked("tonight"), files, identity, NOTHING_RELABELLED)
+    for staged in files(rows_of("tonight", [f"t{i}" for i in range(5)], START)).to_pylist():
+        writer.commit(staged)
     return writer
 
 
