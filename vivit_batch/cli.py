@@ -564,13 +564,13 @@ def lock_command(args: argparse.Namespace) -> int:
 
 
 def compact_command(args: argparse.Namespace) -> int:
-    from vivit_batch.output.compaction import compact_output, summary
+    from vivit_batch.output import compact_output, compaction_summary
 
     config = load_config(args.config, args.set, output_uri=args.output)
     planned = compact_output(
         args.output, config, args.rows_per_file, dry_run=args.dry_run, offline=args.offline
     )
-    print(summary(planned, args.dry_run))
+    print(compaction_summary(planned, args.dry_run))
     return EXIT_OK
 
 

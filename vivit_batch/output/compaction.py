@@ -275,7 +275,7 @@ def compact_after_run(output: Output, lock: Fence, section: OutputSection, folde
         )
         return
     compact(output, planned, lock, swap is None)
-    for line in summary(planned).splitlines():
+    for line in compaction_summary(planned).splitlines():
         log.info(line)
 
 
@@ -284,7 +284,7 @@ def stop_here_in_tests(point: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def summary(planned: Plan, dry_run: bool = False) -> str:
+def compaction_summary(planned: Plan, dry_run: bool = False) -> str:
     """Per folder: its files before and after, and what merges into what; then the totals."""
     lines = []
     for folder in planned.folders:
