@@ -1,4 +1,4 @@
-"""`vivit-batch run | validate | report | review | train-head | relabel | demo | lock`.
+"""`vivit-batch run | validate | report | review | train-head | relabel | demo | lock | compact`.
 
 Exit codes: 0 run completed (per-video errors within the error budget), 2 bad configuration or
 manifest (nothing processed), 3 error budget exceeded, 1 anything else; `lock`: 75 when a live
@@ -51,6 +51,7 @@ examples:
   vivit-batch train-head out/ --labels to-label.csv --truth-column truth --save my-head/
   vivit-batch relabel out/ --model my-head/
   vivit-batch lock s3://bucket/labels/ || echo "a run holds it"
+  vivit-batch compact out/ --dry-run
 
 manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
 through), a text file of URIs, or a directory/glob/prefix of videos.
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=2024)
     demo.set_defaults(handler=demo_command)
     add_lock_command(commands)
+    add_compact_command(commands)
     add_head_commands(commands)
     for command in commands.choices.values():
         add_logging_arguments(command)
@@ -182,6 +184,42 @@ def add_lock_command(commands) -> None:
     lock.add_argument("output", help="the --output of the runs")
     add_config_arguments(lock, "its storage and run sections apply")
     lock.set_defaults(handler=lock_command)
+
+
+def add_compact_command(commands) -> None:
+    compact = commands.add_parser(
+        "compact",
+        help="merge an output's small files and drop its empty ones, under its lock",
+        description="In each data folder (each run_date= partition, or the root), merge the "
+        "files below --rows-per-file rows, in path order, into files of at most that many, and "
+        "drop the files with no rows, under the output's lock (taken, waited for and fenced as "
+        "a run's). On local disk each partition folder is rebuilt beside the output and swapped "
+        "in atomically: readers see every video exactly once throughout. On S3, and for the "
+        "files at the root of an unpartitioned output, merges are made file by file, which "
+        "needs --offline. Exit 2 when another run holds the lock.",
+    )
+    compact.add_argument("output", help="the --output of the runs")
+    compact.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would merge into what, per folder, and change nothing (no lock taken)",
+    )
+    compact.add_argument(
+        "--offline",
+        action="store_true",
+        help="also merge where no folder can be swapped atomically (S3, an unpartitioned "
+        "output), file by file: a reader meanwhile could see a merge's rows twice. Only when "
+        "nothing reads the output while it runs",
+    )
+    compact.add_argument(
+        "--rows-per-file",
+        type=count_of(minimum=1),
+        metavar="N",
+        help="most rows in a merged file; files with fewer are small (default: "
+        "output.rows_per_file)",
+    )
+    add_config_arguments(compact, "its output, storage and run sections apply")
+    compact.set_defaults(handler=compact_command)
 
 
 REVIEW_RULE = f"""\
@@ -523,6 +561,17 @@ def lock_command(args: argparse.Namespace) -> int:
         ) from error
     print(state.description)
     return EXIT_OK if state.free else EXIT_LOCK_HELD
+
+
+def compact_command(args: argparse.Namespace) -> int:
+    from vivit_batch.output import compact_output, compaction_summary
+
+    config = load_config(args.config, args.set, output_uri=args.output)
+    planned = compact_output(
+        args.output, config, args.rows_per_file, dry_run=args.dry_run, offline=args.offline
+    )
+    print(compaction_summary(planned, args.dry_run))
+    return EXIT_OK
 
 
 def train_head_command(args: argparse.Namespace) -> int:

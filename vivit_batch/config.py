@@ -96,6 +96,19 @@ class OutputSection(Section, name="output"):
         "run_date: each run's rows under a run_date=YYYY-MM-DD/ folder (UTC date of its start)",
         choices=("run_date",),
     )
+    compact_after_files: int = setting(
+        0,
+        "at the end of a run that committed files, compact the folder they went to (as "
+        "`vivit-batch compact`) when it holds more than this many files below rows_per_file "
+        "rows; 0: never (compaction rewrites committed files: see the README's Compaction)",
+        minimum=0,
+    )
+    compact_offline: bool = setting(
+        False,
+        "compact_after_files also where no folder can be swapped atomically (S3, an "
+        "unpartitioned output): merge by merge, so a reader could see a merge's rows twice "
+        "while its sources are deleted; set it only where nothing reads the output during runs",
+    )
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,11 @@ def test_partition_by_run_date(ray_cluster, workspace, capsys):
     assert [p.name for p in (workspace / "out").glob("run_date=*")] == [f"run_date={run_date}"]
     shutil.copy(workspace / "b.mp4", workspace / "broken.mp4")
     extra = ["--rerun-errors", "--set", "output.partition_by=run_date"]
-    assert run(workspace, ["a", "broken", "c"], *extra) == 0
+    compact = ["--set", "output.compact_after_files=1"]
+    assert run(workspace, ["a", "broken", "c"], *extra, *compact) == 0
+    # the run's folder held the first run's files and c's: more than 1 small file, so merged
+    [merged] = (workspace / "out").glob("run_date=*/*.parquet")
+    assert merged.name.startswith(f"part-{last_report(workspace).run_id}-")
     found = rows(workspace)  # pyarrow with no options: run_date is a column of the files
     assert {r["run_date"] for r in found.values()} == {run_date}
     assert found["broken.mp4"]["status"] == "ok"

@@ -77,16 +77,27 @@ def labelled_rows(
     return pa.table(columns)
 
 
-def commit_run(output: Output, run_id: str, ids: list[str], started: datetime) -> None:
-    """Commit `ids` as the job does, then the run's report."""
-    commit_rows(output, rows_of(run_id, ids, started), output_schema(HIDDEN), started)
+def commit_run(
+    output: Output, run_id: str, ids: list[str], started: datetime, partitioned: bool = False
+) -> None:
+    """Commit `ids` as the job does, then the run's report; `partitioned`: into the
+    `run_date=` folder of the day `started`."""
+    partitions = {"run_date": started.date().isoformat()} if partitioned else {}
+    schema = output_schema(HIDDEN, tuple(partitions))
+    commit_rows(output, rows_of(run_id, ids, started), schema, started, partitions)
 
 
-def commit_rows(output: Output, rows: pa.Table, schema: pa.Schema, started: datetime) -> None:
-    """Commit one run's `rows` as the job does, then the run's report."""
+def commit_rows(
+    output: Output,
+    rows: pa.Table,
+    schema: pa.Schema,
+    started: datetime,
+    partitions: dict[str, str] | None = None,
+) -> None:
+    """Commit one run's `rows` as the job does (3 rows a file), then the run's report."""
     ids = rows["video_id"].to_pylist()
     run_id = rows["run_id"][0].as_py()
-    writer = FileWriter(output, run_id, schema, rows_per_file=3)
+    writer = FileWriter(output, run_id, schema, rows_per_file=3, partition_values=partitions or {})
     for staged in writer(rows).to_pylist():
         commit_staged(output, Unlocked(), staged)
     device = {"node": "n1", "device": "cpu", "name": "EPYC", "threads": 2, "precision": "fp32"}

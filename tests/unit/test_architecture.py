@@ -120,7 +120,16 @@ def heavy_imports(*arguments: str) -> tuple[set[str], subprocess.CompletedProces
 
 
 @pytest.mark.parametrize(
-    "arguments", [["--version"], ["--help"], ["run", "--help"], ["report", "OUT"], ["lock", "OUT"]]
+    "arguments",
+    [
+        ["--version"],
+        ["--help"],
+        ["run", "--help"],
+        ["report", "OUT"],
+        ["lock", "OUT"],
+        ["compact", "OUT", "--dry-run"],
+        ["compact", "OUT"],
+    ],
 )
 def test_commands_that_only_read_import_neither_torch_nor_pyav(arguments, output):
     heavy, result = heavy_imports(*[output if a == "OUT" else a for a in arguments])

@@ -1,5 +1,5 @@
 """A run: lock -> choose the work -> write (the output changed from the first commit on) ->
-report."""
+compact (`output.compact_after_files`) -> report."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def run_job(job: PreparedJob) -> RunReport:
     started = time.time()
     with holding_lock(output, run_id, config.run) as lock:
         require_shared_output(output, run_id)
+        output.finish_merges(lock)  # a compaction's merge left half done: before any reading
         work = choose_work(job, output)
         resources, calibration = planned_resources(job, work.to_label)
         log.info(
@@ -92,6 +93,7 @@ def run_job(job: PreparedJob) -> RunReport:
             work.archive,
         )
         write_rows(job, dataset, writer, work.to_label)
+        writer.compact(config.output)
         plan = (resources, calibration)
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
         writer.finish(report)

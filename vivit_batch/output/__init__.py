@@ -1,8 +1,9 @@
 """The output dataset and its protocol: layout, identity, committed rows, rows replaced in place,
-versions, run reports, the lock, and the Parquet sink. `Output` is the one object that writes
-there. Other modules import from here; `schema` (the columns) is the one submodule they use
-directly, as a leaf."""
+versions, run reports, the lock, the Parquet sink, and compaction. `Output` is the one object
+that writes there. Other modules import from here; `schema` (the columns) is the one submodule
+they use directly, as a leaf."""
 
+from vivit_batch.output.compaction import compact_output, compaction_summary
 from vivit_batch.output.dataset import ARCHIVED_SUFFIX, Fence, Output, Unlocked, parquet_bytes
 from vivit_batch.output.lock import OutputLock
 from vivit_batch.output.lock_state import lock_state
@@ -41,6 +42,8 @@ __all__ = [
     "WriteStats",
     "check_truth_column",
     "commit_staged",
+    "compact_output",
+    "compaction_summary",
     "first_per_video",
     "lock_state",
     "manifest_columns",

@@ -6,6 +6,7 @@
       _lock.json, _lock.guard             the lock (`lock.py`; the guard only on local disk)
       _runs/<run_id>.json                 run reports
       _tmp/<run_id>/...                   staged files, before they are committed
+      _tmp/<run_id>/merges/*.json         merges under way where no folder swap exists
       _versions/<name>/...parquet.archived   earlier versions (`--new-version`, `relabel`)
 
 Readers (pyarrow, pandas, DuckDB's `OUT/**/*.parquet`) see committed rows only: bookkeeping
@@ -15,19 +16,26 @@ Every change is staged first (written whole under the run's own `_tmp/<run_id>/`
 local disk) and then committed inside the run's `lock.fenced()`: a rename on local disk; on S3
 one server-side copy, sent once with the lease's deadline and retried only through a new fence
 check. So a file appears whole or not at all, and a run that has lost its lock commits nothing.
+
+Compaction (`compaction`) also swaps whole data folders of a local output (`swap_folder`): each
+is rebuilt beside the output, in `.<name>._swap/<run_id>/`, where its files can carry their final
+`.parquet` names (under the output, DuckDB's recursive glob would read them, `_` and `.` folders
+included), then exchanged with the folder in one atomic step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import posixpath
 import shutil
+import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import pyarrow as pa
@@ -36,6 +44,7 @@ import pyarrow.parquet as pq
 
 from vivit_batch import storage
 from vivit_batch.errors import ConfigError
+from vivit_batch.output.exchange import exchange
 from vivit_batch.output.lock import Lease, OutputLock
 from vivit_batch.output.mounts import require_lockable_filesystem
 from vivit_batch.output.records import (
@@ -55,6 +64,12 @@ LOCK_GUARD = "_lock.guard"
 RUNS_DIR = "_runs"
 TMP_DIR = "_tmp"
 VERSIONS_DIR = "_versions"
+MERGES_DIR = "merges"
+"""Under a run's `_tmp/<run_id>/`: the intent records of its merges (`record_merge`)."""
+SWAP_SUFFIX = "._swap"
+"""`.<output name>._swap/`, beside a local output: where folders are rebuilt (`swap_staging`)."""
+DELETES_PER_REQUEST = 1000
+"""S3's most keys in one DeleteObjects request."""
 ARCHIVED_SUFFIX = ".archived"
 """Appended to archived data files, so that no recursive `*.parquet` glob reaches them."""
 FENCED_ATTEMPTS = 3
@@ -232,9 +247,10 @@ class Output:
         dataset = self.dataset()
         return dataset.schema.names if dataset.files else []
 
-    def data_files(self) -> list[str]:
-        """The committed data files, in path order (none for a new output)."""
-        dataset = self._dataset()
+    def data_files(self, folder: str | None = None) -> list[str]:
+        """The committed data files (only those under `folder`, if given), in path order (none
+        for a new output)."""
+        dataset = self._dataset(folder)
         return sorted(dataset.files) if dataset else []
 
     def archive(self, identity: dict, lock: Fence) -> str:
@@ -286,11 +302,13 @@ class Output:
             self.move(path, path + ARCHIVED_SUFFIX, lock)
         return len(legacy)
 
-    def _dataset(self) -> ds.Dataset | None:
-        """The data files as readers see them; None for a new output."""
-        if not self.filesystem.exists(self.root):
+    def _dataset(self, folder: str | None = None) -> ds.Dataset | None:
+        """The data files as readers see them (under `folder`, if given); None where there is
+        no such folder (a new output)."""
+        folder = folder or self.root
+        if not self.filesystem.exists(folder):
             return None
-        return ds.dataset(self.root, filesystem=self.filesystem, format="parquet")
+        return ds.dataset(folder, filesystem=self.filesystem, format="parquet")
 
     # Staging and committing
 
@@ -298,15 +316,16 @@ class Output:
         """Write `data` whole under `_tmp/<run_id>/` (fsync'd locally); returns its path. Runs
         anywhere (write tasks too): nothing is visible to readers until `commit`."""
         staged = self.staging_path(run_id, name)
-        if self.is_local:
-            os.makedirs(posixpath.dirname(staged), exist_ok=True)
-            with open(staged, "wb") as stream:
-                stream.write(data)
-                stream.flush()
-                os.fsync(stream.fileno())
-        else:
-            self.filesystem.pipe_file(staged, data)
+        self._put(staged, data)
         return staged
+
+    def _put(self, path: str, data: bytes) -> None:
+        """Write `data` whole at `path`, not yet visible to readers (fsync'd locally)."""
+        if self.is_local:
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+            write_synced(path, data)
+        else:
+            self.filesystem.pipe_file(path, data)
 
     def staging_path(self, run_id: str, name: str) -> str:
         """A new path under `_tmp/<run_id>/` for a file to be committed as `name`."""
@@ -337,12 +356,7 @@ class Output:
             return
         staged = self.staging_path(lock.run_id, posixpath.basename(target))
         os.makedirs(posixpath.dirname(staged), exist_ok=True)
-        try:
-            os.link(source, staged)
-        except OSError:
-            shutil.copyfile(source, staged)
-            with open(staged, "rb+") as stream:
-                os.fsync(stream.fileno())
+        link_or_copy(source, staged)
         self.move(staged, target, lock)
 
     def write(self, final: str, data: bytes, lock: Fence, stage_as: str) -> None:
@@ -350,21 +364,29 @@ class Output:
         self.commit(self.stage(data, lock.run_id, stage_as), final, lock)
 
     def clear_staging(self, run_id: str) -> None:
-        """Remove what run `run_id` staged and did not commit (only that run's own files)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.filesystem.rm(self.path(TMP_DIR, run_id), recursive=True)
+        """Remove what run `run_id` staged and did not commit (only that run's own files), and
+        the folders it rebuilt or swapped out (`swap_staging`)."""
+        folders = [self.path(TMP_DIR, run_id)]
+        folders += [self.swap_staging(run_id)] if self.is_local else []
+        for folder in folders:
+            with contextlib.suppress(FileNotFoundError):
+                self.filesystem.rm(folder, recursive=True)
+        self._remove_empty_swap_staging()
 
     def clear_dead_staging(self, lock: Fence) -> int:
-        """Remove what other runs staged and never committed: they are dead, since this run
-        holds the lock. Each run's folder is removed inside a fence (a holder paused past its
-        lease removes nothing). Returns how many folders went."""
+        """Finish the merges that earlier holders left half done (`finish_merges`), then remove
+        what other runs staged and never committed: they are dead, since this run holds the
+        lock. Each run's folder is removed inside a fence (a holder paused past its lease
+        removes nothing). Returns how many folders went."""
+        self.finish_merges(lock)
         removed = 0
-        for path in self._staging_folders():
+        for path in self._staging_folders() + self._swap_folders():
             if posixpath.basename(path) == lock.run_id:
                 continue
             with lock.fenced() as lease:
                 self._remove_tree(path, lease)
             removed += 1
+        self._remove_empty_swap_staging()
         return removed
 
     def _staging_folders(self) -> list[str]:
@@ -372,6 +394,16 @@ class Output:
             return [entry["name"] for entry in self.filesystem.ls(self.path(TMP_DIR), detail=True)]
         except FileNotFoundError:
             return []
+
+    def _swap_folders(self) -> list[str]:
+        if not self.is_local or not os.path.isdir(self.swap_staging()):
+            return []
+        return [entry.path for entry in os.scandir(self.swap_staging())]
+
+    def _remove_empty_swap_staging(self) -> None:
+        if self.is_local:
+            with contextlib.suppress(OSError):  # absent, or another run's folder is in it
+                os.rmdir(self.swap_staging())
 
     def _remove_tree(self, path: str, lease: Lease) -> None:
         if self.is_s3:
@@ -381,19 +413,24 @@ class Output:
             self.filesystem.rm(path, recursive=True)
 
     def _fenced_copy(self, source: str, target: str, lock: Fence) -> None:
-        """One server-side copy inside a fence: sent once, abandoned when the lease ends, and
-        retried (transient failures only) through a new fence check."""
+        """One server-side copy inside a fence (`_fenced_request`)."""
+        what = f"copying {source} to {target}"
+        self._fenced_request(what, lambda lease: self._copy(source, target, lease), lock)
+
+    def _fenced_request(self, what: str, request: Callable[[Lease], None], lock: Fence) -> None:
+        """One request inside a fence: sent once, abandoned when the lease ends, and retried
+        (transient failures only) through a new fence check."""
         for attempt in range(1, FENCED_ATTEMPTS + 1):
             with lock.fenced() as lease:
                 try:
-                    self._copy(source, target, lease)
+                    request(lease)
                     return
                 except (FileNotFoundError, PermissionError):
                     raise
                 except OSError as error:
                     if attempt == FENCED_ATTEMPTS:
                         raise
-                    log.warning("copying %s to %s failed (%s): again", source, target, error)
+                    log.warning("%s failed (%s): again", what, error)
 
     def _copy(self, source: str, target: str, lease: Lease) -> None:
         if not self.is_s3:
@@ -416,6 +453,134 @@ class Output:
         if self._single_attempt is None:
             self._single_attempt = storage.single_attempt_s3(self.storage_options)
         return self._single_attempt
+
+    # Compaction: deleting files, merges recorded before they start, folders swapped whole
+
+    def delete(self, paths: list[str], lock: Fence) -> None:
+        """Remove committed files (those already gone are skipped), fenced by `lock`: locally
+        all under one fence (then their folders synced); on S3 in one DeleteObjects request per
+        1,000 files, each sent as `_fenced_request` sends it."""
+        if self.is_local:
+            with lock.fenced():
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            for folder in sorted({posixpath.dirname(path) for path in paths}):
+                sync_directory(folder)
+            return
+        for start in range(0, len(paths), DELETES_PER_REQUEST):
+            batch = paths[start : start + DELETES_PER_REQUEST]
+            what = f"deleting {len(batch)} files"
+            self._fenced_request(what, functools.partial(self._delete, batch), lock)
+
+    def _delete(self, paths: list[str], lease: Lease) -> None:
+        keys = [self.filesystem.split_path(path) for path in paths]
+        single = self._single_attempt_filesystem()
+        answer = lease.run(
+            lambda: single._call_s3(
+                "delete_objects",
+                Bucket=keys[0][0],
+                Delete={"Objects": [{"Key": key} for _, key, _ in keys], "Quiet": True},
+            ),
+            single.loop,
+        )
+        if answer.get("Errors"):
+            error = answer["Errors"][0]
+            raise PermissionError(f"{error.get('Key')}: {error.get('Code')} {error.get('Message')}")
+
+    def record_merge(self, run_id: str, sources: list[str], merged: str) -> str:
+        """Record, under `_tmp/<run_id>/merges/`, that the data files `sources` are being
+        merged into `merged`, before `merged` is committed; returns the record's path. Where
+        the merge stops halfway, the next holder of the lock finishes it (`finish_merges`)."""
+        path = self.path(TMP_DIR, run_id, MERGES_DIR, posixpath.basename(merged) + ".json")
+        self._put(path, json.dumps({"merged": merged, "sources": sources}).encode())
+        return path
+
+    def finish_merges(self, lock: Fence) -> int:
+        """Finish the merges recorded (`record_merge`) and never completed, by any earlier
+        holder: where the merged file was committed, the sources still there are deleted
+        (fenced); where it was not, the sources still hold the rows. Either way the record
+        goes. Returns how many merges were finished."""
+        finished = 0
+        for path in sorted(self.filesystem.glob(self.path(TMP_DIR, "*", MERGES_DIR, "*.json"))):
+            with self.filesystem.open(path, "rb") as stream:
+                merge = json.load(stream)
+            if self.filesystem.exists(merge["merged"]):
+                left = [source for source in merge["sources"] if self.filesystem.exists(source)]
+                if left:
+                    self.delete(left, lock)
+                finished += 1
+                log.warning(
+                    "finished a merge that an earlier compaction left half done: %d files "
+                    "deleted, their rows are in %s",
+                    len(left),
+                    self.uri_of(merge["merged"]),
+                )
+            self.filesystem.rm_file(path)
+        return finished
+
+    def swap_staging(self, run_id: str | None = None) -> str:
+        """Where run `run_id` rebuilds the data folders it swaps in (`rebuild_folder`), on a
+        local output: beside it, in `.<name>._swap/<run_id>/` (on the same filesystem as the
+        output's real path), outside the tree that readers glob."""
+        real = os.path.realpath(self.root)
+        swap = posixpath.join(posixpath.dirname(real), f".{posixpath.basename(real)}{SWAP_SUFFIX}")
+        return posixpath.join(swap, run_id) if run_id else swap
+
+    def swap_unsupported(self, run_id: str) -> str | None:
+        """Why `swap_folder` cannot work on this local output (None: it can), found by
+        exchanging two empty folders: one in `_tmp/<run_id>/`, one in `swap_staging(run_id)`."""
+        probes = [
+            self.path(TMP_DIR, run_id, "swap-probe"),
+            posixpath.join(self.swap_staging(run_id), "swap-probe"),
+        ]
+        try:
+            for probe in probes:
+                os.makedirs(probe, exist_ok=True)
+            exchange(*probes)
+        except OSError as error:  # no exchange here, or no folder beside the output
+            return f"{error.strerror}{f': {error.filename}' if error.filename else ''}"
+        finally:
+            for probe in probes:
+                with contextlib.suppress(OSError):
+                    os.rmdir(probe)
+        return None
+
+    def rebuild_folder(
+        self, folder: str, dropped: set[str], added: Iterable[tuple[str, bytes]], run_id: str
+    ) -> str:
+        """A new version of the local data folder `folder`, built in `swap_staging(run_id)`
+        for `swap_folder`: each of its files but those named in `dropped` hard-linked (copied
+        and fsync'd where the disk has no links), each (name, bytes) of `added` written and
+        fsync'd, its permissions; synced. Returns its path. `ConfigError` where `folder` holds
+        anything but files."""
+        rebuilt = posixpath.join(self.swap_staging(run_id), posixpath.relpath(folder, self.root))
+        with contextlib.suppress(FileNotFoundError):  # a try of this run's that stopped
+            shutil.rmtree(rebuilt)
+        os.makedirs(rebuilt)
+        for entry in os.scandir(folder):
+            if not entry.is_file(follow_symlinks=False):
+                raise ConfigError(
+                    f"{entry.path}: a data folder holds something other than files, so it cannot "
+                    "be rebuilt and swapped whole; move it out of the output"
+                )
+            if entry.name not in dropped:
+                link_or_copy(entry.path, posixpath.join(rebuilt, entry.name))
+        for name, data in added:
+            write_synced(posixpath.join(rebuilt, name), data)
+        os.chmod(rebuilt, stat.S_IMODE(os.stat(folder).st_mode))
+        sync_directory(rebuilt)
+        return rebuilt
+
+    def swap_folder(self, rebuilt: str, folder: str, lock: Fence) -> None:
+        """Put the folder `rebuilt` (`rebuild_folder`) in the place of the data folder
+        `folder` in one atomic exchange, fenced by `lock`; `rebuilt` then holds the old folder
+        (`clear_staging` removes it). A reader lists the old folder or the new one, never both
+        or neither."""
+        with lock.fenced():
+            exchange(rebuilt, folder)
+        sync_directory(posixpath.dirname(folder))
+        sync_directory(posixpath.dirname(rebuilt))
 
     # Run reports
 
@@ -466,6 +631,25 @@ class Unlocked:
 
     def fenced(self) -> contextlib.AbstractContextManager[Lease]:
         return contextlib.nullcontext(Lease(ends_at=None))
+
+
+def write_synced(path: str, data: bytes) -> None:
+    """Write `data` to the local file `path` and fsync it."""
+    with open(path, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """A hard link to the local file `source` at `target`; a copy, fsync'd, where the disk
+    has no links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+        with open(target, "rb+") as stream:
+            os.fsync(stream.fileno())
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import posixpath
 from collections import Counter
 from dataclasses import dataclass
 
@@ -88,11 +89,22 @@ class FileWriter:
         return pa.Table.from_arrays(columns, names=self.schema.names + passthrough)
 
     def final_path(self, table: pa.Table) -> str:
-        ids = "\n".join(sorted(table.column("video_id").to_pylist()))
-        digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
-        # Hive-style `name=value` folders: every row of this run has the run's values.
+        return posixpath.join(self.folder, file_name(self.run_id, table.column("video_id")))
+
+    @property
+    def folder(self) -> str:
+        """Where this run's files go: Hive-style `name=value` folders, every row of the run
+        having the run's values."""
         folders = [f"{name}={value}" for name, value in self.partition_values.items()]
-        return self.output.path(*folders, f"part-{self.run_id}-{digest}.parquet")
+        return self.output.path(*folders)
+
+
+def file_name(run_id: str, video_ids: pa.ChunkedArray | pa.Array) -> str:
+    """A data file's name: `part-<run_id>-<digest>.parquet`, the digest of the video ids in it
+    (so a retried task writes the same file again, not a second one)."""
+    ids = "\n".join(sorted(video_ids.to_pylist()))
+    digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
+    return f"part-{run_id}-{digest}.parquet"
 
 
 def commit_staged(

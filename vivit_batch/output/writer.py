@@ -7,6 +7,8 @@
   (`--new-version`), the identity written.
 - `commit(staged)`: one staged file made visible under the lock; the rows of videos the run
   relabels take the place of their old rows (`replacing`). Its statistics add to `stats`.
+- `compact(section)`: `output.compact_after_files`, after the last commit: the folder the run's
+  files went to compacted when it holds too many small files (`compaction`).
 - `finish(report)`: the run report written, the run's own staging cleared.
 
 Every write goes through the run's lock (`Fence`); the job only wires the stages to this.
@@ -17,6 +19,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from vivit_batch.config import OutputSection
+from vivit_batch.output.compaction import compact_after_run
 from vivit_batch.output.dataset import Fence, Output
 from vivit_batch.output.replacing import Relabelled
 from vivit_batch.output.runs import RunReport, WriteStats
@@ -54,6 +58,12 @@ class RunWriter:
         """Commit one file `files` staged (a row of its output)."""
         self.start()
         self.stats.add(commit_staged(self.output, self.lock, staged, self.relabelled))
+
+    def compact(self, section: OutputSection) -> None:
+        """Compact the folder this run's files went to, if it committed any (`section`:
+        `compact_after_files` and the settings it goes with)."""
+        if self.stats.files:
+            compact_after_run(self.output, self.lock, section, self.files.folder)
 
     def finish(self, report: RunReport) -> None:
         self.start()
