@@ -173,6 +173,16 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture
+def proxy(s3_server):
+    """A proxy in front of the S3 server that records every request (see `FaultyProxy`)."""
+    from tests.helpers.s3 import FaultyProxy
+
+    counting = FaultyProxy(s3_server.port)
+    yield counting
+    counting.stop()
+
+
 @dataclass
 class MotionOutput:
     """An output of real embeddings (see `motion_output`) and how it was labelled."""

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +44,16 @@ class S3Server:
             secret=SECRET_KEY,
             skip_instance_cache=True,
         )
+
+    def put_objects(self, bucket: str, keys: Iterable[str], body: bytes = b"") -> None:
+        """Objects written straight into the server's store: thousands a second, where a PUT
+        over HTTP takes about 6 ms (for listings of many objects)."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        store = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        for key in keys:
+            store.put_object(bucket, key, body)
 
     def stop(self) -> None:
         self.server.stop()

@@ -3,14 +3,13 @@ one listing per run, whose sizes, ETags and modification times stand in for a HE
 
 from __future__ import annotations
 
-import json
-
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers.s3 import FaultyProxy, tally
+from tests.helpers.s3 import tally
 from vivit_batch.config import ManifestSection, StorageSection
-from vivit_batch.manifest import listing_table, scan_manifest, with_ids
+from vivit_batch.manifest import remove_listing, scan_manifest, with_ids
 from vivit_batch.output import RESERVED_COLUMNS
 from vivit_batch.source_versions import changed_ids
 from vivit_batch.storage import storage_options
@@ -32,13 +31,6 @@ def bucket(tmp_path_factory, s3_server):
     return fs
 
 
-@pytest.fixture
-def proxy(s3_server):
-    counting = FaultyProxy(s3_server.port)
-    yield counting
-    counting.stop()
-
-
 def test_scanning_a_prefix_lists_once_and_keeps_each_version(bucket, proxy):
     options = storage_options(StorageSection(endpoint_url=proxy.endpoint_url))
     section = ManifestSection(f"s3://{BUCKET}/raw/")
@@ -47,7 +39,8 @@ def test_scanning_a_prefix_lists_once_and_keeps_each_version(bucket, proxy):
     assert tally(proxy.requests, BUCKET) == {("LIST", "raw/"): 1}
 
     assert summary.listing is not None
-    listing = listing_table(json.loads(json.dumps(summary.listing)))  # as the driver gets it
+    listing = pq.read_table(summary.listing)  # the file the run reads
+    remove_listing(summary.listing)
     info = bucket.info(f"{BUCKET}/raw/v3.mp4")
     [v3] = [row for row in listing.to_pylist() if row["uri"] == f"s3://{BUCKET}/raw/v3.mp4"]
     assert v3["source_etag"] == info["ETag"] and v3["source_size"] == info["size"]

@@ -15,7 +15,7 @@ from vivit_batch.errors import UsageError
 from vivit_batch.job.cluster import off_gpu_nodes
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
-from vivit_batch.manifest import base_directory, listing_table, read_dataset, with_ids
+from vivit_batch.manifest import base_directory, read_dataset, schema_of, with_ids
 from vivit_batch.output import FileWriter, WholeVideos
 from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
@@ -175,13 +175,15 @@ def manifest_with_ids(job: PreparedJob, skip: pa.Array | None = None) -> ray.dat
 
 
 def read_manifest_dataset(job: PreparedJob) -> ray.data.Dataset:
-    """The manifest's rows; a directory, glob or prefix from the scan's listing (not listed
-    again: its versions stand in for a HEAD per video)."""
-    listing = job.manifest.listing
+    """The manifest's rows; a directory, glob or prefix from the scan's listing file (not
+    listed again: its versions stand in for a HEAD per video), a JSON Lines file parsed to the
+    scan's schema."""
+    scanned = job.manifest
     return read_dataset(
         job.config.manifest,
         job_storage_options(job.config),
-        None if listing is None else listing_table(listing),
+        scanned.listing,
+        None if scanned.schema is None else schema_of(scanned.schema),
         num_cpus=0,
         tasks=LIGHT_TASKS,
     )

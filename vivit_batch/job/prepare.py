@@ -4,12 +4,11 @@ and holds rows of this model or none. Raises `ConfigError` or `CheckpointError` 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
-import pickle
 import subprocess
-import sys
 from dataclasses import dataclass, field, replace
 
 from vivit_batch import storage
@@ -17,7 +16,8 @@ from vivit_batch.calibration import Calibration
 from vivit_batch.config import JobConfig, ManifestSection, require_job_inputs
 from vivit_batch.errors import ConfigError
 from vivit_batch.job.resources import plans_from_costs
-from vivit_batch.manifest import ManifestSummary
+from vivit_batch.manifest import ManifestSummary, remove_listing
+from vivit_batch.manifest import __main__ as scan_process
 from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
 from vivit_batch.output import RESERVED_COLUMNS, Output
 from vivit_batch.processor import PREPROCESSOR_FILES, ProcessorConfig
@@ -126,10 +126,11 @@ def scan_apart(
     section: ManifestSection, reserved_columns: frozenset[str], options: dict
 ) -> ManifestSummary:
     """`scan_manifest` in a child process (`python -m vivit_batch.manifest`): the driver keeps
-    none of its memory."""
+    none of its memory. A listing file it wrote is removed when this process ends (the run
+    reads it until then)."""
     scan = subprocess.run(
-        [sys.executable, "-m", "vivit_batch.manifest"],
-        input=pickle.dumps((section, sorted(reserved_columns), options)),
+        scan_process.COMMAND,
+        input=scan_process.request(section, reserved_columns, options),
         capture_output=True,
         check=False,
     )
@@ -138,7 +139,10 @@ def scan_apart(
             f"the manifest scan failed (exit code {scan.returncode}): "
             + scan.stderr.decode(errors="replace")[-2000:]
         )
-    return ManifestSummary(**json.loads(scan.stdout))
+    summary = scan_process.summary_from(scan.stdout)
+    if summary.listing:
+        atexit.register(remove_listing, summary.listing)
+    return summary
 
 
 def check_identity(job: PreparedJob, recorded: dict | None) -> None:

@@ -1,7 +1,8 @@
 """`python -m vivit_batch.manifest`: `scan_manifest` in a process of its own, so that the driver
 keeps none of the scan's memory (a set of id hashes as long as the manifest). Reads (section,
-reserved columns, storage options) pickled on stdin, from the driver that started it; writes the
-`ManifestSummary` as JSON on stdout. See `vivit_batch.job.prepare.scan_apart`."""
+reserved columns, storage options) pickled on stdin (`request`), from the driver that started it
+(`COMMAND`); writes the `ManifestSummary` as JSON on stdout (`summary_from`). See
+`vivit_batch.job.prepare.scan_apart`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,18 @@ import sys
 from vivit_batch.config import ManifestSection
 from vivit_batch.errors import ConfigError
 from vivit_batch.manifest.check import ManifestSummary, scan_manifest
+
+COMMAND = [sys.executable, "-m", "vivit_batch.manifest"]
+
+
+def request(section: ManifestSection, reserved: frozenset[str], options: dict | None) -> bytes:
+    """What the scan process reads on stdin."""
+    return pickle.dumps((section, sorted(reserved), options))
+
+
+def summary_from(reply: bytes) -> ManifestSummary:
+    """The summary the scan process wrote on stdout."""
+    return ManifestSummary(**json.loads(reply))
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ import pyarrow.compute as pc
 
 from vivit_batch import storage
 from vivit_batch.config import ManifestSection
+from vivit_batch.manifest.json_lines import schema_text
+from vivit_batch.manifest.listing import ListingFile
 from vivit_batch.manifest.read import (
     base_directory,
     batches,
-    list_videos,
-    listing_columns,
     manifest_format,
     output_names,
     supported_schemes,
@@ -42,10 +42,13 @@ class ManifestSummary:
     rows: int = 0
     columns: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    listing: dict[str, list] | None = None
-    """A directory, glob or prefix manifest's videos with their versions, as the scan listed
-    them, in plain values (`listing_columns`; the summary travels as JSON): the run reads them
-    rather than listing again."""
+    listing: str | None = None
+    """A directory, glob or prefix manifest's listing: the local Parquet file the scan wrote
+    its videos to, with their versions (`listing.ListingFile`), which the run reads rather
+    than listing again; whoever holds the summary removes it (`listing.remove_listing`)."""
+    schema: str | None = None
+    """A JSON Lines manifest's columns and types over all its rows (`json_lines.schema_text`):
+    what the run's reads parse each row to, as the scan did."""
     first_uris: list[str] = field(default_factory=list)
     """the first `SAMPLE_VIDEOS` videos' URIs, resolved: what the costs are measured on"""
 
@@ -54,22 +57,44 @@ def scan_manifest(
     section: ManifestSection, reserved_columns: set[str], options: dict | None = None
 ) -> ManifestSummary:
     """One streaming pass: parse errors and URI schemes, column checks, empty manifest, empty
-    URIs, duplicate ids (with their rows), cells over `max_cell_bytes` (with row and column)."""
-    summary = ManifestSummary()
+    URIs, duplicate ids (with their rows), cells over `max_cell_bytes` (with row and column).
+    A directory, glob or prefix is listed into a listing file as it streams by
+    (`ManifestSummary.listing`; removed here if the manifest has problems)."""
     if not supported_uri(section.uri, section.allow_http):
-        summary.problems.append(
-            f"manifest {section.uri}: unsupported URI scheme. {supported_schemes(section)}"
-        )
-        return summary
+        problem = f"manifest {section.uri}: unsupported URI scheme. {supported_schemes(section)}"
+        return ManifestSummary(problems=[problem])
     fmt = manifest_format(section, options)
+    listing = ListingFile() if fmt == "videos" else None
+    try:
+        summary = _scan(section, fmt, reserved_columns, options, listing)
+    except BaseException:
+        if listing:
+            listing.remove()
+        raise
+    if listing and summary.problems:
+        listing.remove()
+    elif listing:
+        listing.close()
+        summary.listing = listing.path
+    return summary
+
+
+def _scan(
+    section: ManifestSection,
+    fmt: str,
+    reserved_columns: set[str],
+    options: dict | None,
+    listing: ListingFile | None,
+) -> ManifestSummary:
+    summary = ManifestSummary()
     base = base_directory(section)
     first_row_of: dict[bytes, str] = {}
     duplicates, empty, unsupported, oversized = [], [], [], []
-    listing = list_videos(section.uri, options) if fmt == "videos" else None
     try:
         for offset, batch in batches(section.uri, fmt, options, listing):
             if not summary.columns:
                 summary.columns = batch.column_names
+                summary.schema = schema_text(batch.schema) if fmt == "jsonl" else None
                 summary.problems += _column_problems(
                     section.uri,
                     output_names(batch.column_names, section.column_prefix),
@@ -109,8 +134,6 @@ def scan_manifest(
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         summary.problems.append(_parse_problem(section.uri, fmt, error, options))
         return summary
-    if listing is not None:
-        summary.listing = listing_columns(listing)
     if summary.rows == 0:
         summary.problems.append(f"manifest {section.uri} has no rows: nothing to label")
     if empty:

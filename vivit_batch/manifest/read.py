@@ -1,6 +1,6 @@
 """Reading manifests: their format, their rows as Arrow batches (streamed here, or as a Ray
 Data dataset), URIs resolved and ids assigned. `FORMATS` is the one place that knows how each
-format is read, both ways.
+format is read, both ways; a listing's are in `listing`.
 
 A manifest is a CSV, JSONL, Parquet or text file (one URI per line) with a `uri` column and an
 optional `video_id`, or a directory, glob or prefix of videos. Relative URIs resolve against the
@@ -10,41 +10,30 @@ manifest's location.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import posixpath
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from vivit_batch import storage
 from vivit_batch.config import ManifestSection
 from vivit_batch.errors import ConfigError
-from vivit_batch.output.schema import VERSION_COLUMNS
-from vivit_batch.redact import unsigned_uri
-from vivit_batch.source_versions import version_of
-
-VIDEO_EXTENSIONS = (
-    ".mp4",
-    ".m4v",
-    ".mov",
-    ".mkv",
-    ".webm",
-    ".avi",
-    ".ts",
-    ".mts",
-    ".mpg",
-    ".mpeg",
-    ".flv",
-    ".wmv",
-    ".3gp",
-    ".ogv",
+from vivit_batch.manifest import json_lines
+from vivit_batch.manifest.listing import (
+    VIDEO_EXTENSIONS,
+    ListingFile,
+    groups,
+    is_glob,
+    list_videos,
+    listing_dataset,
 )
+from vivit_batch.redact import unsigned_uri
+
 FORMATS_BY_EXTENSION = {
     ".csv": "csv",
     ".jsonl": "jsonl",
@@ -70,7 +59,7 @@ def drop_blank_lines(table: pa.Table) -> pa.Table:
 
 
 def _text_batches(stream: BinaryIO) -> Iterator[pa.RecordBatch]:
-    for lines in _chunks(line.decode() for line in stream):
+    for lines in groups((line.decode() for line in stream), 65536):
         yield from drop_blank_lines(pa.table({"text": lines})).to_batches()
 
 
@@ -78,40 +67,49 @@ def _text_batches(stream: BinaryIO) -> Iterator[pa.RecordBatch]:
 class Format:
     """How one manifest format is read: streamed from a file, and by Ray Data."""
 
-    stream: Callable[[BinaryIO], Iterator[pa.RecordBatch]]
-    ray_reader: str
-    """the `ray.data` function that reads it"""
-    ray_options: dict = field(default_factory=dict)
+    stream: Callable[[BinaryIO], Iterable[pa.RecordBatch]]
+    ray_read: Callable[..., Any]
+    """(uri, schema, **Ray Data's read arguments) -> dataset; `schema` is a JSON Lines file's"""
     then: Callable[[pa.Table], pa.Table] | None = None
     """applied to each block Ray Data reads"""
+
+
+def _by_ray_data(reader: str, **options) -> Callable[..., Any]:
+    """A read by `ray.data.<reader>`, with `options`."""
+
+    def read(uri: str, schema: pa.Schema | None, **arguments):
+        import ray
+
+        return getattr(ray.data, reader)(uri, **options, **arguments)
+
+    return read
+
+
+def _read_json_lines(uri: str, schema: pa.Schema | None, **arguments):
+    from vivit_batch.manifest.json_datasource import read_json_lines
+
+    return read_json_lines(uri, schema, **arguments)
 
 
 FORMATS = {
     "csv": Format(
         lambda stream: pa_csv.open_csv(stream, convert_options=CSV_CONVERT),
-        "read_csv",
-        {"convert_options": CSV_CONVERT},
+        _by_ray_data("read_csv", convert_options=CSV_CONVERT),
     ),
-    "jsonl": Format(
-        lambda stream: pa_json.read_json(stream).to_batches(), "read_json", {"lines": True}
+    "jsonl": Format(json_lines.stream_batches, _read_json_lines),
+    "parquet": Format(
+        lambda stream: pq.ParquetFile(stream).iter_batches(), _by_ray_data("read_parquet")
     ),
-    "parquet": Format(lambda stream: pq.ParquetFile(stream).iter_batches(), "read_parquet"),
-    "txt": Format(_text_batches, "read_text", then=drop_blank_lines),
+    "txt": Format(_text_batches, _by_ray_data("read_text"), then=drop_blank_lines),
 }
-"""Every file format; "videos" (a listing) is read by `list_videos`."""
-LISTING_SCHEMA = pa.schema([("uri", pa.string()), *VERSION_COLUMNS.items()])
-"""A listing's rows: each video with its version as the listing gave it."""
-PLAIN_LISTING_SCHEMA = LISTING_SCHEMA.set(
-    LISTING_SCHEMA.get_field_index("source_modified"), pa.field("source_modified", pa.int64())
-)
-"""The same with times as microseconds since the epoch: every value a JSON value."""
+"""Every file format; "videos" (a listing) is read by `listing.list_videos`."""
 
 
 def manifest_format(section: ManifestSection, options: dict | None = None) -> str:
     if section.format != "auto":
         return section.format
     uri = section.uri.rstrip("/")
-    if section.uri.endswith("/") or _is_glob(uri) or uri.endswith(VIDEO_EXTENSIONS):
+    if section.uri.endswith("/") or is_glob(uri) or uri.endswith(VIDEO_EXTENSIONS):
         return "videos"
     extension = posixpath.splitext(uri)[1].lower()
     if extension in FORMATS_BY_EXTENSION:
@@ -180,40 +178,6 @@ def with_ids(
     return table
 
 
-def list_videos(uri: str, options: dict | None = None) -> pa.Table:
-    """Video files under a directory or prefix, or matching a glob (`LISTING_SCHEMA`): sorted,
-    schemes kept, each with the size, modification time and ETag the listing gives, so that no
-    video needs a request of its own (one paginated LIST on S3)."""
-    filesystem, path = storage.filesystem(uri, options)
-    found = (filesystem.glob if _is_glob(path) else filesystem.find)(path, detail=True)
-    protocol = (
-        filesystem.protocol if isinstance(filesystem.protocol, str) else filesystem.protocol[0]
-    )
-    prefix = "" if storage.is_local(uri) else f"{protocol}://"
-    videos = sorted(
-        (prefix + name, version_of(info))
-        for name, info in found.items()
-        if name.lower().endswith(VIDEO_EXTENSIONS) and info.get("type") != "directory"
-    )
-    columns = {"uri": [uri for uri, _ in videos]}
-    columns |= {name: [version[name] for _, version in videos] for name in VERSION_COLUMNS}
-    return pa.table(columns, schema=LISTING_SCHEMA)
-
-
-def listing_columns(listing: pa.Table) -> dict[str, list]:
-    """A listing as plain values, column by column (it travels as JSON: `ManifestSummary`)."""
-    return listing.cast(PLAIN_LISTING_SCHEMA).to_pydict()
-
-
-def listing_table(columns: dict[str, list]) -> pa.Table:
-    """The listing that `listing_columns` gave as plain values."""
-    return pa.table(columns, schema=PLAIN_LISTING_SCHEMA).cast(LISTING_SCHEMA)
-
-
-def _is_glob(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
-
-
 def supported_uri(uri: str, allow_http: bool = False) -> bool:
     """Whether `uri` is a local path or has a scheme this job reads."""
     if "://" not in uri:
@@ -229,10 +193,10 @@ def supported_schemes(section: ManifestSection) -> str:
 
 
 def batches(
-    uri: str, fmt: str, options: dict | None, listing: pa.Table | None = None
+    uri: str, fmt: str, options: dict | None, listing: ListingFile | None = None
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(row offset, batch) over the manifest, streamed in this process; for a directory, glob
-    or prefix, over the uris of its `listing` (`list_videos`)."""
+    or prefix, over the uris of its listing (written to `listing` as it passes, if given)."""
     offset = 0
     for batch in _record_batches(uri, fmt, options, listing):
         yield offset, batch
@@ -240,10 +204,12 @@ def batches(
 
 
 def _record_batches(
-    uri: str, fmt: str, options: dict | None, listing: pa.Table | None
+    uri: str, fmt: str, options: dict | None, listing: ListingFile | None
 ) -> Iterator[pa.RecordBatch]:
-    if listing is not None:
-        yield from listing.select(["uri"]).to_batches()
+    if fmt == "videos":
+        videos = list_videos(uri, options)
+        for batch in listing.passing(videos) if listing else videos:
+            yield batch.select(["uri"])
         return
     filesystem, path = storage.filesystem(uri, options)
     with filesystem.open(path, "rb") as stream:
@@ -253,31 +219,35 @@ def _record_batches(
 def read_dataset(
     section: ManifestSection,
     options: dict | None,
-    listing: pa.Table | None = None,
+    listing: str | None = None,
+    schema: pa.Schema | None = None,
     *,
     num_cpus: float = 0,
     tasks: int | None = None,
 ):
     """The manifest's rows as a Ray Data dataset (uris as given, no ids yet): a file manifest
-    read by Ray Data, a directory, glob or prefix from its `listing` (`list_videos`: the scan's,
-    so that a run lists once; else listed here). Ray Data's reader and the steps after it take
-    `num_cpus` each and run at most `tasks` at a time (None: as many as Ray Data likes)."""
+    read by Ray Data (a JSON Lines one parsed to `schema`, the scan's, else found here), a
+    directory, glob or prefix from its `listing` file (the scan's, so that a run lists once;
+    else listed here). Ray Data's reader and the steps after it take `num_cpus` each and run
+    at most `tasks` at a time (None: as many as Ray Data likes)."""
     if listing is not None:
         return listing_dataset(listing)
     import ray
 
     fmt = manifest_format(section, options)
     if fmt == "videos":
-        return listing_dataset(list_videos(section.uri, options))
+        return _listed_dataset(section.uri, options)
+    if fmt == "jsonl" and schema is None:
+        filesystem, path = storage.filesystem(section.uri, options)
+        with filesystem.open(path, "rb") as stream:
+            schema = json_lines.file_schema(stream)
     reader = FORMATS[fmt]
-    filesystem = storage.arrow_filesystem(section.uri, options)
-    read = getattr(ray.data, reader.ray_reader)
-    dataset = read(
+    dataset = reader.ray_read(
         section.uri,
-        filesystem=filesystem,
+        schema,
+        filesystem=storage.arrow_filesystem(section.uri, options),
         num_cpus=num_cpus,
         concurrency=tasks,
-        **reader.ray_options,
     )
     if reader.then:
         dataset = dataset.map_batches(
@@ -289,25 +259,13 @@ def read_dataset(
     return dataset
 
 
-def listing_dataset(listing: pa.Table):
-    """The listing as a dataset of as many blocks as Ray Data's own reads make (at least
-    `read_op_min_num_blocks`, at most one per row), so that the decode actors share it."""
-    import ray
-
-    rows = listing.num_rows
-    blocks = min(rows, ray.data.DataContext.get_current().read_op_min_num_blocks) or 1
-    bounds = [rows * block // blocks for block in range(blocks + 1)]
-    return ray.data.from_arrow(
-        [listing.slice(start, end - start) for start, end in itertools.pairwise(bounds)]
-    )
-
-
-def _chunks(lines: Iterator[str], size: int = 65536) -> Iterator[list[str]]:
-    chunk = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _listed_dataset(uri: str, options: dict | None):
+    """A directory, glob or prefix listed now, through a listing file of its own."""
+    listing = ListingFile()
+    try:
+        for _ in listing.passing(list_videos(uri, options)):
+            pass
+        listing.close()
+        return listing_dataset(listing.path)
+    finally:
+        listing.remove()
