@@ -256,9 +256,9 @@ def require_disk(directory: Path, rows: int) -> None:
 def list_prefix(uri: str, options: dict) -> int:
     """The project's listing of a prefix, as the manifest scan calls it; how many videos it
     found. (The one call to adapt when the listing's interface changes.)"""
-    from vivit_batch.manifest.read import list_videos
+    from vivit_batch.manifest.listing import list_videos
 
-    return list_videos(uri, options).num_rows
+    return sum(batch.num_rows for batch in list_videos(uri, options))
 
 
 def listing_child(uri: str, endpoint: str) -> None:
