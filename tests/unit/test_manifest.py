@@ -51,6 +51,18 @@ def test_scan_names_duplicate_rows_and_counts(tmp_path):
     assert "video_id '007' at line 4 (first at line 2)" in problem
 
 
+def test_scan_counts_every_repeat_across_batches_and_names_the_first_ones(tmp_path):
+    manifest = tmp_path / "m.csv"
+    rows = [f"v{row}.mp4,{row % 70_000}" for row in range(100_000)]  # batches of 64k lines
+    manifest.write_text("uri,video_id\n" + "\n".join(rows) + "\nlast.mp4,6\n")
+    [problem] = scan_manifest(ManifestSection(str(manifest)), RESERVED_COLUMNS).problems
+    assert problem.startswith(
+        f"manifest {manifest} has 30001 duplicate video ids: "
+        "video_id '0' at line 70002 (first at line 2); video_id '1' at line 70003"
+    )
+    assert "; and 29991 more." in problem
+
+
 def test_scan_txt_manifest_skips_comments(tmp_path):
     manifest = tmp_path / "m.txt"
     manifest.write_text("# header\n\na.mp4\nb.mp4\n")

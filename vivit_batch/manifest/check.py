@@ -21,6 +21,8 @@ from vivit_batch.config import ManifestSection
 from vivit_batch.manifest.json_lines import schema_text
 from vivit_batch.manifest.listing import ListingFile
 from vivit_batch.manifest.read import (
+    HTTP_SCHEMES,
+    SCHEMES,
     base_directory,
     batches,
     manifest_format,
@@ -88,8 +90,8 @@ def _scan(
 ) -> ManifestSummary:
     summary = ManifestSummary()
     base = base_directory(section)
-    first_row_of: dict[bytes, str] = {}
-    duplicates, empty, unsupported, oversized = [], [], [], []
+    seen = SeenIds()
+    empty, unsupported, oversized = [], [], []
     try:
         for offset, batch in batches(section.uri, fmt, options, listing):
             if not summary.columns:
@@ -112,25 +114,18 @@ def _scan(
             filled = pa.array([u or "" for u in given], pa.string())
             table = table.set_column(table.schema.get_field_index("uri"), "uri", filled)
             resolved = with_ids(table, base, prefix=section.column_prefix)
-            ids = resolved.column("video_id").to_pylist()
             if len(summary.first_uris) < SAMPLE_VIDEOS:
                 uris = resolved.column("uri").to_pylist()
                 sample = [u for u, g in zip(uris, given, strict=True) if (g or "").strip()]
                 summary.first_uris += sample[: SAMPLE_VIDEOS - len(summary.first_uris)]
-            for index, (video_id, uri) in enumerate(zip(ids, given, strict=True)):
-                key = hashlib.blake2b(video_id.encode(), digest_size=12).digest()
-                row = _row_label(fmt, offset + index)
-                if not (uri or "").strip():
-                    empty.append(row)
-                elif not supported_uri(uri.strip(), section.allow_http):
-                    unsupported.append(f"{row}: {uri.strip()!r}")
-                if key in first_row_of:
-                    duplicates.append(
-                        f"video_id {video_id!r} at {row} (first at {first_row_of[key]})"
-                    )
-                else:
-                    first_row_of[key] = row
-            summary.rows += len(ids)
+            trimmed = pc.utf8_trim_whitespace(filled)
+            empty += [_row_label(fmt, offset + row) for row in _rows(pc.equal(trimmed, ""))]
+            unsupported += [
+                f"{_row_label(fmt, offset + row)}: {trimmed[row].as_py()!r}"
+                for row in _rows(_unsupported(trimmed, section.allow_http))
+            ]
+            seen.add(resolved.column("video_id"))
+            summary.rows += batch.num_rows
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         summary.problems.append(_parse_problem(section.uri, fmt, error, options))
         return summary
@@ -153,13 +148,82 @@ def _scan(
             "segment's, in segments mode): keep large data elsewhere and give its key or path "
             "in the manifest, or raise manifest.max_cell_bytes"
         )
-    if duplicates:
+    repeats = seen.repeats()
+    if len(repeats):
+        duplicates = _described_repeats(repeats, section, fmt, options)
         summary.problems.append(
-            f"manifest {section.uri} has {len(duplicates)} duplicate video ids: "
-            f"{_listed(duplicates)}. Each video_id must be unique (drop the repeats or give them "
-            "distinct ids)"
+            f"manifest {section.uri} has {len(repeats)} duplicate video ids: "
+            f"{_listed(duplicates, len(repeats))}. Each video_id must be unique (drop the repeats "
+            "or give them distinct ids)"
         )
     return summary
+
+
+class SeenIds:
+    """Every id of the manifest as a 128-bit hash, 16 bytes a row (not the ids, not a Python
+    object a row): what finds the repeated ids of a manifest of any length."""
+
+    def __init__(self) -> None:
+        self._hashes: list[np.ndarray] = []
+
+    def add(self, ids: pa.ChunkedArray) -> None:
+        digests = b"".join(
+            hashlib.blake2b(video_id.encode(), digest_size=16).digest()
+            for video_id in ids.to_pylist()
+        )
+        self._hashes.append(np.frombuffer(digests, np.uint64).reshape(-1, 2))
+
+    def repeats(self) -> np.ndarray:
+        """(row, first row with the same id) for each row whose id an earlier row has, in row
+        order."""
+        hashes = np.concatenate(self._hashes) if self._hashes else np.empty((0, 2), np.uint64)
+        order = np.lexsort((hashes[:, 1], hashes[:, 0]))  # stable: equal ids in row order
+        ordered = hashes[order]
+        repeat = np.zeros(len(order), bool)
+        repeat[1:] = (ordered[1:] == ordered[:-1]).all(axis=1)
+        positions = np.arange(len(order))
+        first = np.maximum.accumulate(np.where(repeat, 0, positions))
+        pairs = np.stack([order[repeat], order[first[repeat]]], axis=1)
+        return pairs[np.argsort(pairs[:, 0], kind="stable")]
+
+
+def _described_repeats(
+    repeats: np.ndarray, section: ManifestSection, fmt: str, options: dict | None
+) -> list[str]:
+    """'video_id 'x' at line 3 (first at line 2)' for the first `MAX_LISTED_PROBLEMS` repeats:
+    their ids read again from the manifest (a second pass, only when it has repeats)."""
+    listed = repeats[:MAX_LISTED_PROBLEMS]
+    wanted = {int(row) for row in listed[:, 0]}
+    ids: dict[int, str] = {}
+    base = base_directory(section)
+    for offset, batch in batches(section.uri, fmt, options):
+        rows = [row for row in range(offset, offset + batch.num_rows) if row in wanted]
+        if rows:
+            table = pa.Table.from_batches([batch]).take([row - offset for row in rows])
+            table = table.set_column(
+                table.schema.get_field_index("uri"), "uri", pc.fill_null(table["uri"], "")
+            )
+            resolved = with_ids(table, base, prefix=section.column_prefix)
+            ids.update(zip(rows, resolved.column("video_id").to_pylist(), strict=True))
+        if len(ids) == len(wanted):
+            break
+    return [
+        f"video_id {ids[int(row)]!r} at {_row_label(fmt, int(row))} "
+        f"(first at {_row_label(fmt, int(first))})"
+        for row, first in listed
+    ]
+
+
+def _rows(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The positions where `mask` is true."""
+    return np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+
+
+def _unsupported(uris: pa.Array, allow_http: bool) -> pa.Array:
+    """Whether each of `uris` has a scheme this job does not read (`supported_uri`)."""
+    schemes = pc.utf8_lower(pc.list_element(pc.split_pattern(uris, "://", max_splits=1), 0))
+    accepted = pa.array(SCHEMES + (HTTP_SCHEMES if allow_http else ()))
+    return pc.and_(pc.match_substring(uris, "://"), pc.invert(pc.is_in(schemes, accepted)))
 
 
 def _oversized_cells(batch: pa.RecordBatch, limit: int, fmt: str, offset: int) -> list[str]:
@@ -211,8 +275,10 @@ def _filled(counts: pa.Array) -> np.ndarray:
     return counts.fill_null(0).to_numpy().astype(np.int64)
 
 
-def _listed(items: list[str]) -> str:
-    more = len(items) - MAX_LISTED_PROBLEMS
+def _listed(items: list[str], count: int | None = None) -> str:
+    """The first `MAX_LISTED_PROBLEMS` of `items`, and how many more of `count` (all of them:
+    `len(items)`) there are."""
+    more = (len(items) if count is None else count) - MAX_LISTED_PROBLEMS
     return "; ".join(items[:MAX_LISTED_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
 
 
