@@ -1,5 +1,6 @@
 """The driver's decisions without Ray, in milliseconds: resource planning, the output's
-identity, which committed videos a run relabels, and when a source counts as changed."""
+identity, and when a source counts as changed (which committed videos a run relabels:
+test_skip_decision)."""
 
 from __future__ import annotations
 
@@ -22,15 +23,6 @@ from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.source_versions import changed_ids, source_differs, source_version
 from vivit_batch.stages.decode import DecodeStageOptions
-from vivit_batch.work import (
-    Work,
-    all_ids,
-    count_listed,
-    error_ids,
-    relabel_candidates,
-    select_relabelled,
-    without,
-)
 
 
 def plan(
@@ -228,42 +220,6 @@ def test_another_model_is_refused_unless_new_version():
 
 def ids(*values: str) -> pa.Array:
     return pa.array(values, pa.string())
-
-
-COMMITTED = pa.table({"video_id": ids("a", "b", "c"), "status": ["ok", "error", "ok"]})
-
-
-def test_relabel_candidates_by_mode():
-    assert relabel_candidates(COMMITTED, "incremental").to_pylist() == []
-    assert relabel_candidates(COMMITTED, "rerun_errors").to_pylist() == ["b"]
-    assert relabel_candidates(COMMITTED, "force").to_pylist() == ["a", "b", "c"]
-
-
-def test_only_candidates_the_manifest_still_lists_are_relabelled():
-    manifest = pa.table({"video_id": ids("b", "c", "new"), "uri": ["x", "y", "z"]})
-    chosen = select_relabelled(manifest, ids("a", "b"), None, None)
-    assert chosen["video_id"].to_pylist() == ["b"]
-    assert without(all_ids([COMMITTED]), chosen["video_id"]).to_pylist() == ["a", "c"]
-    assert error_ids([COMMITTED]).to_pylist() == ["b"]
-    assert count_listed(manifest, {"count": ids("b", "a")})["count"].to_pylist() == [1]
-
-
-def test_the_work_over_committed_files_skips_keeps_and_relabels_in_place():
-    """A `--rerun-errors` run over two committed files whose manifest lists b, c, d and a new
-    video, with b's source fixed: b's error row is replaced where it is, d's error row is kept,
-    a (no longer listed) and c are skipped."""
-    committed = {
-        "f1": pa.table({"video_id": ids("a", "b"), "status": ["ok", "error"]}),
-        "f2": pa.table({"video_id": ids("c", "d"), "status": ["ok", "error"]}),
-    }
-    manifest = pa.table({"video_id": ids("b", "c", "d", "new"), "uri": ["1", "2", "3", "4"]})
-    work = Work.over(committed, relabel=ids("b"))
-    assert work.skip.to_pylist() == ["a", "c", "d"]
-    assert work.kept_errors.to_pylist() == ["d"]
-    assert work.relabelled.holding(ids("b", "new")) == {"f1": ids("b")}
-    listed = count_listed(manifest, {"skip": work.skip, "kept_errors": work.kept_errors})
-    counted = work.counted(manifest.num_rows, listed.to_pylist()[0])
-    assert (counted.to_label, counted.errors_kept) == (2, 1)  # b and new; d's error stays
 
 
 def versions_table(rows: dict[str, dict]) -> pa.Table:

@@ -37,6 +37,13 @@ from vivit_batch.output.schema import (
     VIEWS,
 )
 from vivit_batch.report import output_stats, run_summary, summary_text
+from vivit_batch.work import (
+    committed_schema,
+    committed_side,
+    decide,
+    relabelled,
+    relabelled_holders,
+)
 
 HIDDEN = 4
 
@@ -112,9 +119,8 @@ def test_partitions_become_folders_and_columns(tmp_path):
 
 def relabel(output: Output, ids: list[str], run_id: str, **writer) -> WriteStats:
     """Commit new rows of `ids` as a relabelling run does: in place of their committed rows."""
-    committed = output.committed(["video_id", "status"])
     partition_by = tuple(writer.get("partition_values", {}))
-    relabelled = Relabelled.locate(committed, pa.array(ids), partition_by)
+    relabelled = located(output, ids, partition_by)
     schema = output_schema(HIDDEN, partition_by)
     rows = labelled_rows(ids, split=run_id)  # the manifest column tells the runs apart
     staged = FileWriter(output, run_id, schema, rows_per_file=10, **writer)(rows)
@@ -122,6 +128,19 @@ def relabel(output: Output, ids: list[str], run_id: str, **writer) -> WriteStats
     for row in staged.to_pylist():
         stats.add(commit_staged(output, Unlocked(run_id), row, relabelled))
     return stats
+
+
+def located(output: Output, ids: list[str], partition_by: tuple[str, ...]) -> Relabelled:
+    """Where the committed rows of `ids` are, as a `--force` run finds them (`work`), the
+    committed files read one by one."""
+    files = output.data_files()
+    schema = committed_schema(refresh_changed=False, segments=False)
+    committed = pa.concat_tables(
+        committed_side(output.file_rows(path, schema), holder) for holder, path in enumerate(files)
+    )
+    listed = pa.table({"video_id": ids, "uri": ids})
+    rows = decide(listed.join(committed, "video_id", join_type="left outer"), "force", False)
+    return relabelled([relabelled_holders(rows)], files, partition_by)
 
 
 def run_of_each(output: Output) -> dict[str, str]:
@@ -194,7 +213,7 @@ def test_a_run_writer_changes_the_output_only_from_its_first_commit(tmp_path):
     output = Output(str(tmp_path / "out"))
     output.stage(b"left by a dead run", "dead-run", "part-x.parquet")
     files = FileWriter(output, "run1", output_schema(HIDDEN), rows_per_file=10)
-    nothing = Relabelled.locate({}, pa.array([], pa.string()))
+    nothing = Relabelled.none()
     writer = RunWriter(output, Unlocked("run1"), files, {"weights_sha256": "ab" * 32}, nothing)
     [staged] = files(labelled_rows(["a", "b"])).to_pylist()
     assert output.read_identity() is None and not output.data_files()

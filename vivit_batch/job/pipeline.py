@@ -1,6 +1,6 @@
 """The job as Ray Data datasets: the manifest with ids, and manifest -> versions -> decode
-actors -> inference actors. Also the light manifest passes that choose the work, and the one
-inference actor `validate` places on the cluster."""
+actors -> inference actors; also the one inference actor `validate` places on the cluster.
+Which manifest rows are labelled is `committed_join`'s."""
 
 from __future__ import annotations
 
@@ -21,13 +21,7 @@ from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
 from vivit_batch.storage import job_storage_options
-from vivit_batch.work import (
-    EMPTY_IDS,
-    all_ids,
-    count_listed,
-    relabel_candidates,
-    select_relabelled,
-)
+from vivit_batch.work import to_label
 
 LIGHT_TASKS = 1
 LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
@@ -39,15 +33,15 @@ CPU second each)."""
 
 
 def build_dataset(
-    job: PreparedJob, resources: Resources, run_id: str, skip: pa.Array | None = None
+    job: PreparedJob, resources: Resources, run_id: str, rows: ray.data.Dataset | None = None
 ) -> ray.data.Dataset:
-    """The pipeline; videos whose ids are in `skip` are left out."""
+    """The pipeline over the manifest's `rows` to label (`Work.rows`; None: all of them)."""
     config = job.config
     # A stage's exception reaches the driver as itself (an inference actor's refusal must end
     # the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context when they
     # are made, so this comes first.
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    dataset = manifest_with_ids(job, skip).map_batches(
+    dataset = manifest_to_label(job, rows).map_batches(
         with_versions,
         fn_kwargs={"options": job.decode.storage_options},
         batch_format="pyarrow",
@@ -79,43 +73,16 @@ def actor_pool(start: int, most: int) -> ray.data.ActorPoolStrategy:
     return ray.data.ActorPoolStrategy(min_size=start, max_size=most)
 
 
-def ids_to_relabel(job: PreparedJob, committed: dict[str, pa.Table]) -> pa.Array:
-    """Committed videos of this manifest that this run labels again (see `work`)."""
-    config = job.config
-    if not committed:
-        return EMPTY_IDS
-    rows = pa.concat_tables(committed.values())
-    candidates = relabel_candidates(rows, config.run.mode)
-    if not len(candidates) and not config.run.refresh_changed:
-        return EMPTY_IDS
-    options = job.decode.storage_options
-    selected = manifest_with_ids(job).map_batches(
-        select_relabelled,
-        fn_kwargs={
-            "candidates": candidates,
-            "recorded": rows if config.run.refresh_changed else None,
-            "options": options,
-        },
-        batch_format="pyarrow",
-        **LIGHT_TASK,
-    )
-    return pa.compute.unique(all_ids(_tables(selected)))
+def manifest_to_label(job: PreparedJob, rows: ray.data.Dataset | None) -> ray.data.Dataset:
+    """The manifest's rows with ids, those of `rows` (`work.decide`'s) the run labels only."""
+    if rows is None:
+        return manifest_with_ids(job)
+    return rows.map_batches(to_label, batch_format="pyarrow", **LIGHT_TASK)
 
 
-def count_in_manifest(job: PreparedJob, **ids: pa.Array) -> dict[str, int]:
-    """How many of the manifest's rows have one of each set of `ids`, by name (one pass over
-    the manifest for all of them, none when they are all empty)."""
-    if not any(len(some) for some in ids.values()):
-        return dict.fromkeys(ids, 0)
-    counts = manifest_with_ids(job).map_batches(
-        count_listed, fn_kwargs={"ids": ids}, batch_format="pyarrow", **LIGHT_TASK
-    )
-    tables = _tables(counts)
-    return {name: sum(int(pa.compute.sum(t[name]).as_py() or 0) for t in tables) for name in ids}
-
-
-def _tables(dataset: ray.data.Dataset) -> list[pa.Table]:
-    return ray.get(dataset.to_arrow_refs())
+def arrow_tables(dataset: ray.data.Dataset) -> list[pa.Table]:
+    """The dataset's blocks that hold rows (an empty one may come without its columns)."""
+    return [table for table in ray.get(dataset.to_arrow_refs()) if table.num_rows]
 
 
 def partition_values(partition_by: tuple[str, ...], started: float) -> dict[str, str]:
@@ -164,11 +131,11 @@ def stage_errors() -> Iterator[None]:
         raise getattr(error, "cause", error) from None
 
 
-def manifest_with_ids(job: PreparedJob, skip: pa.Array | None = None) -> ray.data.Dataset:
-    """The manifest's rows with resolved URIs and ids, less those in `skip`."""
+def manifest_with_ids(job: PreparedJob) -> ray.data.Dataset:
+    """The manifest's rows with resolved URIs and ids."""
     return read_manifest_dataset(job).map_batches(
         with_ids,
-        fn_kwargs={**id_options(job), "skip": skip},
+        fn_kwargs=id_options(job),
         batch_format="pyarrow",
         **LIGHT_TASK,
     )
@@ -199,7 +166,7 @@ def id_options(job: PreparedJob) -> dict:
 
 def first_rows(job: PreparedJob, count: int) -> pa.Table:
     """The manifest's first `count` rows, with ids, as the decode stage receives them."""
-    table = pa.concat_tables(_tables(read_manifest_dataset(job).limit(count)))
+    table = pa.concat_tables(arrow_tables(read_manifest_dataset(job).limit(count)))
     return with_ids(table, **id_options(job))
 
 

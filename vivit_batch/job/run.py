@@ -19,14 +19,8 @@ import ray
 from vivit_batch.config import RunSection
 from vivit_batch.errors import LockLost
 from vivit_batch.job.cluster import cluster_shape
-from vivit_batch.job.pipeline import (
-    build_dataset,
-    count_in_manifest,
-    ids_to_relabel,
-    partition_values,
-    stage_errors,
-    staged_files,
-)
+from vivit_batch.job.committed_join import decided_work
+from vivit_batch.job.pipeline import build_dataset, partition_values, stage_errors, staged_files
 from vivit_batch.job.prepare import (
     PreparedJob,
     check_identity,
@@ -56,7 +50,7 @@ from vivit_batch.output import (
     output_schema,
 )
 from vivit_batch.redact import redact
-from vivit_batch.work import Work, committed_columns
+from vivit_batch.work import Work
 
 log = logging.getLogger("vivit_batch")
 
@@ -83,7 +77,7 @@ def run_job(job: PreparedJob) -> RunReport:
             resources.describe(),
         )
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
-        dataset = build_dataset(job, resources, run_id, work.skip)
+        dataset = build_dataset(job, resources, run_id, work.rows)
         writer = RunWriter(
             output,
             lock,
@@ -210,11 +204,9 @@ def choose_work(job: PreparedJob, output: Output) -> Work:
     """Which committed videos the run skips, and where the rows of those it relabels are (they
     are replaced in place as it commits). Only reads the output."""
     archive = identity_to_archive(job, output)
-    columns = committed_columns(job.config.run.refresh_changed)
-    committed = {} if archive is not None else output.committed(columns)
-    work = Work.over(committed, ids_to_relabel(job, committed), job.partition_by, archive)
-    listed = count_in_manifest(job, kept_errors=work.kept_errors, skip=work.skip)
-    return work.counted(job.manifest.rows, listed)
+    if archive is not None:  # its rows move aside: the whole manifest is labelled
+        return Work.fresh(job.manifest.rows, archive)
+    return decided_work(job, output)
 
 
 def write_rows(

@@ -156,12 +156,9 @@ def output_names(columns: list[str], prefix: str | None) -> list[str]:
     return [name if name in ("uri", "video_id") else f"{prefix or ''}{name}" for name in columns]
 
 
-def with_ids(
-    table: pa.Table, base: str, skip: pa.Array | None = None, prefix: str | None = None
-) -> pa.Table:
+def with_ids(table: pa.Table, base: str, prefix: str | None = None) -> pa.Table:
     """Resolve `uri` and fill `video_id` (string) for one block of manifest rows, the other
-    columns renamed behind `prefix`; rows whose id is in `skip` (already committed) are
-    dropped."""
+    columns renamed behind `prefix`."""
     table = table.rename_columns(output_names(table.column_names, prefix))
     uris = [resolve_uri(u, base) for u in table.column("uri").to_pylist()]
     if "video_id" in table.column_names:
@@ -172,10 +169,7 @@ def with_ids(
         ids = [video_id_for(u) for u in uris]
     uri_index = table.schema.get_field_index("uri")
     table = table.set_column(uri_index, "uri", pa.array(uris, pa.string()))
-    table = table.add_column(0, "video_id", pa.array(ids, pa.string()))
-    if skip is not None and len(skip):
-        table = table.filter(pa.compute.invert(pa.compute.is_in(table["video_id"], skip)))
-    return table
+    return table.add_column(0, "video_id", pa.array(ids, pa.string()))
 
 
 def supported_uri(uri: str, allow_http: bool = False) -> bool:

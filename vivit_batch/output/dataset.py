@@ -213,10 +213,6 @@ class Output:
 
     # Committed rows
 
-    def committed(self, columns: list[str]) -> dict[str, pa.Table]:
-        """Each committed data file's `columns` (see `each_file`); empty for a new output."""
-        return dict(self.each_file(columns))
-
     def each_file(
         self, columns: list[str], where: ds.Expression | None = None
     ) -> Iterator[tuple[str, pa.Table]]:
@@ -229,6 +225,12 @@ class Output:
                 fragment.path,
                 fragment.to_table(schema=dataset.schema, columns=columns, filter=where),
             )
+
+    def file_rows(self, path: str, schema: pa.Schema) -> pa.Table:
+        """The rows of the data file at `path` in `schema`'s columns (typed nulls where the file
+        lacks one): one file read on its own, by a task."""
+        files = ds.dataset(path, schema=schema, filesystem=self.filesystem, format="parquet")
+        return files.to_table()
 
     def dataset(self) -> ds.Dataset:
         """The committed rows as readers see them, with every file's columns (null where a file

@@ -31,25 +31,13 @@ class Relabelled:
     holders: pa.Array
     """for each id, the index in `files` of the committed file holding its rows"""
     files: list[str]
+    """committed data files (those of the output, or only those holding relabelled rows)"""
     partition_by: tuple[str, ...] = ()
 
     @classmethod
-    def locate(
-        cls, committed: dict[str, pa.Table], relabel: pa.Array, partition_by: tuple[str, ...] = ()
-    ) -> Relabelled:
-        """The files of `committed` (path -> its rows' ids) holding rows of `relabel`."""
-        ids: list[pa.Array] = []
-        holders: list[pa.Array] = []
-        files: list[str] = []
-        for path, rows in committed.items():
-            found = pc.unique(rows["video_id"].filter(pc.is_in(rows["video_id"], relabel)))
-            if len(found):
-                ids.append(found)
-                holders.append(pa.array([len(files)] * len(found), pa.int32()))
-                files.append(path)
-        if not files:
-            return cls(pa.array([], pa.string()), pa.array([], pa.int32()), [], partition_by)
-        return cls(pa.concat_arrays(ids), pa.concat_arrays(holders), files, partition_by)
+    def none(cls, partition_by: tuple[str, ...] = ()) -> Relabelled:
+        """No video relabelled."""
+        return cls(pa.array([], pa.string()), pa.array([], pa.int32()), [], partition_by)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -32,7 +32,7 @@ from vivit_batch.output.schema import (
     VIEWS,
 )
 
-NOTHING_RELABELLED = Relabelled.locate({}, pa.array([], pa.string()))
+NOTHING_RELABELLED = Relabelled.none()
 STAGED_SCHEMA = pa.schema([("staged", pa.string()), ("final", pa.string()), ("stats", pa.string())])
 
 
