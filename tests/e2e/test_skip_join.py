@@ -73,7 +73,7 @@ def test_the_join_decides_over_several_partitions(
     assert (work.to_label, work.errors_kept) == (5 + len(relabelled), errors_kept)
     assert sorted(work.relabelled.ids.to_pylist()) == relabelled
     assert len({holder_of(output, work, v) for v in relabelled}) == min(len(relabelled), 3)
-    rows = pa.concat_tables(arrow_tables(manifest_to_label(job, work.rows)))
+    rows = pa.concat_tables(arrow_tables(manifest_to_label(job, work)))
     assert sorted(rows["video_id"].to_pylist()) == sorted(LISTED[20:] + relabelled)
     assert rows.column_names == ["video_id", "uri"]
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from vivit_batch.job.committed_join import MIN_PARTITIONS, ROWS_PER_PARTITION, join_partitions
 from vivit_batch.output import Output
 from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.source_versions import source_version
@@ -173,3 +174,13 @@ def test_skipped_rows_leave_the_decision_and_large_strings_come_back_plain():
     rows = decide(joined, "incremental", False)
     assert rows["video_id"].to_pylist() == ["kept"] and rows[ACTION].to_pylist() == ["keep_error"]
     assert plain_strings(joined).schema.field("uri").type == pa.string()
+
+
+@pytest.mark.parametrize("rows", [1_000, 2_000_000, 20_000_000, 200_000_000])
+def test_a_join_task_holds_at_most_a_partition_whatever_the_rows(rows):
+    """Ten times the rows make ten times the partitions (past the floor): the rows of one
+    partition, what one join task holds, stay under `ROWS_PER_PARTITION`."""
+    partitions = join_partitions(rows)
+    assert partitions >= MIN_PARTITIONS
+    assert rows / partitions <= ROWS_PER_PARTITION
+    assert partitions == MIN_PARTITIONS or rows / partitions > ROWS_PER_PARTITION * 0.9

@@ -29,7 +29,7 @@ from vivit_batch.work import (
 )
 
 ROWS_PER_PARTITION = 500_000
-MIN_PARTITIONS = 4
+MIN_PARTITIONS = 2
 SHUFFLE_BATCH_BYTES = 64 * 2**20
 """The most input one of the join's map tasks takes at once (Ray Data's default, 1 GiB, would
 give one map task every committed row of a 10M-row output)."""
@@ -50,9 +50,10 @@ def join_partitions(rows: int) -> int:
     many rows the output holds: more rows make more partitions, not larger ones. 500,000 rows
     of a manifest row (an id and a URI of about 100 bytes) and its committed row (id, status,
     file; the source version with `--refresh-changed`) come to about 100 MB of Arrow, and the
-    joined table Polars hands back about as much again. The floor spreads an output of a
-    partition or less over a few tasks (the cores of a small machine); a partition more costs
-    a task of a few milliseconds."""
+    joined table Polars hands back about as much again. The floor splits an output of a
+    partition or less in two, for the two cores of a small machine; more would cost more than
+    they save there (each reduce task wants a worker process of its own, about a CPU-second
+    to start)."""
     return max(MIN_PARTITIONS, math.ceil(rows / ROWS_PER_PARTITION))
 
 

@@ -5,6 +5,7 @@ Which manifest rows are labelled is `committed_join`'s."""
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -21,7 +22,7 @@ from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
 from vivit_batch.storage import job_storage_options
-from vivit_batch.work import to_label
+from vivit_batch.work import Work, to_label
 
 LIGHT_TASKS = 1
 LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
@@ -33,15 +34,15 @@ CPU second each)."""
 
 
 def build_dataset(
-    job: PreparedJob, resources: Resources, run_id: str, rows: ray.data.Dataset | None = None
+    job: PreparedJob, resources: Resources, run_id: str, work: Work | None = None
 ) -> ray.data.Dataset:
-    """The pipeline over the manifest's `rows` to label (`Work.rows`; None: all of them)."""
+    """The pipeline over the manifest's rows that `work` labels (None: all of them)."""
     config = job.config
     # A stage's exception reaches the driver as itself (an inference actor's refusal must end
     # the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context when they
     # are made, so this comes first.
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    dataset = manifest_to_label(job, rows).map_batches(
+    dataset = manifest_to_label(job, work).map_batches(
         with_versions,
         fn_kwargs={"options": job.decode.storage_options},
         batch_format="pyarrow",
@@ -73,11 +74,17 @@ def actor_pool(start: int, most: int) -> ray.data.ActorPoolStrategy:
     return ray.data.ActorPoolStrategy(min_size=start, max_size=most)
 
 
-def manifest_to_label(job: PreparedJob, rows: ray.data.Dataset | None) -> ray.data.Dataset:
-    """The manifest's rows with ids, those of `rows` (`work.decide`'s) the run labels only."""
-    if rows is None:
+def manifest_to_label(job: PreparedJob, work: Work | None) -> ray.data.Dataset:
+    """The manifest's rows with ids that `work` labels: all of them when it decided nothing
+    (a fresh output), else those of its decided rows (`work.decide`), in as many blocks as a
+    read of them would make: the join leaves a few large blocks, and a block goes to one
+    decode actor whole."""
+    if work is None or work.rows is None:
         return manifest_with_ids(job)
-    return rows.map_batches(to_label, batch_format="pyarrow", **LIGHT_TASK)
+    most = ray.data.DataContext.get_current().read_op_min_num_blocks
+    per_block = max(1, math.ceil(work.to_label / max(1, min(work.to_label, most))))
+    rows = work.rows.map_batches(to_label, batch_format="pyarrow", **LIGHT_TASK)
+    return rows.repartition(target_num_rows_per_block=per_block)
 
 
 def arrow_tables(dataset: ray.data.Dataset) -> list[pa.Table]:

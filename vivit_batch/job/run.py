@@ -77,7 +77,7 @@ def run_job(job: PreparedJob) -> RunReport:
             resources.describe(),
         )
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
-        dataset = build_dataset(job, resources, run_id, work.rows)
+        dataset = build_dataset(job, resources, run_id, work)
         writer = RunWriter(
             output,
             lock,
