@@ -91,6 +91,9 @@ NEW_SHARE = 100
 BYTES_PER_ROW = 250
 """disk per committed row (the output, the two manifests), with margin"""
 CASES = ("nothing to do", "1% new")
+SMALL_MANIFEST = "nothing to do, the smallest manifest"
+"""At each N but the smallest, also: the smallest N's manifest (its rows are the first of this
+output's) over this output, so that only the committed rows grow."""
 
 DRIVER_LIMIT_MIB = 2048
 DRIVER_GROWTH = 1.5
@@ -111,8 +114,11 @@ CREDENTIALS = {
 # ----------------------------------------------------------------------------------- runs
 
 
-def measure_size(rows: int, shared: tuple[Path, list[Video]], work: Path, keep: bool) -> dict:
-    """Generate the inputs for `rows` committed rows, then the two runs over them."""
+def measure_size(
+    rows: int, shared: tuple[Path, list[Video]], work: Path, keep: bool, smallest: int
+) -> dict:
+    """Generate the inputs for `rows` committed rows, then the runs over them (with the
+    `smallest` N's manifest too, when that is fewer rows: `SMALL_MANIFEST`)."""
     checkpoint, videos = shared
     directory = work / f"rows-{rows}"
     directory.mkdir()
@@ -126,6 +132,10 @@ def measure_size(rows: int, shared: tuple[Path, list[Video]], work: Path, keep: 
             directory / "manifest-new.parquet", videos, rows + rows // NEW_SHARE
         ),
     }
+    if smallest < rows:
+        manifests[SMALL_MANIFEST] = write_manifest(
+            directory / "manifest-small.parquet", videos, smallest
+        )
     manifest_s = time.perf_counter() - started
     generated = commit_output(str(output), model, videos, rows, os.cpu_count() or 1)
     print(f"{rows:,} rows: manifests {manifest_s:.1f} s, {generated}", file=sys.stderr, flush=True)
@@ -140,7 +150,9 @@ def measure_size(rows: int, shared: tuple[Path, list[Video]], work: Path, keep: 
         },
         "runs": [
             measure_run(case, new, manifest, output, model, directory)
-            for (case, manifest), new in zip(manifests.items(), (0, rows // NEW_SHARE), strict=True)
+            for (case, manifest), new in zip(
+                manifests.items(), (0, rows // NEW_SHARE, 0)[: len(manifests)], strict=True
+            )
         ],
     }
     if not keep:
@@ -416,6 +428,13 @@ def growth(sizes: list[dict]) -> str:
             f"under {DRIVER_LIMIT_MIB:,} MiB at {TARGET_ROWS:,} rows: "
             f"{verdict(b['driver_mib'] < DRIVER_LIMIT_MIB)})."
         )
+    if len(sizes) > 1:
+        a, b = run_of(small, CASES[0]), run_of(large, SMALL_MANIFEST)
+        lines.append(
+            f"- The same {small['rows']:,}-row manifest over {large['rows']:,} committed rows "
+            f"against {small['rows']:,}: largest Ray task {task_ratio(a, b)}; driver peak "
+            f"{ratio(b['driver_mib'], a['driver_mib'])}; wall {ratio(b['wall_s'], a['wall_s'])}."
+        )
     nothing = run_of(large, CASES[0])
     lines.append(
         f"- Nothing to do over {large['rows']:,} rows: {nothing['wall_s']:.0f} s (target under "
@@ -562,7 +581,7 @@ def measure(args: argparse.Namespace) -> dict:
         sizes = []
         if rows:
             shared = make_shared_inputs(work)
-            sizes = [measure_size(n, shared, work, args.keep) for n in rows]
+            sizes = [measure_size(n, shared, work, args.keep, rows[0]) for n in rows]
         listed = listing(args.listing_objects) if args.only != "runs" else None
     finally:
         if not args.keep:
