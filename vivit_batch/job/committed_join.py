@@ -48,9 +48,9 @@ def join_partitions(rows: int) -> int:
     blocks (or one block, at most Ray Data's 128 MiB target), and a reduce task one partition:
     about `ROWS_PER_PARTITION` rows, since ids hash evenly. So no task's memory depends on how
     many rows the output holds: more rows make more partitions, not larger ones. 500,000 rows
-    of a manifest row (an id and a URI of about 100 bytes) and its committed row (id, status,
-    file; the source version with `--refresh-changed`) come to about 100 MB of Arrow, and the
-    joined table Polars hands back about as much again. The floor splits an output of a
+    of a manifest row (a 20-character id and a 93-byte URI) and its committed row (id, status,
+    file) come to 74 MB of Arrow (about 100 MB with the source version of
+    `--refresh-changed`), and the joined table about as much again. The floor splits an output of a
     partition or less in two, for the two cores of a small machine; more would cost more than
     they save there (each reduce task wants a worker process of its own, about a CPU-second
     to start)."""

@@ -5,7 +5,6 @@ Which manifest rows are labelled is `committed_join`'s."""
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -81,10 +80,9 @@ def manifest_to_label(job: PreparedJob, work: Work | None) -> ray.data.Dataset:
     decode actor whole."""
     if work is None or work.rows is None:
         return manifest_with_ids(job)
-    most = ray.data.DataContext.get_current().read_op_min_num_blocks
-    per_block = max(1, math.ceil(work.to_label / max(1, min(work.to_label, most))))
+    blocks = min(work.to_label, ray.data.DataContext.get_current().read_op_min_num_blocks)
     rows = work.rows.map_batches(to_label, batch_format="pyarrow", **LIGHT_TASK)
-    return rows.repartition(target_num_rows_per_block=per_block)
+    return rows.repartition(max(1, blocks))  # blocks split and combined, not shuffled
 
 
 def arrow_tables(dataset: ray.data.Dataset) -> list[pa.Table]:
