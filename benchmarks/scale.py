@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import logging
 import os
 import shutil
@@ -91,7 +92,7 @@ NEW_SHARE = 100
 BYTES_PER_ROW = 250
 """disk per committed row (the output, the two manifests), with margin"""
 CASES = ("nothing to do", "1% new")
-SMALL_MANIFEST = "nothing to do, the smallest manifest"
+SMALL_MANIFEST = "nothing to do over the smallest manifest"
 """At each N but the smallest, also: the smallest N's manifest (its rows are the first of this
 output's) over this output, so that only the committed rows grow."""
 
@@ -165,7 +166,7 @@ def measure_run(
 ) -> dict:
     """One `vivit-batch run`, watched: wall, memory, objects. It must label the `new` videos
     only (the generated rows are taken as committed)."""
-    run_id = "scale-" + case.replace(" ", "-").replace("%", "pct")
+    run_id = "scale-" + re.sub("[^a-z0-9]+", "-", case.replace("%", "pct"))
     folders = [str(output), *data_folders(output)]
     files_before = sum(len(data_files(folder)) for folder in folders)
     events = FolderEvents(folders)
