@@ -57,9 +57,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
