@@ -8,6 +8,7 @@ a terminal, a periodic progress line instead of Ray Data's progress bars.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 LOG_FORMATS = ("text", "json")
 RAY_LOGGERS = ("ray", "ray.data")
@@ -196,8 +197,9 @@ def filter_native_stderr() -> None:
     """Drop `NATIVE_NOTICES` from what this process writes to its stderr (file descriptor 2,
     where Ray's C++ core worker writes its ERROR lines, past Python's logging). A small child
     process forwards every other line, in order, until the last writer is gone, so nothing is
-    lost if this process dies. Once per process; not where something (pytest) has replaced
-    `sys.stderr`."""
+    lost if this process dies; when it exits, it waits for the forwarder to write the last
+    line (whoever waits for this process then finds the whole log). Once per process; not
+    where something (pytest) has replaced `sys.stderr`."""
     stderr = sys.__stderr__
     if _forwarders or stderr is None or sys.stderr is not stderr:
         return
@@ -209,8 +211,23 @@ def filter_native_stderr() -> None:
         stdout=real_stderr,
         start_new_session=True,  # a Ctrl-C to the run does not cut its last lines short
     )
-    os.close(real_stderr)
     assert forwarder.stdin is not None
     os.dup2(forwarder.stdin.fileno(), 2)
     forwarder.stdin.close()
     _forwarders.append(forwarder)
+    atexit.register(_drain, forwarder, real_stderr)
+
+
+def _drain(forwarder: subprocess.Popen, real_stderr: int) -> None:
+    """At exit (after Ray's shutdown: registered before `ray.init`), give file descriptor 2
+    back to the real stderr, which closes the forwarder's last writer, and let it finish."""
+    if sys.__stderr__ is not None:
+        sys.__stderr__.flush()
+    os.dup2(real_stderr, 2)
+    os.close(real_stderr)
+    # A process this one started may still hold the pipe: it forwards as they write.
+    with suppress(subprocess.TimeoutExpired):
+        forwarder.wait(timeout=FORWARDER_DRAIN_S)
+
+
+FORWARDER_DRAIN_S = 5.0

@@ -203,3 +203,23 @@ def test_rays_native_notice_is_dropped_and_every_other_line_arrives_even_if_the_
     lines = done.stderr.splitlines()
     assert lines[0] == "[core_worker.cc:99] a C++ error a run can act on"
     assert lines[1].endswith("ERROR the run's own last line")
+
+
+EXITING_WRITER = """
+import logging
+from vivit_batch.logs import filter_native_stderr, setup_logging
+
+setup_logging()
+filter_native_stderr()
+for line in range(20_000):
+    logging.getLogger("vivit_batch").info("line %d of the run's last lines", line)
+"""
+
+
+def test_when_the_run_exits_its_last_lines_are_in_its_log_file(tmp_path):
+    """A log file (`vivit-batch run > log`) holds every line once the run has exited: the
+    forwarder is waited for at exit."""
+    log = tmp_path / "run.log"
+    with log.open("w") as output:
+        subprocess.run([sys.executable, "-c", EXITING_WRITER], stderr=output, timeout=60)
+    assert log.read_text().splitlines()[-1].endswith("line 19999 of the run's last lines")

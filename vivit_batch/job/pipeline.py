@@ -136,18 +136,11 @@ def stage_errors() -> Iterator[None]:
         raise getattr(error, "cause", error) from None
 
 
-ID_BATCH_ROWS = 65_536
-"""Manifest rows `with_ids` takes at a time: it makes a Python string of each URI and id, so a
-whole block (Ray Data's reads make blocks of up to 128 MiB, a million rows or more of a
-Parquet manifest) would cost its task about a GiB of Python objects."""
-
-
 def manifest_with_ids(job: PreparedJob) -> ray.data.Dataset:
     """The manifest's rows with resolved URIs and ids."""
     return read_manifest_dataset(job).map_batches(
         with_ids,
         fn_kwargs=id_options(job),
-        batch_size=ID_BATCH_ROWS,
         batch_format="pyarrow",
         **LIGHT_TASK,
     )

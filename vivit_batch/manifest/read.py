@@ -156,9 +156,20 @@ def output_names(columns: list[str], prefix: str | None) -> list[str]:
     return [name if name in ("uri", "video_id") else f"{prefix or ''}{name}" for name in columns]
 
 
+ID_SLICE_ROWS = 65_536
+"""Rows `with_ids` resolves at a time: it makes a Python string of each URI and id, so a whole
+block (Ray Data's reads make blocks of up to 128 MiB, a million rows or more of a Parquet
+manifest) would cost its task about a GiB of them."""
+
+
 def with_ids(table: pa.Table, base: str, prefix: str | None = None) -> pa.Table:
     """Resolve `uri` and fill `video_id` (string) for one block of manifest rows, the other
-    columns renamed behind `prefix`."""
+    columns renamed behind `prefix`; `ID_SLICE_ROWS` rows at a time."""
+    if table.num_rows > ID_SLICE_ROWS:
+        slices = range(0, table.num_rows, ID_SLICE_ROWS)
+        return pa.concat_tables(
+            with_ids(table.slice(start, ID_SLICE_ROWS), base, prefix) for start in slices
+        )
     table = table.rename_columns(output_names(table.column_names, prefix))
     uris = [resolve_uri(u, base) for u in table.column("uri").to_pylist()]
     if "video_id" in table.column_names:
