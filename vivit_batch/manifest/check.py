@@ -109,16 +109,12 @@ def _scan(
                 summary.problems.append(f"manifest {section.uri}: 'uri' must be text, not {kind}")
                 return summary
             oversized += _oversized_cells(batch, section.max_cell_bytes, fmt, offset)
-            given = batch.column("uri").to_pylist()
-            table = pa.Table.from_batches([batch])
-            filled = pa.array([u or "" for u in given], pa.string())
-            table = table.set_column(table.schema.get_field_index("uri"), "uri", filled)
-            resolved = with_ids(table, base, prefix=section.column_prefix)
-            if len(summary.first_uris) < SAMPLE_VIDEOS:
-                uris = resolved.column("uri").to_pylist()
-                sample = [u for u, g in zip(uris, given, strict=True) if (g or "").strip()]
-                summary.first_uris += sample[: SAMPLE_VIDEOS - len(summary.first_uris)]
-            trimmed = pc.utf8_trim_whitespace(filled)
+            resolved = _resolved(pa.Table.from_batches([batch]), base, section)
+            trimmed = pc.utf8_trim_whitespace(pc.fill_null(batch.column("uri"), ""))
+            missing = SAMPLE_VIDEOS - len(summary.first_uris)
+            if missing > 0:
+                given = resolved["uri"].filter(pc.not_equal(trimmed, ""))
+                summary.first_uris += given.slice(0, missing).to_pylist()
             empty += [_row_label(fmt, offset + row) for row in _rows(pc.equal(trimmed, ""))]
             unsupported += [
                 f"{_row_label(fmt, offset + row)}: {trimmed[row].as_py()!r}"
@@ -200,10 +196,7 @@ def _described_repeats(
         rows = [row for row in range(offset, offset + batch.num_rows) if row in wanted]
         if rows:
             table = pa.Table.from_batches([batch]).take([row - offset for row in rows])
-            table = table.set_column(
-                table.schema.get_field_index("uri"), "uri", pc.fill_null(table["uri"], "")
-            )
-            resolved = with_ids(table, base, prefix=section.column_prefix)
+            resolved = _resolved(table, base, section)
             ids.update(zip(rows, resolved.column("video_id").to_pylist(), strict=True))
         if len(ids) == len(wanted):
             break
@@ -212,6 +205,14 @@ def _described_repeats(
         f"(first at {_row_label(fmt, int(first))})"
         for row, first in listed
     ]
+
+
+def _resolved(table: pa.Table, base: str, section: ManifestSection) -> pa.Table:
+    """`table`'s rows with resolved URIs and ids, a missing URI read as empty (the scan reports
+    it as such)."""
+    uris = pc.fill_null(table["uri"], "")
+    table = table.set_column(table.schema.get_field_index("uri"), "uri", uris)
+    return with_ids(table, base, prefix=section.column_prefix)
 
 
 def _rows(mask: pa.ChunkedArray | pa.Array) -> np.ndarray:
