@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# GPU readiness in one go, on a machine with an NVIDIA GPU (about 5 minutes, 8 at most):
+# GPU readiness in one go, on a machine with an NVIDIA GPU (about 8 minutes, 14 at most):
 #   1. the tests marked `gpu` (CUDA inference against the CPU in fp32 / bf16 / fp16, the device
 #      an inference actor opens and reports),
-#   2. `python -m benchmarks.gpu`: base-size model throughput in fp32, bf16 and fp16, and one
+#   2. `python -m benchmarks.inference_stage`: the stage's host work per clip on one core, then
+#      the stage against the bare forward pass on the GPU (one batch at a time and two),
+#   3. `python -m benchmarks.gpu_variants`: the forward pass at batch 32 as the stage runs it,
+#      with bf16 weights, compiled (inductor), with CUDA graphs, flash attention forced (MFU),
+#   4. `python -m benchmarks.gpu`: base-size model throughput in fp32, bf16 and fp16, and one
 #      pipeline run of the job on embedded Ray (ROWS manifest rows, 1500 by default),
-#   3. its figures rendered into BENCHMARKS.md's GPU section (dated, naming the machine).
+#   5. their figures rendered into BENCHMARKS.md's GPU section (dated, naming the machine).
 #
 #   benchmarks/gpu_check.sh              # from anywhere; runs in the repository root
 #   benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU: tiny model, 64 small
@@ -47,10 +51,17 @@ step() {  # step SECONDS COMMAND...: one step, killed if it runs past SECONDS
 started=$SECONDS
 figures=$(mktemp -d)/gpu.json
 step 120 "$python" -m pytest -m gpu -q -rs -p no:cacheprovider tests/
+stage=$(dirname "$figures")/stage.json
+step 60 "$python" -m benchmarks.inference_stage --json "$stage"
 if $dry_run; then
   step 300 "$python" -m benchmarks.gpu --quick --json "$figures"
   echo "dry run: BENCHMARKS.md left as it is; figures in $figures"
 else
+  step 120 "$python" -m benchmarks.inference_stage --device cuda --json "$stage"
+  step 10 "$python" -m benchmarks.inference_stage --render "$stage"
+  variants=$(dirname "$figures")/variants.json
+  step 240 "$python" -m benchmarks.gpu_variants --json "$variants"
+  step 10 "$python" -m benchmarks.gpu_variants --render "$variants"
   step 300 "$python" -m benchmarks.gpu --rows "$rows" --json "$figures"
   step 30 "$python" -m benchmarks.gpu --render "$figures"
 fi

@@ -37,6 +37,7 @@ __all__ = ["JobConfig", "all_keys", "load_config"]
 MANIFEST_FORMATS = ("auto", "csv", "jsonl", "parquet", "txt", "videos")
 RUN_MODES = ("incremental", "rerun_errors", "force")
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("none", "inductor")
 TEMPORAL_VIEWS = ("center", "uniform", "random", "segments")
 SPATIAL_CROPS = ("center", "three")
 ISOLATION = ("process", "none")
@@ -138,6 +139,12 @@ class ModelSection(Section, name="model"):
         choices=PRECISIONS,
     )
     top_k: int = setting(5, "labels and scores kept per video", minimum=1)
+    compile: str = setting(
+        "none",
+        "none, or inductor: torch.compile the model in each inference actor (fused kernels; "
+        "compiled when the actor starts on a GPU, on its first batch on a CPU)",
+        choices=COMPILE_MODES,
+    )
     labels: str | None = setting(
         None, "class names file: one per line in id order, or a JSON object id -> name"
     )

@@ -63,9 +63,12 @@ def precision_on(device: torch.device, requested: str) -> str:
     return requested if device.type == CUDA else "fp32"
 
 
-def require_fit(forward, device: torch.device, clips_per_forward: int, precision: str) -> None:
-    """Run `forward()` (one full-size forward pass) once; on CUDA, a `DeviceError` if it runs
-    out of memory."""
+def require_fit(
+    forward, device: torch.device, clips_per_forward: int, precision: str, batches: int = 1
+) -> None:
+    """Run `forward()` (one full-size forward pass of `batches` x `clips_per_forward` clips:
+    what an actor that labels `batches` at once needs) once; on CUDA, a `DeviceError` if it
+    runs out of memory."""
     try:
         forward()
     except torch.cuda.OutOfMemoryError as error:
@@ -73,7 +76,9 @@ def require_fit(forward, device: torch.device, clips_per_forward: int, precision
         torch.cuda.empty_cache()
         raise DeviceError(
             f"the model does not fit {torch.cuda.get_device_name(device)} ({total:.1f} GiB) "
-            f"on node {platform.node()} at resources.clips_per_forward={clips_per_forward}: "
+            f"on node {platform.node()} at resources.clips_per_forward={clips_per_forward}"
+            + (f" ({batches} batches labelled at once)" if batches > 1 else "")
+            + ": "
             + ("lower it" if precision != "fp32" else "lower it, or use model.precision=bf16")
         ) from error
 

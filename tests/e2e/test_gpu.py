@@ -4,6 +4,8 @@ actor opens and reports. Without CUDA they are skipped, saying why (tests/confte
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -55,3 +57,27 @@ def test_a_gpu_plan_opens_cuda_and_reports_the_gpu():
     )
     assert record["name"] == torch.cuda.get_device_name(0) and record["memory_gib"] > 0
     assert "warning" not in record
+
+
+def test_clips_reach_the_gpu_through_pinned_staging_also_from_two_threads_at_once(tmp_path):
+    make_checkpoint(tmp_path, num_labels=50)
+    rng = np.random.default_rng(1)
+    videos = [rng.integers(0, 256, size=(v, 4, 32, 32, 3), dtype=np.uint8) for v in (3, 1, 2, 3)]
+    classifier = VideoClassifier(
+        load_pretrained(tmp_path, device="cuda"), ProcessorConfig(), top_k=5, clips_per_forward=2
+    )
+    alone = classifier.classify(videos)
+    assert all(slot and slot.host.is_pinned() for slot in classifier.staging.slots)
+    results = {}
+
+    def label(key: int) -> None:
+        results[key] = [classifier.classify(videos) for _ in range(5)]
+
+    threads = [threading.Thread(target=label, args=(key,)) for key in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for predictions in (p for runs in results.values() for p in runs):
+        np.testing.assert_array_equal(predictions.label_ids, alone.label_ids)
+        np.testing.assert_allclose(predictions.embeddings, alone.embeddings, atol=1e-5)

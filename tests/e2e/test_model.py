@@ -1,5 +1,5 @@
-"""The model, the slow checks: parity at the base size, and a hub revision resolved to the commit
-that the actors load."""
+"""The model, the slow checks: parity at the base size, a hub revision resolved to the commit
+that the actors load, and the compiled model labelling as the eager one."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.helpers.models import assert_parity, load_in_subprocess, make_hub_cache, random_pixels
+from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
+from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.checkpoints import BASE, make_checkpoint
 
 
@@ -55,3 +58,26 @@ def test_a_hub_revision_resolves_to_the_commit_that_actors_load(tmp_path):
     pinned, moved = (load_in_subprocess("google/vivit-test", env, rev) for rev in (first, None))
     assert json.loads(pinned.stdout)[0] == sha["v1"]
     assert json.loads(moved.stdout)[0] == sha["v2"]
+
+
+@pytest.mark.slow  # inductor compiles C++ for the CPU (~15 s)
+def test_a_compiled_model_labels_as_the_eager_one(tmp_path):
+    """`model.compile=inductor`: the same top-k and embeddings as eager, across chunk sizes
+    (a batch's last, smaller chunk is a new shape for the compiled model)."""
+    make_checkpoint(tmp_path, num_labels=20)
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 256, size=(v, 4, 32, 32, 3), dtype=np.uint8) for v in (2, 3, 2)]
+
+    def classifier(compile: str) -> VideoClassifier:
+        model = load_pretrained(tmp_path)
+        return VideoClassifier(
+            model, ProcessorConfig(), top_k=5, clips_per_forward=4, compile=compile
+        )
+
+    eager, compiled = classifier("none"), classifier("inductor")
+    compiled.warm_up()
+    assert compiled.forward is not compiled.eager
+    expected, got = eager.classify(videos), compiled.classify(videos)
+    np.testing.assert_array_equal(got.label_ids, expected.label_ids)
+    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
+    np.testing.assert_allclose(got.embeddings, expected.embeddings, atol=1e-4)

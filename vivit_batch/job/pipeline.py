@@ -56,10 +56,13 @@ def build_dataset(
         batch_size=resources.decode_batch_size,
         batch_format="pyarrow",
     )
+    options = inference_options(job, run_id, resources)
     return dataset.map_batches(
         InferenceStage,
-        fn_constructor_kwargs={"options": inference_options(job, run_id, resources)},
-        compute=actor_pool(resources.inference_actors, resources.max_inference_actors),
+        fn_constructor_kwargs={"options": options},
+        compute=actor_pool(
+            resources.inference_actors, resources.max_inference_actors, options.concurrent_batches
+        ),
         num_cpus=resources.inference_cpus,
         num_gpus=resources.inference_gpus,
         batch_size=config.resources.batch_size,
@@ -67,10 +70,22 @@ def build_dataset(
     )
 
 
-def actor_pool(start: int, most: int) -> ray.data.ActorPoolStrategy:
+GPU_BATCHES_AT_ONCE = 2
+"""Batches a GPU inference actor labels at once: while one waits for its forward pass, the
+other's clips are copied to the device and its host work done (a CPU actor's torch threads
+would only compete)."""
+
+
+def actor_pool(start: int, most: int, calls_at_once: int = 1) -> ray.data.ActorPoolStrategy:
     """A pool of `start` actors that Ray Data grows up to `most` while inputs queue and the
-    cluster has room (nodes that join included), and shrinks back as they run out."""
-    return ray.data.ActorPoolStrategy(min_size=start, max_size=most)
+    cluster has room (nodes that join included), and shrinks back as they run out; each actor
+    runs `calls_at_once` batches at a time, in threads."""
+    return ray.data.ActorPoolStrategy(
+        min_size=start,
+        max_size=most,
+        max_concurrent_calls_per_actor=calls_at_once,
+        enable_true_multi_threading=calls_at_once > 1,
+    )
 
 
 def manifest_to_label(job: PreparedJob, work: Work | None) -> ray.data.Dataset:
@@ -106,9 +121,11 @@ def inference_options(job: PreparedJob, run_id: str, resources: Resources) -> In
         top_k=config.model.top_k,
         labels=job.labels,
         precision=config.model.precision,
+        compile=config.model.compile,
         clips_per_forward=config.resources.clips_per_forward,
         device=resources.inference_device,
         torch_threads=None if resources.inference_gpus else resources.inference_threads,
+        concurrent_batches=GPU_BATCHES_AT_ONCE if resources.inference_gpus else 1,
     )
 
 

@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from vivit_batch.config import ModelSection, ResourcesSection
 from vivit_batch.device import describe, open_device, require_fit
 from vivit_batch.errors import CheckpointError, DeviceError
-from vivit_batch.inference import Prediction, VideoClassifier
+from vivit_batch.inference import Predictions, VideoClassifier
 from vivit_batch.model import load_pretrained
 from vivit_batch.output.schema import (
     CLIP_SHAPE,
@@ -66,11 +69,15 @@ class InferenceStageOptions:
     top_k: int = ModelSection.top_k
     labels: dict[int, str] | None = None
     precision: str = ModelSection.precision
+    compile: str = ModelSection.compile
     clips_per_forward: int = ResourcesSection.clips_per_forward
     device: str = "cpu"
     """what the plan gave the actor: cuda (a GPU from Ray) or cpu"""
     torch_threads: int | None = None
     """CPU plans: the torch threads the actor was planned with"""
+    concurrent_batches: int = 1
+    """batches the actor labels at once (`pipeline` sets 2 on a GPU: one batch's copies and
+    host work overlap the other's forward pass)"""
 
 
 class InferenceStage:
@@ -87,6 +94,9 @@ class InferenceStage:
             return
         self.device = describe(self.classifier.device, options.precision)
         self.device["start_s"] = round(time.perf_counter() - started, 3)  # load, checks
+        self.device_json = json.dumps(self.device)
+        self.busy = _BusyTime()
+        self.hidden_size = self.classifier.model.config.hidden_size
         if "warning" in self.device:
             log.warning(self.device["warning"])
 
@@ -108,33 +118,36 @@ class InferenceStage:
             labels=options.labels,
             precision=options.precision,
             clips_per_forward=options.clips_per_forward,
+            compile=options.compile,
         )
         if device.type == "cuda":
-            require_fit(classifier.warm_up, device, options.clips_per_forward, classifier.precision)
+            cpf, batches = options.clips_per_forward, options.concurrent_batches
+            warm_up = partial(classifier.warm_up, cpf * batches)
+            require_fit(warm_up, device, cpf, classifier.precision, batches)
         return classifier
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.refusal:
             raise self.refusal
         started = time.perf_counter()
-        ok = [i for i, s in enumerate(batch.column("status").to_pylist()) if s == "ok"]
-        uris = batch.column("uri").to_pylist()
+        uris = batch.column("uri")
+        column = _ClipColumn(batch)
         clips: dict[int, np.ndarray] = {}
         failed: dict[int, VideoError] = {}
-        for row in ok:
+        for row in _ok_rows(batch):
             try:
-                clips[row] = _clips_of(batch, row)
+                clips[row] = column[row]
             except FATAL:
                 raise
             except Exception as error:  # noqa: BLE001 (one video's bug: its row)
-                failed[row] = internal_error(uris[row], error, "preprocessing")
-        predictions: dict[int, Prediction] = {}
-        self._label_bisecting(list(clips), clips, predictions, failed, uris)
+                failed[row] = internal_error(uris[row].as_py(), error, "preprocessing")
+        found = _Found.empty(batch.num_rows, self.classifier.top_k, self.hidden_size)
+        self._label_bisecting(list(clips), clips, found, failed, uris)
         batch = _with_errors(batch.drop_columns([CLIPS, CLIP_SHAPE]), failed)
-        columns = self._prediction_columns(predictions, batch.num_rows)
-        elapsed = time.perf_counter() - started
-        columns[INFERENCE_SECONDS] = pa.array([elapsed / batch.num_rows] * batch.num_rows)
-        columns[INFERENCE_DEVICE] = pa.array([json.dumps(self.device)] * batch.num_rows)
+        columns = {**found.columns(self.classifier.names), **self._provenance(batch.num_rows)}
+        busy = self.busy.counted(started, time.perf_counter())
+        columns[INFERENCE_SECONDS] = pa.repeat(pa.scalar(busy / batch.num_rows), batch.num_rows)
+        columns[INFERENCE_DEVICE] = pa.repeat(pa.scalar(self.device_json), batch.num_rows)
         for name, column in columns.items():
             batch = batch.append_column(name, column)
         return redacted_uris(batch)  # fetched: done
@@ -143,9 +156,9 @@ class InferenceStage:
         self,
         rows: list[int],
         clips: dict[int, np.ndarray],
-        predictions: dict[int, Prediction],
+        found: _Found,
         failed: dict[int, VideoError],
-        uris: list[str],
+        uris: pa.ChunkedArray,
     ) -> None:
         """Label `rows` together; if that raises, each half on its own, down to single rows,
         which then fail alone (a batch with one bad video costs about 2 log2(batch) extra
@@ -153,52 +166,101 @@ class InferenceStage:
         if not rows:
             return
         try:
-            found = self.classifier.classify([clips[row] for row in rows])
+            predictions = self.classifier.classify([clips[row] for row in rows])
         except FATAL:
             raise
         except Exception as error:  # noqa: BLE001 (one video's bug: found by halving)
             if len(rows) == 1:
-                failed[rows[0]] = internal_error(uris[rows[0]], error, "labelling")
+                failed[rows[0]] = internal_error(uris[rows[0]].as_py(), error, "labelling")
                 return
             half = len(rows) // 2
             for part in (rows[:half], rows[half:]):
-                self._label_bisecting(part, clips, predictions, failed, uris)
+                self._label_bisecting(part, clips, found, failed, uris)
             return
-        predictions.update(zip(rows, found, strict=True))
+        found.add(rows, predictions)
 
-    def _prediction_columns(self, predictions: dict, rows: int) -> dict[str, pa.Array]:
-        hidden = self.classifier.model.config.hidden_size
-        found = [predictions.get(i) for i in range(rows)]
-        columns = {
-            name: pa.array([value_of(p) if p else None for p in found], PREDICTION_COLUMNS[name])
-            for name, value_of in PREDICTION_VALUES.items()
-        }
-        embeddings = [p.embedding if p else np.zeros(hidden, np.float32) for p in found]
-        valid = pa.array([p is not None for p in found])
-        flat = pa.array(np.concatenate(embeddings) if embeddings else [], pa.float32())
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
-            flat, type=embedding_type(hidden), mask=pa.compute.invert(valid)
-        )
-        provenance = {
+    def _provenance(self, rows: int) -> dict[str, pa.Array]:
+        values = {
             "model": self.options.model_source,
             "model_sha256": self.options.weights_sha256,
             "run_id": self.options.run_id,
             "processed_at": datetime.now(timezone.utc),
         }
-        for name, value in provenance.items():
-            columns[name] = pa.array([value] * rows, PROVENANCE_COLUMNS[name])
+        return {
+            name: pa.repeat(pa.scalar(value, PROVENANCE_COLUMNS[name]), rows)
+            for name, value in values.items()
+        }
+
+
+class _BusyTime:
+    """The seconds a stage's calls kept it busy, time in which two calls ran counted once (the
+    run report's stage rate divides clips by it)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.until = 0.0
+
+    def counted(self, started: float, ended: float) -> float:
+        """This call's seconds that no call which ended before it has counted."""
+        with self.lock:
+            seconds = max(0.0, ended - max(started, self.until))
+            self.until = max(self.until, ended)
+            return seconds
+
+
+@dataclass
+class _Found:
+    """A batch's predictions by row, as arrays (rows without one are null in every column)."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    embeddings: np.ndarray
+    labelled: np.ndarray
+
+    @classmethod
+    def empty(cls, rows: int, top_k: int, hidden: int) -> _Found:
+        return cls(
+            np.zeros((rows, top_k), np.int64),
+            np.zeros((rows, top_k), np.float32),
+            np.zeros((rows, hidden), np.float32),
+            np.zeros(rows, bool),
+        )
+
+    def add(self, rows: list[int], predictions: Predictions) -> None:
+        self.ids[rows] = predictions.label_ids
+        self.scores[rows] = predictions.scores
+        self.embeddings[rows] = predictions.embeddings
+        self.labelled[rows] = True
+
+    def columns(self, names: np.ndarray) -> dict[str, pa.Array]:
+        """The prediction columns and the embedding."""
+        missing = ~self.labelled
+        rows, top_k = self.ids.shape
+        top_ids = self.ids.astype(np.int32)
+        offsets = pa.array(np.arange(0, rows * top_k + 1, top_k, dtype=np.int32))
+
+        def lists(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+            flat = pa.array(values.ravel(), kind.value_type)
+            return pa.ListArray.from_arrays(offsets, flat, type=kind, mask=pa.array(missing))
+
+        first = {
+            "label": names[top_ids[:, 0]],
+            "label_id": top_ids[:, 0],
+            "score": self.scores[:, 0],
+        }
+        columns = {
+            name: pa.array(values, PREDICTION_COLUMNS[name], mask=missing)
+            for name, values in first.items()
+        }
+        columns["topk_labels"] = lists(names[top_ids], PREDICTION_COLUMNS["topk_labels"])
+        columns["topk_ids"] = lists(top_ids, PREDICTION_COLUMNS["topk_ids"])
+        columns["topk_scores"] = lists(self.scores, PREDICTION_COLUMNS["topk_scores"])
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(self.embeddings.ravel()),
+            type=embedding_type(self.embeddings.shape[1]),
+            mask=pa.array(missing),
+        )
         return columns
-
-
-PREDICTION_VALUES = {
-    "label": lambda p: p.labels[0],
-    "label_id": lambda p: p.label_ids[0],
-    "score": lambda p: p.scores[0],
-    "topk_labels": lambda p: p.labels,
-    "topk_ids": lambda p: p.label_ids,
-    "topk_scores": lambda p: p.scores,
-}
-"""Each prediction column from a `Prediction` (see `inference`)."""
 
 
 def _with_errors(batch: pa.Table, failed: dict[int, VideoError]) -> pa.Table:
@@ -213,7 +275,26 @@ def _with_errors(batch: pa.Table, failed: dict[int, VideoError]) -> pa.Table:
     return batch
 
 
-def _clips_of(batch: pa.Table, row: int) -> np.ndarray:
-    data = batch.column(CLIPS)[row].as_py()
-    shape = batch.column(CLIP_SHAPE)[row].as_py()
-    return np.frombuffer(data, np.uint8).reshape(shape)
+class _ClipColumn:
+    """A batch's clips, each row's a (views, T, H, W, 3) uint8 array read in place from the
+    Arrow buffers (no copy: the one copy is `ClipStaging`'s, to the device)."""
+
+    def __init__(self, batch: pa.Table):
+        self.shapes = batch.column(CLIP_SHAPE)
+        self.rows: list[tuple[np.ndarray, int, int]] = []  # (chunk's bytes, start, end)
+        for chunk in batch.column(CLIPS).chunks:
+            if not len(chunk):
+                continue
+            offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset :]
+            data = np.frombuffer(chunk.buffers()[2] or b"", np.uint8)
+            self.rows += [(data, offsets[i], offsets[i + 1]) for i in range(len(chunk))]
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        """Raises ValueError where the row's bytes do not fit its shape."""
+        data, start, end = self.rows[row]
+        return data[start:end].reshape(self.shapes[row].as_py())
+
+
+def _ok_rows(batch: pa.Table) -> list[int]:
+    ok = pc.fill_null(pc.equal(batch.column("status"), "ok"), False)
+    return np.flatnonzero(ok.to_numpy()).tolist()
