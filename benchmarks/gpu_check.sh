@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# GPU readiness in one go, on a machine with an NVIDIA GPU (about 8 minutes, 14 at most):
+# GPU readiness in one go, on a machine with an NVIDIA GPU (about 10 minutes, 18 at most):
 #   1. the tests marked `gpu` (CUDA inference against the CPU in fp32 / bf16 / fp16, the device
 #      an inference actor opens and reports),
 #   2. `python -m benchmarks.inference_stage`: the stage's host work per clip on one core, then
 #      the stage against the bare forward pass on the GPU (one batch at a time and two),
 #   3. `python -m benchmarks.gpu_variants`: the forward pass at batch 32 as the stage runs it,
 #      with bf16 weights, compiled (inductor), with CUDA graphs, flash attention forced (MFU),
-#   4. `python -m benchmarks.gpu`: base-size model throughput in fp32, bf16 and fp16, and one
+#   4. `python -m benchmarks.nvdec` where PyNvVideoCodec is installed: NVDEC clips/s and frames/s
+#      per engine against the CPU decode path per core, and NVDEC's pixels against PyAV's,
+#   5. `python -m benchmarks.gpu`: base-size model throughput in fp32, bf16 and fp16, and one
 #      pipeline run of the job on embedded Ray (ROWS manifest rows, 1500 by default),
-#   5. their figures rendered into BENCHMARKS.md's GPU section (dated, naming the machine).
+#   6. their figures rendered into BENCHMARKS.md's GPU section (dated, naming the machine).
 #
 #   benchmarks/gpu_check.sh              # from anywhere; runs in the repository root
 #   benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU: tiny model, 64 small
@@ -62,6 +64,13 @@ else
   variants=$(dirname "$figures")/variants.json
   step 240 "$python" -m benchmarks.gpu_variants --json "$variants"
   step 10 "$python" -m benchmarks.gpu_variants --render "$variants"
+  if "$python" -c 'import PyNvVideoCodec' 2>/dev/null; then
+    nvdec=$(dirname "$figures")/nvdec.json
+    step 240 "$python" -m benchmarks.nvdec --seconds 8 --json "$nvdec"
+    step 10 "$python" -m benchmarks.nvdec --render "$nvdec"
+  else
+    echo "== NVDEC left out: PyNvVideoCodec is not installed (pip install pynvvideocodec==2.2.4)"
+  fi
   step 300 "$python" -m benchmarks.gpu --rows "$rows" --json "$figures"
   step 30 "$python" -m benchmarks.gpu --render "$figures"
 fi
