@@ -7,6 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from tests.helpers.jobs import write_csv
 from vivit_batch.config import load_config
@@ -69,7 +70,11 @@ def test_the_join_decides_over_several_partitions(
     job, output = labelled
     job = job(f"run.mode={mode}")
     assert committed_join.join_partitions(job.manifest.rows + len(COMMITTED)) == 6
+    driver_bytes = ray.data.DataContext.get_current().shuffle_input_batch_bytes
     work = choose_work(job, output)
+    assert work.rows is not None
+    assert work.rows.context.shuffle_input_batch_bytes == committed_join.SHUFFLE_BATCH_BYTES
+    assert ray.data.DataContext.get_current().shuffle_input_batch_bytes == driver_bytes
     assert (work.to_label, work.errors_kept) == (5 + len(relabelled), errors_kept)
     assert sorted(work.relabelled.ids.to_pylist()) == relabelled
     assert len({holder_of(output, work, v) for v in relabelled}) == min(len(relabelled), 3)

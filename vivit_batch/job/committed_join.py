@@ -79,8 +79,7 @@ def decided_rows(
     held in the object store: the run's counts, the relabelled videos and the pipeline's rows
     all come from this one decision."""
     run = job.config.run
-    ray.data.DataContext.get_current().shuffle_input_batch_bytes = SHUFFLE_BATCH_BYTES
-    joined = manifest_with_ids(job).join(
+    joined = joined_side(job).join(
         committed, "left_outer", num_partitions=partitions, on=("video_id",)
     )
     options = {
@@ -91,6 +90,19 @@ def decided_rows(
     return joined.map_batches(
         decide, fn_kwargs=options, batch_format="pyarrow", **LIGHT_TASK
     ).materialize()
+
+
+def joined_side(job: PreparedJob) -> ray.data.Dataset:
+    """The manifest's rows with their ids, made with `SHUFFLE_BATCH_BYTES` as the context of
+    the join that comes from them (a dataset copies the driver's context when it is made and
+    the datasets made from it share that copy, so the driver's own is left as it was)."""
+    context = ray.data.DataContext.get_current()
+    driver_bytes = context.shuffle_input_batch_bytes
+    context.shuffle_input_batch_bytes = SHUFFLE_BATCH_BYTES
+    try:
+        return manifest_with_ids(job)
+    finally:
+        context.shuffle_input_batch_bytes = driver_bytes
 
 
 def per_block(rows: ray.data.Dataset, summary: Callable[[pa.Table], pa.Table]) -> list[pa.Table]:
