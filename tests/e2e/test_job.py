@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from tests.helpers.logs import LOG_LINE
 from vivit_batch.cli import main
 from vivit_batch.config import SamplingConfig
 from vivit_batch.inference import VideoClassifier
+from vivit_batch.job import pipeline
 from vivit_batch.model import load_pretrained
 from vivit_batch.output import Output, output_schema
 from vivit_batch.processor import PREPROCESSOR_FILE, VIDEO_PREPROCESSOR_FILE
@@ -136,11 +138,19 @@ def test_run_writes_one_row_per_entry_with_the_documented_schema(
 
 
 def test_predictions_match_the_stages_run_directly(
-    ray_cluster, tmp_path, checkpoint, videos, capsys
+    ray_cluster, tmp_path, checkpoint, videos, capsys, monkeypatch
 ):
     """The Ray wiring keeps each row's prediction with its video, in files of at most
-    `output.rows_per_file` rows. bf16 is asked for, which CPU actors cannot autocast: they
-    label in fp32 (the same predictions) and the report and the summary say so."""
+    `output.rows_per_file` rows, also where an inference actor labels two batches at once in
+    threads (as GPU actors do; forced here on the CPU). bf16 is asked for, which CPU actors
+    cannot autocast: they label in fp32 (the same predictions) and the report and the summary
+    say so."""
+    planned = pipeline.inference_options
+    monkeypatch.setattr(
+        pipeline,
+        "inference_options",
+        lambda *args: dataclasses.replace(planned(*args), concurrent_batches=2),
+    )
     good = [videos[name] for name, *_ in GOOD_VIDEOS]
     manifest = write_csv(tmp_path / "m.csv", [{"uri": str(p)} for p in good])
     settings = ["--set", "resources.batch_size=3", "--set", "output.rows_per_file=3"]
