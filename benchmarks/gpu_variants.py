@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -40,20 +41,24 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 WARM_UPS, REPEATS = 3, 10
 
 
-def variants(model_dir: Path, device: str) -> dict[str, Callable[[], tuple[torch.nn.Module, bool]]]:
-    """name -> how to make it: (the module, whether it runs under bf16 autocast)."""
+Made = tuple[Callable[[torch.Tensor], Any], bool]
+"""A way to run the forward pass, and whether it runs under bf16 autocast."""
 
-    def stage_way() -> tuple[torch.nn.Module, bool]:
+
+def variants(model_dir: Path, device: str) -> dict[str, Callable[[], Made]]:
+    """name -> how to make it."""
+
+    def stage_way() -> Made:
         return ClipModel(load_pretrained(model_dir, device=device), ProcessorConfig()), True
 
-    def bf16_weights() -> tuple[torch.nn.Module, bool]:
+    def bf16_weights() -> Made:
         model = load_pretrained(model_dir, device=device).to(torch.bfloat16)
         return ClipModel(model, ProcessorConfig()), False
 
-    def inductor() -> tuple[torch.nn.Module, bool]:
+    def inductor() -> Made:
         return torch.compile(stage_way()[0]), True
 
-    def cuda_graphs() -> tuple[torch.nn.Module, bool]:
+    def cuda_graphs() -> Made:
         return torch.compile(stage_way()[0], mode="reduce-overhead"), True
 
     made = {"stage (autocast)": stage_way, "bf16 weights": bf16_weights, "inductor": inductor}
@@ -62,7 +67,7 @@ def variants(model_dir: Path, device: str) -> dict[str, Callable[[], tuple[torch
     return made
 
 
-def measure(module: torch.nn.Module, autocast: bool, clips: torch.Tensor, flash: bool) -> dict:
+def measure(module: Callable, autocast: bool, clips: torch.Tensor, flash: bool) -> dict:
     device = clips.device.type
     cast = torch.autocast(device, dtype=torch.bfloat16, enabled=autocast)
     backend = sdpa_kernel([SDPBackend.FLASH_ATTENTION]) if flash else contextlib.nullcontext()
@@ -89,7 +94,7 @@ def measure(module: torch.nn.Module, autocast: bool, clips: torch.Tensor, flash:
     }
 
 
-def attention_kernels(module: torch.nn.Module, clips: torch.Tensor) -> list[str]:
+def attention_kernels(module: Callable, clips: torch.Tensor) -> list[str]:
     """The GPU kernels of one pass whose names say attention (flash, efficient, cudnn...)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
         module(clips)
@@ -110,7 +115,8 @@ def run(model_dir: Path, batch: int, device: str) -> list[dict]:
     size = (batch, config.num_frames, config.image_size, config.image_size, 3)
     clips = torch.randint(0, 256, size, dtype=torch.uint8, device=device)
     peak = next((p for name, p in PEAK_BF16_TFLOPS.items() if name in gpu_name(device)), None)
-    figures, reference = [], None
+    figures: list[dict[str, Any]] = []
+    reference = None
     for flash in (False, True):
         for name, make in variants(model_dir, device).items():
             if flash and name != "stage (autocast)":

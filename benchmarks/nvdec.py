@@ -29,6 +29,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -45,7 +46,7 @@ NVDEC_ENGINES = 7
 
 
 def clip_frames() -> list[int]:
-    return frame_positions(VIDEO["num_frames"], SAMPLING)[0].tolist()
+    return frame_positions(cast(int, VIDEO["num_frames"]), SAMPLING)[0].tolist()
 
 
 def nvdec_worker(paths: list[str], seconds: float, results) -> None:

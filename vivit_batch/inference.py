@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +68,9 @@ class ClipModel(nn.Module):
     """uint8 clips as decoded, (N, T, H, W, 3) on the device -> the model's output: the layout
     change and normalisation run where the model does, in one module."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, model: VivitForVideoClassification, processor: ProcessorConfig):
         super().__init__()
         self.model = model
@@ -79,6 +82,10 @@ class ClipModel(nn.Module):
     def forward(self, clips: torch.Tensor) -> VideoClassifierOutput:
         pixels = clips.permute(0, 1, 4, 2, 3).to(self.scale.dtype) * self.scale + self.shift
         return self.model(pixels)
+
+
+Forward = Callable[[torch.Tensor], VideoClassifierOutput]
+"""A `ClipModel`, compiled or not."""
 
 
 class ClipStaging:
@@ -191,7 +198,7 @@ class VideoClassifier:
         self.dtype = DTYPES[self.precision]
         self.clips_per_forward = clips_per_forward
         self.eager = ClipModel(model, processor).to(self.device)
-        self.forward = torch.compile(self.eager) if compile == "inductor" else self.eager
+        self.forward: Forward = torch.compile(self.eager) if compile == "inductor" else self.eager
         self._threads = threading.local()
 
     @property
@@ -219,7 +226,7 @@ class VideoClassifier:
         if self.forward is not self.eager:
             self._blank_pass(self.forward, self.clips_per_forward)
 
-    def _blank_pass(self, forward: nn.Module, clips: int) -> None:
+    def _blank_pass(self, forward: Forward, clips: int) -> None:
         config = self.model.config
         size = (config.num_frames, config.image_size, config.image_size, config.num_channels)
         blank = torch.zeros((clips, *size), dtype=torch.uint8, device=self.device)
@@ -235,21 +242,17 @@ class VideoClassifier:
         """(probabilities, embeddings) of each video, averaged over its views, on the device."""
         probabilities, embeddings = [], []
         for chunk in _chunks(videos, self.clips_per_forward):
-            with (
-                self.staging.loaded(chunk) as clips,
-                torch.autocast(
-                    self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
-                ),
-            ):
+            with self.staging.loaded(chunk) as clips, self._autocast():
                 output = self.forward(clips)
             probabilities.append(output.logits.float().softmax(-1))
             embeddings.append(output.embedding.float())
         views = torch.tensor([len(video) for video in videos])
         video_of_clip = torch.repeat_interleave(torch.arange(len(videos)), views).to(self.device)
         views = views.to(self.device).unsqueeze(1)
-        return _mean_of(torch.cat(probabilities), video_of_clip, views), _mean_of(
-            torch.cat(embeddings), video_of_clip, views
+        mean_probabilities, mean_embeddings = (
+            _mean_of(torch.cat(rows), video_of_clip, views) for rows in (probabilities, embeddings)
         )
+        return mean_probabilities, mean_embeddings
 
 
 def _chunks(videos: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -270,6 +273,7 @@ def _chunks(videos: Sequence[np.ndarray], size: int) -> Iterator[list[np.ndarray
 
 
 def _mean_of(rows: torch.Tensor, group: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """The mean of the `rows` of each group (`group`: each row's, `sizes`: (groups, 1))."""
     sums = torch.zeros((len(sizes), rows.shape[1]), dtype=rows.dtype, device=rows.device)
     return sums.index_add_(0, group, rows) / sizes
 
