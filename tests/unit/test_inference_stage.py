@@ -144,9 +144,13 @@ def test_batches_in_any_chunking_or_labelled_at_once_get_the_same_rows(decoded, 
 
 def test_calls_that_overlap_count_their_common_time_once(decoded, stage):
     busy = _BusyTime()
-    assert busy.counted(10.0, 12.0) == 2.0
-    assert busy.counted(11.0, 13.0) == 1.0  # 11-12 was counted by the call before
-    assert busy.counted(12.5, 13.0) == 0.0  # inside time already counted
-    assert busy.counted(20.0, 21.5) == 1.5  # idle time between calls is not counted
+    busy.started(10.0)
+    busy.started(11.0)
+    assert busy.ended(12.0) == 2.0  # the second call ended first: 10-12
+    busy.started(12.5)
+    assert busy.ended(13.0) == 1.0  # 12-13, one call or two
+    assert busy.ended(14.0) == 1.0  # the first call: 13-14
+    busy.started(20.0)  # idle from 14 to 20: not counted
+    assert busy.ended(21.5) == 1.5
     seconds = stage(decoded).column(INFERENCE_SECONDS).to_numpy()
     assert (seconds > 0).all() and np.ptp(seconds) == 0  # the batch's share, each row alike

@@ -129,7 +129,25 @@ class InferenceStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.refusal:
             raise self.refusal
-        started = time.perf_counter()
+        self.busy.started(time.perf_counter())
+        try:
+            found, failed = self._labelled(batch)
+        finally:
+            busy = self.busy.ended(time.perf_counter())
+        batch = _with_errors(batch.drop_columns([CLIPS, CLIP_SHAPE]), failed)
+        rows = batch.num_rows
+        columns = {
+            **found.columns(self.classifier.names),
+            **self._provenance(rows),
+            INFERENCE_SECONDS: pa.repeat(pa.scalar(busy / rows), rows),
+            INFERENCE_DEVICE: pa.repeat(pa.scalar(self.device_json), rows),
+        }
+        for name, column in columns.items():
+            batch = batch.append_column(name, column)
+        return redacted_uris(batch)  # fetched: done
+
+    def _labelled(self, batch: pa.Table) -> tuple[_Found, dict[int, VideoError]]:
+        """The batch's predictions, and its rows that failed in preprocessing or labelling."""
         uris = batch.column("uri")
         column = _ClipColumn(batch)
         clips: dict[int, np.ndarray] = {}
@@ -143,14 +161,7 @@ class InferenceStage:
                 failed[row] = internal_error(uris[row].as_py(), error, "preprocessing")
         found = _Found.empty(batch.num_rows, self.classifier.top_k, self.hidden_size)
         self._label_bisecting(list(clips), clips, found, failed, uris)
-        batch = _with_errors(batch.drop_columns([CLIPS, CLIP_SHAPE]), failed)
-        columns = {**found.columns(self.classifier.names), **self._provenance(batch.num_rows)}
-        busy = self.busy.counted(started, time.perf_counter())
-        columns[INFERENCE_SECONDS] = pa.repeat(pa.scalar(busy / batch.num_rows), batch.num_rows)
-        columns[INFERENCE_DEVICE] = pa.repeat(pa.scalar(self.device_json), batch.num_rows)
-        for name, column in columns.items():
-            batch = batch.append_column(name, column)
-        return redacted_uris(batch)  # fetched: done
+        return found, failed
 
     def _label_bisecting(
         self,
@@ -193,19 +204,33 @@ class InferenceStage:
 
 
 class _BusyTime:
-    """The seconds a stage's calls kept it busy, time in which two calls ran counted once (the
-    run report's stage rate divides clips by it)."""
+    """The seconds in which at least one of a stage's calls ran, handed out to the calls as they
+    end (the run report's stage rate divides clips by their sum): time in which two calls ran
+    counts once, and time in which none ran not at all."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.until = 0.0
+        self.running = 0
+        self.last = 0.0
+        self.unclaimed = 0.0
 
-    def counted(self, started: float, ended: float) -> float:
-        """This call's seconds that no call which ended before it has counted."""
+    def started(self, now: float) -> None:
         with self.lock:
-            seconds = max(0.0, ended - max(started, self.until))
-            self.until = max(self.until, ended)
+            self._tick(now)
+            self.running += 1
+
+    def ended(self, now: float) -> float:
+        """The busy seconds since the last call that ended (this call's share)."""
+        with self.lock:
+            self._tick(now)
+            self.running -= 1
+            seconds, self.unclaimed = self.unclaimed, 0.0
             return seconds
+
+    def _tick(self, now: float) -> None:
+        if self.running:
+            self.unclaimed += now - self.last
+        self.last = now
 
 
 @dataclass
