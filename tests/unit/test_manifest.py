@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pyarrow as pa
 
 from vivit_batch.cli import main
 from vivit_batch.config import ManifestSection
 from vivit_batch.manifest import (
+    check,
     manifest_format,
     resolve_uri,
     scan_manifest,
@@ -61,6 +63,24 @@ def test_scan_counts_every_repeat_across_batches_and_names_the_first_ones(tmp_pa
         "video_id '0' at line 70002 (first at line 2); video_id '1' at line 70003"
     )
     assert "; and 29991 more." in problem
+
+
+def test_ids_that_only_share_the_first_hash_are_not_repeats(tmp_path, monkeypatch):
+    """The scan keeps 8 bytes of hash a row; rows that share them are checked again with 16.
+    Here every id shares the first hash (as two ids would, rarely, at hundreds of millions of
+    rows): only the real repeat is reported, with its rows."""
+    real = check.id_hashes
+    monkeypatch.setattr(
+        check,
+        "id_hashes",
+        lambda ids, size: real(ids, 16) if size == 16 else np.zeros((len(ids), 1), np.uint64),
+    )
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("uri,video_id\na.mp4,x\nb.mp4,y\nc.mp4,z\nd.mp4,y\ne.mp4,w\n")
+    [problem] = scan_manifest(ManifestSection(str(manifest)), RESERVED_COLUMNS).problems
+    assert problem.startswith(
+        f"manifest {manifest} has 1 duplicate video ids: video_id 'y' at line 5 (first at line 3)"
+    )
 
 
 def test_scan_txt_manifest_skips_comments(tmp_path):

@@ -144,7 +144,7 @@ def _scan(
             "segment's, in segments mode): keep large data elsewhere and give its key or path "
             "in the manifest, or raise manifest.max_cell_bytes"
         )
-    repeats = seen.repeats()
+    repeats = _repeats(seen.candidates(), section, fmt, options)
     if len(repeats):
         duplicates = _described_repeats(repeats, section, fmt, options)
         summary.problems.append(
@@ -156,38 +156,68 @@ def _scan(
 
 
 class SeenIds:
-    """Every id of the manifest as a 128-bit hash, 16 bytes a row (not the ids, not a Python
-    object a row): what finds the repeated ids of a manifest of any length."""
+    """Every id of the manifest as a 64-bit hash, 8 bytes a row (not the ids, not a Python
+    object a row): what finds the rows that may repeat an id, whatever the manifest's length.
+    Their ids' 128-bit hashes, taken in a second pass over those rows only, decide
+    (`_repeats`)."""
 
     def __init__(self) -> None:
         self._hashes: list[np.ndarray] = []
 
     def add(self, ids: pa.ChunkedArray) -> None:
-        digests = b"".join(
-            hashlib.blake2b(video_id.encode(), digest_size=16).digest()
-            for video_id in ids.to_pylist()
-        )
-        self._hashes.append(np.frombuffer(digests, np.uint64).reshape(-1, 2))
+        self._hashes.append(id_hashes(ids.to_pylist(), 8).ravel())
 
-    def repeats(self) -> np.ndarray:
-        """(row, first row with the same id) for each row whose id an earlier row has, in row
-        order."""
-        hashes = np.concatenate(self._hashes) if self._hashes else np.empty((0, 2), np.uint64)
-        order = np.lexsort((hashes[:, 1], hashes[:, 0]))  # stable: equal ids in row order
-        ordered = hashes[order]
-        repeat = np.zeros(len(order), bool)
-        repeat[1:] = (ordered[1:] == ordered[:-1]).all(axis=1)
-        positions = np.arange(len(order))
-        first = np.maximum.accumulate(np.where(repeat, 0, positions))
-        pairs = np.stack([order[repeat], order[first[repeat]]], axis=1)
-        return pairs[np.argsort(pairs[:, 0], kind="stable")]
+    def candidates(self) -> np.ndarray:
+        """The rows whose hash another row has, ascending: every row of a repeated id, and
+        rarely (2^-64 a pair of rows) one whose id only shares the hash."""
+        hashes = np.concatenate(self._hashes) if self._hashes else np.empty(0, np.uint64)
+        self._hashes = []
+        ordered = np.sort(hashes)
+        shared = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        if not len(shared):
+            return np.empty(0, np.int64)
+        at = np.searchsorted(shared, hashes)
+        np.minimum(at, len(shared) - 1, out=at)
+        return np.flatnonzero(shared[at] == hashes)
+
+
+def id_hashes(ids: list[str], size: int) -> np.ndarray:
+    """(len(ids), size / 8) uint64: each id's blake2b hash of `size` bytes."""
+    digests = b"".join(hashlib.blake2b(i.encode(), digest_size=size).digest() for i in ids)
+    return np.frombuffer(digests, np.uint64).reshape(len(ids), size // 8)
+
+
+def _repeats(
+    candidates: np.ndarray, section: ManifestSection, fmt: str, options: dict | None
+) -> np.ndarray:
+    """(row, first row with the same id) for each row whose id an earlier row has, in row
+    order: the `candidates`' ids hashed again to 128 bits (a second pass over the manifest,
+    only when some rows share a 64-bit hash)."""
+    if not len(candidates):
+        return np.empty((0, 2), np.int64)
+    hashes = np.empty((len(candidates), 2), np.uint64)
+    base = base_directory(section)
+    for offset, batch in batches(section.uri, fmt, options):
+        start, end = np.searchsorted(candidates, [offset, offset + batch.num_rows])
+        if start < end:
+            table = pa.Table.from_batches([batch]).take(candidates[start:end] - offset)
+            ids = _resolved(table, base, section).column("video_id").to_pylist()
+            hashes[start:end] = id_hashes(ids, 16)
+    order = np.lexsort((hashes[:, 1], hashes[:, 0]))  # stable: equal ids in row order
+    ordered = hashes[order]
+    repeat = np.zeros(len(order), bool)
+    repeat[1:] = (ordered[1:] == ordered[:-1]).all(axis=1)
+    first = np.maximum.accumulate(np.where(repeat, 0, np.arange(len(order))))
+    pairs = candidates[np.stack([order[repeat], order[first[repeat]]], axis=1)]
+    return pairs[np.argsort(pairs[:, 0], kind="stable")]
 
 
 def _described_repeats(
     repeats: np.ndarray, section: ManifestSection, fmt: str, options: dict | None
 ) -> list[str]:
     """'video_id 'x' at line 3 (first at line 2)' for the first `MAX_LISTED_PROBLEMS` repeats:
-    their ids read again from the manifest (a second pass, only when it has repeats)."""
+    their ids read again from the manifest (one more pass, only when it has repeats)."""
     listed = repeats[:MAX_LISTED_PROBLEMS]
     wanted = {int(row) for row in listed[:, 0]}
     ids: dict[int, str] = {}
