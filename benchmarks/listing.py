@@ -12,7 +12,7 @@ older `vivit_batch` package (`git archive main vivit_batch | tar -x -C DIR`). Th
 turns, `--repeats` times each; the fastest of each is reported (the machine is shared).
 
 Writes the "## Manifest listing" section of BENCHMARKS.md (`--no-write`: print only).
-`measure_prefix_listing` is what other benchmarks call.
+`measure_prefix_listing`, `scans_table` and `checkouts_of` are what other benchmarks call.
 """
 
 from __future__ import annotations
@@ -67,11 +67,6 @@ def measure_prefix_listing(
 
 def report(args: argparse.Namespace, scans: dict[str, MeasuredScan], load_before: str) -> str:
     where = machine(load_before)
-    rows = "\n".join(
-        f"| {label} | {scan.summary.rows:,} | {scan.seconds:.1f} s | "
-        f"{scan.peak_rss_bytes / 2**20:,.0f} MiB |"
-        for label, scan in scans.items()
-    )
     lines = [
         "## Manifest listing",
         "",
@@ -86,9 +81,19 @@ def report(args: argparse.Namespace, scans: dict[str, MeasuredScan], load_before
         "summary, with its peak resident memory; the scans took turns, the fastest of each "
         "shown.",
         "",
-        "| scan | videos | wall | peak RSS |",
-        "|---|---|---|---|",
-        rows,
+        *scans_table(scans, "videos"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def scans_table(scans: dict[str, MeasuredScan], counted: str) -> list[str]:
+    """The scans' rows, wall time and peak memory as a table; the last against the first
+    where there are two."""
+    lines = [f"| scan | {counted} | wall | peak RSS |", "|---|---|---|---|"]
+    lines += [
+        f"| {label} | {scan.summary.rows:,} | {scan.seconds:.1f} s | "
+        f"{scan.peak_rss_bytes / 2**20:,.0f} MiB |"
+        for label, scan in scans.items()
     ]
     if len(scans) == 2:
         (old_label, old), (new_label, new) = scans.items()
@@ -97,7 +102,13 @@ def report(args: argparse.Namespace, scans: dict[str, MeasuredScan], load_before
             f"{new_label} against {old_label}: {new.seconds / old.seconds:.2f}x the time, "
             f"{new.peak_rss_bytes / old.peak_rss_bytes:.2f}x the peak memory.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def checkouts_of(args: argparse.Namespace) -> dict[str, str | None]:
+    """--baseline's checkout (if given) and this one, in that order."""
+    checkouts = {args.baseline_name: args.baseline} if args.baseline else {}
+    return {**checkouts, "this checkout": None}
 
 
 def main() -> None:
@@ -109,9 +120,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not write")
     args = parser.parse_args()
     load_before = load_average()
-    checkouts = {args.baseline_name: args.baseline} if args.baseline else {}
-    checkouts["this checkout"] = None
-    scans = measure_prefix_listing(args.objects, checkouts, args.repeats)
+    scans = measure_prefix_listing(args.objects, checkouts_of(args), args.repeats)
     section = report(args, scans, load_before)
     if args.no_write:
         print(section)

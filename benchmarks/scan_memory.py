@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.listing import checkouts_of, scans_table
 from benchmarks.results import load_average, machine, write_section
 from benchmarks.scale_inputs import ROW_GROUP, video_ids, video_index
 from vivit_batch.config import ManifestSection
@@ -42,11 +43,6 @@ def write_manifest(path: Path, rows: int) -> Path:
 
 def report(args: argparse.Namespace, scans: dict[str, MeasuredScan], load_before: str) -> str:
     where = machine(load_before)
-    rows = "\n".join(
-        f"| {label} | {scan.summary.rows:,} | {scan.seconds:.1f} s | "
-        f"{scan.peak_rss_bytes / 2**20:,.0f} MiB |"
-        for label, scan in scans.items()
-    )
     lines = [
         "## Manifest scan",
         "",
@@ -58,17 +54,8 @@ def report(args: argparse.Namespace, scans: dict[str, MeasuredScan], load_before
         "(`python -m vivit_batch.manifest` in a process of its own), with its peak resident "
         "memory.",
         "",
-        "| scan | rows | wall | peak RSS |",
-        "|---|---|---|---|",
-        rows,
+        *scans_table(scans, "rows"),
     ]
-    if len(scans) == 2:
-        (old_label, old), (new_label, new) = scans.items()
-        lines += [
-            "",
-            f"{new_label} against {old_label}: {new.seconds / old.seconds:.2f}x the time, "
-            f"{new.peak_rss_bytes / old.peak_rss_bytes:.2f}x the peak memory.",
-        ]
     return "\n".join(lines) + "\n"
 
 
@@ -80,13 +67,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print, do not write")
     args = parser.parse_args()
     load_before = load_average()
-    checkouts: dict[str, str | None] = {"this checkout": None}
-    if args.baseline:
-        checkouts = {args.baseline_name: args.baseline, **checkouts}
     scans = {}
     with tempfile.TemporaryDirectory(prefix="vivit-scan-") as temporary:
         manifest = write_manifest(Path(temporary) / "manifest.parquet", args.rows)
-        for label, checkout in checkouts.items():
+        for label, checkout in checkouts_of(args).items():
             scan = scans[label] = measured_scan(ManifestSection(str(manifest)), None, checkout)
             print(f"{label}: {scan.seconds:.1f} s, {scan.peak_rss_bytes / 2**20:.0f} MiB")
     text = report(args, scans, load_before)
