@@ -197,13 +197,8 @@ def _repeats(
     if not len(candidates):
         return np.empty((0, 2), np.int64)
     hashes = np.empty((len(candidates), 2), np.uint64)
-    base = base_directory(section)
-    for offset, batch in batches(section.uri, fmt, options):
-        start, end = np.searchsorted(candidates, [offset, offset + batch.num_rows])
-        if start < end:
-            table = pa.Table.from_batches([batch]).take(candidates[start:end] - offset)
-            ids = _resolved(table, base, section).column("video_id").to_pylist()
-            hashes[start:end] = id_hashes(ids, 16)
+    for start, ids in _ids_of_rows(candidates, section, fmt, options):
+        hashes[start : start + len(ids)] = id_hashes(ids, 16)
     order = np.lexsort((hashes[:, 1], hashes[:, 0]))  # stable: equal ids in row order
     ordered = hashes[order]
     repeat = np.zeros(len(order), bool)
@@ -219,22 +214,30 @@ def _described_repeats(
     """'video_id 'x' at line 3 (first at line 2)' for the first `MAX_LISTED_PROBLEMS` repeats:
     their ids read again from the manifest (one more pass, only when it has repeats)."""
     listed = repeats[:MAX_LISTED_PROBLEMS]
-    wanted = {int(row) for row in listed[:, 0]}
+    wanted = np.unique(listed[:, 0])
     ids: dict[int, str] = {}
-    base = base_directory(section)
-    for offset, batch in batches(section.uri, fmt, options):
-        rows = [row for row in range(offset, offset + batch.num_rows) if row in wanted]
-        if rows:
-            table = pa.Table.from_batches([batch]).take([row - offset for row in rows])
-            resolved = _resolved(table, base, section)
-            ids.update(zip(rows, resolved.column("video_id").to_pylist(), strict=True))
-        if len(ids) == len(wanted):
-            break
+    for start, found in _ids_of_rows(wanted, section, fmt, options):
+        ids.update(zip(wanted[start : start + len(found)].tolist(), found, strict=True))
     return [
         f"video_id {ids[int(row)]!r} at {_row_label(fmt, int(row))} "
         f"(first at {_row_label(fmt, int(first))})"
         for row, first in listed
     ]
+
+
+def _ids_of_rows(
+    rows: np.ndarray, section: ManifestSection, fmt: str, options: dict | None
+) -> Iterator[tuple[int, list[str]]]:
+    """The ids of the manifest's `rows` (ascending), read again: (position in `rows` of the
+    first, ids) a batch at a time, until the last row is read."""
+    base = base_directory(section)
+    for offset, batch in batches(section.uri, fmt, options):
+        start, end = np.searchsorted(rows, [offset, offset + batch.num_rows])
+        if start < end:
+            table = pa.Table.from_batches([batch]).take(rows[start:end] - offset)
+            yield int(start), _resolved(table, base, section).column("video_id").to_pylist()
+        if end == len(rows):
+            return
 
 
 def _resolved(table: pa.Table, base: str, section: ManifestSection) -> pa.Table:
