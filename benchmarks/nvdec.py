@@ -49,7 +49,7 @@ def clip_frames() -> list[int]:
     return frame_positions(cast(int, VIDEO["num_frames"]), SAMPLING)[0].tolist()
 
 
-def nvdec_worker(paths: list[str], seconds: float, results) -> None:
+def nvdec_worker(place: int, paths: list[str], seconds: float, results) -> None:
     import PyNvVideoCodec as nvc
     import torch
 
@@ -70,8 +70,9 @@ def nvdec_worker(paths: list[str], seconds: float, results) -> None:
     results.put((clips, time.perf_counter() - started))
 
 
-def cpu_worker(paths: list[str], seconds: float, results) -> None:
-    os.sched_setaffinity(0, {core_of(paths)})
+def cpu_worker(place: int, paths: list[str], seconds: float, results) -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[place % len(cores)]})  # one worker a core
     config = DecodeConfig(isolation="none")
     clips, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
@@ -81,18 +82,11 @@ def cpu_worker(paths: list[str], seconds: float, results) -> None:
     results.put((clips, time.perf_counter() - started))
 
 
-def core_of(paths: list[str]) -> int:
-    """A CPU worker's core: its place among the workers, which its first video gives (each
-    worker starts one video further on: see `in_processes`)."""
-    cores = sorted(os.sched_getaffinity(0))
-    return cores[int(Path(paths[0]).stem[1:]) % len(cores)]
-
-
 def in_processes(worker, paths: list[str], processes: int, seconds: float) -> dict:
     context = multiprocessing.get_context("spawn")  # one CUDA context per process
     results = context.Queue()
     workers = [
-        context.Process(target=worker, args=(paths[i:] + paths[:i], seconds, results))
+        context.Process(target=worker, args=(i, paths[i:] + paths[:i], seconds, results))
         for i in range(processes)
     ]
     for process in workers:
