@@ -96,7 +96,6 @@ class InferenceStage:
         self.device["start_s"] = round(time.perf_counter() - started, 3)  # load, checks
         self.device_json = json.dumps(self.device)
         self.busy = _BusyTime()
-        self.hidden_size = self.classifier.model.config.hidden_size
         if "warning" in self.device:
             log.warning(self.device["warning"])
 
@@ -159,7 +158,8 @@ class InferenceStage:
                 raise
             except Exception as error:  # noqa: BLE001 (one video's bug: its row)
                 failed[row] = internal_error(uris[row].as_py(), error, "preprocessing")
-        found = _Found.empty(batch.num_rows, self.classifier.top_k, self.hidden_size)
+        hidden = self.classifier.model.config.hidden_size
+        found = _Found.empty(batch.num_rows, self.classifier.top_k, hidden)
         self._label_bisecting(list(clips), clips, found, failed, uris)
         return found, failed
 
