@@ -11,6 +11,8 @@
    default plan), the base checkpoint at bf16, over N manifest rows that point round robin at 16
    generated 1280x720 H.264 videos (30 fps, 5 s, x264 defaults): end-to-end clips/s, the run
    report's per-stage rates, and what the inference actor reports of its device.
+   Where PyNvVideoCodec is installed, the job again with `decode.device=cuda` (NVDEC decode
+   actors only) and `auto` (NVDEC and CPU decode actors in one pool).
 3. The device check: `vivit-batch validate` with resources.clips_per_forward=4096, which
    cannot fit the GPU, must stop with exit code 2 and say so.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import io
 import json
 import logging
@@ -114,10 +117,11 @@ def _write_video(path: Path, video: dict) -> None:
     write_video(path, **video)
 
 
-def job(directory: Path, manifest: Path, checkpoint: Path) -> dict:
+def job(directory: Path, manifest: Path, checkpoint: Path, decode_device: str) -> dict:
+    """One run of the job with `decode.device=decode_device`; the first also has `validate`
+    refuse a batch that cannot fit the GPU."""
     import ray
 
-    from vivit_batch.cli import main
     from vivit_batch.config import load_config
     from vivit_batch.job import prepare_job, run_job
 
@@ -125,19 +129,14 @@ def job(directory: Path, manifest: Path, checkpoint: Path) -> dict:
     settings = ["model.precision=bf16", "run.max_error_fraction=0"]
     config = load_config(
         None,
-        settings,
+        [*settings, f"decode.device={decode_device}"],
         manifest_uri=str(manifest),
-        output_uri=str(directory / "out"),
+        output_uri=str(directory / f"out-{decode_device}"),
         model_source=str(checkpoint),
     )
     report = run_job(prepare_job(config))
-    arguments = ["--manifest", str(manifest), "--output", str(directory / "validate")]
-    arguments += ["--model", str(checkpoint), "--videos", "1"]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        code = main(["validate", *arguments, "--set", "resources.clips_per_forward=4096"])
-    ray.shutdown()
-    return {
+    figures = {
+        "decode_device": decode_device,
         "rows": report.rows_written,
         "batch_size": report.config["resources"]["batch_size"],
         "status": report.counts["status"],
@@ -146,8 +145,22 @@ def job(directory: Path, manifest: Path, checkpoint: Path) -> dict:
         "resources": report.resources,
         "inference_devices": report.inference_devices,
         "warnings": report.warnings,
-        "oversized_validate": {"code": code, "printed": printed.getvalue()[-2000:]},
     }
+    if decode_device == "cpu":
+        figures["oversized_validate"] = oversized_validate(directory, manifest, checkpoint)
+    ray.shutdown()
+    return figures
+
+
+def oversized_validate(directory: Path, manifest: Path, checkpoint: Path) -> dict:
+    from vivit_batch.cli import main
+
+    arguments = ["--manifest", str(manifest), "--output", str(directory / "validate")]
+    arguments += ["--model", str(checkpoint), "--videos", "1"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(["validate", *arguments, "--set", "resources.clips_per_forward=4096"])
+    return {"code": code, "printed": printed.getvalue()[-2000:]}
 
 
 def machine() -> dict:
@@ -239,7 +252,35 @@ def render(figures: dict) -> str:
         f"- `validate` with `resources.clips_per_forward=4096`: exit code {refused['code']}: "
         f"{_last_error(refused['printed'])}",
     ]
+    if len(figures.get("jobs", [])) > 1:
+        lines += decode_devices_table(figures["jobs"])
     return "\n".join(lines) + "\n"
+
+
+def decode_devices_table(runs: list[dict]) -> list[str]:
+    """The same job with decoding on the CPU, on NVDEC, and on both (`decode.device`)."""
+    lines = [
+        "",
+        "#### Decoding on the CPU, on NVDEC, and on both",
+        "",
+        "The same manifest and model, `decode.device` set as the first column. *GPU busy*: "
+        "the end-to-end rate over the inference stage's own (the share of the run the GPU "
+        "actor was labelling, at most).",
+        "",
+        "| decode.device | CPU decode actors | NVDEC decode actors | end to end, clips/s | "
+        "decode, clips/s | inference, clips/s | GPU busy | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in runs:
+        speed, plan = run["throughput"], run["resources"]
+        lines.append(
+            f"| {run['decode_device']} | {plan['decode_actors']} | {plan.get('gpu_decoders', 0)} "
+            f"| {speed['clips_per_second']} | {speed['decode_clips_per_second']} "
+            f"| {speed['inference_clips_per_second']} "
+            f"| {speed['clips_per_second'] / speed['inference_clips_per_second']:.0%} "
+            f"| {run['status']} |"
+        )
+    return lines
 
 
 def _last_error(printed: str) -> str:
@@ -253,6 +294,12 @@ def main() -> None:
     parser.add_argument("--render", metavar="PATH", help="only render a --json file's figures")
     parser.add_argument("--rows", type=int, default=2000, help="manifest rows for the job")
     parser.add_argument("--quick", action="store_true", help="tiny model, small videos")
+    parser.add_argument(
+        "--decode-devices",
+        default="cpu,cuda,auto" if importlib.util.find_spec("PyNvVideoCodec") else "cpu",
+        help="the job once per decode.device, the first with cpu (default: cpu, and cuda and "
+        "auto where PyNvVideoCodec is installed)",
+    )
     args = parser.parse_args()
     if args.render:
         write_section("GPU", render(json.loads(Path(args.render).read_text())))
@@ -274,9 +321,12 @@ def main() -> None:
         save()
         print("inputs", flush=True)
         manifest = write_inputs(scratch, rows, video)
-        print("job", flush=True)
-        figures["job"] = job(scratch, manifest, scratch / "checkpoint")
-        save()
+        figures["jobs"] = []
+        for device in args.decode_devices.split(","):
+            print(f"job, decode.device={device}", flush=True)
+            figures["jobs"].append(job(scratch, manifest, scratch / "checkpoint", device))
+            figures["job"] = figures["jobs"][0]
+            save()
     print(render(figures))
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness in one go, on a machine with an NVIDIA GPU (about 10 minutes, 18 at most):
+# GPU readiness in one go, on a machine with an NVIDIA GPU (about 12 minutes, 26 at most):
 #   1. the tests marked `gpu` (CUDA inference against the CPU in fp32 / bf16 / fp16, the device
 #      an inference actor opens and reports),
 #   2. `python -m benchmarks.inference_stage`: the stage's host work per clip on one core, then
@@ -7,9 +7,11 @@
 #   3. `python -m benchmarks.gpu_variants`: the forward pass at batch 32 as the stage runs it,
 #      with bf16 weights, compiled (inductor), with CUDA graphs, flash attention forced (MFU),
 #   4. `python -m benchmarks.nvdec` where PyNvVideoCodec is installed: NVDEC clips/s and frames/s
-#      per engine against the CPU decode path per core, and NVDEC's pixels against PyAV's,
-#   5. `python -m benchmarks.gpu`: base-size model throughput in fp32, bf16 and fp16, and one
-#      pipeline run of the job on embedded Ray (ROWS manifest rows, 1500 by default),
+#      per engine (bare, and the decode stage's own path) against the CPU decode path per core,
+#      and NVDEC's pixels against PyAV's,
+#   5. `python -m benchmarks.gpu`: base-size model throughput in fp32, bf16 and fp16, and the
+#      job on embedded Ray (ROWS manifest rows, 1000 by default) with decode.device=cpu, and
+#      where PyNvVideoCodec is installed again with cuda and auto,
 #   6. their figures rendered into BENCHMARKS.md's GPU section (dated, naming the machine).
 #
 #   benchmarks/gpu_check.sh              # from anywhere; runs in the repository root
@@ -18,6 +20,10 @@
 #
 # Uses VENV (default .venv); if there is none, makes it with PyPI's torch, a CUDA build on
 # Linux (that install is outside the 8 minutes). Each step runs under its own `timeout`.
+# PyNvVideoCodec comes from a wheel in .whl/ where there is one (a machine without internet:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 pynvvideocodec==2.2.4 -d .whl
+# with the device's Python version), else from the index if it answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +34,7 @@ case "${1:-}" in
   *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
 esac
 venv=${VENV:-.venv}
-rows=${ROWS:-1500}
+rows=${ROWS:-1000}
 python="$venv/bin/python"
 
 if [[ ! -x "$python" ]]; then
@@ -50,9 +56,18 @@ step() {  # step SECONDS COMMAND...: one step, killed if it runs past SECONDS
   timeout --kill-after=10 "$limit" "$@"
 }
 
+if ! $dry_run && ! "$python" -c 'import PyNvVideoCodec' 2>/dev/null; then
+  wheels=(.whl/pynvvideocodec-*.whl)
+  if [[ -e "${wheels[0]}" ]]; then
+    "$venv/bin/pip" install -q --no-deps "${wheels[@]}" || true
+  else
+    timeout 120 "$venv/bin/pip" install -q pynvvideocodec==2.2.4 || true
+  fi
+fi
+
 started=$SECONDS
 figures=$(mktemp -d)/gpu.json
-step 120 "$python" -m pytest -m gpu -q -rs -p no:cacheprovider tests/
+step 240 "$python" -m pytest -m gpu -q -rs -p no:cacheprovider tests/
 stage=$(dirname "$figures")/stage.json
 step 60 "$python" -m benchmarks.inference_stage --json "$stage"
 if $dry_run; then
@@ -71,7 +86,7 @@ else
   else
     echo "== NVDEC left out: PyNvVideoCodec is not installed (pip install pynvvideocodec==2.2.4)"
   fi
-  step 300 "$python" -m benchmarks.gpu --rows "$rows" --json "$figures"
+  step 540 "$python" -m benchmarks.gpu --rows "$rows" --json "$figures"
   step 30 "$python" -m benchmarks.gpu --render "$figures"
 fi
 echo "== done in $((SECONDS - started)) s"

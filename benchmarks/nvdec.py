@@ -12,6 +12,9 @@ the next lent machine and not yet run (none was lent since). It measures:
    centre clip's 32 frames at stride 4 of each video in turn for `--seconds`; clips/s, and the
    frames through the decoder (from the keyframe to the clip's last frame) per second and per
    engine.
+   The decode stage's own NVDEC path (`decode.device=cuda`: PyAV reads the header and first
+   frame, a decoder per video, resize and crop on the GPU, clips back to the host) in the same
+   processes, for what it adds to the bare decoder.
 2. The CPU path in the same run: the decode stage (`decode_video`, sandboxed worker left out)
    in one process per core for the same time: clips/s, and per core.
 3. Parity: clips made from NVDEC's RGB frames (and, as a check of the resize alone, from
@@ -37,7 +40,8 @@ from benchmarks.gpu import DISTINCT_VIDEOS, VIDEO, machine, write_inputs
 from benchmarks.results import write_section
 from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.processor import ProcessorConfig
-from vivit_batch.video.decode import DecodeRequest, decode_video
+from vivit_batch.video.decode import DecodeRequest, assemble_clips, decode_video
+from vivit_batch.video.nvdec import decode_on_device, resized_on_device
 from vivit_batch.video.sampling import frame_positions
 
 SAMPLING = SamplingConfig(num_frames=32)
@@ -70,14 +74,25 @@ def nvdec_worker(place: int, paths: list[str], seconds: float, results) -> None:
     results.put((clips, time.perf_counter() - started))
 
 
+def stage_worker(place: int, paths: list[str], seconds: float, results) -> None:
+    """The decode stage's own NVDEC path (`decode.device=cuda`, in the process): PyAV reads
+    the header and the first frame, a decoder per video, resize and crop, clips to the host."""
+    decode_for(seconds, paths, DecodeConfig(isolation="none", device="cuda"), results)
+
+
 def cpu_worker(place: int, paths: list[str], seconds: float, results) -> None:
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[place % len(cores)]})  # one worker a core
-    config = DecodeConfig(isolation="none")
+    decode_for(seconds, paths, DecodeConfig(isolation="none"), results)
+
+
+def decode_for(seconds: float, paths: list[str], config: DecodeConfig, results) -> None:
+    """Decode `paths` in turn as the decode stage does, for `seconds`; clips and seconds to
+    `results`."""
     clips, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         request = DecodeRequest(paths[clips % len(paths)], SAMPLING, ProcessorConfig(), "v", config)
-        decode_video(request)
+        decode_on_device(request)
         clips += 1
     results.put((clips, time.perf_counter() - started))
 
@@ -124,27 +139,6 @@ def pyav_frames(path: str):
     return torch.from_numpy(np.stack([found[index] for index in clip_frames()]))
 
 
-def resized_and_cropped(frames, processor: ProcessorConfig):
-    """(T, H, W, 3) uint8 -> the clip the model sees, (T, crop, crop, 3) uint8, where the frames
-    are (the GPU): torch's antialiased bilinear in float, rounded (the CPU path runs torch's
-    uint8 kernel of the same filter), then the centre crop."""
-    import torch
-
-    height, width = frames.shape[1:3]
-    new_h, new_w = processor.resized_size(height, width)
-    pictures = torch.nn.functional.interpolate(
-        frames.permute(0, 3, 1, 2).float(),
-        size=(new_h, new_w),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )
-    pictures = pictures.round_().clamp_(0, 255).to(torch.uint8)
-    crop_h, crop_w = processor.crop_height, processor.crop_width
-    top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
-    return pictures[:, :, top : top + crop_h, left : left + crop_w].permute(0, 2, 3, 1)
-
-
 def parity(paths: list[str], frames_of, device: str) -> dict:
     """The clips made from `frames_of(path)` frames, resized and cropped on `device`, against
     the CPU path's (`decode_video`): pixels, and the base model's embeddings (fp32, random
@@ -163,7 +157,9 @@ def parity(paths: list[str], frames_of, device: str) -> dict:
     for path in paths:
         request = DecodeRequest(path, SAMPLING, processor, "v", DecodeConfig(isolation="none"))
         expected = torch.from_numpy(decode_video(request).clips[0]).to(device)
-        got = resized_and_cropped(frames_of(path).to(device), processor)
+        pictures = resized_on_device(frames_of(path).to(device), processor).cpu().numpy()
+        got = torch.from_numpy(assemble_clips([list(pictures)], processor, SAMPLING)[0])
+        got = got.to(device)
         pixels.append((got.int() - expected.int()).abs().float())
         with torch.inference_mode():
             embeddings = model(torch.stack([expected, got])).embedding
@@ -192,10 +188,16 @@ def render(figures: dict) -> str:
         "| decoder | processes | clips/s | frames decoded/s | per engine or core |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, runs in (("NVDEC", figures["nvdec"]), ("CPU (PyAV)", figures["cpu"])):
+    decoders = (
+        ("NVDEC", figures["nvdec"]),
+        ("NVDEC, the stage's path", figures.get("stage", [])),
+        ("CPU (PyAV)", figures["cpu"]),
+    )
+    for name, runs in decoders:
         for run in runs:
             frames = run["clips_per_second"] * frames_per_clip
-            units = min(run["processes"], NVDEC_ENGINES) if name == "NVDEC" else run["processes"]
+            on_nvdec = name.startswith("NVDEC")
+            units = min(run["processes"], NVDEC_ENGINES) if on_nvdec else run["processes"]
             lines.append(
                 f"| {name} | {run['processes']} | {run['clips_per_second']:.1f} | {frames:,.0f} "
                 f"| {frames / units:,.0f} |"
@@ -238,9 +240,12 @@ def main() -> None:
         if not args.cpu_only:
             figures["parity"]["nvdec"] = parity(paths, nvdec_frames, device)
         print(f"  parity {figures['parity']}", flush=True)
+        figures["stage"] = []
         for processes in () if args.cpu_only else PROCESSES:
             figures["nvdec"].append(in_processes(nvdec_worker, paths, processes, args.seconds))
             print(f"  nvdec {figures['nvdec'][-1]}", flush=True)
+            figures["stage"].append(in_processes(stage_worker, paths, processes, args.seconds))
+            print(f"  stage {figures['stage'][-1]}", flush=True)
         cores = len(os.sched_getaffinity(0))
         for processes in sorted({1, cores}):
             figures["cpu"].append(in_processes(cpu_worker, paths, processes, args.seconds))

@@ -42,6 +42,9 @@ TEMPORAL_VIEWS = ("center", "uniform", "random", "segments")
 SPATIAL_CROPS = ("center", "three")
 ISOLATION = ("process", "none")
 SANDBOX = ("auto", "required", "off")
+DECODE_DEVICES = ("auto", "cpu", "cuda")
+NVDEC_REQUIREMENT = "pynvvideocodec==2.2.4"
+"""What NVDEC decoding needs on the GPU nodes (the `nvdec` extra; README, Decoding on the GPU)."""
 
 
 @dataclass(frozen=True)
@@ -302,11 +305,31 @@ class DecodeConfig(Section, name="decode"):
         "without them; off: never",
         choices=SANDBOX,
     )
+    device: str = setting(
+        "auto",
+        "where videos are decoded: cpu; cuda: on the GPUs' NVDEC engines only (PyNvVideoCodec; "
+        "what NVDEC cannot decode goes to the CPU path in the same process); auto: both where "
+        "the cluster has GPUs for inference, the CPU alone elsewhere",
+        choices=DECODE_DEVICES,
+    )
+    gpu_decoders: int = setting(
+        7,
+        "device=auto|cuda: decoding processes per GPU on its NVDEC engines (H100 and H200 "
+        "have 7, A100 5, L4 4)",
+        minimum=1,
+    )
 
     def combination_problems(self) -> list[str]:
+        problems = []
         if self.sandbox == "required" and self.isolation != "process":
-            return ["decode.sandbox=required needs decode.isolation=process"]
-        return []
+            problems.append("decode.sandbox=required needs decode.isolation=process")
+        if self.sandbox == "required" and self.device == "cuda":
+            problems.append(
+                "decode.sandbox=required needs decode.device=cpu or auto: the GPU's decoding "
+                "processes are filtered by seccomp but not confined by Landlock (auto then "
+                "decodes on the CPU alone)"
+            )
+        return problems
 
 
 @dataclass(frozen=True)

@@ -240,3 +240,9 @@ def test_validate_labels_a_sample_and_writes_nothing(
     assert "inference actor: cpu " in printed and ", fp32, torch " in printed
     assert not (tmp_path / "out").exists()
     assert main(["validate", *arguments, "--model", str(tmp_path / "none")]) == 2
+    capsys.readouterr()
+    nvdec = ["--model", str(checkpoint), "--set", "decode.device=cuda"]
+    assert main(["validate", *arguments, *nvdec]) == 2  # no GPU here: before measuring
+    printed = capsys.readouterr().err
+    assert "decode.device=cuda, but the cluster has no GPU at start" in printed
+    assert "per clip on one core" not in printed

@@ -4,15 +4,16 @@ dashboard: a laptop run pays for no process it does not use), and what it has.""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import ray
 import ray.data as ray_data
 from ray._private.state import state as global_state
 
-from vivit_batch.job.resources import ClusterShape
+from vivit_batch.job.resources import ClusterShape, Resources
 from vivit_batch.logs import adopt_ray_loggers, filter_native_stderr
 
 NODE_ID_LABEL = "ray.io/node-id"
@@ -76,6 +77,7 @@ def cluster_shape() -> ClusterShape:
         },
         max_cpus=None if largest is None else largest.get("CPU", 0),
         max_gpus=0.0 if largest is None else largest.get("GPU", 0),
+        nvdec=importlib.util.find_spec("PyNvVideoCodec") is not None,
     )
 
 
@@ -87,11 +89,34 @@ def autoscaler_limits() -> dict[str, int] | None:
     return global_state.get_max_resources_from_cluster_config()
 
 
-def off_gpu_nodes(steer: bool) -> Callable[[], dict] | None:
-    """Ray remote args that keep an actor off the GPU nodes alive when it starts, so that the
-    CPU-only nodes that join during the run take their share, and GPU nodes that join are left
-    to inference (a label selector, not a pin to the nodes at start); None when not `steer`."""
-    return _off_gpu_nodes if steer else None
+def decode_placement(resources: Resources) -> DecodePlacement | None:
+    """`DecodePlacement`, where the plan needs it (NVDEC decoders, or CPU-only nodes to steer
+    to): Ray 2.60 deprecates `ray_remote_args_fn` (gone in 2.64), and warns when it is given."""
+    return DecodePlacement(resources) if resources.gpu_decoders or resources.decode_nodes else None
+
+
+class DecodePlacement:
+    """The Ray remote args of each decode actor, asked as the pool starts it (Ray Data's
+    `ray_remote_args_fn`): the first `resources.gpu_decoders` get their share of a GPU, on
+    whose NVDEC engines they decode (`stages.decode.decoding_device`); the others keep off
+    the GPU nodes alive when they start where the plan decodes on CPU-only nodes, so that
+    CPU-only nodes that join take their share and GPU nodes that join are left to inference
+    (a label selector, not a pin to the nodes at start). One pool for both kinds: Ray Data
+    hands each batch to the actor with the fewest in flight, so the faster decoders take more."""
+
+    def __init__(self, resources: Resources):
+        self._gpu_args = {
+            "num_gpus": resources.gpu_decoder_gpus,
+            "num_cpus": resources.gpu_decoder_cpus,
+        }
+        self._gpu_decoders_left = resources.gpu_decoders
+        self._steer = bool(resources.decode_nodes)
+
+    def __call__(self) -> dict:
+        if self._gpu_decoders_left:
+            self._gpu_decoders_left -= 1
+            return dict(self._gpu_args)
+        return _off_gpu_nodes() if self._steer else {}
 
 
 def _off_gpu_nodes() -> dict:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import ray
 
 from vivit_batch.errors import UsageError
-from vivit_batch.job.cluster import off_gpu_nodes
+from vivit_batch.job.cluster import decode_placement
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, read_dataset, schema_of, with_ids
@@ -50,9 +50,12 @@ def build_dataset(
     dataset = dataset.map_batches(
         DecodeStage,
         fn_constructor_kwargs={"options": job.decode},
-        compute=actor_pool(resources.decode_actors, resources.max_decode_actors),
+        compute=actor_pool(
+            resources.decode_actors + resources.gpu_decoders,
+            resources.max_decode_actors + resources.gpu_decoders,
+        ),
         num_cpus=resources.decode_cpus,
-        ray_remote_args_fn=off_gpu_nodes(bool(resources.decode_nodes)),
+        ray_remote_args_fn=decode_placement(resources),
         batch_size=resources.decode_batch_size,
         batch_format="pyarrow",
     )

@@ -20,11 +20,12 @@ maximum is their start size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import ceil
+from math import ceil, floor
 
 from vivit_batch.calibration import StageCosts
-from vivit_batch.config import JobConfig, ResourcesSection
+from vivit_batch.config import NVDEC_REQUIREMENT, DecodeConfig, JobConfig, ResourcesSection
 from vivit_batch.device_record import CPU, CUDA
+from vivit_batch.errors import ConfigError
 
 RAY_DATA_HEADROOM_CPUS = 1.0
 """Some Ray Data steps (listing files for read_parquet) always ask for a whole CPU; the actor
@@ -35,6 +36,13 @@ MAX_TORCH_THREADS = 8
 DECODE_BATCH_SIZE = 16
 """Videos per decode call, unless the manifest is too short to give each actor several."""
 DECODE_CALLS_PER_ACTOR = 4
+GPU_DECODE_SHARE = 0.1
+"""Of each GPU, the share its NVDEC decode actors reserve in Ray, together (inference actors
+reserve the rest): what they use of it is the video engines, a CUDA context each and the
+frames of one clip, not the GPU's compute."""
+GPU_DECODER_CPUS = 0.25
+"""CPU an NVDEC decode actor reserves: it reads the container, hands the packets over and
+copies the resized pictures back (the decoding is the GPU's)."""
 DECODE_ACTOR_START_S = 2.0
 """CPU seconds a decode actor and its decoding process take to start (BENCHMARKS.md, Start-up:
 about 0.9 each on the 2-core machine): a CPU plan starts no decode actor that would decode for
@@ -54,6 +62,8 @@ class ClusterShape:
     """the most CPUs the autoscaler may grow the cluster to; None: a fixed cluster"""
     max_gpus: float = 0.0
     """the most GPUs the autoscaler may grow the cluster to"""
+    nvdec: bool = False
+    """PyNvVideoCodec is installed where the driver runs (taken to mean: on the GPU nodes)"""
 
 
 @dataclass
@@ -75,6 +85,11 @@ class Resources:
     """CPU plans: the share of the CPUs planned for inference, from the stages' costs"""
     decode_nodes: list[str] = field(default_factory=list)
     """the CPU-only nodes at start, when inference uses GPUs: decode actors keep off GPU nodes"""
+    gpu_decoders: int = 0
+    """decode actors, besides `decode_actors`, each given `gpu_decoder_gpus` of a GPU and
+    `gpu_decoder_cpus` CPU, that decode on its NVDEC engines (`decode.device`)"""
+    gpu_decoder_gpus: float = 0.0
+    gpu_decoder_cpus: float = 0.0
 
     @property
     def inference_device(self) -> str:
@@ -91,11 +106,17 @@ class Resources:
             if self.decode_nodes
             else ""
         )
+        on_gpus = (
+            f"; {self.gpu_decoders} decode actor(s) on NVDEC, each {self.gpu_decoder_gpus:g} GPU "
+            f"+ {self.gpu_decoder_cpus:g} CPU"
+            if self.gpu_decoders
+            else ""
+        )
         return (
             f"{_sizes(self.inference_actors, self.max_inference_actors)} inference actor(s), "
             f"each {inference}; {_sizes(self.decode_actors, self.max_decode_actors)} decode "
             f"actor(s), each {self.decode_cpus:.2g} CPU with {self.decode_threads} PyAV "
-            f"thread(s){nodes}"
+            f"thread(s){nodes}{on_gpus}"
         )
 
 
@@ -126,21 +147,29 @@ def plan_resources(
         inference_actors = max(1, actors)
     inference_actors = r.inference_actors or _capped(inference_actors, r.max_inference_actors)
     inference_total = inference_actors * inference_threads
+    budget = cluster.cpus - RAY_DATA_HEADROOM_CPUS
+    gpu_decoders = planned_gpu_decoders(config.decode, cluster, gpus)
+    gpu_decoder_cpus = gpu_decoder_cpu_share(budget - inference_total, gpu_decoders)
     if share is None:
-        decode_pool_cpus = sum(cpu_nodes.values()) or cluster.cpus - inference_total
+        decode_pool_cpus = sum(cpu_nodes.values()) or (
+            cluster.cpus - inference_total - gpu_decoders * gpu_decoder_cpus
+        )
         decode_actors = max(1, int(decode_pool_cpus // decode_threads))
+        if config.decode.device == "cuda":
+            decode_actors = 0
     else:
         decode_pool_cpus = cluster.cpus * (1 - share)
         decoding_s = videos * costs.decode_s if videos and costs and costs.decode_s else None
         decode_actors = decode_actors_worth(decoding_s, decode_pool_cpus / decode_threads)
     if videos:
         decode_actors = min(decode_actors, videos)
-    decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
-    budget = cluster.cpus - RAY_DATA_HEADROOM_CPUS
+    if decode_actors:
+        decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
     if gpus:  # GPU actors keep a whole CPU each
         inference_scale = 1.0
         decode_budget = min(decode_pool_cpus, budget - inference_total)
-        decode_scale = decode_budget / (decode_actors * decode_threads)
+        decode_budget -= 0 if cpu_nodes else gpu_decoders * gpu_decoder_cpus
+        decode_scale = decode_budget / max(1, decode_actors * decode_threads)
     else:
         inference_scale = decode_scale = budget / (inference_total + decode_actors * decode_threads)
     decode_cpus = decode_threads * min(1.0, max(0.1, decode_scale))
@@ -155,17 +184,62 @@ def plan_resources(
         inference_actors=inference_actors,
         inference_threads=inference_threads,
         inference_cpus=inference_cpus,
-        inference_gpus=float(gpus_per_actor),
-        max_decode_actors=_maximum(
-            r.max_decode_actors, r.decode_actors, decode_actors, grown_decode
-        ),
+        inference_gpus=gpus_per_actor * (1 - GPU_DECODE_SHARE if gpu_decoders else 1.0),
+        max_decode_actors=decode_actors
+        and _maximum(r.max_decode_actors, r.decode_actors, decode_actors, grown_decode),
         max_inference_actors=_maximum(
             r.max_inference_actors, r.inference_actors, inference_actors, grown_inference
         ),
         decode_nodes=sorted(cpu_nodes),
-        decode_batch_size=r.decode_batch_size or decode_batch_size(videos, decode_actors),
+        decode_batch_size=r.decode_batch_size
+        or decode_batch_size(videos, decode_actors + gpu_decoders),
         inference_share=None if share is None else round(share, 4),
+        gpu_decoders=gpu_decoders,
+        gpu_decoder_gpus=floor(GPU_DECODE_SHARE / config.decode.gpu_decoders * 1e4) / 1e4
+        if gpu_decoders
+        else 0.0,
+        gpu_decoder_cpus=gpu_decoder_cpus,
     )
+
+
+def planned_gpu_decoders(decode: DecodeConfig, cluster: ClusterShape, gpu_plan: bool) -> int:
+    """NVDEC decode actors: `decode.gpu_decoders` per GPU of the cluster at start, in a plan
+    that runs inference on GPUs (`gpu_plan`), where `decode.device` allows (auto: where
+    PyNvVideoCodec is installed, and not with `decode.sandbox=required`, which their sandbox
+    does not meet); `ConfigError` for `decode.device=cuda` where it cannot run."""
+    require_decode_device(decode, cluster, gpu_plan)
+    if not gpu_plan or decode.device == "cpu" or not cluster.nvdec or decode.sandbox == "required":
+        return 0
+    return int(cluster.gpus) * decode.gpu_decoders
+
+
+def require_decode_device(decode: DecodeConfig, cluster: ClusterShape, gpu_plan: bool) -> None:
+    """`ConfigError` for `decode.device=cuda` on a cluster without GPUs or PyNvVideoCodec, or
+    in a plan that labels on the CPU."""
+    if decode.device == "cuda" and not (cluster.gpus and gpu_plan):
+        why = (
+            "inference runs on the CPU (resources.inference_gpus=0)"
+            if cluster.gpus
+            else "the cluster has no GPU at start"
+        )
+        raise ConfigError(
+            f"decode.device=cuda, but {why}: set decode.device=auto (NVDEC where inference "
+            "has GPUs, the CPU elsewhere) or cpu"
+        )
+    if decode.device == "cuda" and not cluster.nvdec:
+        raise ConfigError(
+            "decode.device=cuda, but PyNvVideoCodec is not installed where the job's driver "
+            f"runs: pip install {NVDEC_REQUIREMENT} on the GPU nodes, or set decode.device=cpu"
+        )
+
+
+def gpu_decoder_cpu_share(spare_cpus: float, gpu_decoders: int) -> float:
+    """CPU each NVDEC decode actor reserves: `GPU_DECODER_CPUS`, or less where that would be
+    more than half the `spare_cpus` that inference leaves (a small machine), so that they all
+    start; 0 without any."""
+    if not gpu_decoders:
+        return 0.0
+    return round(min(GPU_DECODER_CPUS, max(0.01, spare_cpus / (2 * gpu_decoders))), 4)
 
 
 def gpus_per_inference_actor(resources: ResourcesSection, cluster: ClusterShape) -> float:

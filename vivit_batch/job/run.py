@@ -32,6 +32,7 @@ from vivit_batch.job.resources import (
     gpus_per_inference_actor,
     plan_resources,
     plans_from_costs,
+    require_decode_device,
 )
 from vivit_batch.job.shared_output import require_shared_output
 from vivit_batch.logs import interactive, progress_lines
@@ -100,8 +101,10 @@ def planned_resources(job: PreparedJob, videos: int) -> tuple[Resources, dict]:
     and when there is nothing to label)."""
     cluster = cluster_shape()
     resources = job.config.resources
+    gpu_plan = bool(gpus_per_inference_actor(resources, cluster))
+    require_decode_device(job.config.decode, cluster, gpu_plan)  # before measuring anything
     needs_costs = videos and plans_from_costs(resources)
-    if not needs_costs or gpus_per_inference_actor(resources, cluster):
+    if not needs_costs or gpu_plan:
         if job.calibration:
             job.calibration.cancel()
         return plan_resources(job.config, cluster, videos=videos), {}

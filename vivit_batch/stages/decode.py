@@ -11,14 +11,17 @@ requests to its decoding processes, which have their own.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 
-from vivit_batch.config import DecodeConfig, SamplingConfig
+from vivit_batch.config import NVDEC_REQUIREMENT, DecodeConfig, SamplingConfig
+from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import (
     BYTES_READ,
     CLIP_SHAPE,
@@ -35,9 +38,12 @@ from vivit_batch.output.schema import (
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.redact import redacted_uris
 from vivit_batch.stages.failures import ALWAYS_FATAL, error_columns, internal_error
-from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, VideoMetadata, decode_video
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, VideoMetadata
 from vivit_batch.video.isolation import DecoderUnavailable, IsolatedDecoder
+from vivit_batch.video.nvdec import decode_on_device
 from vivit_batch.video.segments import SegmentChunk, decode_segments
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,12 @@ class DecodeStageOptions:
 
 class DecodeStage:
     """Manifest rows -> a row per video with its clips, or in segments mode a row per segment,
-    handed on a chunk of segments at a time (see `video.segments`)."""
+    handed on a chunk of segments at a time (see `video.segments`). Decodes on the device
+    `decoding_device` picks for this process."""
 
     def __init__(self, options: DecodeStageOptions):
-        self.options = options
+        config = replace(options.config, device=decoding_device(options.config.device))
+        self.options = options = replace(options, config=config)
         self.decoder = None
         if options.config.isolation == "process":
             self.decoder = IsolatedDecoder(options.config)
@@ -93,7 +101,7 @@ class DecodeStage:
         """A video's row; `stalled`: its source did not answer the version check in time."""
         started = time.perf_counter()
         row = dict.fromkeys(DECODED_COLUMNS)
-        decode = self.decoder.decode if self.decoder else decode_video
+        decode = self.decoder.decode if self.decoder else decode_on_device
         try:
             if stalled:
                 raise self.stalled_version_check(uri)
@@ -152,6 +160,29 @@ class DecodeStage:
             f"decode.stall_timeout_s={stall_s:g} s, so it was not decoded; raise "
             "decode.stall_timeout_s for sources this slow",
         )
+
+
+def decoding_device(setting: str) -> str:
+    """`cpu` or `cuda` for `decode.device=setting` in this process: `auto` decodes on NVDEC
+    where Ray gave the process a share of a GPU (the plan's GPU decoders) and PyNvVideoCodec is
+    installed, on the CPU elsewhere. `cuda` without PyNvVideoCodec: `ConfigError`."""
+    if setting == "cpu" or (setting == "auto" and not _given_a_gpu()):
+        return "cpu"
+    if importlib.util.find_spec("PyNvVideoCodec") is None:
+        if setting == "cuda":
+            raise ConfigError(
+                "decode.device=cuda, but PyNvVideoCodec is not installed on this node: "
+                f"pip install {NVDEC_REQUIREMENT}, or set decode.device=cpu"
+            )
+        log.warning("no PyNvVideoCodec on this GPU node: this decode actor decodes on the CPU")
+        return "cpu"
+    return "cuda"
+
+
+def _given_a_gpu() -> bool:
+    import ray  # a Ray actor has it imported already
+
+    return ray.is_initialized() and bool(ray.get_gpu_ids())
 
 
 SEGMENT_ROW_COLUMNS = {**SEGMENT_DECODED_COLUMNS, **DECODED_COLUMNS}

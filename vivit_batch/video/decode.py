@@ -87,7 +87,8 @@ Opener = Callable[[DecodeRequest], InputFile]
 
 def decode_video(request: DecodeRequest, opener: Opener = open_source) -> DecodedVideo:
     """Decode the clips `request.sampling` asks for, preprocessed as `request.processor` says,
-    from the bytes `opener` gives.
+    from the bytes `opener` gives, on the CPU (`nvdec.decode_on_device`: where
+    `request.config.device` says).
 
     Raises `VideoError` for anything wrong with the video or its storage.
     """
@@ -189,12 +190,19 @@ def _decode_clips(request: DecodeRequest, video: OpenVideo) -> DecodedVideo:
         pictures = decoder.decode_at(info.times(positions), video.converter)
     check_corruption(uri, decoder)
 
+    metadata = video.metadata(frame_count)
+    metadata.clip_start_s, metadata.clip_end_s = clip_span(positions, sampling, info, frame_count)
+    return DecodedVideo(assemble_clips(pictures, request.processor, sampling), metadata)
+
+
+def clip_span(
+    positions: np.ndarray, sampling: SamplingConfig, info: StreamInfo, frame_count: int | None
+) -> tuple[float, float]:
+    """Start and end (seconds from the first frame) of the span the views at `positions` cover,
+    in a stream `frame_count` frames long (None: not known)."""
     fps = info.sampling_fps
     span_end = positions.max() + sampling.frame_sample_rate
-    metadata = video.metadata(frame_count)
-    metadata.clip_start_s = float(positions.min()) / fps
-    metadata.clip_end_s = float(min(span_end, frame_count or span_end)) / fps
-    return DecodedVideo(assemble_clips(pictures, request.processor, sampling), metadata)
+    return float(positions.min()) / fps, float(min(span_end, frame_count or span_end)) / fps
 
 
 def _decode_frame(uri: str, at_s: float, video: OpenVideo) -> DecodedVideo:

@@ -80,9 +80,10 @@ class IsolatedDecoder:
     """`decode_video` in a killable worker process: `decode` takes the same `DecodeRequest`.
 
     `config` gives the worker's memory cap (`max_memory_bytes`), the retries after a crash
-    (`crash_retries`) and the sandbox (`sandbox`); each request's own config its deadline and
-    storage. One decode at a time (not thread-safe). `close()` (or garbage collection) ends
-    the processes.
+    (`crash_retries`), the sandbox (`sandbox`) and the device (`device`: with `cuda` the
+    workers decode on NVDEC, under seccomp alone and without the address-space cap; see
+    `nvdec`); each request's own config its deadline and storage. One decode at a time (not
+    thread-safe). `close()` (or garbage collection) ends the processes.
     """
 
     def __init__(
@@ -95,7 +96,7 @@ class IsolatedDecoder:
         self.max_memory_bytes = config.max_memory_bytes
         self.startup_timeout_s = startup_timeout_s
         self._max_clip_bytes = config.max_memory_bytes or MAX_CLIP_BYTES
-        self._processes = _Processes(config.max_memory_bytes, config.sandbox)
+        self._processes = _Processes(config.max_memory_bytes, config.sandbox, config.device)
         self.worker_cpu_s = 0.0
         """The worker's CPU seconds on the latest request, as of its latest clips (what the
         worker says: a figure to plan by, never to trust with more)."""
@@ -224,10 +225,11 @@ class _Died(Exception):
 class _Processes:
     """The zygote and its current worker (either may be None, to be started when needed)."""
 
-    def __init__(self, max_memory_bytes: int | None, sandbox: str):
+    def __init__(self, max_memory_bytes: int | None, sandbox: str, device: str):
         self.max_memory_bytes = max_memory_bytes
         self.sandbox = sandbox
-        self.zygote: _Zygote | None = _Zygote(max_memory_bytes, sandbox)
+        self.device = device
+        self.zygote: _Zygote | None = _Zygote(max_memory_bytes, sandbox, device)
         self.worker: _Worker | None = None
         self.replaced = 0
         self.closed = False
@@ -241,7 +243,9 @@ class _Processes:
             return self.worker
         restarted = False
         while True:
-            zygote = self.zygote = self.zygote or _Zygote(self.max_memory_bytes, self.sandbox)
+            zygote = self.zygote = self.zygote or _Zygote(
+                self.max_memory_bytes, self.sandbox, self.device
+            )
             try:
                 zygote.wait_ready(startup_timeout_s)
                 if self.sandbox == "required" and zygote.missing:
@@ -291,12 +295,15 @@ class _ZygoteGone(Exception):
 class _Zygote:
     """The parent's handle on the zygote: start it, have it fork a worker, reap one."""
 
-    def __init__(self, max_memory_bytes: int | None, sandbox: str):
+    def __init__(self, max_memory_bytes: int | None, sandbox: str, device: str):
         ours, theirs = socket.socketpair()
+        # NVDEC's workers get no address-space cap: the CUDA driver maps memory by the
+        # gigabyte; the parent still replaces a worker that holds more than the cap.
+        gpu = device == "cuda"
         command = (
             "from vivit_batch.video.worker import zygote_main; "
-            f"zygote_main({theirs.fileno()}, {os.getpid()}, {max_memory_bytes or 0}, "
-            f"{sandbox!r})"
+            f"zygote_main({theirs.fileno()}, {os.getpid()}, "
+            f"{0 if gpu else max_memory_bytes or 0}, {sandbox!r}, {gpu})"
         )
         try:
             self.process = subprocess.Popen(

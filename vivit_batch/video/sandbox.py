@@ -122,7 +122,11 @@ class Support:
     @property
     def missing(self) -> str | None:
         """The kernel feature the sandbox lacks here, in words; None when it has them all."""
-        if not self.landlock_abi:
+        return self.lacks(landlock=True)
+
+    def lacks(self, landlock: bool) -> str | None:
+        """`missing`, for a sandbox with Landlock or (False) with seccomp alone."""
+        if landlock and not self.landlock_abi:
             return (
                 "Landlock (Linux 5.13 or later with the landlock LSM enabled, e.g. lsm=...,"
                 "landlock on the kernel command line)"
@@ -133,19 +137,23 @@ class Support:
             return f"a seccomp filter for {self.architecture} (x86_64 and aarch64 have one)"
         return None
 
-    def describe(self) -> str:
-        """`none`, or the Landlock ABI and what the sandbox enforces with it."""
-        if self.missing:
+    def describe(self, landlock: bool = True) -> str:
+        """`none`, or the Landlock ABI and what the sandbox enforces with it (`landlock`
+        False: what seccomp alone enforces)."""
+        if self.lacks(landlock):
             return "none"
-        abi = self.landlock_abi
-        landlock = "no writes, reads only under the Python installation and its libraries"
-        landlock += ", no TCP connect or bind" if abi >= 4 else " (no TCP rules before ABI 4)"
-        if abi >= 6:
-            landlock += ", signals and abstract UNIX sockets scoped"
-        return (
-            f"landlock ABI {abi} ({landlock}); seccomp (no socket() of any family, no ptrace, "
-            "process_vm_*, pidfd_getfd, io_uring, bpf, perf_event_open, userfaultfd, keyrings)"
+        seccomp = (
+            "seccomp (no socket() of any family, no ptrace, process_vm_*, pidfd_getfd, "
+            "io_uring, bpf, perf_event_open, userfaultfd, keyrings)"
         )
+        if not landlock:
+            return f"{seccomp}; no landlock (the GPU's device files and driver)"
+        abi = self.landlock_abi
+        rules = "no writes, reads only under the Python installation and its libraries"
+        rules += ", no TCP connect or bind" if abi >= 4 else " (no TCP rules before ABI 4)"
+        if abi >= 6:
+            rules += ", signals and abstract UNIX sockets scoped"
+        return f"landlock ABI {abi} ({rules}); {seccomp}"
 
 
 def probe() -> Support:
@@ -183,21 +191,26 @@ def planned(mode: str, isolation: str) -> tuple[str, str | None]:
 
 class Sandbox:
     """A sandbox prepared once (in the zygote, after its imports): a Landlock ruleset and a
-    seccomp program, which each forked worker then `enter`s in a few system calls."""
+    seccomp program, which each forked worker then `enter`s in a few system calls.
 
-    def __init__(self, support: Support, readable: Iterable[str]):
-        if support.missing:
-            raise SandboxUnavailable(f"this kernel has no {support.missing}")
+    Without `landlock` (the GPU's decoding processes, which open the driver's device files and
+    libraries, and which no ruleset was tried with yet) only the seccomp program."""
+
+    def __init__(self, support: Support, readable: Iterable[str], landlock: bool = True):
+        missing = support.lacks(landlock)
+        if missing:
+            raise SandboxUnavailable(f"this kernel has no {missing}")
         self.support = support
-        self._ruleset_fd = _landlock_ruleset(support.landlock_abi, readable)
+        self._ruleset_fd = _landlock_ruleset(support.landlock_abi, readable) if landlock else None
         self._filter = _seccomp_filter(_ARCHITECTURES[support.architecture])
 
     def enter(self) -> None:
         """Confine the calling process (and the threads and processes it starts) for good.
         Only the calling thread is confined: call it before starting any other."""
         _check(_prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-        _check(_syscall(_RESTRICT_SELF, self._ruleset_fd, 0), "landlock_restrict_self")
-        os.close(self._ruleset_fd)
+        if self._ruleset_fd is not None:
+            _check(_syscall(_RESTRICT_SELF, self._ruleset_fd, 0), "landlock_restrict_self")
+            os.close(self._ruleset_fd)
         program = _SockFprog(len(self._filter) // 8, ctypes.addressof(self._filter))
         _check(
             _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(program), 0, 0),

@@ -39,8 +39,9 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from vivit_batch.video.decode import DecodeRequest, Opener, VideoMetadata, decode_video
+from vivit_batch.video.decode import DecodeRequest, Opener, VideoMetadata
 from vivit_batch.video.errors import ErrorCode, VideoError
+from vivit_batch.video.nvdec import decode_on_device
 from vivit_batch.video.sandbox import Sandbox, SandboxUnavailable, probe, readable_roots
 from vivit_batch.video.segments import decode_segments
 from vivit_batch.video.served import SourceRequest, parse_answer, served_opener
@@ -269,9 +270,12 @@ def _metadata(fields: object) -> VideoMetadata:
     return VideoMetadata(**fields)
 
 
-def zygote_main(control_fd: int, parent_pid: int, max_memory_bytes: int, sandbox: str) -> None:
+def zygote_main(
+    control_fd: int, parent_pid: int, max_memory_bytes: int, sandbox: str, gpu: bool = False
+) -> None:
     """Fork workers on request until the parent closes the socket or dies, then exit. The ready
-    message says which sandbox the workers enter (`sandbox`: a `decode.sandbox` mode)."""
+    message says which sandbox the workers enter (`sandbox`: a `decode.sandbox` mode; `gpu`:
+    workers that decode on NVDEC, which initialise CUDA themselves after the fork)."""
     import torch  # for the resize: imported once, before the zygote forks
 
     # torch's resize runs on its intra-op pool, one thread per core unless told otherwise: on
@@ -280,7 +284,9 @@ def zygote_main(control_fd: int, parent_pid: int, max_memory_bytes: int, sandbox
     control = socket.socket(fileno=control_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this process ends
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file per crash and retry
-    worker = _WorkerSetup(max_memory_bytes, *_prepared_sandbox(sandbox), TEST_PROBE in os.environ)
+    worker = _WorkerSetup(
+        max_memory_bytes, *_prepared_sandbox(sandbox, gpu), TEST_PROBE in os.environ
+    )
     exited: dict[int, int] = {}
     ready = json.dumps({"sandbox": worker.described, "missing": worker.missing}).encode()
     control.sendall(b"R" + HEADER_LENGTH.pack(len(ready)) + ready)
@@ -312,20 +318,22 @@ class _WorkerSetup:
     """runs `PROBE_URI` requests (`TEST_PROBE`)"""
 
 
-def _prepared_sandbox(mode: str) -> tuple[Sandbox | None, str, str | None]:
-    """The sandbox for `decode.sandbox=mode`, tried once in a process of its own, how it is
-    described, and why there is none (None when there is one or none was asked for)."""
+def _prepared_sandbox(mode: str, gpu: bool) -> tuple[Sandbox | None, str, str | None]:
+    """The sandbox for `decode.sandbox=mode` (`gpu`: for NVDEC's workers, seccomp alone), tried
+    once in a process of its own, how it is described, and why there is none (None when there
+    is one or none was asked for)."""
     if mode == "off":
         return None, "off", None
     support = probe()
-    if support.missing:
-        return None, "none", f"this kernel has no {support.missing}"
+    missing = support.lacks(landlock=not gpu)
+    if missing:
+        return None, "none", f"this kernel has no {missing}"
     try:
-        sandbox = Sandbox(support, readable_roots())
+        sandbox = Sandbox(support, () if gpu else readable_roots(), landlock=not gpu)
         _try_entering(sandbox)
     except OSError as error:
         return None, "none", f"the sandbox could not be entered ({error})"
-    return sandbox, support.describe(), None
+    return sandbox, support.describe(landlock=not gpu), None
 
 
 def _try_entering(sandbox: Sandbox) -> None:
@@ -451,7 +459,7 @@ def _replies(
                 )
                 yield chunk_reply, clips
             return
-        video = decode_video(request, opener)
+        video = decode_on_device(request, opener)
     except VideoError as error:
         if isinstance(error.__cause__, MemoryError):
             error = _out_of_memory(request.uri, max_memory_bytes)

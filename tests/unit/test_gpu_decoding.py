@@ -1,0 +1,210 @@
+"""Decoding on the GPU's NVDEC engines (`decode.device`), what of it runs without a GPU: the plan
+of NVDEC decode actors beside the CPU ones and their placement, the device each decode actor
+picks, the GPU path's resize (torch on the CPU here) against the CPU path's, and the GPU
+decoding processes' containment (killed when stuck, retried then reported when they crash,
+seccomp without Landlock, no address-space cap). NVDEC itself: tests/e2e/test_gpu.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers.http import LOCAL_HTTP, CrashingServer, StallingServer
+from tests.unit.test_driver import plan
+from vivit_batch.config import DecodeConfig, SamplingConfig, load_config
+from vivit_batch.errors import ConfigError
+from vivit_batch.job.cluster import DecodePlacement
+from vivit_batch.job.resources import GPU_DECODE_SHARE, GPU_DECODER_CPUS
+from vivit_batch.processor import ProcessorConfig
+from vivit_batch.stages.decode import decoding_device
+from vivit_batch.testing.media import write_video
+from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
+from vivit_batch.video.isolation import IsolatedDecoder
+from vivit_batch.video.nvdec import resized_on_device
+from vivit_batch.video.sandbox import probe
+from vivit_batch.video.transform import resize_bilinear
+from vivit_batch.video.worker import PROBE_URI, TEST_PROBE
+
+PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
+SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=2)
+HAS_NVDEC = importlib.util.find_spec("PyNvVideoCodec") is not None
+
+
+def test_gpu_plans_add_nvdec_decoders_per_gpu_beside_the_cpu_ones():
+    one = plan(cpus=16, gpus=1, nvdec=True)
+    assert (one.gpu_decoders, one.gpu_decoder_cpus) == (7, GPU_DECODER_CPUS)
+    # the decoders and the inference actor fit on the GPU together, in Ray's 1e-4 steps
+    assert one.inference_gpus == pytest.approx(1 - GPU_DECODE_SHARE)
+    assert one.inference_gpus + 7 * one.gpu_decoder_gpus <= 1.0
+    assert one.gpu_decoder_gpus == pytest.approx(GPU_DECODE_SHARE / 7, abs=1e-4)
+    # their CPUs come off the CPU decoders': 16 - 1 (inference) - 7 x 0.25 -> 13 actors
+    assert one.decode_actors == 13 and one.max_decode_actors == 13
+    assert "7 decode actor(s) on NVDEC" in one.describe()
+    assert plan("decode.gpu_decoders=4", cpus=16, gpus=2, nvdec=True).gpu_decoders == 8
+    small = plan(cpus=2, gpus=1, nvdec=True)  # inference takes what Ray Data leaves
+    assert (small.gpu_decoders, small.gpu_decoder_cpus, small.decode_actors) == (7, 0.01, 1)
+    nvdec_only = plan("decode.device=cuda", cpus=16, gpus=1, nvdec=True)
+    assert (nvdec_only.decode_actors, nvdec_only.max_decode_actors) == (0, 0)
+    assert nvdec_only.gpu_decoders == 7
+    for unchanged in (
+        plan(cpus=16, gpus=1),  # no PyNvVideoCodec
+        plan("decode.device=cpu", cpus=16, gpus=1, nvdec=True),
+        plan("decode.sandbox=required", cpus=16, gpus=1, nvdec=True),  # Landlock: CPU only
+        plan("resources.inference_gpus=0", cpus=16, gpus=1, nvdec=True),  # no GPU plan
+    ):
+        assert unchanged.gpu_decoders == 0 and unchanged.gpu_decoder_gpus == 0
+    assert plan(cpus=16, gpus=1).inference_gpus == 1.0
+
+
+def test_decode_device_cuda_is_refused_before_any_work_where_it_cannot_run():
+    with pytest.raises(ConfigError, match="the cluster has no GPU"):
+        plan("decode.device=cuda", cpus=16, nvdec=True)
+    with pytest.raises(ConfigError, match="PyNvVideoCodec is not installed"):
+        plan("decode.device=cuda", cpus=16, gpus=1)
+    with pytest.raises(ConfigError, match="decode.sandbox=required needs decode.device"):
+        load_config(None, ["decode.device=cuda", "decode.sandbox=required"])
+    with pytest.raises(ConfigError, match="decode.device"):
+        load_config(None, ["decode.device=gpu"])
+
+
+def test_the_first_decode_actors_placed_get_a_share_of_a_gpu():
+    placement = DecodePlacement(plan(cpus=16, gpus=1, nvdec=True))
+    placed = [placement() for _ in range(20)]
+    share = {"num_gpus": plan(cpus=16, gpus=1, nvdec=True).gpu_decoder_gpus}
+    assert placed[:7] == [{**share, "num_cpus": GPU_DECODER_CPUS}] * 7
+    assert placed[7:] == [{}] * 13  # CPU decoders: no CPU-only nodes to steer them to
+
+
+def test_each_decode_actor_picks_its_device():
+    assert decoding_device("cpu") == "cpu"
+    assert decoding_device("auto") == "cpu"  # not an actor Ray gave a GPU
+    if HAS_NVDEC:
+        assert decoding_device("cuda") == "cuda"
+    else:
+        with pytest.raises(ConfigError, match="pip install pynvvideocodec"):
+            decoding_device("cuda")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("videos")
+    return {
+        "wide": write_video(
+            directory / "wide.mp4", num_frames=20, width=320, height=180, content="detailed"
+        ),
+        "turned": write_video(
+            directory / "turned.mp4", num_frames=20, width=120, height=200, rotation=90
+        ),
+    }
+
+
+def stored_frames(path: Path) -> np.ndarray:
+    """(N, H, W, 3) rgb24 frames as stored (not turned), as PyAV's swscale makes them."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("turns", [0, 1])
+def test_the_gpu_paths_resize_is_the_cpu_paths_within_one_level(videos, turns):
+    """torch's float kernel, rounded (the GPU path) against its uint8 kernel (the CPU path) on
+    the same frames, turned as a display matrix of 90 degrees says."""
+    frames = stored_frames(videos["wide"])
+    got = resized_on_device(torch.from_numpy(frames), PROCESSOR, turns).numpy()
+    expected = []
+    for frame in frames:
+        turned = np.ascontiguousarray(np.rot90(frame, turns))
+        size = PROCESSOR.resized_size(*turned.shape[:2])
+        expected.append(resize_bilinear(turned, size))
+    difference = np.abs(got.astype(int) - np.stack(expected).astype(int))
+    assert got.shape == (len(frames), *expected[0].shape) and got.dtype == np.uint8
+    assert difference.max() <= 1 and difference.mean() < 0.2
+
+
+@pytest.fixture(scope="module")
+def gpu_decoder():
+    with IsolatedDecoder(DecodeConfig(device="cuda", timeout_s=2)) as decoder:
+        yield decoder
+
+
+def request(uri: str, **config) -> DecodeRequest:
+    return DecodeRequest(uri, SAMPLING, PROCESSOR, config=DecodeConfig(device="cuda", **config))
+
+
+def served(url: str, **config) -> DecodeRequest:
+    """`request` for a video the tests' HTTP server sends."""
+    return dataclasses.replace(request(url, **config), storage_options=LOCAL_HTTP)
+
+
+def cpu_result(path: Path):
+    return decode_video(DecodeRequest(str(path), SAMPLING, PROCESSOR))
+
+
+@pytest.mark.skipif(HAS_NVDEC, reason="NVDEC decodes here: tests/e2e/test_gpu.py compares it")
+def test_without_nvdec_a_gpu_decoding_process_gives_the_cpu_paths_rows(gpu_decoder, videos):
+    for path in videos.values():
+        video = gpu_decoder.decode(request(str(path)))
+        np.testing.assert_array_equal(video.clips, cpu_result(path).clips)
+        assert video.metadata == cpu_result(path).metadata
+    with pytest.raises(VideoError) as caught:
+        gpu_decoder.decode(request(str(videos["wide"].parent / "missing.mp4")))
+    assert caught.value.code == ErrorCode.NOT_FOUND
+
+
+def test_a_stuck_gpu_decoding_process_is_killed_and_replaced(gpu_decoder, videos):
+    gpu_decoder.decode(request(str(videos["wide"])))
+    stuck = gpu_decoder.child_pid
+    stalling = StallingServer(videos["wide"].read_bytes())
+    try:
+        with pytest.raises(VideoError) as caught:
+            gpu_decoder.decode(served(stalling.url, timeout_s=1, stall_timeout_s=None))
+    finally:
+        stalling.stop()
+    assert caught.value.code == ErrorCode.TIMEOUT and "was killed" in str(caught.value)
+    gpu_decoder.decode(request(str(videos["wide"])))
+    assert gpu_decoder.child_pid != stuck
+
+
+def test_a_crashing_gpu_decoding_process_is_retried_then_reported(gpu_decoder, videos):
+    poison = CrashingServer()
+    try:
+        with pytest.raises(VideoError) as caught:
+            gpu_decoder.decode(served(poison.url))
+    finally:
+        poison.stop()
+    assert caught.value.code == ErrorCode.DECODE_CRASH and len(poison.killed) == 2
+    assert gpu_decoder.decode(request(str(videos["turned"]))).clips.shape[0] == 1
+
+
+def data_limit(pid: int) -> str:
+    with open(f"/proc/{pid}/limits") as limits:
+        [line] = [line for line in limits if line.startswith("Max data size")]
+    return line.split()[3]
+
+
+@pytest.mark.skipif(probe().lacks(landlock=False) is not None, reason="no seccomp filters here")
+def test_gpu_decoding_processes_get_seccomp_without_landlock_and_no_data_cap(
+    tmp_path, monkeypatch, videos
+):
+    monkeypatch.setenv(TEST_PROBE, "1")
+    spec = {"create": [str(tmp_path / "written")], "connect": ["127.0.0.1", 9]}
+    found = {}
+    for device in ("cuda", "cpu"):
+        with IsolatedDecoder(DecodeConfig(device=device)) as decoder:
+            probe_request = DecodeRequest(PROBE_URI + json.dumps(spec), SAMPLING, PROCESSOR)
+            with pytest.raises(RuntimeError) as probed:
+                decoder.decode(probe_request)
+            found[device] = (json.loads(str(probed.value)), decoder.sandbox)
+            found[device] += (data_limit(decoder.child_pid),)
+    gpu_probe, gpu_sandbox, gpu_data = found["cuda"]
+    assert gpu_sandbox.startswith("seccomp") and "no landlock" in gpu_sandbox
+    assert gpu_probe["connect"] == "PermissionError"  # socket() refused: seccomp
+    assert gpu_probe["create 0"] == "ok"  # no Landlock
+    assert gpu_data == "unlimited"  # CUDA maps memory by the gigabyte
+    assert found["cpu"][2] == str(DecodeConfig().max_memory_bytes)
