@@ -8,7 +8,8 @@ Needs PyNvVideoCodec (NVIDIA's wheel bundles its demuxer; 2.2.4, 27 MB) and a GP
 the next lent machine and not yet run (none was lent since). It measures:
 
 1. NVDEC: P processes (1, 2, 4, 7, 14; H100/H200 have 7 NVDEC engines), each with a
-   `SimpleDecoder` (RGB output in device memory, reconfigured from file to file) decoding the
+   `SimpleDecoder` (NV12 in device memory, as the stage takes it, reconfigured from file to
+   file) decoding the
    centre clip's 32 frames at stride 4 of each video in turn for `--seconds`; clips/s, and the
    frames through the decoder (from the keyframe to the clip's last frame) per second and per
    engine.
@@ -17,10 +18,10 @@ the next lent machine and not yet run (none was lent since). It measures:
    processes, for what it adds to the bare decoder.
 2. The CPU path in the same run: the decode stage (`decode_video`, sandboxed worker left out)
    in one process per core for the same time: clips/s, and per core.
-3. Parity: clips made from NVDEC's RGB frames (and, as a check of the resize alone, from
-   PyAV's rgb24 frames), resized and cropped on the GPU in torch, against the CPU path's
-   clips: pixel differences, and the base model's embeddings (the issue's criterion: within
-   1%, relative).
+3. Parity: the NVDEC path's clips (`nvdec_clips`: NVDEC's planes made RGB as swscale makes
+   them, resized and cropped on the GPU; and, as a check of the resize alone, PyAV's rgb24
+   frames resized and cropped the same way) against the CPU path's clips: pixel differences,
+   and the base model's embeddings (the issue's criterion: within 1%, relative).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import multiprocessing
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -41,7 +43,7 @@ from benchmarks.results import write_section
 from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.video.decode import DecodeRequest, assemble_clips, decode_video
-from vivit_batch.video.nvdec import decode_on_device, resized_on_device
+from vivit_batch.video.nvdec import decode_on_device, nvdec_clips, resized_on_device
 from vivit_batch.video.sampling import frame_positions
 
 SAMPLING = SamplingConfig(num_frames=32)
@@ -63,7 +65,7 @@ def nvdec_worker(place: int, paths: list[str], seconds: float, results) -> None:
         path = paths[clips % len(paths)]
         if decoder is None:
             decoder = nvc.SimpleDecoder(
-                path, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB
+                path, use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE
             )
         else:
             decoder.reconfigure_decoder(path)
@@ -114,16 +116,19 @@ def in_processes(worker, paths: list[str], processes: int, seconds: float) -> di
     return {"processes": processes, "clips": clips, "clips_per_second": clips / wall}
 
 
-def nvdec_frames(path: str):
-    """The centre clip's frames as NVDEC gives them: (T, H, W, 3) uint8 RGB on the GPU."""
-    import PyNvVideoCodec as nvc
-    import torch
+def nvdec_clip(request: DecodeRequest) -> np.ndarray:
+    """The clip as the decode stage's NVDEC path makes it (`nvdec_clips`)."""
+    decoded = nvdec_clips(replace(request, config=replace(request.config, device="cuda")))
+    assert decoded is not None, f"NVDEC did not take {request.uri}"
+    return decoded.clips[0]
 
-    decoder = nvc.SimpleDecoder(
-        path, use_device_memory=True, output_color_type=nvc.OutputColorType.RGB
-    )
-    frames = decoder.get_batch_frames_by_index(clip_frames())
-    return torch.stack([torch.from_dlpack(frame) for frame in frames])
+
+def pyav_clip(request: DecodeRequest) -> np.ndarray:
+    """The clip from PyAV's rgb24 frames (as the CPU path converts them), resized and cropped as
+    the NVDEC path resizes and crops: the resize's own share of the difference."""
+
+    pictures = resized_on_device(pyav_frames(request.uri), request.processor).cpu().numpy()
+    return assemble_clips([list(pictures)], request.processor, SAMPLING)[0]
 
 
 def pyav_frames(path: str):
@@ -139,10 +144,10 @@ def pyav_frames(path: str):
     return torch.from_numpy(np.stack([found[index] for index in clip_frames()]))
 
 
-def parity(paths: list[str], frames_of, device: str) -> dict:
-    """The clips made from `frames_of(path)` frames, resized and cropped on `device`, against
-    the CPU path's (`decode_video`): pixels, and the base model's embeddings (fp32, random
-    weights): largest relative difference, the issue's criterion being 1%."""
+def parity(paths: list[str], clip_of, device: str) -> dict:
+    """The clips `clip_of(request)` makes against the CPU path's (`decode_video`): pixels, and
+    the base model's embeddings on `device` (fp32, random weights): largest relative
+    difference, the issue's criterion being 1%."""
     import torch
 
     from vivit_batch.inference import ClipModel
@@ -157,9 +162,7 @@ def parity(paths: list[str], frames_of, device: str) -> dict:
     for path in paths:
         request = DecodeRequest(path, SAMPLING, processor, "v", DecodeConfig(isolation="none"))
         expected = torch.from_numpy(decode_video(request).clips[0]).to(device)
-        pictures = resized_on_device(frames_of(path).to(device), processor).cpu().numpy()
-        got = torch.from_numpy(assemble_clips([list(pictures)], processor, SAMPLING)[0])
-        got = got.to(device)
+        got = torch.from_numpy(clip_of(request)).to(device)
         pixels.append((got.int() - expected.int()).abs().float())
         with torch.inference_mode():
             embeddings = model(torch.stack([expected, got])).embedding
@@ -207,7 +210,7 @@ def render(figures: dict) -> str:
             "",
             "NVDEC: not measured yet (`--cpu-only`: no GPU was lent since this was written).",
         ]
-    sources = {"pyav": "PyAV's rgb24 frames", "nvdec": "NVDEC's RGB frames"}
+    sources = {"pyav": "PyAV's rgb24 frames", "nvdec": "NVDEC's planes (the stage's path)"}
     for source, found in figures["parity"].items():
         lines += [
             "",
@@ -236,9 +239,9 @@ def main() -> None:
         paths = sorted(str(path) for path in Path(temporary).glob("v*.mp4"))
         figures["nvdec"], figures["cpu"] = [], []
         device = "cpu" if args.cpu_only else "cuda"
-        figures["parity"] = {"pyav": parity(paths[:4], pyav_frames, device)}
+        figures["parity"] = {"pyav": parity(paths[:4], pyav_clip, device)}
         if not args.cpu_only:
-            figures["parity"]["nvdec"] = parity(paths, nvdec_frames, device)
+            figures["parity"]["nvdec"] = parity(paths, nvdec_clip, device)
         print(f"  parity {figures['parity']}", flush=True)
         figures["stage"] = []
         for processes in () if args.cpu_only else PROCESSES:

@@ -27,7 +27,12 @@ from vivit_batch.stages.decode import decoding_device
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
 from vivit_batch.video.isolation import IsolatedDecoder
-from vivit_batch.video.nvdec import resized_on_device
+from vivit_batch.video.nvdec import (
+    FULL_RANGE,
+    SWSCALE_COEFFICIENTS,
+    resized_on_device,
+    rgb_as_swscale,
+)
 from vivit_batch.video.sandbox import probe
 from vivit_batch.video.transform import resize_bilinear
 from vivit_batch.video.worker import PROBE_URI, TEST_PROBE
@@ -125,6 +130,38 @@ def test_the_gpu_paths_resize_is_the_cpu_paths_within_one_level(videos, turns):
     difference = np.abs(got.astype(int) - np.stack(expected).astype(int))
     assert got.shape == (len(frames), *expected[0].shape) and got.dtype == np.uint8
     assert difference.max() <= 1 and difference.mean() < 0.2
+
+
+COLOUR_VIDEOS = {  # name: write_video's settings beyond a 320x180 detailed picture
+    "untagged.mp4": {},
+    "bt709.mp4": {"options": {"x264-params": "colormatrix=bt709"}},
+    "full-range.mp4": {"pix_fmt": "yuvj420p"},
+    "small.mp4": {"width": 98, "height": 54},
+}
+
+
+@pytest.mark.parametrize("name", COLOUR_VIDEOS)
+def test_the_gpu_paths_yuv_to_rgb_is_the_cpu_paths_to_the_byte(tmp_path, name):
+    """NVDEC's planes made RGB as swscale makes them (what the CPU path and the Hugging Face
+    recipe convert with), on the same decoded planes: not one byte apart."""
+    settings = {"width": 320, "height": 180, **COLOUR_VIDEOS[name]}
+    path = write_video(tmp_path / name, num_frames=4, content="detailed", **settings)
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    planes = [
+        torch.from_numpy(np.stack([plane_pixels(frame.planes[i]) for frame in frames]))
+        for i in range(3)
+    ]
+    first = frames[0]
+    got = rgb_as_swscale(*planes, first.colorspace, first.color_range == FULL_RANGE).numpy()
+    expected = np.stack([frame.to_ndarray(format="rgb24") for frame in frames])
+    assert first.colorspace in SWSCALE_COEFFICIENTS
+    np.testing.assert_array_equal(got, expected)
+
+
+def plane_pixels(plane) -> np.ndarray:
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
 
 
 @pytest.fixture(scope="module")

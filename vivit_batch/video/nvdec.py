@@ -2,22 +2,25 @@
 frames decoded by NVDEC through PyNvVideoCodec, converted to RGB, turned, resized and cropped on
 the GPU, then handed on as the CPU path's clips are.
 
-The video is first opened as the CPU path opens it (PyAV reads the container's header, and one
-frame for its display orientation), so the same limits, the same checks and the same error
-codes apply. What NVDEC is not given (a codec it has no engine for, a length the header does not
+The video is first opened as the CPU path opens it (PyAV reads the container's header, and its
+first frame for the orientation and colour tags), so the same limits, the same checks and the
+same error codes apply. What NVDEC is not given (a codec it has no engine for, a picture format
+other than 8-bit 4:2:0, colour tags `rgb_as_swscale` does not know, a length the header does not
 state, a frame beyond the stream's end) or what fails on it is decoded by the CPU path instead,
 in the same process: a video's row never depends on which decoder took it, only its cost does.
 Segments and thumbnails are always decoded on the CPU.
 
-The pictures are resized by torch's antialiased bilinear in floats, rounded (the CPU path runs
-its uint8 kernel of the same filter): within one level of the CPU path's pixels
-(BENCHMARKS.md, NVDEC).
+NVDEC hands over the decoded YUV planes (H.264 and HEVC decoding is exact, so they are the CPU
+decoder's); they become RGB by the CPU path's own arithmetic (`rgb_as_swscale`: the same bytes)
+and are resized by torch's antialiased bilinear in floats, rounded (the CPU path runs its uint8
+kernel of the same filter): within one level of the CPU path's pixels (BENCHMARKS.md, NVDEC).
 """
 
 from __future__ import annotations
 
 import logging
 
+import av
 import numpy as np
 
 from vivit_batch.processor import ProcessorConfig
@@ -77,14 +80,19 @@ def nvdec_clips(request: DecodeRequest, opener: Opener = open_source) -> Decoded
         info = video.info
         if info.codec not in NVDEC_CODECS or not info.frame_count:
             return None
-        video.converter.turns = quarter_turns(_first_frame(video).rotation)
+        first = _first_frame(video)
+        if first.format.name not in YUV420 or first.colorspace not in SWSCALE_COEFFICIENTS:
+            return None
+        video.converter.turns = quarter_turns(first.rotation)
         positions = frame_positions(info.frame_count, request.sampling, request.video_id)
         wanted = sorted(set(positions.flatten().tolist()))
         video.source.seek(0)
-        frames = _nvdec_frames(video.source, wanted)
+        planes = _nvdec_planes(video.source, wanted, info.height, info.width)
         deadline.check()
-        if frames is None:
+        if planes is None:
             return None
+        luma, u, v = planes
+        frames = rgb_as_swscale(luma, u, v, first.colorspace, first.color_range == FULL_RANGE)
         pictures = resized_on_device(frames, request.processor, video.converter.turns)
         by_position = dict(zip(wanted, pictures.cpu().numpy(), strict=True))
         nested = [[by_position[p] for p in row] for row in positions.tolist()]
@@ -96,29 +104,71 @@ def nvdec_clips(request: DecodeRequest, opener: Opener = open_source) -> Decoded
         return DecodedVideo(assemble_clips(nested, request.processor, request.sampling), metadata)
 
 
-def _first_frame(video: OpenVideo):
-    """The stream's first frame, decoded on the CPU: its display matrix (the orientation) is
-    side data that PyAV gives with frames only."""
+def _first_frame(video: OpenVideo) -> av.VideoFrame:
+    """The stream's first frame, decoded on the CPU: its display matrix (the orientation) and
+    colour tags are what PyAV gives with frames only."""
     [[frame]] = video.decoder.decode_at(np.array([[video.info.start_s]]), lambda f: f)
     return frame
 
 
-def _nvdec_frames(source: InputFile, indices: list[int]):
+def _nvdec_planes(source: InputFile, indices: list[int], height: int, width: int):
     """The frames at `indices` (sorted, unique) from NVDEC on the first GPU this process sees
-    (Ray makes it the one the actor was given): (N, H, W, 3) uint8 RGB on the GPU; None when
-    the stream has fewer frames than its header said."""
+    (Ray makes it the one the actor was given), as uint8 planes on the GPU: luma (N, H, W) and
+    chroma (N, H/2, W/2) U and V; None when the stream has fewer frames than its header said.
+    ValueError when NVDEC's pictures are not the NV12 of the size PyAV read."""
     import PyNvVideoCodec as nvc
     import torch
 
     decoder = nvc.SimpleDecoder(
-        source,
-        use_device_memory=True,
-        output_color_type=nvc.OutputColorType.RGB,
+        source, use_device_memory=True, output_color_type=nvc.OutputColorType.NATIVE
     )
     if indices[-1] >= len(decoder):
         return None
-    frames = decoder.get_batch_frames_by_index(indices)
-    return torch.stack([torch.from_dlpack(frame) for frame in frames])
+    nv12 = torch.stack([torch.from_dlpack(f) for f in decoder.get_batch_frames_by_index(indices)])
+    chroma_height, chroma_width = (height + 1) // 2, (width + 1) // 2
+    if tuple(nv12.shape[1:]) != (height + chroma_height, 2 * chroma_width):
+        raise ValueError(f"NVDEC gave {tuple(nv12.shape[1:])} for a {width}x{height} NV12 frame")
+    chroma = nv12[:, height:].reshape(len(indices), chroma_height, chroma_width, 2)
+    return nv12[:, :height, :width], chroma[..., 0], chroma[..., 1]
+
+
+YUV420 = frozenset({"yuv420p", "yuvj420p"})
+"""The picture formats NVDEC's NV12 is taken from (8-bit 4:2:0)."""
+FULL_RANGE = 2
+"""AVCOL_RANGE_JPEG: luma 0-255 (else 16-235)."""
+_BT601 = (104597, 132201, 25675, 53279)
+SWSCALE_COEFFICIENTS = {1: (117489, 138438, 13975, 34925), 2: _BT601, 5: _BT601, 6: _BT601}
+"""libswscale's `ff_yuv2rgb_coeffs` (crv, cbu, cgu, cgv in 16.16 fixed point) for the colour
+matrices (AVColorSpace) checked against it: BT.709, and BT.601 (untagged, BT.470BG, SMPTE 170M);
+others are decoded on the CPU."""
+
+
+def rgb_as_swscale(luma, u, v, colorspace: int, full_range: bool):
+    """Planes of 8-bit 4:2:0 pictures, where they are -> (N, H, W, 3) uint8 RGB, computed as the
+    CPU path's `to_ndarray(format="rgb24")` computes it on x86 (FFmpeg's unscaled converter,
+    libswscale/x86/yuv_2_rgb.asm): chroma repeated over 2x2 pixels, 13-bit coefficients, each
+    product truncated. The same bytes (tests/unit/test_gpu_decoding.py)."""
+    import torch
+
+    height, width = luma.shape[1:]
+    crv, cbu, cgu, cgv = SWSCALE_COEFFICIENTS[colorspace]
+    if full_range:
+        crv, cbu, cgu, cgv = (c * 224 // 255 for c in (crv, cbu, cgu, cgv))
+        cy, black = 1 << 16, 0
+    else:
+        cy, black = (1 << 16) * 255 // 219, 16
+
+    def times(x, coefficient: int):  # pmulhw by the coefficient at 13 bits
+        return (x * ((coefficient + 4) >> 3)) >> 16
+
+    def spread(chroma):
+        doubled = chroma.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+        return (doubled[:, :height, :width].to(torch.int32) << 3) - (128 << 3)
+
+    y = times((luma.to(torch.int32) << 3) - (black << 3), cy)
+    u, v = spread(u), spread(v)
+    rgb = (y + times(v, crv), y + times(u, -cgu) + times(v, -cgv), y + times(u, cbu))
+    return torch.stack(rgb, dim=-1).clamp_(0, 255).to(torch.uint8)
 
 
 def resized_on_device(frames, processor: ProcessorConfig, turns: int = 0):
