@@ -169,6 +169,8 @@ def test_a_gpu_decoding_process_gives_the_cpu_paths_error_codes(nvdec_videos):
                     outcomes[device, name] = "ok"
                 except VideoError as error:
                     outcomes[device, name] = error.code
+            if device == "cuda":  # a CUDA process is not replaced for its size after a video
+                assert decoder.restarts == 0
     for name in ("garbage.mp4", "cut.mp4", "missing.mp4", "720p.mp4"):
         assert outcomes["cuda", name] == outcomes["cpu", name], name
     assert outcomes["cuda", "720p.mp4"] == "ok"

@@ -1,8 +1,9 @@
 """Decoding on the GPU's NVDEC engines (`decode.device`), what of it runs without a GPU: the plan
 of NVDEC decode actors beside the CPU ones and their placement, the device each decode actor
-picks, the GPU path's resize (torch on the CPU here) against the CPU path's, and the GPU
-decoding processes' containment (killed when stuck, retried then reported when they crash,
-seccomp without Landlock, no address-space cap). NVDEC itself: tests/e2e/test_gpu.py."""
+picks, what the GPU path makes of decoded planes (torch on the CPU here: RGB to the byte, clips
+within one level) against the CPU path, and the GPU decoding processes' containment (killed
+when stuck, retried then reported when they crash, seccomp without Landlock, no address-space
+cap). NVDEC itself: tests/e2e/test_gpu.py."""
 
 from __future__ import annotations
 
@@ -26,15 +27,17 @@ from vivit_batch.processor import ProcessorConfig
 from vivit_batch.stages.decode import decoding_device
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
+from vivit_batch.video.decode import assemble_clips
 from vivit_batch.video.isolation import IsolatedDecoder
 from vivit_batch.video.nvdec import (
     FULL_RANGE,
     SWSCALE_COEFFICIENTS,
-    resized_on_device,
+    pictures_from_planes,
     rgb_as_swscale,
 )
+from vivit_batch.video.sampling import frame_positions
 from vivit_batch.video.sandbox import probe
-from vivit_batch.video.transform import resize_bilinear
+from vivit_batch.video.transform import quarter_turns
 from vivit_batch.video.worker import PROBE_URI, TEST_PROBE
 
 PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
@@ -110,25 +113,28 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def stored_frames(path: Path) -> np.ndarray:
-    """(N, H, W, 3) rgb24 frames as stored (not turned), as PyAV's swscale makes them."""
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
-@pytest.mark.parametrize("turns", [0, 1])
-def test_the_gpu_paths_resize_is_the_cpu_paths_within_one_level(videos, turns):
-    """torch's float kernel, rounded (the GPU path) against its uint8 kernel (the CPU path) on
-    the same frames, turned as a display matrix of 90 degrees says."""
-    frames = stored_frames(videos["wide"])
-    got = resized_on_device(torch.from_numpy(frames), PROCESSOR, turns).numpy()
-    expected = []
-    for frame in frames:
-        turned = np.ascontiguousarray(np.rot90(frame, turns))
-        size = PROCESSOR.resized_size(*turned.shape[:2])
-        expected.append(resize_bilinear(turned, size))
-    difference = np.abs(got.astype(int) - np.stack(expected).astype(int))
-    assert got.shape == (len(frames), *expected[0].shape) and got.dtype == np.uint8
+@pytest.mark.parametrize("name", ["wide", "turned"])
+def test_the_gpu_paths_clips_are_the_cpu_paths_within_one_level(videos, name):
+    """The same decoded planes through the GPU path's steps (run by torch on the CPU here):
+    RGB as swscale, turned as the display matrix says, resized in floats, cropped; against the
+    CPU path's clips of the same video."""
+    expected = cpu_result(videos[name])
+    with av.open(str(videos[name])) as container:
+        frames = list(container.decode(video=0))
+    wanted = sorted(set(frame_positions(len(frames), SAMPLING).flatten().tolist()))
+    planes = [
+        torch.from_numpy(np.stack([plane_pixels(frames[i].planes[p]) for i in wanted]))
+        for p in range(3)
+    ]
+    first = frames[0]
+    colour = (first.colorspace, first.color_range == FULL_RANGE)
+    turns = quarter_turns(first.rotation)
+    pictures = pictures_from_planes(planes, colour, PROCESSOR, turns)
+    by_position = dict(zip(wanted, pictures, strict=True))
+    nested = [[by_position[p] for p in row] for row in frame_positions(len(frames), SAMPLING)]
+    clips = assemble_clips(nested, PROCESSOR, SAMPLING)
+    difference = np.abs(clips.astype(int) - expected.clips.astype(int))
+    assert clips.shape == expected.clips.shape and (turns == 1) == (name == "turned")
     assert difference.max() <= 1 and difference.mean() < 0.2
 
 
@@ -230,6 +236,7 @@ def test_gpu_decoding_processes_get_seccomp_without_landlock_and_no_data_cap(
     tmp_path, monkeypatch, videos
 ):
     monkeypatch.setenv(TEST_PROBE, "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # as Ray sets it for a GPU share
     spec = {"create": [str(tmp_path / "written")], "connect": ["127.0.0.1", 9]}
     found = {}
     for device in ("cuda", "cpu"):
@@ -244,4 +251,5 @@ def test_gpu_decoding_processes_get_seccomp_without_landlock_and_no_data_cap(
     assert gpu_probe["connect"] == "PermissionError"  # socket() refused: seccomp
     assert gpu_probe["create 0"] == "ok"  # no Landlock
     assert gpu_data == "unlimited"  # CUDA maps memory by the gigabyte
+    assert "CUDA_VISIBLE_DEVICES" in gpu_probe["environment"]  # the GPU Ray gave the actor
     assert found["cpu"][2] == str(DecodeConfig().max_memory_bytes)

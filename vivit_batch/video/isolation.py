@@ -515,13 +515,14 @@ def _result(reply: Decoded | Failed, clips: np.ndarray | None) -> DecodedVideo:
 
 ENVIRONMENT_KEPT = frozenset(
     {"LANG", "LANGUAGE", "TZ", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}
+    | {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"}  # NVDEC's workers: the GPU Ray gave
     | {TEST_FAULTS, TEST_PROBE, WITHOUT_LANDLOCK}
 )
 ENVIRONMENT_PREFIXES_KEPT = ("LC_",)
 """The decoding processes open nothing (the parent reads the videos for them) and reach no
 network, so they keep only what Python and FFmpeg need of the actor's environment: the locale,
-the time zone, where the shared libraries are, thread counts. No AWS_*, no HOME, no PATH, no
-HF_TOKEN, no proxies, no LD_PRELOAD."""
+the time zone, where the shared libraries are, thread counts, which GPU. No AWS_*, no HOME, no
+PATH, no HF_TOKEN, no proxies, no LD_PRELOAD."""
 READER_ENVIRONMENT_KEPT = (
     ENVIRONMENT_KEPT
     | {"PATH", "HOME", "USER", "TMPDIR"}
