@@ -15,6 +15,8 @@
 #   6. their figures rendered into BENCHMARKS.md's GPU section (dated, naming the machine).
 #
 #   benchmarks/gpu_check.sh              # from anywhere; runs in the repository root
+#   STEPS=tests,nvdec benchmarks/gpu_check.sh   # some steps only (tests, stage, variants,
+#                                        # nvdec, job; default: all), for short device time
 #   benchmarks/gpu_check.sh --dry-run    # the same steps on the CPU: tiny model, 64 small
 #                                        # videos, GPU tests skipped; BENCHMARKS.md untouched
 #
@@ -65,28 +67,38 @@ if ! $dry_run && ! "$python" -c 'import PyNvVideoCodec' 2>/dev/null; then
   fi
 fi
 
+want() {  # want NAME: whether STEPS (comma-separated; empty: all) names this step
+  [[ -z "${STEPS:-}" || ",$STEPS," == *",$1,"* ]]
+}
+
 started=$SECONDS
 figures=$(mktemp -d)/gpu.json
-step 240 "$python" -m pytest -m gpu -q -rs -p no:cacheprovider tests/
+if want tests; then step 240 "$python" -m pytest -m gpu -q -rs -p no:cacheprovider tests/; fi
 stage=$(dirname "$figures")/stage.json
-step 60 "$python" -m benchmarks.inference_stage --json "$stage"
+if want stage; then step 60 "$python" -m benchmarks.inference_stage --json "$stage"; fi
 if $dry_run; then
-  step 300 "$python" -m benchmarks.gpu --quick --json "$figures"
+  if want job; then step 300 "$python" -m benchmarks.gpu --quick --json "$figures"; fi
   echo "dry run: BENCHMARKS.md left as it is; figures in $figures"
 else
-  step 120 "$python" -m benchmarks.inference_stage --device cuda --json "$stage"
-  step 10 "$python" -m benchmarks.inference_stage --render "$stage"
-  variants=$(dirname "$figures")/variants.json
-  step 240 "$python" -m benchmarks.gpu_variants --json "$variants"
-  step 10 "$python" -m benchmarks.gpu_variants --render "$variants"
-  if "$python" -c 'import PyNvVideoCodec' 2>/dev/null; then
+  if want stage; then
+    step 120 "$python" -m benchmarks.inference_stage --device cuda --json "$stage"
+    step 10 "$python" -m benchmarks.inference_stage --render "$stage"
+  fi
+  if want variants; then
+    variants=$(dirname "$figures")/variants.json
+    step 240 "$python" -m benchmarks.gpu_variants --json "$variants"
+    step 10 "$python" -m benchmarks.gpu_variants --render "$variants"
+  fi
+  if want nvdec && "$python" -c 'import PyNvVideoCodec' 2>/dev/null; then
     nvdec=$(dirname "$figures")/nvdec.json
     step 240 "$python" -m benchmarks.nvdec --seconds 8 --json "$nvdec"
     step 10 "$python" -m benchmarks.nvdec --render "$nvdec"
-  else
+  elif want nvdec; then
     echo "== NVDEC left out: PyNvVideoCodec is not installed (pip install pynvvideocodec==2.2.4)"
   fi
-  step 540 "$python" -m benchmarks.gpu --rows "$rows" --json "$figures"
-  step 30 "$python" -m benchmarks.gpu --render "$figures"
+  if want job; then
+    step 540 "$python" -m benchmarks.gpu --rows "$rows" --json "$figures"
+    step 30 "$python" -m benchmarks.gpu --render "$figures"
+  fi
 fi
 echo "== done in $((SECONDS - started)) s"
