@@ -268,14 +268,21 @@ def decode_devices_table(runs: list[dict]) -> list[str]:
         "actor was labelling, at most).",
         "",
         "| decode.device | CPU decode actors | NVDEC decode actors | end to end, clips/s | "
-        "decode, clips/s | inference, clips/s | GPU busy | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "decode, clips/s (CPU / NVDEC actors) | clips decoded on NVDEC | inference, clips/s "
+        "| GPU busy | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in runs:
         speed, plan = run["throughput"], run["resources"]
+        kinds = (
+            f" ({speed['cpu_decode_clips_per_second']} / {speed['nvdec_decode_clips_per_second']})"
+            if plan.get("gpu_decoders")
+            else ""
+        )
         lines.append(
             f"| {run['decode_device']} | {plan['decode_actors']} | {plan.get('gpu_decoders', 0)} "
-            f"| {speed['clips_per_second']} | {speed['decode_clips_per_second']} "
+            f"| {speed['clips_per_second']} | {speed['decode_clips_per_second']}{kinds} "
+            f"| {speed.get('nvdec_clips', 0) / speed['clips']:.0%} "
             f"| {speed['inference_clips_per_second']} "
             f"| {speed['clips_per_second'] / speed['inference_clips_per_second']:.0%} "
             f"| {run['status']} |"

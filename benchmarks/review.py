@@ -39,6 +39,7 @@ from vivit_batch.output import FileWriter, Output, Unlocked, commit_staged, outp
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
+    DECODED_ON_NVDEC,
     INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     VIEWS,
@@ -143,6 +144,7 @@ def synthetic_rows(start: int, count: int, hidden: int, rng: np.random.Generator
     internal = {
         VIEWS: pa.array(np.ones(count, np.int32)),
         DECODE_SECONDS: pa.array(np.zeros(count)),
+        DECODED_ON_NVDEC: pa.array([False] * count),
         INFERENCE_SECONDS: pa.array(np.zeros(count)),
         BYTES_READ: pa.array(np.zeros(count, np.int64)),
         INFERENCE_DEVICE: pa.array(['{"device": "cpu"}'] * count),

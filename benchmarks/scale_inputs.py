@@ -39,6 +39,7 @@ from vivit_batch.output import ErrorBudget, FileWriter, Output, RunReport, RunWr
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
+    DECODED_ON_NVDEC,
     INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     VIEWS,
@@ -252,6 +253,7 @@ def labelled_rows(
         "processed_at": pa.array(np.full(count, int(started * 1e6)), pa.timestamp("us", tz="UTC")),
         VIEWS: pa.array(np.where(error, 0, 1), pa.int32()),
         DECODE_SECONDS: pa.array(np.zeros(count)),
+        DECODED_ON_NVDEC: pa.array([False] * count),
         INFERENCE_SECONDS: pa.array(np.zeros(count)),
         BYTES_READ: pa.array(np.zeros(count, np.int64)),
         INFERENCE_DEVICE: pa.array(np.full(count, '{"device": "cpu"}')),

@@ -5,6 +5,7 @@ codes and job rows. Without CUDA they are skipped, saying why (tests/conftest.py
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ from vivit_batch.config import NVDEC_REQUIREMENT, DecodeConfig, SamplingConfig
 from vivit_batch.device import describe, open_device
 from vivit_batch.inference import VideoClassifier
 from vivit_batch.model import load_pretrained
+from vivit_batch.output import Output
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
@@ -144,7 +146,8 @@ def test_nvdec_clips_are_the_cpu_paths_within_the_parity_tolerance(tmp_path, nvd
         on_cpu = decode_video(decode_request(nvdec_videos[name], "cpu"))
         assert on_gpu is not None, f"NVDEC did not take {name}"
         assert on_gpu.clips.shape == on_cpu.clips.shape
-        assert on_gpu.metadata == on_cpu.metadata
+        assert on_gpu.metadata.decoder == "nvdec"
+        assert dataclasses.replace(on_gpu.metadata, decoder="cpu") == on_cpu.metadata
         difference = np.abs(on_gpu.clips.astype(int) - on_cpu.clips.astype(int))
         assert difference.mean() <= 1.0, name
         [gpu_row, cpu_row] = classifier.classify([on_gpu.clips, on_cpu.clips])
@@ -184,12 +187,16 @@ def test_the_job_decodes_on_nvdec_with_the_cpu_paths_rows(ray_cluster, tmp_path,
     make_checkpoint(tmp_path / "model")
     names = [*NVDEC_TAKES, *CPU_TAKES, "garbage.mp4"]
     manifest = write_csv(tmp_path / "m.csv", [{"uri": str(nvdec_videos[n])} for n in names])
-    rows = {}
+    rows, on_nvdec = {}, {}
     for device in ("cpu", "cuda", "auto"):
         output = tmp_path / device
         code = run(manifest, output, tmp_path / "model", "--set", f"decode.device={device}")
         assert code == 0, device
         rows[device] = ds.dataset(output).to_table().to_pandas().set_index("uri").sort_index()
+        [report] = Output(str(output)).read_reports()
+        on_nvdec[device] = report.throughput.nvdec_clips
+    assert on_nvdec["cpu"] == 0 and on_nvdec["cuda"] == len(NVDEC_TAKES)
+    assert on_nvdec["auto"] > 0  # the NVDEC decoders took their share
     for device in ("cuda", "auto"):
         got, expected = rows[device], rows["cpu"]
         assert list(got.status) == list(expected.status)

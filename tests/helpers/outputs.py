@@ -12,6 +12,7 @@ from vivit_batch.output import FileWriter, Output, RunReport, Unlocked, commit_s
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
+    DECODED_ON_NVDEC,
     INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     METADATA_COLUMNS,
@@ -69,6 +70,7 @@ def labelled_rows(
         "processed_at": pa.array([started + timedelta(seconds=20 * n) for n in range(count)]),
         VIEWS: pa.array([3 if v else 0 for v in videos], pa.int32()),
         DECODE_SECONDS: pa.array([0.5] * count),
+        DECODED_ON_NVDEC: pa.array([False] * count),
         INFERENCE_SECONDS: pa.array([0.25] * count),
         BYTES_READ: pa.array([100] * count, pa.int64()),
         INFERENCE_DEVICE: pa.array(['{"device": "cpu"}'] * count),

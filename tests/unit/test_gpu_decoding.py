@@ -14,6 +14,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -23,7 +24,18 @@ from vivit_batch.config import DecodeConfig, SamplingConfig, load_config
 from vivit_batch.errors import ConfigError
 from vivit_batch.job.cluster import DecodePlacement
 from vivit_batch.job.resources import GPU_DECODE_SHARE, GPU_DECODER_CPUS
+from vivit_batch.output import Throughput
+from vivit_batch.output.schema import (
+    BYTES_READ,
+    DECODE_SECONDS,
+    DECODED_ON_NVDEC,
+    INFERENCE_DEVICE,
+    INFERENCE_SECONDS,
+    VIEWS,
+)
+from vivit_batch.output.sink import stats_of
 from vivit_batch.processor import ProcessorConfig
+from vivit_batch.report.text import decoding_text
 from vivit_batch.stages.decode import decoding_device
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
@@ -88,6 +100,30 @@ def test_the_first_decode_actors_placed_get_a_share_of_a_gpu():
     share = {"num_gpus": plan(cpus=16, gpus=1, nvdec=True).gpu_decoder_gpus}
     assert placed[:7] == [{**share, "num_cpus": GPU_DECODER_CPUS}] * 7
     assert placed[7:] == [{}] * 13  # CPU decoders: no CPU-only nodes to steer them to
+
+
+def test_the_run_report_says_what_each_kind_of_decode_actor_decoded():
+    rows = pa.table(
+        {
+            "video_id": ["a", "b", "c", "d"],
+            "status": ["ok", "ok", "ok", "error"],
+            "error_code": [None, None, None, "unreadable"],
+            VIEWS: pa.array([1, 1, 1, None], pa.int32()),
+            DECODE_SECONDS: [0.1, 0.1, 0.4, 0.01],
+            DECODED_ON_NVDEC: [True, True, False, None],
+            INFERENCE_SECONDS: [0.01] * 4,
+            BYTES_READ: pa.array([10, 10, 10, None], pa.int64()),
+            INFERENCE_DEVICE: ['{"device": "cuda:0"}'] * 4,
+        }
+    )
+    stats = stats_of(rows)
+    assert (stats.nvdec_clips, stats.nvdec_decode_seconds) == (2, pytest.approx(0.2))
+    speed = Throughput.of(stats, 1.0, decode_actors=1, inference_actors=1, gpu_decoders=2)
+    assert speed.nvdec_decode_clips_per_second == 2 * 2 / 0.2  # two actors at 10 clips/s
+    assert speed.cpu_decode_clips_per_second == 2.439  # 1 clip in 0.41 s: error rows count here
+    assert decoding_text(speed) == ("NVDEC 2 of 3 clips (20.0 clips/s), the CPU 1 (2.439 clips/s)")
+    cpu_only = Throughput.of(stats, 1.0, decode_actors=1, inference_actors=1)
+    assert cpu_only.nvdec_decode_clips_per_second is cpu_only.cpu_decode_clips_per_second is None
 
 
 def test_each_decode_actor_picks_its_device():
@@ -194,7 +230,7 @@ def test_without_nvdec_a_gpu_decoding_process_gives_the_cpu_paths_rows(gpu_decod
     for path in videos.values():
         video = gpu_decoder.decode(request(str(path)))
         np.testing.assert_array_equal(video.clips, cpu_result(path).clips)
-        assert video.metadata == cpu_result(path).metadata
+        assert video.metadata == cpu_result(path).metadata  # decoder: cpu
     with pytest.raises(VideoError) as caught:
         gpu_decoder.decode(request(str(videos["wide"].parent / "missing.mp4")))
     assert caught.value.code == ErrorCode.NOT_FOUND

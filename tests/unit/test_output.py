@@ -28,6 +28,7 @@ from vivit_batch.output.replacing import Relabelled
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
+    DECODED_ON_NVDEC,
     INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     METADATA_COLUMNS,
@@ -65,6 +66,7 @@ def labelled_rows(ids: list[str], errors: tuple[str, ...] = (), split: str = "tr
         **{name: pa.nulls(rows, kind) for name, kind in PROVENANCE_COLUMNS.items()},
         VIEWS: pa.array([0 if i in errors else 3 for i in ids], pa.int32()),
         DECODE_SECONDS: pa.array([0.5] * rows),
+        DECODED_ON_NVDEC: pa.array([False] * rows),
         INFERENCE_SECONDS: pa.array([0.25] * rows),
         BYTES_READ: pa.array([100] * rows, pa.int64()),
         INFERENCE_DEVICE: pa.array(['{"device": "cpu"}'] * rows),

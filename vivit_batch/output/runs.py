@@ -27,6 +27,9 @@ class WriteStats:
     error_codes: Counter = field(default_factory=Counter)
     clips: int = 0
     decode_seconds: float = 0.0
+    nvdec_clips: int = 0
+    """clips of videos whose frames NVDEC decoded"""
+    nvdec_decode_seconds: float = 0.0
     inference_seconds: float = 0.0
     bytes_read: int = 0
     devices: list[str] = field(default_factory=list)
@@ -53,6 +56,8 @@ class WriteStats:
         self.error_codes.update(other.error_codes)
         self.clips += other.clips
         self.decode_seconds += other.decode_seconds
+        self.nvdec_clips += other.nvdec_clips
+        self.nvdec_decode_seconds += other.nvdec_decode_seconds
         self.inference_seconds += other.inference_seconds
         self.bytes_read += other.bytes_read
         self.rows_replaced += other.rows_replaced
@@ -61,7 +66,8 @@ class WriteStats:
 
 @dataclass
 class Throughput:
-    """Clips per second end to end, and per stage from the time its actors were busy."""
+    """Clips per second end to end, and per stage from the time its actors were busy (the
+    decode stage also per kind of decode actor, where there were NVDEC ones)."""
 
     clips: int = 0
     clips_per_second: float | None = None
@@ -69,21 +75,46 @@ class Throughput:
     inference_clips_per_second: float | None = None
     bytes_read: int = 0
     bytes_read_per_video: int | None = None
+    nvdec_clips: int = 0
+    """clips of videos whose frames NVDEC decoded (the rest, and error rows' time: the CPU's)"""
+    nvdec_decode_clips_per_second: float | None = None
+    cpu_decode_clips_per_second: float | None = None
 
     @classmethod
     def of(
-        cls, stats: WriteStats, wall_seconds: float, decode_actors: int, inference_actors: int
+        cls,
+        stats: WriteStats,
+        wall_seconds: float,
+        decode_actors: int,
+        inference_actors: int,
+        gpu_decoders: int = 0,
     ) -> Throughput:
-        def per_second(busy_seconds: float, actors: int) -> float | None:
-            return round(stats.clips * actors / busy_seconds, 3) if busy_seconds else None
+        def per_second(clips: int, busy_seconds: float, actors: int) -> float | None:
+            return round(clips * actors / busy_seconds, 3) if busy_seconds and actors else None
 
+        cpu_clips = stats.clips - stats.nvdec_clips
+        cpu_seconds = stats.decode_seconds - stats.nvdec_decode_seconds
+        by_kind = gpu_decoders > 0
         return cls(
             clips=stats.clips,
             clips_per_second=round(stats.clips / wall_seconds, 3) if wall_seconds else None,
-            decode_clips_per_second=per_second(stats.decode_seconds, decode_actors),
-            inference_clips_per_second=per_second(stats.inference_seconds, inference_actors),
+            decode_clips_per_second=per_second(
+                stats.clips, stats.decode_seconds, decode_actors + gpu_decoders
+            ),
+            inference_clips_per_second=per_second(
+                stats.clips, stats.inference_seconds, inference_actors
+            ),
             bytes_read=stats.bytes_read,
             bytes_read_per_video=round(stats.bytes_read / stats.videos) if stats.videos else None,
+            nvdec_clips=stats.nvdec_clips,
+            nvdec_decode_clips_per_second=per_second(
+                stats.nvdec_clips, stats.nvdec_decode_seconds, gpu_decoders
+            )
+            if by_kind
+            else None,
+            cpu_decode_clips_per_second=per_second(cpu_clips, cpu_seconds, decode_actors)
+            if by_kind
+            else None,
         )
 
 

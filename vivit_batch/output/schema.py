@@ -76,6 +76,8 @@ STAT_TIMED_OUT = "_stat_timed_out"
 (`source_versions.with_versions` -> decode stage, which makes the row a `timeout` without
 decoding)"""
 DECODE_SECONDS = "_decode_s"
+DECODED_ON_NVDEC = "_nvdec"
+"""bool: the video's frames came from NVDEC (`VideoMetadata.decoder`), for the run report"""
 INFERENCE_SECONDS = "_inference_s"
 INFERENCE_DEVICE = "_inference_device"
 """JSON: what the inference actor that labelled the row runs on (see `device.describe`)"""
@@ -87,6 +89,7 @@ DECODED_COLUMNS = {
     VIEWS: pa.int32(),
     BYTES_READ: pa.int64(),
     DECODE_SECONDS: pa.float64(),
+    DECODED_ON_NVDEC: pa.bool_(),
 }
 """What the decode stage appends to each manifest row."""
 

@@ -27,6 +27,7 @@ from vivit_batch.output.runs import WriteStats
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
+    DECODED_ON_NVDEC,
     INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     VIEWS,
@@ -124,6 +125,7 @@ def stats_of(table: pa.Table) -> WriteStats:
         return pc.sum(table.column(name)).as_py() or 0
 
     codes = [c for c in table.column("error_code").to_pylist() if c]
+    on_nvdec = pc.fill_null(table.column(DECODED_ON_NVDEC), False)
     return WriteStats(
         rows=table.num_rows,
         videos=len(pc.unique(table.column("video_id"))),
@@ -131,6 +133,10 @@ def stats_of(table: pa.Table) -> WriteStats:
         error_codes=Counter(codes),
         clips=int(total(VIEWS)),
         decode_seconds=float(total(DECODE_SECONDS)),
+        nvdec_clips=int(pc.sum(pc.if_else(on_nvdec, table.column(VIEWS), 0)).as_py() or 0),
+        nvdec_decode_seconds=float(
+            pc.sum(pc.if_else(on_nvdec, table.column(DECODE_SECONDS), 0.0)).as_py() or 0
+        ),
         inference_seconds=float(total(INFERENCE_SECONDS)),
         bytes_read=int(total(BYTES_READ)),
         devices=pc.unique(table.column(INFERENCE_DEVICE)).drop_null().to_pylist(),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vivit_batch.output import RELABEL_MODE, Output, RunReport
+from vivit_batch.output import RELABEL_MODE, Output, RunReport, Throughput
 from vivit_batch.report.stats import Accuracy, OutputStats, RunStats, SegmentStats, device_kinds
 
 
@@ -85,6 +85,17 @@ def videos_of(report: RunReport) -> str:
     return f" ({report.videos_written} videos)"
 
 
+def decoding_text(throughput: Throughput) -> str:
+    """Who decoded what, where there were NVDEC decode actors: 'NVDEC 812 of 1000 clips
+    (41.2 clips/s), the CPU 188 (9.5 clips/s)'."""
+    cpu_clips = throughput.clips - throughput.nvdec_clips
+    return (
+        f"NVDEC {throughput.nvdec_clips} of {throughput.clips} clips "
+        f"({throughput.nvdec_decode_clips_per_second} clips/s), the CPU {cpu_clips} "
+        f"({throughput.cpu_decode_clips_per_second} clips/s)"
+    )
+
+
 def run_summary(report: RunReport) -> str:
     """What a finished run prints."""
     output_uri = report.config["output"]["uri"]
@@ -95,6 +106,8 @@ def run_summary(report: RunReport) -> str:
     ]
     if report.counts["error_code"]:
         lines.append(f"  errors: {report.counts['error_code']}")
+    if report.resources.get("gpu_decoders"):
+        lines.append(f"  decoding: {decoding_text(report.throughput)}")
     lines += [f"  {line}" for line in device_lines(report)]
     lines += [
         f"  output: {output_uri}",

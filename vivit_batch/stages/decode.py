@@ -28,6 +28,7 @@ from vivit_batch.output.schema import (
     CLIPS,
     DECODE_SECONDS,
     DECODED_COLUMNS,
+    DECODED_ON_NVDEC,
     METADATA_COLUMNS,
     SEGMENT_DECODED_COLUMNS,
     SEGMENT_SPAN_COLUMNS,
@@ -110,6 +111,7 @@ class DecodeStage:
             row.update({name: getattr(meta, name) for name in METADATA_COLUMNS})
             row.update(_clip_columns(video.clips))
             row[BYTES_READ] = meta.bytes_read
+            row[DECODED_ON_NVDEC] = meta.decoder == "nvdec"
         except VideoError as error:
             row.update(error_columns(error))
         except FATAL:

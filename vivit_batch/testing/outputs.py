@@ -16,6 +16,7 @@ from vivit_batch.output import FileWriter, Output, Unlocked, commit_staged, outp
 from vivit_batch.output.schema import (
     BYTES_READ,
     DECODE_SECONDS,
+    DECODED_ON_NVDEC,
     INFERENCE_DEVICE,
     INFERENCE_SECONDS,
     METADATA_COLUMNS,
@@ -152,6 +153,7 @@ def generated_rows(
         "processed_at": pa.nulls(rows, PROVENANCE_COLUMNS["processed_at"]),
         VIEWS: pa.array(np.where(ok, 1, 0), pa.int32()),
         DECODE_SECONDS: pa.array(np.zeros(rows)),
+        DECODED_ON_NVDEC: pa.array([False] * rows),
         INFERENCE_SECONDS: pa.array(np.zeros(rows)),
         BYTES_READ: pa.array(np.zeros(rows, np.int64)),
         INFERENCE_DEVICE: pa.array(['{"device": "cpu"}'] * rows),

@@ -66,6 +66,8 @@ class VideoMetadata:
     corrupt_frames: int = 0
     """Packets that failed to decode or frames flagged corrupt, in a video that still gave clips."""
     bytes_read: int | None = None
+    decoder: str = "cpu"
+    """Which decoder gave the frames: `cpu` (PyAV) or `nvdec` (see `nvdec`)."""
 
 
 @dataclass

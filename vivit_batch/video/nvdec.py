@@ -100,6 +100,7 @@ def nvdec_clips(request: DecodeRequest, opener: Opener = open_source) -> Decoded
             positions, request.sampling, info, info.frame_count
         )
         metadata.bytes_read = video.source.bytes_fetched()
+        metadata.decoder = "nvdec"
         return DecodedVideo(assemble_clips(nested, request.processor, request.sampling), metadata)
 
 
