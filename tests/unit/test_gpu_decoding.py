@@ -44,6 +44,7 @@ from vivit_batch.video.isolation import IsolatedDecoder
 from vivit_batch.video.nvdec import (
     FULL_RANGE,
     SWSCALE_COEFFICIENTS,
+    evenly_timed,
     pictures_from_planes,
     rgb_as_swscale,
 )
@@ -172,6 +173,24 @@ def test_the_gpu_paths_clips_are_the_cpu_paths_within_one_level(videos, name):
     difference = np.abs(clips.astype(int) - expected.clips.astype(int))
     assert clips.shape == expected.clips.shape and (turns == 1) == (name == "turned")
     assert difference.max() <= 1 and difference.mean() < 0.2
+
+
+def test_nvdec_is_given_the_videos_whose_frames_its_indices_find(tmp_path):
+    """NVDEC's frames are asked for by index, the CPU path's by time: the same frames where the
+    index lists evenly spaced frames (B-frames or not), not for a variable frame rate, nor in
+    a container that indexes keyframes only."""
+    jitter = [i / 30 + (0.01 if i % 3 == 0 else 0) for i in range(40)]
+    cases = {
+        "cfr.mp4": ({}, True),
+        "bframes.mp4": ({"content": "detailed", "width": 320, "height": 180}, True),
+        "vfr.mp4": ({"timestamps": jitter}, False),
+        "cfr.mkv": ({}, False),
+    }
+    for name, (settings, expected) in cases.items():
+        path = write_video(tmp_path / name, num_frames=40, **settings)
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            assert evenly_timed(stream, 40) is expected, name
 
 
 COLOUR_VIDEOS = {  # name: write_video's settings beyond a 320x180 detailed picture

@@ -106,9 +106,11 @@ def decode_video(request: DecodeRequest, opener: Opener = open_source) -> Decode
 
 @dataclass
 class OpenVideo:
-    """A video opened for decoding: its source, stream facts, decoder and frame converter."""
+    """A video opened for decoding: its source, stream, stream facts, decoder and frame
+    converter."""
 
     source: InputFile
+    stream: av.VideoStream
     info: StreamInfo
     decoder: ClipDecoder
     converter: FrameConverter
@@ -153,9 +155,8 @@ def open_video(
             stream.thread_type = "AUTO"
             stream.thread_count = config.threads
             decoder = ClipDecoder(container, stream, info, deadline, config.max_frames_per_clip)
-            yield OpenVideo(
-                source, info, decoder, FrameConverter(request.processor, config.threads)
-            )
+            converter = FrameConverter(request.processor, config.threads)
+            yield OpenVideo(source, stream, info, decoder, converter)
 
 
 @contextlib.contextmanager

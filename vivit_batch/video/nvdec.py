@@ -5,9 +5,11 @@ the GPU, then handed on as the CPU path's clips are.
 The video is first opened as the CPU path opens it (PyAV reads the container's header, and its
 first frame for the orientation and colour tags), so the same limits, the same checks and the
 same error codes apply. What NVDEC is not given (a codec it has no engine for, a picture format
-other than 8-bit 4:2:0, colour tags `rgb_as_swscale` does not know, a length the header does not
-state, a frame beyond the stream's end) or what fails on it is decoded by the CPU path instead,
-in the same process: a video's row never depends on which decoder took it, only its cost does.
+other than 8-bit 4:2:0, colour tags `rgb_as_swscale` does not know, frames not `evenly_timed`,
+a frame beyond the stream's end) or what fails on it is decoded by the CPU path instead,
+in the same process: a video's row does not depend on which decoder took it, only its cost
+does, with one exception: NVDEC conceals damage in the stream where the CPU path counts it
+(`corrupt_frames` stays 0, and a stream too damaged for the CPU path may still give clips).
 Segments and thumbnails are always decoded on the CPU.
 
 NVDEC hands over the decoded YUV planes (H.264 and HEVC decoding is exact, so they are the CPU
@@ -80,6 +82,8 @@ def nvdec_clips(request: DecodeRequest, opener: Opener = open_source) -> Decoded
         info = video.info
         if info.codec not in NVDEC_CODECS or not info.frame_count:
             return None
+        if not evenly_timed(video.stream, info.frame_count):
+            return None
         first = _first_frame(video)
         if first.format.name not in YUV420 or first.colorspace not in SWSCALE_COEFFICIENTS:
             return None
@@ -102,6 +106,21 @@ def nvdec_clips(request: DecodeRequest, opener: Opener = open_source) -> Decoded
         metadata.bytes_read = video.source.bytes_fetched()
         metadata.decoder = "nvdec"
         return DecodedVideo(assemble_clips(nested, request.processor, request.sampling), metadata)
+
+
+def evenly_timed(stream: av.VideoStream, frame_count: int) -> bool:
+    """Whether the container's index lists every frame (MP4, MOV) and 64 of its intervals,
+    spread over the stream, are all equal: then the frame nearest each time the CPU path
+    samples (at the average rate) is the frame of that index, which is how NVDEC's frames are
+    asked for. Containers that index keyframes only (Matroska, WebM) or nothing (MPEG-TS) say
+    nothing reliable of variable frame rates (a Matroska file's average and base rates agree
+    either way): their videos go to the CPU path."""
+    entries = stream.index_entries
+    if len(entries) < max(frame_count, 2):
+        return False
+    starts = np.linspace(0, len(entries) - 2, num=min(64, len(entries) - 1)).astype(int)
+    intervals = {entries[i + 1].timestamp - entries[i].timestamp for i in starts.tolist()}
+    return len(intervals) == 1
 
 
 def _first_frame(video: OpenVideo) -> av.VideoFrame:
