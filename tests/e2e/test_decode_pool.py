@@ -23,12 +23,25 @@ class ReportsItsCpus:
     """Tags each row with the CPUs Ray gave the actor that took it."""
 
     def __call__(self, batch: dict) -> dict:
-        time.sleep(0.05)  # long enough that the pool has every actor busy
+        time.sleep(0.1)  # long enough that every actor of the pool is kept busy
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
         return {"id": batch["id"], "cpus": np.full(len(batch["id"]), cpus)}
 
 
-def test_a_decode_pool_starts_both_kinds_of_actor_and_feeds_both(ray_cluster):
+@pytest.fixture()
+def pool_ready_before_batches():
+    """Ray Data dispatches as soon as one actor is up; on a loaded machine the others may start
+    after every batch has gone. Here the pool's actors all start first."""
+    context = ray.data.DataContext.get_current()
+    waited = context.wait_for_min_actors_s
+    context.wait_for_min_actors_s = 120
+    yield
+    context.wait_for_min_actors_s = waited
+
+
+def test_a_decode_pool_starts_both_kinds_of_actor_and_feeds_both(
+    ray_cluster, pool_ready_before_batches
+):
     resources = dataclasses.replace(
         plan(cpus=16, gpus=1, nvdec=True),
         decode_actors=2,
