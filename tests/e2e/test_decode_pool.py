@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import ray
 
-from tests.unit.test_driver import plan
+from tests.helpers.plans import plan
 from vivit_batch.job.cluster import DecodePlacement
 from vivit_batch.job.pipeline import actor_pool
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from tests.helpers.plans import plan
 from vivit_batch.calibration import StageCosts
 from vivit_batch.config import JobConfig, SamplingConfig, load_config
 from vivit_batch.errors import ConfigError
-from vivit_batch.job import ClusterShape, PreparedJob, plan_resources
+from vivit_batch.job import PreparedJob
 from vivit_batch.job.prepare import check_identity, identity_differences
 from vivit_batch.job.resources import plans_from_costs
 from vivit_batch.manifest import ManifestSummary
@@ -23,19 +24,6 @@ from vivit_batch.output.schema import VERSION_COLUMNS
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.source_versions import changed_ids, source_differs, source_version
 from vivit_batch.stages.decode import DecodeStageOptions
-
-
-def plan(
-    *settings: str,
-    cpus: int = 2,
-    gpus: float = 0,
-    cpu_nodes: dict | None = None,
-    costs: StageCosts | None = None,
-    videos: int | None = None,
-    **most,
-):
-    shape = ClusterShape(cpus=cpus, gpus=gpus, cpu_only_nodes=cpu_nodes or {}, **most)
-    return plan_resources(load_config(None, list(settings)), shape, costs, videos)
 
 
 def test_cpu_cluster_splits_the_cores_between_decoding_and_torch():

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from tests.helpers.http import LOCAL_HTTP, CrashingServer, StallingServer
-from tests.unit.test_driver import plan
+from tests.helpers.plans import plan
 from vivit_batch.config import DecodeConfig, SamplingConfig, load_config
 from vivit_batch.errors import ConfigError
 from vivit_batch.job.cluster import DecodePlacement
