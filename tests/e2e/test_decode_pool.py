@@ -53,6 +53,7 @@ def test_a_decode_pool_starts_both_kinds_of_actor_and_feeds_both(
     pool = resources.decode_actors + resources.gpu_decoders
     rows = (
         ray.data.range(60, override_num_blocks=60)
+        .materialize()  # every batch waiting: the actors are the bottleneck, as in a run
         .map_batches(
             ReportsItsCpus,
             compute=actor_pool(pool, pool),
