@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.util
 import io
 import json
 import logging
@@ -45,6 +44,7 @@ from benchmarks.results import cpu_model, write_section
 from vivit_batch.config import ResourcesSection
 from vivit_batch.model import DTYPES, load_pretrained
 from vivit_batch.testing.checkpoints import BASE, TINY, make_checkpoint
+from vivit_batch.video.nvdec import nvdec_installed
 
 DISTINCT_VIDEOS = 16
 VIDEO = dict(width=1280, height=720, fps=30, num_frames=150, codec="libx264", content="detailed")
@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, small videos")
     parser.add_argument(
         "--decode-devices",
-        default="cpu,cuda,auto" if importlib.util.find_spec("PyNvVideoCodec") else "cpu",
+        default="cpu,cuda,auto" if nvdec_installed() else "cpu",
         help="the job once per decode.device, the first with cpu (default: cpu, and cuda and "
         "auto where PyNvVideoCodec is installed)",
     )

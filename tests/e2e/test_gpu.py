@@ -6,7 +6,6 @@ codes and job rows. Without CUDA they are skipped, saying why (tests/conftest.py
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import threading
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, VideoError, decode_video
 from vivit_batch.video.isolation import IsolatedDecoder
-from vivit_batch.video.nvdec import decode_on_device, nvdec_clips
+from vivit_batch.video.nvdec import decode_on_device, nvdec_clips, nvdec_installed
 
 pytestmark = pytest.mark.gpu
 
@@ -96,7 +95,7 @@ def test_clips_reach_the_gpu_through_pinned_staging_also_from_two_threads_at_onc
 
 
 needs_nvdec = pytest.mark.skipif(
-    importlib.util.find_spec("PyNvVideoCodec") is None,
+    not nvdec_installed(),
     reason=f"needs PyNvVideoCodec (pip install {NVDEC_REQUIREMENT})",
 )
 NVDEC_SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=4)

@@ -8,7 +8,6 @@ cap). NVDEC itself: tests/e2e/test_gpu.py."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from vivit_batch.video.nvdec import (
     FULL_RANGE,
     SWSCALE_COEFFICIENTS,
     evenly_timed,
+    nvdec_installed,
     pictures_from_planes,
     rgb_as_swscale,
 )
@@ -55,7 +55,7 @@ from vivit_batch.video.worker import PROBE_URI, TEST_PROBE
 
 PROCESSOR = ProcessorConfig(shortest_edge=64, crop_height=64, crop_width=64)
 SAMPLING = SamplingConfig(num_frames=8, frame_sample_rate=2)
-HAS_NVDEC = importlib.util.find_spec("PyNvVideoCodec") is not None
+HAS_NVDEC = nvdec_installed()
 
 
 def test_gpu_plans_add_nvdec_decoders_per_gpu_beside_the_cpu_ones():

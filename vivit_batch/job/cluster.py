@@ -4,7 +4,6 @@ dashboard: a laptop run pays for no process it does not use), and what it has.""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from ray._private.state import state as global_state
 
 from vivit_batch.job.resources import ClusterShape, Resources
 from vivit_batch.logs import adopt_ray_loggers, filter_native_stderr
+from vivit_batch.video.nvdec import nvdec_installed
 
 NODE_ID_LABEL = "ray.io/node-id"
 """the label Ray gives every node: its id"""
@@ -77,7 +77,7 @@ def cluster_shape() -> ClusterShape:
         },
         max_cpus=None if largest is None else largest.get("CPU", 0),
         max_gpus=0.0 if largest is None else largest.get("GPU", 0),
-        nvdec=importlib.util.find_spec("PyNvVideoCodec") is not None,
+        nvdec=nvdec_installed(),
     )
 
 

@@ -11,7 +11,6 @@ requests to its decoding processes, which have their own.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from collections.abc import Iterator
@@ -41,7 +40,7 @@ from vivit_batch.redact import redacted_uris
 from vivit_batch.stages.failures import ALWAYS_FATAL, error_columns, internal_error
 from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, VideoMetadata
 from vivit_batch.video.isolation import DecoderUnavailable, IsolatedDecoder
-from vivit_batch.video.nvdec import decode_on_device
+from vivit_batch.video.nvdec import decode_on_device, nvdec_installed
 from vivit_batch.video.segments import SegmentChunk, decode_segments
 
 log = logging.getLogger(__name__)
@@ -170,7 +169,7 @@ def decoding_device(setting: str) -> str:
     installed, on the CPU elsewhere. `cuda` without PyNvVideoCodec: `ConfigError`."""
     if setting == "cpu" or (setting == "auto" and not _given_a_gpu()):
         return "cpu"
-    if importlib.util.find_spec("PyNvVideoCodec") is None:
+    if not nvdec_installed():
         if setting == "cuda":
             raise ConfigError(
                 "decode.device=cuda, but PyNvVideoCodec is not installed on this node: "

@@ -20,6 +20,7 @@ kernel of the same filter): within one level of the CPU path's pixels (BENCHMARK
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import av
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 NVDEC_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg1video", "mpeg2video"})
 """FFmpeg's names of the codecs NVDEC decodes on every GPU since Ampere (AV1 from Ampere on);
 MPEG-4 part 2, VC-1 and MJPEG are left to the CPU."""
+
+
+def nvdec_installed() -> bool:
+    """Whether PyNvVideoCodec can be imported here (found, not imported: importing it loads the
+    CUDA driver)."""
+    return importlib.util.find_spec("PyNvVideoCodec") is not None
 
 
 def decode_on_device(request: DecodeRequest, opener: Opener = open_source) -> DecodedVideo:
