@@ -67,6 +67,8 @@ def test_gpu_plans_add_nvdec_decoders_per_gpu_beside_the_cpu_ones():
     assert one.gpu_decoder_gpus == pytest.approx(GPU_DECODE_SHARE / 7, abs=1e-4)
     # their CPUs come off the CPU decoders': 16 - 1 (inference) - 7 x 0.25 -> 13 actors
     assert one.decode_actors == 13 and one.max_decode_actors == 13
+    reserved = 13 * one.decode_cpus + 7 * one.gpu_decoder_cpus + one.inference_cpus
+    assert reserved == pytest.approx(15)  # all but the CPU left to Ray Data
     assert "7 decode actor(s) on NVDEC" in one.describe()
     assert plan("decode.gpu_decoders=4", cpus=16, gpus=2, nvdec=True).gpu_decoders == 8
     small = plan(cpus=2, gpus=1, nvdec=True)  # inference takes what Ray Data leaves

@@ -150,9 +150,10 @@ def plan_resources(
     budget = cluster.cpus - RAY_DATA_HEADROOM_CPUS
     gpu_decoders = planned_gpu_decoders(config.decode, cluster, gpus)
     gpu_decoder_cpus = gpu_decoder_cpu_share(budget - inference_total, gpu_decoders)
+    gpu_decoding = gpu_decoders * gpu_decoder_cpus
     if share is None:
         decode_pool_cpus = sum(cpu_nodes.values()) or (
-            cluster.cpus - inference_total - gpu_decoders * gpu_decoder_cpus
+            cluster.cpus - inference_total - gpu_decoding
         )
         decode_actors = max(1, int(decode_pool_cpus // decode_threads))
         if config.decode.device == "cuda":
@@ -167,8 +168,7 @@ def plan_resources(
         decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
     if gpus:  # GPU actors keep a whole CPU each
         inference_scale = 1.0
-        decode_budget = min(decode_pool_cpus, budget - inference_total)
-        decode_budget -= 0 if cpu_nodes else gpu_decoders * gpu_decoder_cpus
+        decode_budget = min(decode_pool_cpus, budget - inference_total - gpu_decoding)
         decode_scale = decode_budget / max(1, decode_actors * decode_threads)
     else:
         inference_scale = decode_scale = budget / (inference_total + decode_actors * decode_threads)
