@@ -94,7 +94,6 @@ class Throughput:
 
         cpu_clips = stats.clips - stats.nvdec_clips
         cpu_seconds = stats.decode_seconds - stats.nvdec_decode_seconds
-        by_kind = gpu_decoders > 0
         return cls(
             clips=stats.clips,
             clips_per_second=round(stats.clips / wall_seconds, 3) if wall_seconds else None,
@@ -109,12 +108,10 @@ class Throughput:
             nvdec_clips=stats.nvdec_clips,
             nvdec_decode_clips_per_second=per_second(
                 stats.nvdec_clips, stats.nvdec_decode_seconds, gpu_decoders
-            )
-            if by_kind
-            else None,
+            ),
             cpu_decode_clips_per_second=per_second(cpu_clips, cpu_seconds, decode_actors)
-            if by_kind
-            else None,
+            if gpu_decoders
+            else None,  # without NVDEC decoders: decode_clips_per_second
         )
 
 
