@@ -150,10 +150,14 @@ def _nvdec_planes(source: InputFile, indices: list[int], height: int, width: int
     )
     if indices[-1] >= len(decoder):
         return None
-    nv12 = torch.stack([torch.from_dlpack(f) for f in decoder.get_batch_frames_by_index(indices)])
     chroma_height, chroma_width = (height + 1) // 2, (width + 1) // 2
-    if tuple(nv12.shape[1:]) != (height + chroma_height, 2 * chroma_width):
-        raise ValueError(f"NVDEC gave {tuple(nv12.shape[1:])} for a {width}x{height} NV12 frame")
+    nv12_shape = (height + chroma_height, 2 * chroma_width)
+    frames = [torch.from_dlpack(f) for f in decoder.get_batch_frames_by_index(indices)]
+    if any(frame.numel() != nv12_shape[0] * nv12_shape[1] for frame in frames):
+        shapes = sorted({tuple(frame.shape) for frame in frames})
+        raise ValueError(f"NVDEC gave {shapes} for a {width}x{height} NV12 frame")
+    # One plane of rows, whether the frame comes as (rows, columns) or with a unit axis
+    nv12 = torch.stack([frame.reshape(nv12_shape) for frame in frames])
     chroma = nv12[:, height:].reshape(len(indices), chroma_height, chroma_width, 2)
     return nv12[:, :height, :width], chroma[..., 0], chroma[..., 1]
 
