@@ -17,7 +17,7 @@ from vivit_batch.config import JobConfig, SamplingConfig, load_config
 from vivit_batch.errors import ConfigError
 from vivit_batch.job import PreparedJob
 from vivit_batch.job.prepare import check_identity, identity_differences
-from vivit_batch.job.resources import plans_from_costs
+from vivit_batch.job.resources import GPU_PLAN_DECODE_BATCH_SIZE, plans_from_costs
 from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig
 from vivit_batch.output.schema import VERSION_COLUMNS
@@ -102,6 +102,15 @@ def test_short_manifests_get_fewer_decode_actors_and_smaller_decode_calls():
     assert (just_over.decode_actors, just_over.inference_threads) == (1, 1)
     assert plan(cpus=2, costs=costs(0.126, 0.114), videos=2000).decode_actors == 2
     assert plan("resources.decode_batch_size=5", videos=24).decode_batch_size == 5
+
+
+def test_gpu_plans_decode_four_videos_per_call():
+    """Decoding is what a GPU plan waits for: short calls, so each actor's last are short."""
+    assert plan(cpus=16, gpus=1).decode_batch_size == GPU_PLAN_DECODE_BATCH_SIZE == 4
+    assert plan(cpus=16, gpus=1, nvdec=True, videos=10_000).decode_batch_size == 4
+    assert plan(cpus=16, gpus=1, videos=120).decode_batch_size == 2  # 15 actors, 4 calls each
+    assert plan("resources.decode_batch_size=16", cpus=16, gpus=1).decode_batch_size == 16
+    assert plan(cpus=16, videos=10_000).decode_batch_size == 16  # CPU plans: as they were
 
 
 def test_gpu_plans_do_not_depend_on_the_costs():

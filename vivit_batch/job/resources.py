@@ -35,6 +35,12 @@ MAX_TORCH_THREADS = 8
 (batches side by side scale better than one forward pass spread wider)."""
 DECODE_BATCH_SIZE = 16
 """Videos per decode call, unless the manifest is too short to give each actor several."""
+GPU_PLAN_DECODE_BATCH_SIZE = 4
+"""Videos per decode call where inference runs on GPUs: there decoding is what the run waits
+for, each decode actor's last calls are its tail, and a CPU decoder beside NVDEC ones takes
+several times longer per call (BENCHMARKS.md, Decode pool: 7 NVDEC decoders at 10 clips/s
+beside 13 CPU ones at 2.5 over 4,000 videos reach 0.90 of their summed rate with calls of 4,
+0.75 with calls of 16). The inference actors' batches join these blocks without a copy."""
 DECODE_CALLS_PER_ACTOR = 4
 GPU_DECODE_SHARE = 0.1
 """Of each GPU, the share its NVDEC decode actors reserve in Ray, together (inference actors
@@ -192,7 +198,7 @@ def plan_resources(
         ),
         decode_nodes=sorted(cpu_nodes),
         decode_batch_size=r.decode_batch_size
-        or decode_batch_size(videos, decode_actors + gpu_decoders),
+        or decode_batch_size(videos, decode_actors + gpu_decoders, gpus),
         inference_share=None if share is None else round(share, 4),
         gpu_decoders=gpu_decoders,
         gpu_decoder_gpus=floor(GPU_DECODE_SHARE / config.decode.gpu_decoders * 1e4) / 1e4
@@ -279,12 +285,14 @@ def decode_actors_worth(decoding_s: float | None, wanted: float) -> int:
     return actors
 
 
-def decode_batch_size(videos: int | None, decode_actors: int) -> int:
-    """`DECODE_BATCH_SIZE`, or fewer so that `videos` give each decode actor
-    `DECODE_CALLS_PER_ACTOR` calls (one actor's last call is then a small part of the run)."""
+def decode_batch_size(videos: int | None, decode_actors: int, gpu_plan: bool) -> int:
+    """`DECODE_BATCH_SIZE` (`GPU_PLAN_DECODE_BATCH_SIZE` in a `gpu_plan`), or fewer so that
+    `videos` give each decode actor `DECODE_CALLS_PER_ACTOR` calls (one actor's last call is
+    then a small part of the run)."""
+    most = GPU_PLAN_DECODE_BATCH_SIZE if gpu_plan else DECODE_BATCH_SIZE
     if videos is None:
-        return DECODE_BATCH_SIZE
-    return max(1, min(DECODE_BATCH_SIZE, videos // (decode_actors * DECODE_CALLS_PER_ACTOR)))
+        return most
+    return max(1, min(most, videos // (decode_actors * DECODE_CALLS_PER_ACTOR)))
 
 
 def _capped(size: int, most: int | None) -> int:
