@@ -234,9 +234,7 @@ def render(figures: dict) -> str:
         f"- Per stage, from the actors' busy time: decode {speed['decode_clips_per_second']} "
         f"clips/s over {run['resources']['decode_actors']} decode actors, inference "
         f"{speed['inference_clips_per_second']} clips/s on the GPU actor.",
-        f"- So the GPU actor was busy at most "
-        f"{speed['clips_per_second'] / speed['inference_clips_per_second']:.0%} of the run: "
-        "the job is decode-bound on this machine's CPUs.",
+        f"- So {the_bound(speed, run['resources'])}.",
         "- The inference stage ran at "
         + (
             f"{speed['inference_clips_per_second'] / forward:.2f}x the bare forward pass at "
@@ -269,8 +267,8 @@ def decode_devices_table(runs: list[dict]) -> list[str]:
         "",
         "| decode.device | CPU decode actors | NVDEC decode actors | end to end, clips/s | "
         "decode, clips/s (CPU / NVDEC actors) | clips decoded on NVDEC | inference, clips/s "
-        "| GPU busy | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| GPU busy | decoders busy | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in runs:
         speed, plan = run["throughput"], run["resources"]
@@ -285,9 +283,32 @@ def decode_devices_table(runs: list[dict]) -> list[str]:
             f"| {speed.get('nvdec_clips', 0) / speed['clips']:.0%} "
             f"| {speed['inference_clips_per_second']} "
             f"| {speed['clips_per_second'] / speed['inference_clips_per_second']:.0%} "
+            f"| {speed['clips_per_second'] / decoders_rate(speed, plan):.0%} "
             f"| {run['status']} |"
         )
     return lines
+
+
+def decoders_rate(speed: dict, plan: dict) -> float:
+    """The decode actors' rates added up: what the pool gives with every actor kept busy."""
+    if not plan.get("gpu_decoders"):
+        return speed["decode_clips_per_second"]
+    kinds = (speed["cpu_decode_clips_per_second"], speed["nvdec_decode_clips_per_second"])
+    return sum(rate or 0.0 for rate in kinds)
+
+
+def the_bound(speed: dict, plan: dict) -> str:
+    """Which stage kept the run to its rate: the one whose actors were busy most of it."""
+    gpu = speed["clips_per_second"] / speed["inference_clips_per_second"]
+    decoders = speed["clips_per_second"] / decoders_rate(speed, plan)
+    busy = f"the GPU actor was busy at most {gpu:.0%} of the run, the decoders {decoders:.0%}"
+    if max(gpu, decoders) < BOUND_BUSY:
+        return f"{busy}: neither bound it (start-up and the decode pool's last calls)"
+    return f"{busy}: the job is {'GPU' if gpu >= decoders else 'decode'}-bound"
+
+
+BOUND_BUSY = 0.8
+"""The share of a run a stage's actors must be busy for it to be named the run's bound."""
 
 
 def _last_error(printed: str) -> str:
