@@ -16,8 +16,10 @@ BENCHMARKS.md's GPU section); NVDEC decoders at 10 clips/s each (not yet measure
 
 Each case runs the pool three ways: as the job fed it before (the read's blocks; calls of 16
 videos, fewer when the manifest gives an actor fewer than 4), in blocks of one call's videos
-(`in_decode_calls`) with calls of that size, and as the job feeds it now (blocks of one call, 4
-videos per call in a GPU plan).
+(`in_decode_calls`) with calls of that size, and as the job feeds it now (blocks of one call,
+in a GPU plan calls of 4 to 16 videos, small enough to give each actor 64: 4 for 1,000 and for
+4,000 videos). And below the smallest call a GPU plan makes: 1 video a call for 1,000 videos,
+3 for 4,000 (what 64 calls per actor alone would give).
 
 Baseline: the pool's summed rate (every actor busy from the first call's start to the last
 call's end); the ratio is what dispatch and the tail leave of it. Also: the NVDEC decoders'
@@ -45,6 +47,8 @@ from vivit_batch.manifest.read import read_dataset
 
 CPU_CLIPS_PER_S = 2.5
 NVDEC_CLIPS_PER_S = 10.0
+SMALLER_CALLS = ((1000, 1), (4000, 3))
+"""(videos, videos per call) below a GPU plan's smallest call, with NVDEC beside the CPU."""
 
 
 class SimulatedDecoder:
@@ -155,7 +159,7 @@ def render(figures: dict) -> str:
         "rate given, simulated (each sleeps its kind's time per video), placed by "
         "`DecodePlacement` in the job's `actor_pool`, fed a CSV manifest read by the job's "
         "reader: its blocks as read (before), or `in_decode_calls`' blocks of one call's "
-        "videos, at the CPU plans' call size and at the GPU plans' 4 (now). Baseline: the "
+        "videos, at the CPU plans' call size and at the GPU plans' (now). Baseline: the "
         "pool's summed rate (the decoders' clips/s added up). Seconds "
         "from the first call's start to the last call's end; idle tail: from the earliest "
         "actor's last call's end to the run's end.",
@@ -187,6 +191,12 @@ def render(figures: dict) -> str:
             + f": {before['of_summed_rate']:.2f}x of the summed rate before, "
             f"{now['of_summed_rate']:.2f}x now ({before['seconds'] / now['seconds']:.2f}x as fast)."
         )
+    lines += ["", "Below the smallest call (4 videos) a GPU plan makes:", ""]
+    lines += [
+        f"- {f['rows']} videos, {f['call_size']} a call: {f['of_summed_rate']:.2f}x of the "
+        f"summed rate ({f['seconds']:.1f} s)."
+        for f in figures["smaller_calls"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -200,7 +210,7 @@ def main() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.wait_for_min_actors_s = 600
-    runs = []
+    runs, smaller = [], []
     with tempfile.TemporaryDirectory(prefix="vivit-decode-pool-") as directory:
         for device, rows, nvdec_rate in cases(args.quick):
             resources = pool_plan(device, rows)
@@ -208,8 +218,15 @@ def main() -> None:
                 dataset = manifest(directory, rows)
                 runs.append(run(resources, dataset, nvdec_rate, split, call_size))
                 print(runs[-1], flush=True)
+        for rows, call_size in SMALLER_CALLS[:1] if args.quick else SMALLER_CALLS:
+            dataset = manifest(directory, rows)
+            smaller.append(
+                run(pool_plan("auto", rows), dataset, NVDEC_CLIPS_PER_S, True, call_size)
+            )
+            print(smaller[-1], flush=True)
     ray.shutdown()
-    section = render({"machine": machine(load_before), "runs": runs})
+    figures = {"machine": machine(load_before), "runs": runs, "smaller_calls": smaller}
+    section = render(figures)
     print(section)
     if not args.no_write:
         write_section("Decode pool", section)

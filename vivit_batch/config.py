@@ -377,8 +377,8 @@ class ResourcesSection(Section, name="resources"):
     decode_batch_size: int | None = setting(
         None,
         "videos per decode call; each call's clips travel as one block, so lower it for "
-        "videos with many views; default: 16 (4 where inference runs on GPUs), fewer when "
-        "the manifest is too short to give each decode actor four calls",
+        "videos with many views; default: 16, fewer when the manifest is too short to give "
+        "each decode actor four calls (64 where inference runs on GPUs)",
         minimum=1,
     )
     clips_per_forward: int = setting(

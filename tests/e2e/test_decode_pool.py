@@ -80,8 +80,7 @@ def test_the_manifest_reaches_the_decode_pool_in_blocks_of_one_call(ray_cluster,
     section = load_config(None, [f"manifest.uri={manifest}", "output.uri=/unused"]).manifest
     rows = read_dataset(section, None, num_cpus=0, tasks=1)
     assert max(block.num_rows for block in blocks(rows)) > 4  # what the pool was fed before
-    resources = plan(cpus=16, gpus=1, videos=300)
-    assert resources.decode_batch_size == 4
+    resources = plan("resources.decode_batch_size=4", cpus=16, gpus=1)
     split = blocks(in_decode_calls(rows, resources))
     assert max(block.num_rows for block in split) <= 4
     uris = [uri for block in split for uri in block.column("uri").to_pylist()]

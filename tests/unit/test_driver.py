@@ -17,7 +17,11 @@ from vivit_batch.config import JobConfig, SamplingConfig, load_config
 from vivit_batch.errors import ConfigError
 from vivit_batch.job import PreparedJob
 from vivit_batch.job.prepare import check_identity, identity_differences
-from vivit_batch.job.resources import GPU_PLAN_DECODE_BATCH_SIZE, plans_from_costs
+from vivit_batch.job.resources import (
+    GPU_PLAN_DECODE_CALLS_PER_ACTOR,
+    GPU_PLAN_SMALLEST_DECODE_CALL,
+    plans_from_costs,
+)
 from vivit_batch.manifest import ManifestSummary
 from vivit_batch.model import CheckpointInfo, VivitConfig
 from vivit_batch.output.schema import VERSION_COLUMNS
@@ -104,13 +108,18 @@ def test_short_manifests_get_fewer_decode_actors_and_smaller_decode_calls():
     assert plan("resources.decode_batch_size=5", videos=24).decode_batch_size == 5
 
 
-def test_gpu_plans_decode_four_videos_per_call():
-    """Decoding is what a GPU plan waits for: short calls, so each actor's last are short."""
-    assert plan(cpus=16, gpus=1).decode_batch_size == GPU_PLAN_DECODE_BATCH_SIZE == 4
-    assert plan(cpus=16, gpus=1, nvdec=True, videos=10_000).decode_batch_size == 4
-    assert plan(cpus=16, gpus=1, videos=120).decode_batch_size == 2  # 15 actors, 4 calls each
-    assert plan("resources.decode_batch_size=16", cpus=16, gpus=1).decode_batch_size == 16
-    assert plan(cpus=16, videos=10_000).decode_batch_size == 16  # CPU plans: as they were
+def test_gpu_plans_give_each_decode_actor_many_short_calls():
+    """Decoding is what a GPU plan waits for: 64 calls per actor, so each one's last are short,
+    of 4 to 16 videos (smaller calls cost more to hand out; larger ones for long manifests,
+    where each block costs driver memory), fewer where an actor would not get 4."""
+    assert (GPU_PLAN_DECODE_CALLS_PER_ACTOR, GPU_PLAN_SMALLEST_DECODE_CALL) == (64, 4)
+    with_nvdec = plan(cpus=16, gpus=1, nvdec=True, videos=10_000)  # 13 + 7 decode actors
+    assert with_nvdec.decode_batch_size == 10_000 // (20 * 64) == 7
+    assert plan(cpus=16, gpus=1, videos=1000).decode_batch_size == 4  # 15 CPU decode actors
+    assert plan(cpus=16, gpus=1, videos=120).decode_batch_size == 2  # 4 calls each
+    assert plan(cpus=16, gpus=1, videos=1_000_000).decode_batch_size == 16
+    assert plan("resources.decode_batch_size=12", cpus=16, gpus=1).decode_batch_size == 12
+    assert plan(cpus=16, videos=10_000).decode_batch_size == 16  # CPU plans: 4 calls per actor
 
 
 def test_gpu_plans_do_not_depend_on_the_costs():

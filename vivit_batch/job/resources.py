@@ -35,13 +35,18 @@ MAX_TORCH_THREADS = 8
 (batches side by side scale better than one forward pass spread wider)."""
 DECODE_BATCH_SIZE = 16
 """Videos per decode call, unless the manifest is too short to give each actor several."""
-GPU_PLAN_DECODE_BATCH_SIZE = 4
-"""Videos per decode call where inference runs on GPUs: there decoding is what the run waits
-for, each decode actor's last calls are its tail, and a CPU decoder beside NVDEC ones takes
-several times longer per call (BENCHMARKS.md, Decode pool: 7 NVDEC decoders at 10 clips/s
-beside 13 CPU ones at 2.5 over 4,000 videos reach 0.90 of their summed rate with calls of 4,
-0.75 with calls of 16). The inference actors' batches join these blocks without a copy."""
 DECODE_CALLS_PER_ACTOR = 4
+GPU_PLAN_DECODE_CALLS_PER_ACTOR = 64
+"""Where inference runs on GPUs, decoding is what the run waits for and each decode actor's
+last calls are the run's tail, longest on a CPU decoder beside NVDEC ones: calls small enough
+that each actor has 64 (its last two are then about 3% of its work), between
+`GPU_PLAN_SMALLEST_DECODE_CALL` and `DECODE_BATCH_SIZE` videos. Not smaller for long
+manifests: Ray Data keeps about 3 KB of the driver's memory per block for each operator
+(measured here: 120,000 rows in blocks of 4 took the driver to 405 MiB, 40,000 to 292)."""
+GPU_PLAN_SMALLEST_DECODE_CALL = 4
+"""Smaller calls cost Ray Data more to hand out than their shorter tail saves (BENCHMARKS.md,
+Decode pool, 13 CPU + 7 NVDEC decoders: 1,000 videos at 4 a call reach 0.69x of the pool's
+summed rate, at 1 a call 0.30x; 4,000 videos at 4 a call 0.90x, at 3 a call 0.85x)."""
 GPU_DECODE_SHARE = 0.1
 """Of each GPU, the share its NVDEC decode actors reserve in Ray, together (inference actors
 reserve the rest): what they use of it is the video engines, a CUDA context each and the
@@ -286,13 +291,17 @@ def decode_actors_worth(decoding_s: float | None, wanted: float) -> int:
 
 
 def decode_batch_size(videos: int | None, decode_actors: int, gpu_plan: bool) -> int:
-    """`DECODE_BATCH_SIZE` (`GPU_PLAN_DECODE_BATCH_SIZE` in a `gpu_plan`), or fewer so that
-    `videos` give each decode actor `DECODE_CALLS_PER_ACTOR` calls (one actor's last call is
-    then a small part of the run)."""
-    most = GPU_PLAN_DECODE_BATCH_SIZE if gpu_plan else DECODE_BATCH_SIZE
+    """`DECODE_BATCH_SIZE`, or fewer so that `videos` give each decode actor
+    `DECODE_CALLS_PER_ACTOR` calls, and in a `gpu_plan` `GPU_PLAN_DECODE_CALLS_PER_ACTOR` (down
+    to `GPU_PLAN_SMALLEST_DECODE_CALL` videos): one actor's last calls are then a small part of
+    the run."""
     if videos is None:
-        return most
-    return max(1, min(most, videos // (decode_actors * DECODE_CALLS_PER_ACTOR)))
+        return DECODE_BATCH_SIZE
+    size = videos // (decode_actors * DECODE_CALLS_PER_ACTOR)
+    if gpu_plan:
+        many_calls = videos // (decode_actors * GPU_PLAN_DECODE_CALLS_PER_ACTOR)
+        size = min(size, max(GPU_PLAN_SMALLEST_DECODE_CALL, many_calls))
+    return max(1, min(DECODE_BATCH_SIZE, size))
 
 
 def _capped(size: int, most: int | None) -> int:
