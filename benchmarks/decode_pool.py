@@ -39,10 +39,11 @@ import pyarrow as pa
 import ray
 
 from benchmarks.results import load_average, machine, write_section
+from tests.helpers.plans import plan
 from vivit_batch.config import load_config
 from vivit_batch.job.cluster import DecodePlacement
 from vivit_batch.job.pipeline import actor_pool, in_decode_calls
-from vivit_batch.job.resources import ClusterShape, Resources, decode_batch_size, plan_resources
+from vivit_batch.job.resources import Resources, decode_batch_size
 from vivit_batch.manifest.read import read_dataset
 
 CPU_CLIPS_PER_S = 2.5
@@ -71,8 +72,7 @@ class SimulatedDecoder:
 
 
 def pool_plan(device: str, rows: int) -> Resources:
-    config = load_config(None, [f"decode.device={device}"])
-    return plan_resources(config, ClusterShape(cpus=16, gpus=1, nvdec=True), videos=rows)
+    return plan(f"decode.device={device}", cpus=16, gpus=1, nvdec=True, videos=rows)
 
 
 def manifest(directory: str, rows: int) -> ray.data.Dataset:
@@ -94,7 +94,6 @@ def run(
 ) -> dict:
     """One pass of the pool over `rows`, in the read's blocks or `split` by `in_decode_calls`,
     `call_size` videos per call."""
-    count = rows.count()
     actors = resources.decode_actors + resources.gpu_decoders
     resources = dataclasses.replace(resources, decode_batch_size=call_size)
     if split:
@@ -111,6 +110,7 @@ def run(
         batch_format="pyarrow",
     )
     table = pa.concat_tables(ray.get(decoded.to_arrow_refs()))
+    count = table.num_rows
     calls = {tuple(call) for call in table.column("call").to_pylist()}
     first, last = min(call[0] for call in calls), max(call[1] for call in calls)
     last_of_each: dict[float, float] = {}
