@@ -5,7 +5,10 @@ worker's peak is known per task kind."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,3 +122,26 @@ def memory_status(pid: int) -> dict[str, float]:
         if name.startswith(("Vm", "Rss")) and value.strip().endswith("kB"):
             values[name] = int(value.split()[0]) / 1024
     return values
+
+
+def run_sampled(command: list[str], directory: Path, log: Path) -> tuple[MemorySampler, float]:
+    """`command` run in `directory` with an embedded local Ray (RAY_ADDRESS emptied), its output
+    to `log`, sampled until it exits: the sampler and the wall seconds. A command that fails
+    ends the benchmark with the end of its log."""
+    started = time.perf_counter()
+    with log.open("wb") as stream:
+        process = subprocess.Popen(
+            command,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"},
+            cwd=directory,
+        )
+        sampler = MemorySampler(process.pid)
+        sampler.start()
+        code = process.wait()
+    wall = time.perf_counter() - started
+    sampler.stop()
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)}: exit code {code}\n{log.read_text()[-4000:]}")
+    return sampler, wall

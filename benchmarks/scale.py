@@ -72,7 +72,7 @@ from string import Template
 
 from benchmarks.cpu_sampler import short_name
 from benchmarks.file_events import FolderEvents
-from benchmarks.memory_sampler import RAY_WORKER, MemorySampler, Peak, memory_status
+from benchmarks.memory_sampler import RAY_WORKER, Peak, memory_status, run_sampled
 from benchmarks.results import load_average, machine, write_section
 from benchmarks.scale_inputs import (
     Model,
@@ -185,23 +185,8 @@ def measure_run(
         f"run.run_id={run_id}",
     ]
     print(f"  {case}: {' '.join(command)}", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    with log.open("wb") as stream:
-        process = subprocess.Popen(
-            command,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"},
-            cwd=directory,
-        )
-        sampler = MemorySampler(process.pid)
-        sampler.start()
-        code = process.wait()
-    wall = time.perf_counter() - started
-    sampler.stop()
+    sampler, wall = run_sampled(command, directory, log)
     events.stop()
-    if code != 0:
-        raise SystemExit(f"{' '.join(command)}: exit code {code}\n{log.read_text()[-4000:]}")
     report = json.loads((output / "_runs" / f"{run_id}.json").read_text())
     if report["videos_written"] != new:
         raise SystemExit(f"{case}: the run labelled {report['videos_written']} videos, not {new}")

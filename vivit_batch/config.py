@@ -447,6 +447,13 @@ class RunSection(Section, name="run"):
         pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}",
         pattern_help="1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
     )
+    videos_per_part: int = setting(
+        200_000,
+        "a manifest with more videos to label is labelled in parts of at most this many, each "
+        "its own Ray Data execution: the driver's memory grows with an execution's blocks and "
+        "is given back between parts",
+        minimum=1,
+    )
     progress_every_s: float = setting(
         60.0,
         "when the output is not a terminal, log a progress line (done/total, clips/s, ETA, errors) "

@@ -142,9 +142,9 @@ def test_predictions_match_the_stages_run_directly(
 ):
     """The Ray wiring keeps each row's prediction with its video, in files of at most
     `output.rows_per_file` rows, also where an inference actor labels two batches at once in
-    threads (as GPU actors do; forced here on the CPU). bf16 is asked for, which CPU actors
-    cannot autocast: they label in fp32 (the same predictions) and the report and the summary
-    say so."""
+    threads (as GPU actors do; forced here on the CPU) and where the manifest is labelled in
+    two parts (`run.videos_per_part`). bf16 is asked for, which CPU actors cannot autocast:
+    they label in fp32 (the same predictions) and the report and the summary say so, once."""
     planned = pipeline.inference_options
     monkeypatch.setattr(
         pipeline,
@@ -154,13 +154,18 @@ def test_predictions_match_the_stages_run_directly(
     good = [videos[name] for name, *_ in GOOD_VIDEOS]
     manifest = write_csv(tmp_path / "m.csv", [{"uri": str(p)} for p in good])
     settings = ["--set", "resources.batch_size=3", "--set", "output.rows_per_file=3"]
+    settings += ["--set", "run.videos_per_part=3"]
     bf16 = ["--set", "model.precision=bf16"]
     assert run(manifest, tmp_path / "out", checkpoint, *settings, *bf16) == 0
     [report] = Output(str(tmp_path / "out")).read_reports()
-    [device] = report.inference_devices
-    assert (device["precision"], device["requested_precision"]) == ("fp32", "bf16")
+    device, _ = report.inference_devices  # an actor for each part
+    assert {(d["precision"], d["requested_precision"]) for d in report.inference_devices} == {
+        ("fp32", "bf16")
+    }
     assert report.warnings == [device["warning"]] and "in fp32" in device["warning"]
-    assert f"warning: {device['warning']}" in capsys.readouterr().err
+    logged = capsys.readouterr().err
+    assert f"warning: {device['warning']}" in logged
+    assert "labelling part 2 of 2 (at most 3 videos each)" in logged
     frame = read_rows(tmp_path / "out").set_index("uri")
     files = ds.dataset(tmp_path / "out").get_fragments()
     assert sorted(f.count_rows() for f in files) == [1, 3]  # rows_per_file is an upper bound

@@ -5,6 +5,8 @@ Which manifest rows are labelled is `committed_join`'s."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -23,6 +25,8 @@ from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
 from vivit_batch.storage import job_storage_options
 from vivit_batch.work import Work, to_label
 
+log = logging.getLogger("vivit_batch")
+
 LIGHT_TASKS = 1
 LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
 """Reading the manifest, assigning ids, looking up versions and writing Parquet are light and
@@ -32,16 +36,29 @@ so that they keep to a worker or two instead of starting a Python process per bl
 CPU second each)."""
 
 
+def labelled_parts(
+    job: PreparedJob, resources: Resources, run_id: str, work: Work
+) -> Iterator[ray.data.Dataset]:
+    """The pipeline over each part of the rows `work` labels (`parts_to_label`), each made once
+    the last one is let go: a part's execution holds the driver's memory until it is."""
+    most = job.config.run.videos_per_part
+    parts = max(1, math.ceil(work.to_label / most))
+    for number, rows in enumerate(parts_to_label(job, work), 1):
+        if parts > 1:
+            log.info("labelling part %d of %d (at most %d videos each)", number, parts, most)
+        yield build_dataset(job, resources, run_id, rows)
+
+
 def build_dataset(
-    job: PreparedJob, resources: Resources, run_id: str, work: Work | None = None
+    job: PreparedJob, resources: Resources, run_id: str, rows: ray.data.Dataset
 ) -> ray.data.Dataset:
-    """The pipeline over the manifest's rows that `work` labels (None: all of them)."""
+    """The pipeline over `rows`, the manifest's rows with ids to label."""
     config = job.config
     # A stage's exception reaches the driver as itself (an inference actor's refusal must end
     # the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context when they
     # are made, so this comes first.
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    dataset = manifest_to_label(job, work).map_batches(
+    dataset = rows.map_batches(
         with_versions,
         fn_kwargs={"options": job.decode.storage_options},
         batch_format="pyarrow",
@@ -100,15 +117,44 @@ def actor_pool(start: int, most: int, calls_at_once: int = 1) -> ray.data.ActorP
     )
 
 
-def manifest_to_label(job: PreparedJob, work: Work | None) -> ray.data.Dataset:
+def parts_to_label(job: PreparedJob, work: Work) -> Iterator[ray.data.Dataset]:
+    """The manifest's rows with ids that `work` labels, in parts of at most
+    `run.videos_per_part` videos: Ray Data keeps a few kilobytes of the driver's memory per
+    block of an execution until the execution is let go (BENCHMARKS.md, Driver memory), so a
+    long manifest is labelled by one execution per part. One part comes streamed from the read
+    or the join; more are split from the rows held in the object store, and each is let go
+    once labelled."""
+    rows = rows_to_label(job, work)
+    if work.to_label > job.config.run.videos_per_part:
+        yield from held_parts(rows.materialize(), job.config.run.videos_per_part)
+    elif work.rows is None:
+        yield rows  # in the read's blocks
+    else:
+        yield in_read_blocks(rows, work.to_label)
+
+
+def rows_to_label(job: PreparedJob, work: Work) -> ray.data.Dataset:
     """The manifest's rows with ids that `work` labels: all of them when it decided nothing
-    (a fresh output), else those of its decided rows (`work.decide`), in as many blocks as a
-    read of them would make: the join leaves a few large blocks, and a block's version
-    lookups all finish before any of its rows goes on."""
-    if work is None or work.rows is None:
+    (a fresh output), else those of its decided rows (`work.decide`)."""
+    if work.rows is None:
         return manifest_with_ids(job)
-    blocks = min(work.to_label, ray.data.DataContext.get_current().read_op_min_num_blocks)
-    rows = work.rows.map_batches(to_label, batch_format="pyarrow", **LIGHT_TASK)
+    return work.rows.map_batches(to_label, batch_format="pyarrow", **LIGHT_TASK)
+
+
+def held_parts(rows: ray.data.MaterializedDataset, videos: int) -> Iterator[ray.data.Dataset]:
+    """`rows` in parts of `videos` rows, each in the blocks a read of it would make."""
+    parts = rows.split_at_indices(list(range(videos, rows.count(), videos)))
+    del rows
+    while parts:
+        part = parts.pop(0)  # not held here once labelled: its blocks go
+        yield in_read_blocks(part, part.count())
+
+
+def in_read_blocks(rows: ray.data.Dataset, videos: int) -> ray.data.Dataset:
+    """`rows`, held in the object store, in as many blocks as a read of them would make: the
+    join and a split leave a few large blocks, and a block's version lookups all finish before
+    any of its rows goes on."""
+    blocks = min(videos, ray.data.DataContext.get_current().read_op_min_num_blocks)
     return rows.repartition(max(1, blocks))  # blocks split and combined, not shuffled
 
 

@@ -20,7 +20,7 @@ from vivit_batch.config import RunSection
 from vivit_batch.errors import LockLost
 from vivit_batch.job.cluster import cluster_shape
 from vivit_batch.job.committed_join import decided_work
-from vivit_batch.job.pipeline import build_dataset, partition_values, stage_errors, staged_files
+from vivit_batch.job.pipeline import labelled_parts, partition_values, stage_errors, staged_files
 from vivit_batch.job.prepare import (
     PreparedJob,
     check_identity,
@@ -69,7 +69,9 @@ def run_job(job: PreparedJob) -> RunReport:
         require_shared_output(output, run_id)
         output.finish_merges(lock)  # a compaction's merge left half done: before any reading
         work = choose_work(job, output)
-        resources, calibration = planned_resources(job, work.to_label)
+        resources, calibration = planned_resources(
+            job, min(work.to_label, config.run.videos_per_part)
+        )
         log.info(
             "run %s: %d of the manifest's %d videos to label; %s",
             run_id,
@@ -78,7 +80,6 @@ def run_job(job: PreparedJob) -> RunReport:
             resources.describe(),
         )
         ray.data.DataContext.get_current().enable_progress_bars = interactive()
-        dataset = build_dataset(job, resources, run_id, work)
         writer = RunWriter(
             output,
             lock,
@@ -87,7 +88,7 @@ def run_job(job: PreparedJob) -> RunReport:
             work.relabelled,
             work.archive,
         )
-        write_rows(job, dataset, writer, work.to_label)
+        write_rows(job, labelled_parts(job, resources, run_id, work), writer, work.to_label)
         writer.compact(config.output)
         plan = (resources, calibration)
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
@@ -96,9 +97,10 @@ def run_job(job: PreparedJob) -> RunReport:
 
 
 def planned_resources(job: PreparedJob, videos: int) -> tuple[Resources, dict]:
-    """The actor pools for this cluster and `videos` to label, and what the stages' costs
-    measured for a CPU plan (the run report's `calibration`: empty for a GPU or explicit plan,
-    and when there is nothing to label)."""
+    """The actor pools for this cluster and `videos` to label in one execution (a part of the
+    manifest: `pipeline.parts_to_label`), and what the stages' costs measured for a CPU plan
+    (the run report's `calibration`: empty for a GPU or explicit plan, and when there is
+    nothing to label)."""
     cluster = cluster_shape()
     resources = job.config.resources
     gpu_plan = bool(gpus_per_inference_actor(resources, cluster))
@@ -213,11 +215,12 @@ def choose_work(job: PreparedJob, output: Output) -> Work:
 
 
 def write_rows(
-    job: PreparedJob, dataset: ray.data.Dataset, writer: RunWriter, to_label: int
+    job: PreparedJob, labelled: Iterator[ray.data.Dataset], writer: RunWriter, to_label: int
 ) -> None:
-    """Write tasks stage the labelled rows as files (in segments mode this process does, once
-    a file's worth of whole videos is in); `writer` commits each one (and, when no terminal
-    shows Ray Data's progress bars, this logs how far it got every so often)."""
+    """Write tasks stage the labelled rows of each part as files (in segments mode this
+    process does, once a file's worth of whole videos is in); `writer` commits each one (and,
+    when no terminal shows Ray Data's progress bars, this logs how far it got every so
+    often)."""
     stats = writer.stats
     progress = (
         contextlib.nullcontext()
@@ -231,8 +234,9 @@ def write_rows(
     with stage_errors(), progress:
         segments = job.decode.sampling.segments
         held = job.config.output.max_held_bytes
-        for staged in staged_files(dataset, writer.files, segments, held):
-            writer.commit(staged)
+        for dataset in labelled:
+            for staged in staged_files(dataset, writer.files, segments, held):
+                writer.commit(staged)
 
 
 def file_writer(job: PreparedJob, output: Output, run_id: str, started: float) -> FileWriter:
@@ -293,7 +297,9 @@ def run_report(
             resources.gpu_decoders,
         ),
         inference_devices=devices,
-        warnings=job.warnings + [d["warning"] for d in devices if "warning" in d],
+        warnings=list(
+            dict.fromkeys(job.warnings + [d["warning"] for d in devices if "warning" in d])
+        ),
         sandbox=job.sandbox,
         lock_generation=lock.generation,
         resources=vars(resources),
