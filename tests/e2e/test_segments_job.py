@@ -1,7 +1,7 @@
 """Segments mode end to end (Ray, Parquet) with the shipped demo model: a video whose motion
 changes at a known time is labelled along its timeline, the labels follow the change; a short
 video is one segment, a broken file one error row; reruns add nothing and `--force` relabels each
-video once; a per-video run into the output is refused."""
+video once (also in two parts); a per-video run into the output is refused."""
 
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def test_segments_follow_the_motion_change_exactly_once(ray_cluster, workspace):
     assert Output(str(directory / "out")).read_reports()[-1].rows_written == 0
     assert rows_by_video(directory) == videos
 
-    assert run(directory, *SEGMENTS, "--force") == 0
+    parts = ["--set", "run.videos_per_part=2"]  # in two parts: whole videos in each
+    assert run(directory, *SEGMENTS, "--force", *parts) == 0
     relabelled = rows_by_video(directory)
     assert {k: len(v) for k, v in relabelled.items()} == {"broken": 1, "change": 6, "short": 1}
     assert len({r["run_id"] for rows in relabelled.values() for r in rows}) == 1
