@@ -1,8 +1,8 @@
 """Driver memory: the driver's peak over fresh labelling runs of many videos, labelled by one
 Ray Data execution (as before `run.videos_per_part`) and in parts of one execution each.
 
-    python -m benchmarks.driver_memory [--videos 20000 --videos 80000] [--part 20000]
-        [--parts-only 160000] [--work DIR] [--no-write]
+    python -m benchmarks.driver_memory --videos 20000 --videos 80000 [--part 20000]
+        [--parts-only 160000] [--work DIR] [--title TITLE] [--no-write]
 
 Inputs (`benchmarks.scale_inputs`): the tiny test checkpoint and 4 tiny H.264 videos (64x48, 30
 fps, about 1 s: one clip each), and for each N a Parquet manifest of N rows pointing at them
@@ -74,14 +74,14 @@ def measure(args: argparse.Namespace, work: Path) -> list[dict]:
     return runs + [label(n, args.part, work, inputs) for n in sorted(args.parts_only)]
 
 
-def section(runs: list[dict], command: str, environment: dict) -> str:
+def section(runs: list[dict], title: str, command: str, environment: dict) -> str:
     rows = "\n".join(
         f"| {r['videos']:,} | {r['kind']} | {parts(r)} | {r['wall_s']:.0f} s | "
         f"{r['run_job_s']:.0f} s | {r['driver_mib']:.0f} |"
         for r in runs
     )
     return (
-        f"## {TITLE}\n\n`{command}`, {environment['date']}, {environment['cpu']} "
+        f"## {title}\n\n`{command}`, {environment['date']}, {environment['cpu']} "
         f"({environment['cores']} cores, 24 GiB), Python {platform.python_version()}, ray "
         f"{version('ray')}, torch {version('torch')}, av {version('av')}; load average "
         f"{environment['load_before']} before, {load_average()} after (the machine is shared "
@@ -135,13 +135,15 @@ def growth(kind: str, runs: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, action="append", help="both runs (repeatable)")
+    parser.add_argument("--videos", type=int, action="append", default=[], help="both runs")
     parser.add_argument("--parts-only", type=int, action="append", default=[])
     parser.add_argument("--part", type=int, default=20_000, help="run.videos_per_part")
     parser.add_argument("--work", type=Path, help="where to generate (default: a temporary one)")
+    parser.add_argument("--title", default=TITLE, help="the section of BENCHMARKS.md written")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    args.videos = args.videos or [20_000, 80_000]
+    if not args.videos and not args.parts_only:
+        parser.error("give --videos N or --parts-only N")
     environment = machine(load_average())
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         runs = measure(args, Path(work))

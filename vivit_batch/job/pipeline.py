@@ -54,10 +54,6 @@ def build_dataset(
 ) -> ray.data.Dataset:
     """The pipeline over `rows`, the manifest's rows with ids to label."""
     config = job.config
-    # A stage's exception reaches the driver as itself (an inference actor's refusal must end
-    # the run with exit code 2), not as Ray Data's wrapper. Datasets copy the context when they
-    # are made, so this comes first.
-    ray.data.DataContext.get_current().raise_original_map_exception = True
     dataset = rows.map_batches(
         with_versions,
         fn_kwargs={"options": job.decode.storage_options},

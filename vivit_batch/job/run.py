@@ -65,6 +65,7 @@ def run_job(job: PreparedJob) -> RunReport:
     run_id = config.run.run_id or new_run_id()
     output = Output(config.output.uri, job.decode.storage_options)
     started = time.time()
+    configure_ray_data()
     with holding_lock(output, run_id, config.run) as lock:
         require_shared_output(output, run_id)
         output.finish_merges(lock)  # a compaction's merge left half done: before any reading
@@ -79,7 +80,6 @@ def run_job(job: PreparedJob) -> RunReport:
             job.manifest.rows,
             resources.describe(),
         )
-        ray.data.DataContext.get_current().enable_progress_bars = interactive()
         writer = RunWriter(
             output,
             lock,
@@ -94,6 +94,16 @@ def run_job(job: PreparedJob) -> RunReport:
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
         writer.finish(report)
     return report
+
+
+def configure_ray_data() -> None:
+    """Before the run makes any dataset (each copies the driver's context when it is made, and
+    those made from it share that copy): a stage's exception reaches the driver as itself (an
+    inference actor's refusal must end the run with exit code 2), not as Ray Data's wrapper;
+    progress bars only where a terminal shows them."""
+    context = ray.data.DataContext.get_current()
+    context.raise_original_map_exception = True
+    context.enable_progress_bars = interactive()
 
 
 def planned_resources(job: PreparedJob, videos: int) -> tuple[Resources, dict]:
