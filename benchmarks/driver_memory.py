@@ -147,12 +147,11 @@ def main() -> None:
     environment = machine(load_average())
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         runs = measure(args, Path(work))
-    text = section(
-        runs, "python -m benchmarks.driver_memory " + " ".join(sys.argv[1:]), environment
-    )
+    command = " ".join(["python -m benchmarks.driver_memory", *sys.argv[1:]])
+    text = section(runs, args.title, command, environment)
     print(text)
     if not args.no_write:
-        write_section(TITLE, text)
+        write_section(args.title, text)
 
 
 if __name__ == "__main__":
