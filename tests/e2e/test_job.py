@@ -158,7 +158,8 @@ def test_predictions_match_the_stages_run_directly(
     bf16 = ["--set", "model.precision=bf16"]
     assert run(manifest, tmp_path / "out", checkpoint, *settings, *bf16) == 0
     [report] = Output(str(tmp_path / "out")).read_reports()
-    device, _ = report.inference_devices  # an actor for each part
+    device, other = report.inference_devices  # an actor for each part
+    assert device["pid"] != other["pid"]
     assert {(d["precision"], d["requested_precision"]) for d in report.inference_devices} == {
         ("fp32", "bf16")
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class InferenceStage:
             return
         self.device = describe(self.classifier.device, options.precision)
         self.device["start_s"] = round(time.perf_counter() - started, 3)  # load, checks
+        self.device["pid"] = os.getpid()  # each actor its own record, alike as they may be
         self.device_json = json.dumps(self.device)
         self.busy = _BusyTime()
         if "warning" in self.device:
