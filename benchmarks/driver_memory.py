@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import tempfile
 from importlib.metadata import version
@@ -147,7 +148,7 @@ def main() -> None:
     environment = machine(load_average())
     with tempfile.TemporaryDirectory(dir=args.work) as work:
         runs = measure(args, Path(work))
-    command = " ".join(["python -m benchmarks.driver_memory", *sys.argv[1:]])
+    command = "python -m benchmarks.driver_memory " + shlex.join(sys.argv[1:])
     text = section(runs, args.title, command, environment)
     print(text)
     if not args.no_write:
