@@ -324,9 +324,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, small videos")
     parser.add_argument(
         "--decode-devices",
-        default="cpu,cuda,auto" if nvdec_installed() else "cpu",
+        default="cpu,cuda,auto" if nvdec_installed() and torch.cuda.is_available() else "cpu",
         help="the job once per decode.device, the first with cpu (default: cpu, and cuda and "
-        "auto where PyNvVideoCodec is installed)",
+        "auto where PyNvVideoCodec is installed and CUDA can be used)",
     )
     args = parser.parse_args()
     if args.render:

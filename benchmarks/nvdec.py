@@ -234,6 +234,11 @@ def main() -> None:
         write_section("NVDEC", render(json.loads(Path(args.render).read_text())))
         return
     figures: dict = {"machine": machine()}
+
+    def save() -> None:  # after each part: a run cut short keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="vivit-nvdec-") as temporary:
         write_inputs(Path(temporary), 0, VIDEO)
         paths = sorted(str(path) for path in Path(temporary).glob("v*.mp4"))
@@ -243,18 +248,19 @@ def main() -> None:
         if not args.cpu_only:
             figures["parity"]["nvdec"] = parity(paths, nvdec_clip, device)
         print(f"  parity {figures['parity']}", flush=True)
+        save()
         figures["stage"] = []
         for processes in () if args.cpu_only else PROCESSES:
             figures["nvdec"].append(in_processes(nvdec_worker, paths, processes, args.seconds))
             print(f"  nvdec {figures['nvdec'][-1]}", flush=True)
             figures["stage"].append(in_processes(stage_worker, paths, processes, args.seconds))
             print(f"  stage {figures['stage'][-1]}", flush=True)
+            save()
         cores = len(os.sched_getaffinity(0))
         for processes in sorted({1, cores}):
             figures["cpu"].append(in_processes(cpu_worker, paths, processes, args.seconds))
             print(f"  cpu {figures['cpu'][-1]}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2))
+            save()
     print(render(figures))
 
 
