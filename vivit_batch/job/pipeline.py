@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
@@ -42,7 +41,7 @@ def labelled_parts(
     """The pipeline over each part of the rows `work` labels (`parts_to_label`), each made once
     the last one is let go: a part's execution holds the driver's memory until it is."""
     most = job.config.run.videos_per_part
-    parts = max(1, math.ceil(work.to_label / most))
+    parts = len(part_starts(work.to_label, most))
     for number, rows in enumerate(parts_to_label(job, work), 1):
         if parts > 1:
             log.info("labelling part %d of %d (at most %d videos each)", number, parts, most)
@@ -139,11 +138,16 @@ def rows_to_label(job: PreparedJob, work: Work) -> ray.data.Dataset:
 
 def held_parts(rows: ray.data.MaterializedDataset, videos: int) -> Iterator[ray.data.Dataset]:
     """`rows` in parts of `videos` rows, each in the blocks a read of it would make."""
-    parts = rows.split_at_indices(list(range(videos, rows.count(), videos)))
+    parts = rows.split_at_indices(part_starts(rows.count(), videos)[1:])
     del rows
     while parts:
         part = parts.pop(0)  # not held here once labelled: its blocks go
         yield in_read_blocks(part, part.count())
+
+
+def part_starts(videos: int, per_part: int) -> list[int]:
+    """Where each part of `videos` rows starts, parts of `per_part` rows (one part at least)."""
+    return list(range(0, videos, per_part)) or [0]
 
 
 def in_read_blocks(rows: ray.data.Dataset, videos: int) -> ray.data.Dataset:
