@@ -4,7 +4,7 @@
 # huggingface_hub, transformers, scikit-learn...) has no Ray, PyAV or PyNvVideoCodec, it reaches
 # no package index, and a call carries at most 64 MiB. Their wheels are about 145 MB; unpacked,
 # without what the job never loads (Ray's Java jars, RLlib, Serve, its LLM library, the dashboard's
-# web client; PyNvVideoCodec's FFmpeg sources and samples) and packed with xz, about 50 MB.
+# web client; PyNvVideoCodec's FFmpeg sources and samples) and packed with xz, about 53 MB.
 #
 #   benchmarks/device_kit.sh                      # .devkit/site-cp312.tar.xz: the device's Python
 #   PYTHON_VERSION=3.11 benchmarks/device_kit.sh  # for this machine's Python (to try it here)
