@@ -64,6 +64,14 @@ if ! "$python" -c 'import ray, av' 2>/dev/null && [[ -e "$kit" ]]; then
   "$python" -m pip install -q --no-index --no-deps --no-build-isolation -e . ||
     echo "== $venv: this checkout not installed; it is imported from the working directory"
 fi
+"$python" -c 'import importlib.metadata as m, sys
+names = ("torch", "ray", "av", "pyarrow", "numpy", "huggingface_hub", "pynvvideocodec")
+def version(name):
+    try:
+        return m.version(name)
+    except m.PackageNotFoundError:
+        return "missing"
+print("== Python", sys.version.split()[0], *(f"{n} {version(n)}" for n in names))'
 if ! $dry_run && ! "$python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
   echo "error: torch in $venv cannot use CUDA ($("$python" -c 'import torch; print(torch.__version__)'))." \
     "Install a CUDA build: $venv/bin/pip install --index-url https://download.pytorch.org/whl/cu130" \
