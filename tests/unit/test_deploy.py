@@ -141,14 +141,20 @@ def test_only_the_gpu_group_asks_for_gpus_and_it_runs_the_cuda_image():
             assert container["image"].endswith(f"/vivit-batch:{VERSION}")
 
 
+def build_args(build: list[str]) -> dict[str, str]:
+    """A `docker build` line's `--build-arg NAME=VALUE`s."""
+    given = [build[i + 1] for i, word in enumerate(build) if word == "--build-arg"]
+    return dict(arg.split("=", 1) for arg in given)
+
+
 def test_images_are_the_dockerfiles_documented_tags_for_this_version():
     tags = documented_tags()
     assert set(tags) == {f"vivit-batch:{VERSION}", f"vivit-batch:{VERSION}-cuda"}
     [default_index] = re.findall(r"^ARG TORCH_INDEX=(\S+)$", DOCKERFILE, re.M)
     assert default_index == "https://download.pytorch.org/whl/cpu"
-    cuda = tags[f"vivit-batch:{VERSION}-cuda"]
-    cuda_index = cuda[cuda.index("--build-arg") + 1]
-    assert re.fullmatch(r"TORCH_INDEX=https://download\.pytorch\.org/whl/cu\d+", cuda_index)
+    assert build_args(tags[f"vivit-batch:{VERSION}"]) == {}
+    cuda = build_args(tags[f"vivit-batch:{VERSION}-cuda"])
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", cuda["TORCH_INDEX"])
     images = [c["image"] for pod in ray_groups().values() for c in pod["containers"]]
     images += [c["image"] for c in LAUNCHER["initContainers"]]
     assert {image.rsplit("/", 1)[-1] for image in images} == set(tags)
@@ -214,9 +220,19 @@ def test_the_dockerfile_installs_as_the_readme_says():
     documented = pip_installs(code_blocks, {})
     assert len(image) == 2 and all(install in documented for install in image)
     [torch] = [i for i in image if i[2] == ("torch",)]
-    [project] = [i for i in image if "." in i[2]]
+    [project] = [i for i in image if ".[nvdec]" in i[2]]  # with NVDEC: both images, below
     setup = [i for i in documented if i[2] == (".",)]  # the README's set-up install
     assert setup and {i[1] for i in setup} == {torch[1]} == {project[1]} == {"constraints.txt"}
+
+
+def test_the_images_can_decode_on_nvdec():
+    """PyNvVideoCodec in both images (the driver, on the CPU head, plans NVDEC decode actors
+    only where it finds it) and the driver's video libraries asked for, which it loads."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r"^nvdec = \[", pyproject, re.M)
+    assert re.search(r"^RUN pip install .*'\.\[nvdec\]'", DOCKERFILE, re.M)
+    [capabilities] = re.findall(r"NVIDIA_DRIVER_CAPABILITIES=(\S+)", DOCKERFILE)
+    assert set(capabilities.split(",")) == {"compute", "utility", "video"}
     copied = re.findall(r"^COPY (.+) \S+$", DOCKERFILE, re.M)
     kept = re.findall(r"^!(\S+?)/?$", (ROOT / ".dockerignore").read_text(), re.M)
     for source in (s.rstrip("/") for line in copied for s in line.split()):

@@ -35,7 +35,8 @@ from vivit_batch.output.schema import (
 from vivit_batch.output.sink import stats_of
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.report.text import decoding_text
-from vivit_batch.stages.decode import decoding_device
+from vivit_batch.stages import decode as decode_stage
+from vivit_batch.stages.decode import DecodeStage, DecodeStageOptions, decoding_device
 from vivit_batch.testing.media import write_video
 from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, decode_video
 from vivit_batch.video.decode import assemble_clips
@@ -132,11 +133,59 @@ def test_the_run_report_says_what_each_kind_of_decode_actor_decoded():
 def test_each_decode_actor_picks_its_device():
     assert decoding_device("cpu") == "cpu"
     assert decoding_device("auto") == "cpu"  # not an actor Ray gave a GPU
-    if HAS_NVDEC:
-        assert decoding_device("cuda") == "cuda"
-    else:
+    if not HAS_NVDEC:
         with pytest.raises(ConfigError, match="pip install pynvvideocodec"):
             decoding_device("cuda")
+
+
+NVENC_MISSING = (
+    "raise RuntimeError('Failed to load NVENC library: libnvidia-encode.so.1: cannot open shared "
+    "object file: No such file or directory\\n\\n=== TROUBLESHOOTING STEPS ===\\n...')"
+)
+"""What PyNvVideoCodec 2.2.4's import raises where the driver's video libraries are not there
+(seen here, in a container without the `video` capability), as a package of that name."""
+
+
+def pynvvideocodec_that(tmp_path: Path, monkeypatch, code: str) -> None:
+    """A PyNvVideoCodec package running `code` at import, found first by this process and by
+    the processes it starts."""
+    package = tmp_path / "PyNvVideoCodec"
+    package.mkdir()
+    (package / "__init__.py").write_text(code + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+
+def test_nvdec_where_pynvvideocodec_cannot_load_is_refused_or_left_saying_why(
+    tmp_path, monkeypatch, caplog
+):
+    """Installed but not loadable (the driver's video libraries missing): `cuda` stops the run
+    naming the import's error and the container setting that fixes it; `auto` decodes on the
+    CPU and says the same in the log."""
+    pynvvideocodec_that(tmp_path, monkeypatch, NVENC_MISSING)
+    with pytest.raises(ConfigError) as refused:
+        decoding_device("cuda")
+    said = str(refused.value)
+    assert "cannot be loaded on this node (RuntimeError: Failed to load NVENC library" in said
+    assert "TROUBLESHOOTING" not in said  # the first line of what it raised
+    assert "NVIDIA_DRIVER_CAPABILITIES must include video" in said
+    assert said.endswith("or set decode.device=cpu")
+    cuda = DecodeConfig(device="cuda", isolation="none")
+    # a decode actor starts (Ray would retry a constructor that raises) and refuses its batch
+    stage = DecodeStage(DecodeStageOptions(SAMPLING, PROCESSOR, cuda))
+    with pytest.raises(ConfigError, match="NVIDIA_DRIVER_CAPABILITIES"):
+        stage.decode_all(pa.table({"video_id": ["v"], "uri": ["v.mp4"]}))
+    monkeypatch.setattr(decode_stage, "_given_a_gpu", lambda: True)  # as in an NVDEC actor
+    assert decoding_device("auto") == "cpu"
+    assert "libnvidia-encode.so.1" in caplog.text
+    assert "this decode actor decodes on the CPU" in caplog.text
+
+
+def test_nvdec_where_pynvvideocodec_loads_is_used(tmp_path, monkeypatch):
+    pynvvideocodec_that(tmp_path, monkeypatch, "DECODERS = 7")
+    assert decoding_device("cuda") == "cuda"
+    monkeypatch.setattr(decode_stage, "_given_a_gpu", lambda: True)
+    assert decoding_device("auto") == "cuda"
 
 
 @pytest.fixture(scope="module")

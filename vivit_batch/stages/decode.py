@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 
-from vivit_batch.config import NVDEC_REQUIREMENT, DecodeConfig, SamplingConfig
+from vivit_batch.config import DecodeConfig, SamplingConfig
 from vivit_batch.errors import ConfigError
 from vivit_batch.output.schema import (
     BYTES_READ,
@@ -40,7 +40,7 @@ from vivit_batch.redact import redacted_uris
 from vivit_batch.stages.failures import ALWAYS_FATAL, error_columns, internal_error
 from vivit_batch.video import DecodeRequest, ErrorCode, VideoError, VideoMetadata
 from vivit_batch.video.isolation import DecoderUnavailable, IsolatedDecoder
-from vivit_batch.video.nvdec import decode_on_device, nvdec_installed
+from vivit_batch.video.nvdec import decode_on_device, nvdec_unavailable
 from vivit_batch.video.segments import SegmentChunk, decode_segments
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,22 @@ class DecodeStage:
     `decoding_device` picks for this process."""
 
     def __init__(self, options: DecodeStageOptions):
-        config = replace(options.config, device=decoding_device(options.config.device))
-        self.options = options = replace(options, config=config)
-        self.decoder = None
+        # A refusal is raised from the first batch, as the inference stage's: Ray reports an
+        # error in an actor's constructor as text only, and retries the constructor without end.
+        self.refusal: ConfigError | None = None
+        self.options, self.decoder = options, None
+        try:
+            device = decoding_device(options.config.device)
+        except ConfigError as error:
+            self.refusal = error
+            return
+        self.options = options = replace(options, config=replace(options.config, device=device))
         if options.config.isolation == "process":
             self.decoder = IsolatedDecoder(options.config)
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        if self.refusal:
+            raise self.refusal
         stalled = (
             batch.column(STAT_TIMED_OUT).to_pylist()
             if STAT_TIMED_OUT in batch.column_names
@@ -165,19 +174,17 @@ class DecodeStage:
 
 def decoding_device(setting: str) -> str:
     """`cpu` or `cuda` for `decode.device=setting` in this process: `auto` decodes on NVDEC
-    where Ray gave the process a share of a GPU (the plan's GPU decoders) and PyNvVideoCodec is
-    installed, on the CPU elsewhere. `cuda` without PyNvVideoCodec: `ConfigError`."""
+    where Ray gave the process a share of a GPU (the plan's GPU decoders) and PyNvVideoCodec
+    can be loaded, on the CPU elsewhere (saying why). `cuda` where it cannot: `ConfigError`."""
     if setting == "cpu" or (setting == "auto" and not _given_a_gpu()):
         return "cpu"
-    if not nvdec_installed():
-        if setting == "cuda":
-            raise ConfigError(
-                "decode.device=cuda, but PyNvVideoCodec is not installed on this node: "
-                f"pip install {NVDEC_REQUIREMENT}, or set decode.device=cpu"
-            )
-        log.warning("no PyNvVideoCodec on this GPU node: this decode actor decodes on the CPU")
-        return "cpu"
-    return "cuda"
+    unavailable = nvdec_unavailable()
+    if unavailable is None:
+        return "cuda"
+    if setting == "cuda":
+        raise ConfigError(f"decode.device=cuda, but {unavailable}; or set decode.device=cpu")
+    log.warning("%s: this decode actor decodes on the CPU", unavailable)
+    return "cpu"
 
 
 def _given_a_gpu() -> bool:

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import subprocess
+import sys
 
 import av
 import numpy as np
 
+from vivit_batch.config import NVDEC_REQUIREMENT
 from vivit_batch.processor import ProcessorConfig
 from vivit_batch.storage import InputFile
 from vivit_batch.video.decode import (
@@ -55,6 +58,41 @@ def nvdec_installed() -> bool:
     """Whether PyNvVideoCodec can be imported here (found, not imported: importing it loads the
     CUDA driver)."""
     return importlib.util.find_spec("PyNvVideoCodec") is not None
+
+
+def nvdec_unavailable() -> str | None:
+    """Why NVDEC cannot decode on this node, with the fix, or None where it can: PyNvVideoCodec
+    not installed, or its import failing. Its import loads the driver's video libraries
+    (libnvcuvid, and libnvidia-encode, without which it refuses to load at all), which a
+    container gets only with the NVIDIA container toolkit's `video` capability, and CUDA
+    images (ours among them) used to set `compute,utility` alone. Tried in a child process, as
+    the decoding workers would import it: the import needs nothing of this one."""
+    if not nvdec_installed():
+        return f"PyNvVideoCodec is not installed on this node (pip install {NVDEC_REQUIREMENT})"
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return "PyNvVideoCodec's import did not finish within 60 s on this node"
+    if probe.returncode == 0:
+        return None
+    said = probe.stdout.strip() or probe.stderr.strip()[-300:]
+    return (
+        f"PyNvVideoCodec cannot be loaded on this node ({said}). It needs the NVIDIA driver's "
+        "video libraries (libnvcuvid, libnvidia-encode): in a container, "
+        "NVIDIA_DRIVER_CAPABILITIES must include video (compute,utility,video)"
+    )
+
+
+_IMPORT_PROBE = """
+try:
+    import PyNvVideoCodec
+except Exception as error:
+    said = str(error).strip().splitlines()
+    print(type(error).__name__ + (": " + said[0] if said else ""))
+    raise SystemExit(1)
+"""
 
 
 def decode_on_device(request: DecodeRequest, opener: Opener = open_source) -> DecodedVideo:
