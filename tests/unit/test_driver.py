@@ -20,6 +20,7 @@ from vivit_batch.job.prepare import check_identity, identity_differences
 from vivit_batch.job.resources import (
     GPU_PLAN_DECODE_CALLS_PER_ACTOR,
     GPU_PLAN_SMALLEST_DECODE_CALL,
+    RAY_DATA_HEADROOM_CPUS,
     plans_from_costs,
 )
 from vivit_batch.manifest import ManifestSummary
@@ -47,6 +48,22 @@ def test_gpu_cluster_one_inference_actor_per_gpu_decoding_on_the_rest():
     assert one.inference_device == "cuda"
     shared = plan("resources.inference_gpus=0.5", cpus=16, gpus=2)
     assert (shared.inference_actors, shared.inference_gpus) == (4, 0.5)
+
+
+@pytest.mark.parametrize("nvdec", [False, True])
+@pytest.mark.parametrize("cpus", [2, 3, 4, 16])
+def test_gpu_plans_leave_ray_data_a_whole_cpu_on_small_machines(cpus, nvdec):
+    """Ray Data's own tasks (the decode calls' repartition) ask for a whole CPU: a plan that
+    left less on a 2-CPU GPU machine (its inference actor kept a whole CPU) made every run
+    there wait for ever. The inference actor gives up what the decoders' least share needs."""
+    planned = plan(cpus=cpus, gpus=1, nvdec=nvdec)
+    reserved = (
+        planned.inference_actors * planned.inference_cpus
+        + planned.decode_actors * planned.decode_cpus
+        + planned.gpu_decoders * planned.gpu_decoder_cpus
+    )
+    assert cpus - reserved >= RAY_DATA_HEADROOM_CPUS - 1e-9
+    assert planned.inference_cpus == (1.0 if cpus > 2 else pytest.approx(0.83 if nvdec else 0.9))
 
 
 def test_cpu_only_nodes_of_a_gpu_cluster_do_the_decoding():

@@ -177,14 +177,17 @@ def plan_resources(
         decode_actors = min(decode_actors, videos)
     if decode_actors:
         decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
-    if gpus:  # GPU actors keep a whole CPU each
-        inference_scale = 1.0
+    if gpus:
         decode_budget = min(decode_pool_cpus, budget - inference_total - gpu_decoding)
         decode_scale = decode_budget / max(1, decode_actors * decode_threads)
     else:
-        inference_scale = decode_scale = budget / (inference_total + decode_actors * decode_threads)
+        decode_scale = budget / (inference_total + decode_actors * decode_threads)
     decode_cpus = decode_threads * min(1.0, max(0.1, decode_scale))
-    inference_cpus = inference_threads * min(1.0, max(0.1, inference_scale))
+    # GPU actors keep a whole CPU each, where the budget has it beside the decoders' least share
+    # (a machine of 2 CPUs has not: Ray Data's own tasks would wait for a free CPU for ever)
+    decoding = gpu_decoding + decode_actors * decode_cpus
+    inference_scale = (budget - decoding) / inference_total if gpus else decode_scale
+    inference_cpus = floor(inference_threads * min(1.0, max(0.1, inference_scale)) * 1e4) / 1e4
     grown_inference, grown_decode = _largest_pools(
         cluster, gpus_per_actor, share, inference_threads, inference_cpus, decode_cpus
     )
