@@ -72,8 +72,9 @@ def test_gpu_plans_add_nvdec_decoders_per_gpu_beside_the_cpu_ones():
     assert reserved == pytest.approx(15)  # all but the CPU left to Ray Data
     assert "7 decode actor(s) on NVDEC" in one.describe()
     assert plan("decode.gpu_decoders=4", cpus=16, gpus=2, nvdec=True).gpu_decoders == 8
-    small = plan(cpus=2, gpus=1, nvdec=True)  # inference takes what Ray Data leaves
-    assert (small.gpu_decoders, small.gpu_decoder_cpus, small.decode_actors) == (7, 0.01, 1)
+    small = plan(cpus=2, gpus=1, nvdec=True)  # all the shares shrink to leave Ray Data its CPU
+    assert (small.gpu_decoders, small.decode_actors) == (7, 1)
+    assert 0 < small.gpu_decoder_cpus < 0.01 and small.inference_cpus < 1
     nvdec_only = plan("decode.device=cuda", cpus=16, gpus=1, nvdec=True)
     assert (nvdec_only.decode_actors, nvdec_only.max_decode_actors) == (0, 0)
     assert nvdec_only.gpu_decoders == 7

@@ -177,19 +177,22 @@ def plan_resources(
         decode_actors = min(decode_actors, videos)
     if decode_actors:
         decode_actors = r.decode_actors or _capped(decode_actors, r.max_decode_actors)
-    if gpus:
+    if gpus:  # GPU actors keep a whole CPU each
+        inference_scale = 1.0
         decode_budget = min(decode_pool_cpus, budget - inference_total - gpu_decoding)
         decode_scale = decode_budget / max(1, decode_actors * decode_threads)
     else:
-        decode_scale = budget / (inference_total + decode_actors * decode_threads)
+        inference_scale = decode_scale = budget / (inference_total + decode_actors * decode_threads)
     decode_cpus = decode_threads * min(1.0, max(0.1, decode_scale))
-    # GPU actors keep a whole CPU each, where the budget has it beside the decoders' least share
-    # (a machine of 2 CPUs has not: Ray Data's own tasks would wait for a free CPU for ever)
-    decoding = gpu_decoding + decode_actors * decode_cpus
-    inference_scale = (budget - decoding) / inference_total if gpus else decode_scale
-    inference_cpus = floor(inference_threads * min(1.0, max(0.1, inference_scale)) * 1e4) / 1e4
+    inference_cpus = inference_threads * min(1.0, max(0.1, inference_scale))
     grown_inference, grown_decode = _largest_pools(
         cluster, gpus_per_actor, share, inference_threads, inference_cpus, decode_cpus
+    )
+    inference_cpus, decode_cpus, gpu_decoder_cpus = _within_budget(
+        budget,
+        (inference_actors, inference_cpus),
+        (decode_actors, decode_cpus),
+        (gpu_decoders, gpu_decoder_cpus),
     )
     return Resources(
         decode_actors=decode_actors,
@@ -309,6 +312,19 @@ def decode_batch_size(videos: int | None, decode_actors: int, gpu_plan: bool) ->
 
 def _capped(size: int, most: int | None) -> int:
     return min(size, most) if most else size
+
+
+def _within_budget(budget: float, *pools: tuple[int, float]) -> list[float]:
+    """Each pool's CPUs per actor (`pools`: actors, CPUs each), scaled down together where they
+    add up to more than `budget`, the cluster's CPUs less Ray Data's headroom: Ray Data's own
+    tasks ask for a whole CPU, and wait for ever where actors hold part of the last one (the
+    least shares on a machine of 1 CPU, or of 2 with a GPU). To none where nothing is left:
+    Ray places an actor that asks for no CPU."""
+    reserved = sum(actors * cpus for actors, cpus in pools)
+    if reserved <= budget:
+        return [cpus for _, cpus in pools]
+    fit = max(0.0, budget) / reserved
+    return [floor(cpus * fit * 1e4) / 1e4 for _, cpus in pools]
 
 
 def _largest_pools(
