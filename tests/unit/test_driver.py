@@ -70,6 +70,14 @@ def test_plans_leave_ray_data_a_whole_cpu_on_small_machines(cpus, gpus, nvdec):
         assert planned.inference_cpus == 1.0
 
 
+def test_a_cluster_that_grows_keeps_the_least_shares_so_that_its_pools_wait_for_nodes():
+    """An autoscaler adds nodes for actors that wait for CPUs: shares shrunk to fit a head of
+    1 CPU would place every actor on it instead."""
+    growing = plan(cpus=1, max_cpus=16)
+    assert growing.decode_cpus >= 0.1 and growing.inference_cpus >= 0.1
+    assert plan(cpus=1, max_cpus=1).decode_cpus == 0  # it may add no CPUs: fixed
+
+
 def test_cpu_only_nodes_of_a_gpu_cluster_do_the_decoding():
     cluster = plan(cpus=40, gpus=2, cpu_nodes={"b": 16.0, "a": 16.0})
     assert cluster.decode_nodes == ["a", "b"] and cluster.decode_actors == 32

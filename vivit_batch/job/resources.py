@@ -20,7 +20,7 @@ maximum is their start size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import ceil, floor
+from math import ceil, floor, inf
 
 from vivit_batch.calibration import StageCosts
 from vivit_batch.config import NVDEC_REQUIREMENT, DecodeConfig, JobConfig, ResourcesSection
@@ -189,7 +189,7 @@ def plan_resources(
         cluster, gpus_per_actor, share, inference_threads, inference_cpus, decode_cpus
     )
     inference_cpus, decode_cpus, gpu_decoder_cpus = _within_budget(
-        budget,
+        budget if _fixed(cluster) else inf,  # pools waiting for nodes make the autoscaler add them
         (inference_actors, inference_cpus),
         (decode_actors, decode_cpus),
         (gpu_decoders, gpu_decoder_cpus),
@@ -325,6 +325,11 @@ def _within_budget(budget: float, *pools: tuple[int, float]) -> list[float]:
         return [cpus for _, cpus in pools]
     fit = max(0.0, budget) / reserved
     return [floor(cpus * fit * 1e4) / 1e4 for _, cpus in pools]
+
+
+def _fixed(cluster: ClusterShape) -> bool:
+    """Whether the cluster will not grow: no autoscaler, or one that may add no CPUs."""
+    return cluster.max_cpus is None or cluster.max_cpus <= cluster.cpus
 
 
 def _largest_pools(
