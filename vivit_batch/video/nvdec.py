@@ -64,9 +64,9 @@ def nvdec_unavailable() -> str | None:
     """Why NVDEC cannot decode on this node, with the fix, or None where it can: PyNvVideoCodec
     not installed, or its import failing. Its import loads the driver's video libraries
     (libnvcuvid, and libnvidia-encode, without which it refuses to load at all), which a
-    container gets only with the NVIDIA container toolkit's `video` capability, and CUDA
-    images (ours among them) used to set `compute,utility` alone. Tried in a child process, as
-    the decoding workers would import it: the import needs nothing of this one."""
+    container gets only with the NVIDIA container toolkit's `video` capability, one that CUDA
+    images commonly leave out (`compute,utility`). Tried in a child process, as the decoding
+    workers would import it: the import needs nothing of this one."""
     if not nvdec_installed():
         return f"PyNvVideoCodec is not installed on this node (pip install {NVDEC_REQUIREMENT})"
     try:
