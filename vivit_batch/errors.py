@@ -14,6 +14,12 @@ class UsageError(ValueError):
     """Bad input: a configuration, manifest, checkpoint, device or output that cannot be used
     as given. Nothing has been processed; one line says what is wrong (exit code 2)."""
 
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+        """as raised: Ray Data appends its retry advice to the text of an error raised in a
+        map task (its `args`); attributes travel with a pickled error, and this one keeps it"""
+
 
 class ConfigError(UsageError):
     """The configuration or the manifest is wrong."""

@@ -19,14 +19,25 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
+from vivit_batch.errors import UsageError
+
 LOG_FORMATS = ("text", "json")
 RAY_LOGGERS = ("ray", "ray.data")
 """Loggers that Ray gives console handlers of its own (its format, not ours)."""
-DROPPED = ("Progress bars disabled",)
-"""Library lines about what this tool chose on purpose."""
-NOTICES = ("Token authentication is enabled for this Ray cluster",)
-"""Library warnings about the library's own defaults, which a run cannot act on: shown with -v
-(Ray 2.59+ turns token authentication on for the local cluster it starts, and says so)."""
+DROPPED = (
+    "Progress bars disabled",
+    "Exception occurred in Ray Data or Ray Core internal code",
+)
+"""Library lines about what this tool chose on purpose. A stage's error reaches the driver as
+itself (`run.configure_ray_data`), which Ray Data takes for an error of its own, and it asks
+for an issue on Ray's tracker: the error and its traceback follow either way."""
+NOTICES = (
+    "Token authentication is enabled for this Ray cluster",
+    "Specifying both num_cpus and num_gpus for map tasks is experimental",
+)
+"""Library warnings which a run cannot act on: shown with -v. Ray 2.59+ turns token
+authentication on for the local cluster it starts, and says so; Ray Data calls a GPU pool's
+CPU share experimental (`resources`: each GPU actor's host work needs one)."""
 
 NATIVE_NOTICES = ("has constructor arguments in the object store and max_restarts > 0",)
 """Lines that Ray's C++ side writes straight to this process's stderr about Ray's own choices:
@@ -73,13 +84,19 @@ class LibraryLines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == log.name or record.name.startswith(log.name + "."):
             return True
-        if any(text in str(record.msg) for text in DROPPED):
+        if any(text in str(record.msg) for text in DROPPED) or refused(record):
             return False
         if self.verbose:
             return True
         return record.levelno >= logging.WARNING and not any(
             text in str(record.msg) for text in NOTICES
         )
+
+
+def refused(record: logging.LogRecord) -> bool:
+    """Whether the record is a library's account of a refusal (Ray Data logs a stage's error
+    with its traceback before the run ends): the command says it in one line of its own."""
+    return isinstance(record.exc_info and record.exc_info[1], UsageError)
 
 
 class CurrentStderr(logging.StreamHandler):

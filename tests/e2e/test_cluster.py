@@ -125,8 +125,9 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     """A CPU node and a node Ray counts one GPU on, with this machine's CPU-only torch:
     decode actors go to the CPU node and the inference actor to the GPU node, where it finds
     that torch cannot use CUDA, so the run and `validate` stop with exit code 2 before any row
-    is labelled. With resources.inference_gpus=0 the same cluster labels on the CPU, with the
-    planned torch threads; a `--force` run refused then leaves every row as it was."""
+    is labelled, saying so without a traceback. With resources.inference_gpus=0 the same
+    cluster labels on the CPU, with the planned torch threads; a `--force` run refused then
+    leaves every row as it was."""
     output = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-c", MULTI_NODE_SCRIPT, str(job_inputs), str(output)],
@@ -143,6 +144,7 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
         assert "cannot use CUDA" in refused["printed"]
         assert "resources.inference_gpus=0" in refused["printed"]
         assert "torch " in refused["printed"] and "CPU-only build" in refused["printed"]
+        assert "Traceback" not in refused["printed"], refused["printed"][-3000:]
     cpu_run = outcome["cpu_plan"]
     assert cpu_run["code"] == 0, cpu_run["printed"][-3000:]
     [report_file] = (output / "_runs").glob("*.json")  # the refused runs wrote nothing
@@ -153,6 +155,48 @@ def test_gpu_plans_go_to_gpu_nodes_and_refuse_a_torch_without_cuda(tmp_path, job
     [device] = report["inference_devices"]
     assert device["device"] == "cpu"
     assert device["threads"] == report["resources"]["inference_threads"] == 1  # tiny: decoding
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("machine", "code"),
+    [({"CPU": 1}, 0), ({"CPU": 2, "GPU": 1}, 2)],
+    ids=["one-cpu", "two-cpus-and-a-gpu"],
+)
+def test_the_command_on_a_small_machine_runs_to_its_end(tmp_path, job_inputs, machine, code):
+    """`vivit-batch run` with its own local Ray on a machine of one CPU, or of two CPUs and a
+    GPU (the resources Ray counts, from RAY_OVERRIDE_RESOURCES; this torch has no CUDA). Where
+    the pools' shares held part of the one whole CPU that Ray Data's own tasks need, both
+    waited for ever. One CPU labels every video; on the other, the GPU's inference actor
+    refuses this torch: exit code 2, with the refusal as the run's one error line."""
+    output = tmp_path / "out"
+    environment = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps(machine)}
+    environment.pop("RAY_ADDRESS", None)
+    arguments = ["--manifest", str(job_inputs / "manifest.txt"), "--output", str(output)]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vivit_batch.cli",
+            "run",
+            *arguments,
+            "--model",
+            str(job_inputs / "checkpoint"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+        cwd=ROOT,
+    )
+    assert result.returncode == code, result.stderr[-3000:]
+    if code == 0:
+        assert ds.dataset(output).to_table()["status"].to_pylist() == ["ok"] * 3
+        return
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "cannot use CUDA" in errors[0] and "resources.inference_gpus=0" in errors[0]
+    assert not list(output.rglob("*.parquet"))
 
 
 AUTOSCALING_SCRIPT = """

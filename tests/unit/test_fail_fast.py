@@ -7,6 +7,8 @@ code, what it wrote to stderr, its seconds, and whether Ray had been started by 
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 import re
 import subprocess
 import sys
@@ -17,7 +19,9 @@ import pytest
 
 from tests.helpers.logs import LOG_LINE
 from vivit_batch import __version__
-from vivit_batch.logs import progress_line
+from vivit_batch.errors import CheckpointError, DeviceError
+from vivit_batch.job.pipeline import stage_errors
+from vivit_batch.logs import progress_line, setup_logging
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.media import write_video
 
@@ -147,3 +151,23 @@ def test_progress_line_counts_rate_eta_and_errors():
     line, fields = progress_line(total=10, videos=0, clips=0, errors=0, elapsed_s=5)
     assert line == "progress: 0/10 videos (0.0%), 0.0 clips/s, ETA unknown, 0 errors"
     assert fields["progress"]["eta_seconds"] is None
+
+
+def test_a_stage_refusal_reaches_the_command_in_its_own_words():
+    """What Ray does to a stage's refusal on its way to the driver: Ray Data appends its retry
+    advice to the error's text, and the error is pickled; the run raises it as raised."""
+    refusal = DeviceError("planned with a GPU, but torch cannot use CUDA there")
+    refusal.args = (f"{refusal.args[0]}\nTo change retry attempts, configure DataContext",)
+    with pytest.raises(DeviceError) as raised, stage_errors():
+        raise pickle.loads(pickle.dumps(refusal))
+    assert str(raised.value) == "planned with a GPU, but torch cannot use CUDA there"
+
+
+def test_ray_datas_account_of_a_refusal_is_dropped_and_of_other_errors_kept(capsys):
+    ray_data = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    setup_logging()
+    for error in (CheckpointError("a refusal"), RuntimeError("a bug")):
+        ray_data.error("An exception was raised from a task of operator", exc_info=error)
+    logged = capsys.readouterr().err
+    assert "a refusal" not in logged
+    assert "RuntimeError: a bug" in logged and logged.count("An exception was raised") == 1

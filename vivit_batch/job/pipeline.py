@@ -204,11 +204,14 @@ def label_on_cluster(job: PreparedJob, resources: Resources, decoded: pa.Table) 
 @contextlib.contextmanager
 def stage_errors() -> Iterator[None]:
     """A stage's refusal (a device or checkpoint error: exit code 2) raised as itself, not as
-    Ray's wrapper of it."""
+    Ray's wrapper of it, and in its own words: a refusal is not the transient failure that Ray
+    Data's retry advice is for."""
     try:
         yield
     except UsageError as error:
-        raise getattr(error, "cause", error) from None
+        refusal = getattr(error, "cause", error)
+        refusal.args = (refusal.message,)
+        raise refusal from None
 
 
 def manifest_with_ids(job: PreparedJob) -> ray.data.Dataset:
