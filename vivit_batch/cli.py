@@ -8,12 +8,15 @@ run holds the output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from vivit_batch import __version__
@@ -25,6 +28,7 @@ from vivit_batch.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
+    Interrupted,
     LockLost,
     UsageError,
 )
@@ -55,8 +59,8 @@ examples:
 
 manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
 through), a text file of URIs, or a directory/glob/prefix of videos.
-exit codes: 0 done, 2 bad config or manifest, 3 too many per-video errors, 1 other failure;
-`lock`: 75 when a live run holds the output.
+exit codes: 0 done, 2 bad config or manifest, 3 too many per-video errors, 1 other failure,
+130 / 143 stopped by SIGINT / SIGTERM; `lock`: 75 when a live run holds the output.
 """
 
 
@@ -68,13 +72,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.verbose)
     try:
-        return args.handler(args)
+        with signals_interrupting():
+            return args.handler(args)
     except UsageError as error:
         log_error(redact(str(error)))  # it may quote manifest lines
         return EXIT_USAGE
     except LockLost as error:
         log_error(str(error))
         return EXIT_FAILED
+    except Interrupted as stop:
+        log_error(f"{args.command}: stopped by {stop.signal.name}")
+        return stop.exit_code
+
+
+INTERRUPTING = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_interrupting() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the block (a signal this process was started
+    ignoring stays ignored: a shell starts background jobs ignoring SIGINT). In the main thread
+    only, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in INTERRUPTING}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def log_error(message: str) -> None:

@@ -6,6 +6,8 @@ Imports nothing from the package, so that any module (and `cli.main`, which catc
 
 from __future__ import annotations
 
+import signal
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
 
@@ -46,6 +48,20 @@ class DeviceError(UsageError):
 
 class OutputLocked(UsageError):
     """Another run holds this output."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (`timeout`, `ray job stop`, a scheduler or Kubernetes) stopped
+    the command. A KeyboardInterrupt: no library's `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signal = signal.Signals(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process that the signal ended."""
+        return 128 + self.signal
 
 
 class LockLost(RuntimeError):

@@ -1,5 +1,6 @@
 """A driver killed with SIGKILL mid-run leaves a readable output, and the rerun completes it with
-exactly one row per manifest entry, keeping the rows committed before the crash."""
+exactly one row per manifest entry, keeping the rows committed before the crash; one stopped by
+SIGTERM says what it committed."""
 
 from __future__ import annotations
 
@@ -276,6 +277,27 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
     assert len(job.committed()) == VIDEOS  # one row per video (committed() checks)
     assert "run frozen lost the lock" in log.read_text()
     assert "constructor arguments" not in log.read_text()  # Ray's notice (`NATIVE_NOTICES`)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_run_stopped_by_sigterm_says_what_it_committed_and_exits_143(ray_cluster, job, stalling):
+    """SIGTERM mid-run (`timeout`, `ray job stop`, a scheduler): the run stops at once (it does
+    not wait out its blocked video), says how many videos' rows it committed, which stand,
+    releases the lock and exits with 143, with one error line and no traceback."""
+    never_ending = never_ending_manifest(job, stalling)
+    log = job.directory / "stopped.log"
+    run = start_run(job, ray_cluster, "never-ending.txt", extra=never_ending, log=log)
+    wait_for_files(job, 2)
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    printed = log.read_text()
+    committed = f"committing {len(job.committed())} videos' rows in {len(job.files())} files"
+    assert f"stopped by SIGTERM after {committed}" in printed
+    errors = [line for line in printed.splitlines() if " ERROR " in line]
+    assert [line.split(" ERROR ")[1] for line in errors] == ["run: stopped by SIGTERM"]
+    assert "Traceback" not in printed
+    assert job.lock_state() == "released"
 
 
 @pytest.mark.slow

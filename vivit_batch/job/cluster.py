@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import ray
@@ -31,17 +33,31 @@ def connect(address: str | None, verbose: bool = False) -> None:
     adopt_ray_loggers()
     if ray.is_initialized():
         return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
-    else:
-        with environment(EMBEDDED_RAY_ENVIRONMENT):
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=verbose,
-            )
+    with sigterm_handler_kept():
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
+        else:
+            with environment(EMBEDDED_RAY_ENVIRONMENT):
+                ray.init(
+                    address="local",
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=verbose,
+                )
     adopt_ray_loggers()  # and ray.init Ray's
+
+
+@contextlib.contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """SIGTERM's handler after the block as before it: `ray.init` sets one that exits with
+    status 15, where the command's (`cli.signals_interrupting`) lets the run say what it
+    committed and exit with 143."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
 
 
 EMBEDDED_RAY_ENVIRONMENT = {"PYTHONWARNINGS": "ignore"}

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import ray
 
 from vivit_batch.config import RunSection
-from vivit_batch.errors import LockLost
+from vivit_batch.errors import Interrupted, LockLost
 from vivit_batch.job.cluster import cluster_shape
 from vivit_batch.job.committed_join import decided_work
 from vivit_batch.job.pipeline import labelled_parts, partition_values, stage_errors, staged_files
@@ -88,7 +88,18 @@ def run_job(job: PreparedJob) -> RunReport:
             work.relabelled,
             work.archive,
         )
-        write_rows(job, labelled_parts(job, resources, run_id, work), writer, work.to_label)
+        try:
+            write_rows(job, labelled_parts(job, resources, run_id, work), writer, work.to_label)
+        except Interrupted as stop:
+            log.info(
+                "run %s: stopped by %s after committing %d videos' rows in %d files: those "
+                "stand; every other video's rows are as they were before the run",
+                run_id,
+                stop.signal.name,
+                writer.stats.videos,
+                len(writer.stats.files),
+            )
+            raise
         writer.compact(config.output)
         plan = (resources, calibration)
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
