@@ -200,7 +200,9 @@ def duration(seconds: float) -> str:
 
 
 NATIVE_FILTER = """
-import sys
+import signal, sys
+for number in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(number, signal.SIG_IGN)  # it ends with its input, after the command's last line
 notices = [notice.encode() for notice in sys.argv[1:]]
 for line in sys.stdin.buffer:
     if not any(notice in line for notice in notices):

@@ -282,14 +282,16 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
 @pytest.mark.slow
 @pytest.mark.parametrize("job", ["local"], indirect=True)
 def test_a_run_stopped_by_sigterm_says_what_it_committed_and_exits_143(ray_cluster, job, stalling):
-    """SIGTERM mid-run (`timeout`, `ray job stop`, a scheduler): the run stops at once (it does
-    not wait out its blocked video), says how many videos' rows it committed, which stand,
-    releases the lock and exits with 143, with one error line and no traceback."""
+    """SIGTERM mid-run to the command and every process it started, as `ray job stop` sends it:
+    the run stops at once (it does not wait out its blocked video), says how many videos' rows
+    it committed, which stand, releases the lock and exits with 143, with one error line and no
+    traceback (the process that forwards its stderr lives on to pass the last lines)."""
     never_ending = never_ending_manifest(job, stalling)
     log = job.directory / "stopped.log"
     run = start_run(job, ray_cluster, "never-ending.txt", extra=never_ending, log=log)
     wait_for_files(job, 2)
-    run.send_signal(signal.SIGTERM)
+    for pid in [run.pid, *descendants(run.pid)]:
+        os.kill(pid, signal.SIGTERM)
     assert run.wait(timeout=120) == 128 + signal.SIGTERM
     printed = log.read_text()
     committed = f"committing {len(job.committed())} videos' rows in {len(job.files())} files"
@@ -298,6 +300,14 @@ def test_a_run_stopped_by_sigterm_says_what_it_committed_and_exits_143(ray_clust
     assert [line.split(" ERROR ")[1] for line in errors] == ["run: stopped by SIGTERM"]
     assert "Traceback" not in printed
     assert job.lock_state() == "released"
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes that `pid` started, and theirs (from /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return [found for child in children for found in (child, *descendants(child))]
 
 
 @pytest.mark.slow
