@@ -284,8 +284,9 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
 def test_a_run_stopped_by_sigterm_says_what_it_committed_and_exits_143(ray_cluster, job, stalling):
     """SIGTERM mid-run to the command and every process it started, as `ray job stop` sends it:
     the run stops at once (it does not wait out its blocked video), says how many videos' rows
-    it committed, which stand, releases the lock and exits with 143, with one error line and no
-    traceback (the process that forwards its stderr lives on to pass the last lines)."""
+    it committed, which stand, writes its run report marked so, releases the lock and exits
+    with 143, with one error line and no traceback (the process that forwards its stderr lives
+    on to pass the last lines)."""
     never_ending = never_ending_manifest(job, stalling)
     log = job.directory / "stopped.log"
     run = start_run(job, ray_cluster, "never-ending.txt", extra=never_ending, log=log)
@@ -300,6 +301,9 @@ def test_a_run_stopped_by_sigterm_says_what_it_committed_and_exits_143(ray_clust
     assert [line.split(" ERROR ")[1] for line in errors] == ["run: stopped by SIGTERM"]
     assert "Traceback" not in printed
     assert job.lock_state() == "released"
+    [report] = Output(job.output).read_reports()
+    assert report.stopped_by == "SIGTERM" and report.videos_written == len(job.committed())
+    assert len(report.files) == len(job.files())
 
 
 def descendants(pid: int) -> list[int]:

@@ -88,23 +88,35 @@ def run_job(job: PreparedJob) -> RunReport:
             work.relabelled,
             work.archive,
         )
+        plan = (resources, calibration)
         try:
             write_rows(job, labelled_parts(job, resources, run_id, work), writer, work.to_label)
         except Interrupted as stop:
-            log.info(
-                "run %s: stopped by %s after committing %d videos' rows in %d files: those "
-                "stand; every other video's rows are as they were before the run",
-                run_id,
-                stop.signal.name,
-                writer.stats.videos,
-                len(writer.stats.files),
-            )
+            report = run_report(job, run_id, started, work, writer.stats, plan, lock)
+            finish_stopped(report, stop, writer)
             raise
         writer.compact(config.output)
-        plan = (resources, calibration)
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
         writer.finish(report)
     return report
+
+
+def finish_stopped(report: RunReport, stop: Interrupted, writer: RunWriter) -> None:
+    """Say what the run stopped by `stop` committed, and where it committed anything, write
+    its report, marked `stopped_by` (a run stopped before its first commit changes nothing)."""
+    stopped = (
+        f"stopped by {stop.signal.name} after committing {report.videos_written} videos' rows "
+        f"in {len(report.files)} files"
+    )
+    log.info(
+        "run %s: %s: those stand; every other video's rows are as they were before the run",
+        report.run_id,
+        stopped,
+    )
+    if report.files:
+        report.stopped_by = stop.signal.name
+        report.warnings.append(f"{stopped}; the other videos were not labelled")
+        writer.finish(report)
 
 
 def configure_ray_data() -> None:

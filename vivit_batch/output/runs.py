@@ -190,6 +190,8 @@ class RunReport:
     files: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    stopped_by: str | None = None
+    """SIGINT or SIGTERM where a signal stopped the run: its report is of what it committed"""
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
