@@ -4,6 +4,7 @@ SIGTERM says what it committed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -304,6 +305,41 @@ def test_a_run_stopped_by_sigterm_says_what_it_committed_and_exits_143(ray_clust
     [report] = Output(job.output).read_reports()
     assert report.stopped_by == "SIGTERM" and report.videos_written == len(job.committed())
     assert len(report.files) == len(job.files())
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (mounting one needs root, as CI runs)."""
+    point = tmp_path / "small"
+    point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_run_whose_output_disk_fills_says_what_it_committed(ray_cluster, job, small_disk):
+    """The output's disk full mid-run: the run fails (exit 1), saying how many videos' rows it
+    had committed, which stand."""
+    rows = write_long_manifest(job, copies=20)
+    job = Job(job.directory, str(small_disk / "out"))
+    log = job.directory / "full.log"
+    run = start_run(job, ray_cluster, "long.csv", log=log)
+    wait_for_files(job, 2)
+    with open(small_disk / "filler", "wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    assert run.wait(timeout=300) == 1
+    committed = f"committing {len(job.committed())} videos' rows in {len(job.files())} files"
+    assert f"failed after {committed}: those stand" in log.read_text()
+    assert "No space left on device" in log.read_text()
+    assert 2 <= len(job.committed()) < len(rows)
 
 
 def descendants(pid: int) -> list[int]:

@@ -95,27 +95,35 @@ def run_job(job: PreparedJob) -> RunReport:
             report = run_report(job, run_id, started, work, writer.stats, plan, lock)
             finish_stopped(report, stop, writer)
             raise
+        except Exception:
+            if writer.stats.files:  # a refusal comes before the first commit: it says enough
+                log.info("run %s: failed %s", run_id, what_stands(writer.stats))
+            raise
         writer.compact(config.output)
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
         writer.finish(report)
     return report
 
 
+def what_stands(stats: WriteStats) -> str:
+    """What a run that ends before its end leaves: its commits are whole, and all that changed."""
+    return (
+        f"after committing {stats.videos} videos' rows in {len(stats.files)} files: those "
+        "stand; every other video's rows are as they were before the run"
+    )
+
+
 def finish_stopped(report: RunReport, stop: Interrupted, writer: RunWriter) -> None:
     """Say what the run stopped by `stop` committed, and where it committed anything, write
     its report, marked `stopped_by` (a run stopped before its first commit changes nothing)."""
-    stopped = (
-        f"stopped by {stop.signal.name} after committing {report.videos_written} videos' rows "
-        f"in {len(report.files)} files"
-    )
-    log.info(
-        "run %s: %s: those stand; every other video's rows are as they were before the run",
-        report.run_id,
-        stopped,
-    )
+    stopped = f"stopped by {stop.signal.name}"
+    log.info("run %s: %s %s", report.run_id, stopped, what_stands(writer.stats))
     if report.files:
         report.stopped_by = stop.signal.name
-        report.warnings.append(f"{stopped}; the other videos were not labelled")
+        report.warnings.append(
+            f"{stopped} after committing {report.videos_written} videos' rows; the other "
+            "videos were not labelled"
+        )
         writer.finish(report)
 
 
