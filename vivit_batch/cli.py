@@ -60,7 +60,8 @@ examples:
 manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
 through), a text file of URIs, or a directory/glob/prefix of videos.
 exit codes: 0 done, 2 bad config or manifest, 3 too many per-video errors, 1 other failure,
-130 / 143 stopped by SIGINT / SIGTERM; `lock`: 75 when a live run holds the output.
+130 / 143 / 129 stopped by SIGINT / SIGTERM / SIGHUP; `lock`: 75 when a live run holds the
+output.
 """
 
 
@@ -85,14 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.exit_code
 
 
-INTERRUPTING = (signal.SIGINT, signal.SIGTERM)
+INTERRUPTING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
 def signals_interrupting() -> Iterator[None]:
-    """SIGINT and SIGTERM raise `Interrupted` in the block (a signal this process was started
-    ignoring stays ignored: a shell starts background jobs ignoring SIGINT). In the main thread
-    only, where Python runs signal handlers."""
+    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the block (a signal this process was
+    started ignoring stays ignored: a shell starts background jobs ignoring SIGINT, `nohup`
+    its command ignoring SIGHUP). In the main thread only, where Python runs signal handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

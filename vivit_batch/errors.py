@@ -51,8 +51,9 @@ class OutputLocked(UsageError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT (Ctrl-C) or SIGTERM (`timeout`, `ray job stop`, a scheduler or Kubernetes) stopped
-    the command. A KeyboardInterrupt: no library's `except Exception` swallows it."""
+    """SIGINT (Ctrl-C), SIGTERM (`timeout`, `ray job stop`, a scheduler or Kubernetes) or SIGHUP
+    (its terminal closed) stopped the command. A KeyboardInterrupt: no library's `except
+    Exception` swallows it."""
 
     def __init__(self, signum: int):
         super().__init__(signum)

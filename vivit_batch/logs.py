@@ -201,7 +201,7 @@ def duration(seconds: float) -> str:
 
 NATIVE_FILTER = """
 import signal, sys
-for number in (signal.SIGINT, signal.SIGTERM):
+for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
     signal.signal(number, signal.SIG_IGN)  # it ends with its input, after the command's last line
 notices = [notice.encode() for notice in sys.argv[1:]]
 for line in sys.stdin.buffer:

@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM stop a command by raising `Interrupted` in its main thread (exit code
+"""SIGINT, SIGTERM and SIGHUP stop a command by raising `Interrupted` in its main thread (exit code
 128 + the signal's number); a signal the process was started ignoring stays ignored."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from vivit_batch.cli import signals_interrupting
 from vivit_batch.errors import Interrupted
 
 
-@pytest.mark.parametrize(("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_a_signal_in_the_block_raises_interrupted_with_its_exit_code(number, code):
     before = signal.getsignal(number)
     with pytest.raises(Interrupted) as stopped, signals_interrupting():

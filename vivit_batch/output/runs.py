@@ -191,7 +191,8 @@ class RunReport:
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     stopped_by: str | None = None
-    """SIGINT or SIGTERM where a signal stopped the run: its report is of what it committed"""
+    """SIGINT, SIGTERM or SIGHUP where a signal stopped the run: its report is of what it
+    committed"""
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
