@@ -16,11 +16,16 @@ from vivit_batch.errors import Interrupted
     ("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 )
 def test_a_signal_in_the_block_raises_interrupted_with_its_exit_code(number, code):
-    before = signal.getsignal(number)
-    with pytest.raises(Interrupted) as stopped, signals_interrupting():
-        os.kill(os.getpid(), number)
+    # As a foreground command starts (the suite itself may run in the background, or under
+    # nohup, with SIGINT or SIGHUP ignored).
+    started_with = signal.signal(number, signal.SIG_DFL)
+    try:
+        with pytest.raises(Interrupted) as stopped, signals_interrupting():
+            os.kill(os.getpid(), number)
+        assert signal.getsignal(number) is signal.SIG_DFL
+    finally:
+        signal.signal(number, started_with)
     assert stopped.value.signal == number and stopped.value.exit_code == code
-    assert signal.getsignal(number) is before
 
 
 def test_a_signal_started_ignored_stays_ignored():
