@@ -8,15 +8,12 @@ run holds the output.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import textwrap
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from vivit_batch import __version__
@@ -32,6 +29,7 @@ from vivit_batch.errors import (
     LockLost,
     UsageError,
 )
+from vivit_batch.interrupts import signals_interrupting
 from vivit_batch.logs import LOG_FORMATS, setup_logging
 from vivit_batch.output import RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
@@ -84,32 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:
         log_error(f"{args.command}: stopped by {stop.signal.name}")
         return stop.exit_code
-
-
-INTERRUPTING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def signals_interrupting() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the block (a signal this process was
-    started ignoring stays ignored: a shell starts background jobs ignoring SIGINT, `nohup`
-    its command ignoring SIGHUP). In the main thread only, where Python runs signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {number: signal.getsignal(number) for number in INTERRUPTING}
-    for number, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(number, _raise_interrupted)
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
 
 
 def log_error(message: str) -> None:

@@ -30,9 +30,11 @@ def job_inputs(tmp_path_factory):
     return directory
 
 
-def submit(dashboard_url: str, *entrypoint: str) -> subprocess.CompletedProcess:
-    """`ray job submit`, retried while the head's job agent is still starting (Ray answers
-    "No available agent ... try again later" then)."""
+def submit(
+    dashboard_url: str, *entrypoint: str, options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """`ray job submit [OPTIONS]`, retried while the head's job agent is still starting (Ray
+    answers "No available agent ... try again later" then)."""
     command = [
         RAY,
         "job",
@@ -41,6 +43,7 @@ def submit(dashboard_url: str, *entrypoint: str) -> subprocess.CompletedProcess:
         dashboard_url,
         "--working-dir",
         str(ROOT),
+        *options,
         "--",
         *entrypoint,
     ]
@@ -71,6 +74,52 @@ def test_ray_job_submit_runs_the_job_on_the_cluster(ray_cluster, tmp_path, job_i
         str(job_inputs / f"v{i}.mp4") for i in range(3)
     ]
     assert set(table.column("status").to_pylist()) == {"ok"}
+
+
+@pytest.mark.slow
+def test_ray_job_stop_ends_the_run_with_its_lock_released_and_its_report(
+    ray_cluster, tmp_path, job_inputs
+):
+    """`ray job stop` sends SIGTERM to the job's entrypoint and every process it started, and
+    SIGKILL 3 s later: within that time the run has said what it committed, written its report
+    and released the output's lock."""
+    output, manifest = tmp_path / "out", tmp_path / "long.csv"
+    rows = [f"{job_inputs}/v{i % 3}.mp4,copy{i}" for i in range(6000)]
+    manifest.write_text("uri,video_id\n" + "\n".join(rows) + "\n")
+    job_id = f"stopped-{time.time_ns()}"
+    arguments = ["--manifest", str(manifest), "--output", str(output)]
+    arguments += ["--model", str(job_inputs / "checkpoint"), "--set", "output.rows_per_file=50"]
+    options = ("--no-wait", "--submission-id", job_id)
+    submitted = submit(
+        ray_cluster.dashboard_url,
+        sys.executable,
+        "jobs/label_videos.py",
+        *arguments,
+        options=options,
+    )
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    deadline = time.time() + 300
+    while not list(output.glob("*.parquet")):
+        assert time.time() < deadline, "no file committed"
+        time.sleep(0.2)
+    job_command(ray_cluster.dashboard_url, "stop", job_id)
+    logs = job_command(ray_cluster.dashboard_url, "logs", job_id)
+    committed = len(ds.dataset(output).to_table(columns=["video_id"]))
+    assert f"stopped by SIGTERM after committing {committed} videos' rows" in logs, logs[-3000:]
+    assert committed < len(rows)
+    assert json.loads((output / "_lock.json").read_text())["state"] == "released"
+    [report] = (output / "_runs").glob("*.json")
+    assert json.loads(report.read_text())["stopped_by"] == "SIGTERM"
+
+
+def job_command(dashboard_url: str, command: str, job_id: str) -> str:
+    """`ray job COMMAND JOB_ID`'s output (stop: once the job has stopped)."""
+    address = ["--address", dashboard_url]
+    done = subprocess.run(
+        [RAY, "job", command, *address, job_id], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
 
 
 MULTI_NODE_SCRIPT = """

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from vivit_batch.cli import signals_interrupting
 from vivit_batch.errors import Interrupted
+from vivit_batch.interrupts import deferred, signals_interrupting
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,18 @@ def test_a_signal_started_ignored_stays_ignored():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_signal_in_a_deferred_block_is_raised_as_the_block_ends():
+    """A commit ends whole, and is counted, before the signal stops the run."""
+    started_with = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    steps = []
+    try:
+        with pytest.raises(Interrupted) as stopped, signals_interrupting():
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                steps.append("committed")
+            steps.append("next commit")
+    finally:
+        signal.signal(signal.SIGTERM, started_with)
+    assert steps == ["committed"] and stopped.value.signal == signal.SIGTERM

@@ -18,6 +18,7 @@ import ray
 
 from vivit_batch.config import RunSection
 from vivit_batch.errors import Interrupted, LockLost
+from vivit_batch.interrupts import deferred
 from vivit_batch.job.cluster import cluster_shape
 from vivit_batch.job.committed_join import decided_work
 from vivit_batch.job.pipeline import labelled_parts, partition_values, stage_errors, staged_files
@@ -277,7 +278,8 @@ def write_rows(
         held = job.config.output.max_held_bytes
         for dataset in labelled:
             for staged in staged_files(dataset, writer.files, segments, held):
-                writer.commit(staged)
+                with deferred():  # a signal's account of the commits is whole
+                    writer.commit(staged)
 
 
 def file_writer(job: PreparedJob, output: Output, run_id: str, started: float) -> FileWriter:
