@@ -50,7 +50,7 @@ def connect(address: str | None, verbose: bool = False) -> None:
 @contextlib.contextmanager
 def sigterm_handler_kept() -> Iterator[None]:
     """SIGTERM's handler after the block as before it: `ray.init` sets one that exits with
-    status 15, where the command's (`cli.signals_interrupting`) lets the run say what it
+    status 15, where the command's (`interrupts.signals_interrupting`) lets the run say what it
     committed and exit with 143."""
     handler = signal.getsignal(signal.SIGTERM)
     try:
