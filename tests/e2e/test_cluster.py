@@ -81,13 +81,13 @@ def test_ray_job_stop_ends_the_run_with_its_lock_released_and_its_report(
     ray_cluster, tmp_path, job_inputs
 ):
     """`ray job stop` sends SIGTERM to the job's entrypoint and every process it started, and
-    SIGKILL 3 s later: within that time the run has said what it committed, written its report
-    and released the output's lock."""
+    SIGKILL 3 s later: within that time the run has said what it committed (in its JSON log
+    line's `ended` object here), written its report and released the output's lock."""
     output, manifest = tmp_path / "out", tmp_path / "long.csv"
     rows = [f"{job_inputs}/v{i % 3}.mp4,copy{i}" for i in range(6000)]
     manifest.write_text("uri,video_id\n" + "\n".join(rows) + "\n")
     job_id = f"stopped-{time.time_ns()}"
-    arguments = ["--manifest", str(manifest), "--output", str(output)]
+    arguments = ["--log-format", "json", "--manifest", str(manifest), "--output", str(output)]
     arguments += ["--model", str(job_inputs / "checkpoint"), "--set", "output.rows_per_file=50"]
     options = ("--no-wait", "--submission-id", job_id)
     submitted = submit(
@@ -105,8 +105,11 @@ def test_ray_job_stop_ends_the_run_with_its_lock_released_and_its_report(
     job_command(ray_cluster.dashboard_url, "stop", job_id)
     logs = job_command(ray_cluster.dashboard_url, "logs", job_id)
     committed = len(ds.dataset(output).to_table(columns=["video_id"]))
-    assert f"stopped by SIGTERM after committing {committed} videos' rows" in logs, logs[-3000:]
-    assert committed < len(rows)
+    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    [ended] = [line["ended"] for line in lines if "ended" in line]
+    assert ended["by"] == "SIGTERM" and ended["videos_committed"] == committed, logs[-3000:]
+    assert ended["files_committed"] == len(list(output.glob("*.parquet")))
+    assert 0 < committed < len(rows)
     assert json.loads((output / "_lock.json").read_text())["state"] == "released"
     [report] = (output / "_runs").glob("*.json")
     assert json.loads(report.read_text())["stopped_by"] == "SIGTERM"

@@ -331,10 +331,9 @@ def test_a_run_whose_output_disk_fills_says_what_it_committed(ray_cluster, job, 
     log = job.directory / "full.log"
     run = start_run(job, ray_cluster, "long.csv", log=log)
     wait_for_files(job, 2)
-    with open(small_disk / "filler", "wb") as filler, contextlib.suppress(OSError):
-        while True:
+    with contextlib.suppress(OSError), open(small_disk / "filler", "wb", buffering=0) as filler:
+        while True:  # until the disk is full (unbuffered: nothing left to write at close)
             filler.write(b"\0" * 65536)
-            filler.flush()
     assert run.wait(timeout=300) == 1
     committed = f"committing {len(job.committed())} videos' rows in {len(job.files())} files"
     assert f"failed after {committed}: those stand" in log.read_text()

@@ -98,7 +98,7 @@ def run_job(job: PreparedJob) -> RunReport:
             raise
         except Exception:
             if writer.stats.files:  # a refusal comes before the first commit: it says enough
-                log.info("run %s: failed %s", run_id, what_stands(writer.stats))
+                log_what_stands(run_id, "error", writer.stats)
             raise
         writer.compact(config.output)
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
@@ -106,24 +106,38 @@ def run_job(job: PreparedJob) -> RunReport:
     return report
 
 
-def what_stands(stats: WriteStats) -> str:
-    """What a run that ends before its end leaves: its commits are whole, and all that changed."""
-    return (
-        f"after committing {stats.videos} videos' rows in {len(stats.files)} files: those "
-        "stand; every other video's rows are as they were before the run"
+def log_what_stands(run_id: str, ended_by: str, stats: WriteStats) -> None:
+    """What a run that ends early leaves (its commits are whole, and all that changed): a line,
+    and for JSON logs an `ended` object. `ended_by`: the signal's name, or "error"."""
+    how = "failed" if ended_by == "error" else f"stopped by {ended_by}"
+    log.info(
+        "run %s: %s after committing %d videos' rows in %d files: those stand; every other "
+        "video's rows are as they were before the run",
+        run_id,
+        how,
+        stats.videos,
+        len(stats.files),
+        extra={
+            "fields": {
+                "ended": {
+                    "by": ended_by,
+                    "videos_committed": stats.videos,
+                    "files_committed": len(stats.files),
+                }
+            }
+        },
     )
 
 
 def finish_stopped(report: RunReport, stop: Interrupted, writer: RunWriter) -> None:
     """Say what the run stopped by `stop` committed, and where it committed anything, write
     its report, marked `stopped_by` (a run stopped before its first commit changes nothing)."""
-    stopped = f"stopped by {stop.signal.name}"
-    log.info("run %s: %s %s", report.run_id, stopped, what_stands(writer.stats))
+    log_what_stands(report.run_id, stop.signal.name, writer.stats)
     if report.files:
         report.stopped_by = stop.signal.name
         report.warnings.append(
-            f"{stopped} after committing {report.videos_written} videos' rows; the other "
-            "videos were not labelled"
+            f"stopped by {stop.signal.name} after committing {report.videos_written} videos' "
+            "rows; the other videos were not labelled"
         )
         writer.finish(report)
 
