@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import threading
 from collections.abc import Iterator
 
 import ray
 import ray.data as ray_data
 from ray._private.state import state as global_state
 
+from vivit_batch.interrupts import handlers_kept
 from vivit_batch.job.resources import ClusterShape, Resources
 from vivit_batch.logs import adopt_ray_loggers, filter_native_stderr
 from vivit_batch.video.nvdec import nvdec_installed
@@ -33,7 +32,7 @@ def connect(address: str | None, verbose: bool = False) -> None:
     adopt_ray_loggers()
     if ray.is_initialized():
         return
-    with sigterm_handler_kept():
+    with handlers_kept():  # the command's, not ray.init's (`interrupts`)
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
         else:
@@ -45,19 +44,6 @@ def connect(address: str | None, verbose: bool = False) -> None:
                     log_to_driver=verbose,
                 )
     adopt_ray_loggers()  # and ray.init Ray's
-
-
-@contextlib.contextmanager
-def sigterm_handler_kept() -> Iterator[None]:
-    """SIGTERM's handler after the block as before it: `ray.init` sets one that exits with
-    status 15, where the command's (`interrupts.signals_interrupting`) lets the run say what it
-    committed and exit with 143."""
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        yield
-    finally:
-        if handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)
 
 
 EMBEDDED_RAY_ENVIRONMENT = {"PYTHONWARNINGS": "ignore"}
