@@ -5,6 +5,7 @@ SIGTERM says what it committed."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -255,7 +256,7 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
         log=log,
     )
     wait_for_files(job, 2)
-    frozen.send_signal(signal.SIGSTOP)
+    stop_outside_a_commit(frozen, job)
     taker = None
     try:
         assert job.lock_state() == "held"
@@ -347,6 +348,32 @@ def descendants(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         children += [int(child) for child in (task / "children").read_text().split()]
     return [found for child in children for found in (child, *descendants(child))]
+
+
+def stop_outside_a_commit(process: subprocess.Popen, job: Job) -> None:
+    """SIGSTOP `process` where it holds no commit's guard. On local disk a commit holds the
+    guard, and a run that would take the lock over waits for it one stale period, then gives up
+    (exit 2: the test of that is the next one); S3 has no guard."""
+    while True:
+        process.send_signal(signal.SIGSTOP)
+        while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)  # stopped: it can take the guard no more
+        if job.s3 is not None or not guard_held(job):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+
+
+def guard_held(job: Job) -> bool:
+    """Whether a process holds the local output's guard (any way)."""
+    descriptor = os.open(f"{job.output}/_lock.guard", os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # releases the flock the test took
 
 
 @pytest.mark.slow
