@@ -525,13 +525,16 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def review_command(args: argparse.Namespace) -> int:
-    from vivit_batch.output import Output
+    from vivit_batch.output import Output, unfinished_relabel
     from vivit_batch.review import pick_for_review, review_format, write_review
     from vivit_batch.truth import read_truth
 
     format = review_format(args.save, args.format)  # a wrong name costs no reading
     config = load_config(args.config, args.set, output_uri=args.output)
     output = Output.existing(args.output, job_storage_options(config))
+    unfinished = unfinished_relabel(output.read_identity(), args.output)
+    if unfinished:
+        log.warning(f"{unfinished}. Until then the scores compared are of two taxonomies")
     column = args.truth_column or TRUTH
     truth = read_truth(output, column, args.labels) if args.truth_column or args.labels else None
     picked = pick_for_review(output, args.count, truth)

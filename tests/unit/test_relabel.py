@@ -4,6 +4,7 @@ throughout), agreeing with `run --model HEAD` on the same videos."""
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -17,39 +18,27 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from tests.helpers.relabelling import by_video, relabel
+from tests.helpers.relabelling import CLASSES, by_video, generate, relabel, tiny_backbone_and_head
 from tests.helpers.s3 import ACCESS_KEY, SECRET_KEY
 from vivit_batch.cli import main
 from vivit_batch.config import load_config
 from vivit_batch.demo import CHECKPOINT_DIR
 from vivit_batch.fingerprint import fingerprint
 from vivit_batch.model import load_pretrained
-from vivit_batch.output import Output, Unlocked
+from vivit_batch.output import RELABELLING, Output, Unlocked
 from vivit_batch.output.dataset import ARCHIVED_SUFFIX
 from vivit_batch.output.schema import PREDICTION_COLUMNS
 from vivit_batch.report import output_stats, summary_text
+from vivit_batch.report.html import render_html
 from vivit_batch.testing.checkpoints import make_checkpoint
-from vivit_batch.testing.outputs import Generated, label_in_process, write_generated_output
-
-CLASSES = ("cat", "dog", "fox")
+from vivit_batch.testing.outputs import label_in_process
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, str]:
     """A tiny checkpoint (hidden size 32), the sha256 of its weights, and a head trained on it."""
     directory = tmp_path_factory.mktemp("tiny")
-    make_checkpoint(directory / "base")
-    sha256 = fingerprint((directory / "base" / "model.safetensors",))
-    output = generate(directory / "labelled", sha256, videos=30)
-    arguments = ["--truth-column", "manifest_label", "--save", str(directory / "head")]
-    assert main(["train-head", str(output), *arguments, "--model", str(directory / "base")]) == 0
-    return directory, sha256
-
-
-def generate(output: Path, sha256: str, rows_per_file: int = 10, **spec) -> Path:
-    settings = {"classes": CLASSES, "videos": 60, "hidden": 32, "errors_every": 7, **spec}
-    write_generated_output(str(output), Generated(weights_sha256=sha256, **settings), rows_per_file)
-    return output
+    return directory, tiny_backbone_and_head(directory)
 
 
 def test_relabel_recomputes_predictions_and_leaves_every_other_column_unchanged(
@@ -239,3 +228,19 @@ def test_a_run_date_partitioned_output_keeps_its_folders(motion_output, motion_h
     [archive] = (output / "_versions").iterdir()
     kept = sorted(p.relative_to(archive) for p in archive.rglob("*" + ARCHIVED_SUFFIX))
     assert kept == [file.with_name(file.name + ARCHIVED_SUFFIX) for file in files]
+
+
+def test_report_and_review_warn_of_a_relabel_stopped_midway(tmp_path, tiny, capsys):
+    """The state a stopped relabel leaves (tests/e2e/test_relabel.py stops real ones)."""
+    directory, sha256 = tiny
+    output = generate(tmp_path / "out", sha256)
+    written = Output(str(output))
+    stopped = {RELABELLING: {"model": "/heads/mine", "run_id": "r1"}}
+    written.write_identity({**(written.read_identity() or {}), **stopped}, Unlocked())
+    said = f"output {output}: the relabel with /heads/mine (run r1) stopped midway"
+
+    assert main(["review", str(output), "--count", "3", "--save", str(tmp_path / "r.csv")]) == 0
+    assert said in capsys.readouterr().err
+    stats = output_stats(str(output))
+    assert f"  warning: {said}" in summary_text(stats)
+    assert f"<p>warning: {said}" in html.unescape(render_html(stats))

@@ -2,10 +2,13 @@
 from its stored embedding with DIR's classifier, committed as the output's new version.
 
 Under the output's lock: the rows' embeddings must come from the head's backbone; the current
-identity is copied to `_versions/<name>/`; then, file by file (memory bounded by one file), each
-data file is copied there (`.archived`) and replaced under its own name by the relabelled one,
-so readers see exactly one row per video throughout; last, `_dataset.json` names DIR, so that
-`run --model DIR` adds to this output, and a run report (mode "relabel") goes to `_runs/`.
+identity is copied to `_versions/<name>/`, and the identity records the relabel under way
+(`RELABELLING`: until it is taken out, `run` and `compact` refuse the output, whose files hold
+two taxonomies); then, file by file (memory bounded by one file), each data file is copied there
+(`.archived`) and replaced under its own name by the relabelled one, so readers see exactly one
+row per video throughout; last, `_dataset.json` names DIR, so that `run --model DIR` adds to
+this output, and a run report (mode "relabel") goes to `_runs/`. A relabel that stopped midway
+is finished by the next one, with any head of the same backbone.
 
 Only `label`, `label_id`, `score` and `topk_*` change: error rows and every other column (the
 embedding, `model`/`model_sha256`, which keep naming the weights that computed it, `run_id`, the
@@ -15,6 +18,7 @@ at most the head's number of classes.
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from collections import Counter
@@ -27,11 +31,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vivit_batch.config import JobConfig
-from vivit_batch.errors import ConfigError
+from vivit_batch.errors import ConfigError, Interrupted
 from vivit_batch.heads.checkpoint import HeadCheckpoint, read_head
 from vivit_batch.heads.examples import embedding_matrix
+from vivit_batch.interrupts import deferred
 from vivit_batch.output import (
     RELABEL_MODE,
+    RELABELLING,
     Fence,
     ModelUsed,
     Output,
@@ -43,6 +49,8 @@ from vivit_batch.output import (
     parquet_bytes,
 )
 from vivit_batch.storage import job_storage_options
+
+log = logging.getLogger("vivit_batch")
 
 
 def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> RunReport:
@@ -61,26 +69,57 @@ def relabel(output_uri: str, head_directory: str | Path, config: JobConfig) -> R
     )
     with lock:
         output.clear_dead_staging(lock)
-        identity = output.read_identity() or {}
+        identity = identity_before(output)
         require_backbone(output, head)
         archive = output.keep_identity(identity, lock)
+        kept = output.uri_of(archive)
+        head_source = str(head.directory.resolve())  # for train-head and relabel from any cwd
+        underway = {"model": head_source, "run_id": run_id}
+        output.write_identity({**identity, RELABELLING: underway}, lock)
+        files = output.data_files()
         stats = WriteStats()
-        for path in output.data_files():
-            stats.add(relabel_file(output, path, head, archive, lock))
+        try:
+            for path in files:
+                with deferred():  # a stop lands between files: `stats` counts what was replaced
+                    stats.add(relabel_file(output, path, head, archive, lock))
+        except Interrupted as stop:
+            report = relabel_report(run_id, started, head, identity, stats, lock, kept)
+            write_stopped(output, report, stop, len(files), lock)
+            raise
         output.write_identity(
-            {
-                **identity,
-                "model_source": str(head.directory.resolve()),  # for train-head from any cwd
-                "weights_sha256": head.weights_sha256,
-            },
+            {**identity, "model_source": head_source, "weights_sha256": head.weights_sha256},
             lock,
         )
-        report = relabel_report(
-            run_id, started, head, identity, stats, lock, output.uri_of(archive)
-        )
+        report = relabel_report(run_id, started, head, identity, stats, lock, kept)
         output.write_report(report, lock)
         output.clear_staging(run_id)
     return report
+
+
+def identity_before(output: Output) -> dict:
+    """The output's identity before this relabel: where a relabel stopped midway (its record
+    in the identity), the one before that relabel, which this one finishes."""
+    identity = output.read_identity() or {}
+    stopped = identity.pop(RELABELLING, None)
+    if stopped:
+        log.info("finishing the relabel with %s (run %s)", stopped["model"], stopped["run_id"])
+    return identity
+
+
+def write_stopped(
+    output: Output, report: RunReport, stop: Interrupted, files: int, lock: Fence
+) -> None:
+    """Say what a relabel stopped by `stop` left, and write its report, marked `stopped_by`."""
+    said = (
+        f"stopped by {stop.signal.name} after relabelling {len(report.files)} of {files} files: "
+        "the others keep the labels before it; run relabel with this head again to finish it "
+        "(until then `run` and `compact` refuse this output)"
+    )
+    log.warning("relabel %s: %s", report.run_id, said)
+    report.stopped_by = stop.signal.name
+    report.warnings.append(said)
+    output.write_report(report, lock)
+    output.clear_staging(report.run_id)
 
 
 def require_backbone(output: Output, head: HeadCheckpoint) -> None:
@@ -167,6 +206,7 @@ def relabel_report(
     lock: Fence,
     archive: str,
 ) -> RunReport:
+    """`archive`: the URI of the folder the previous version is kept in."""
     return RunReport(
         run_id=run_id,
         started_at=datetime.fromtimestamp(started, timezone.utc).isoformat(),

@@ -19,7 +19,7 @@ from vivit_batch.job.resources import plans_from_costs
 from vivit_batch.manifest import ManifestSummary, remove_listing
 from vivit_batch.manifest import __main__ as scan_process
 from vivit_batch.model import CheckpointInfo, VivitConfig, inspect_pretrained
-from vivit_batch.output import RESERVED_COLUMNS, Output
+from vivit_batch.output import RESERVED_COLUMNS, Output, require_relabel_finished
 from vivit_batch.processor import PREPROCESSOR_FILES, ProcessorConfig
 from vivit_batch.stages.decode import DecodeStageOptions
 from vivit_batch.video.sandbox import planned as sandbox_planned
@@ -148,7 +148,8 @@ def scan_apart(
 def check_identity(job: PreparedJob, recorded: dict | None) -> None:
     """One model, preprocessing and layout per output dataset: refuse to mix rows from another
     (`recorded`, the output's identity), unless this run starts a new version of the dataset
-    (`run.new_version`)."""
+    (`run.new_version`); and one taxonomy: refuse an output whose relabel stopped midway."""
+    require_relabel_finished(recorded, job.config.output.uri, "run")
     current = job.identity
     differ = identity_differences(recorded, current)
     if recorded is None or not differ or job.config.run.new_version:

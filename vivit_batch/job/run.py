@@ -255,9 +255,9 @@ def identity_to_archive(job: PreparedJob, output: Output) -> dict | None:
     without it a different identity is refused here, exit 2). Read under the lock: another run
     may have changed the identity since `prepare_job`."""
     recorded = output.read_identity()
+    check_identity(job, recorded)
     if recorded is None or not identity_differences(recorded, job.identity):
         return None
-    check_identity(job, recorded)
     return recorded
 
 

@@ -4,7 +4,16 @@ that writes there. Other modules import from here; `schema` (the columns) is the
 they use directly, as a leaf."""
 
 from vivit_batch.output.compaction import compact_output, compaction_summary
-from vivit_batch.output.dataset import ARCHIVED_SUFFIX, Fence, Output, Unlocked, parquet_bytes
+from vivit_batch.output.dataset import (
+    ARCHIVED_SUFFIX,
+    RELABELLING,
+    Fence,
+    Output,
+    Unlocked,
+    parquet_bytes,
+    require_relabel_finished,
+    unfinished_relabel,
+)
 from vivit_batch.output.lock import OutputLock
 from vivit_batch.output.lock_state import lock_state
 from vivit_batch.output.reading import check_truth_column, first_per_video, manifest_columns
@@ -25,6 +34,7 @@ from vivit_batch.output.writer import RunWriter
 
 __all__ = [
     "ARCHIVED_SUFFIX",
+    "RELABELLING",
     "RELABEL_MODE",
     "RESERVED_COLUMNS",
     "ErrorBudget",
@@ -50,4 +60,6 @@ __all__ = [
     "new_run_id",
     "output_schema",
     "parquet_bytes",
+    "require_relabel_finished",
+    "unfinished_relabel",
 ]

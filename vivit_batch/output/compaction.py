@@ -36,7 +36,13 @@ import pyarrow.parquet as pq
 
 from vivit_batch.config import JobConfig, OutputSection
 from vivit_batch.errors import ConfigError
-from vivit_batch.output.dataset import Fence, Output, Unlocked, parquet_bytes
+from vivit_batch.output.dataset import (
+    Fence,
+    Output,
+    Unlocked,
+    parquet_bytes,
+    require_relabel_finished,
+)
 from vivit_batch.output.lock import OutputLock
 from vivit_batch.output.runs import new_run_id
 from vivit_batch.output.sink import file_name
@@ -164,6 +170,7 @@ def compact_output(
     )
     with lock:
         try:
+            require_relabel_finished(output.read_identity(), uri, "compaction")
             output.clear_dead_staging(lock)
             planned = plan(output, rows_per_file)
             swap = swap_problem(output, planned, run_id)

@@ -71,6 +71,10 @@ SWAP_SUFFIX = "._swap"
 DELETES_PER_REQUEST = 1000
 """S3's most keys in one DeleteObjects request."""
 ARCHIVED_SUFFIX = ".archived"
+RELABELLING = "relabelling"
+"""The key of the identity that `relabel` sets before it replaces its first file and takes out
+with its last: while it is there, some files hold the head's labels and the others the labels
+before it, and whatever would add or merge rows waits for the relabel to be finished."""
 """Appended to archived data files, so that no recursive `*.parquet` glob reaches them."""
 FENCED_ATTEMPTS = 3
 """How many fence checks a commit on S3 gets: each sends its request once."""
@@ -658,3 +662,26 @@ def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
+
+
+def unfinished_relabel(identity: dict | None, uri: str) -> str | None:
+    """Where `identity` (the output's) records a relabel that stopped midway: what it left and
+    how to finish it; else None."""
+    relabelling = (identity or {}).get(RELABELLING)
+    if relabelling is None:
+        return None
+    head = relabelling["model"]
+    return (
+        f"output {uri}: the relabel with {head} (run {relabelling['run_id']}) stopped midway: "
+        "some files hold that head's labels, the others the labels before it. Finish it with "
+        f"`vivit-batch relabel {uri} --model {head}` (or relabel with another head trained on "
+        "this output's embeddings)"
+    )
+
+
+def require_relabel_finished(identity: dict | None, uri: str, what: str) -> None:
+    """`ConfigError` (exit code 2) naming the fix where a relabel of the output stopped midway:
+    `what` (a run, a compaction) would add or merge rows into files of two taxonomies."""
+    problem = unfinished_relabel(identity, uri)
+    if problem:
+        raise ConfigError(f"{problem}; then start this {what} again")

@@ -66,8 +66,11 @@ def facts(stats: OutputStats) -> str:
         f'<div class="fact"><b>{html.escape(v)}</b><span>{html.escape(k)}</span></div>'
         for k, v in items.items()
     ]
-    note = f"<p>{html.escape(accuracy_line(stats.accuracy))}</p>" if stats.accuracy else ""
-    return '<div class="facts">' + "".join(cells) + "</div>" + note
+    notes = [accuracy_line(stats.accuracy)] if stats.accuracy else []
+    if stats.unfinished_relabel:
+        notes.insert(0, f"warning: {stats.unfinished_relabel}")
+    paragraphs = "".join(f"<p>{html.escape(note)}</p>" for note in notes)
+    return '<div class="facts">' + "".join(cells) + "</div>" + paragraphs
 
 
 def charts(stats: OutputStats) -> list[str]:

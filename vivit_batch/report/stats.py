@@ -15,7 +15,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vivit_batch.device_record import summary
-from vivit_batch.output import Output, RunReport, check_truth_column, first_per_video
+from vivit_batch.output import (
+    Output,
+    RunReport,
+    check_truth_column,
+    first_per_video,
+    unfinished_relabel,
+)
 from vivit_batch.output.schema import SEGMENT_COLUMNS
 
 ROW_COLUMNS = ["status", "error_code", "label", "score", "topk_labels", "run_id", "processed_at"]
@@ -158,6 +164,8 @@ class OutputStats:
     """for a segments output only"""
     examples: list[LabelExamples] = field(default_factory=list)
     """for the most frequent labels (as charted), when asked for: the page's thumbnails"""
+    unfinished_relabel: str | None = None
+    """where a relabel stopped midway (its labels are in some files only): what to do"""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,6 +204,7 @@ def output_stats(
         timelines=timelines(table, {r.run_id: r.started_at for r in reports if r.started_at}),
         accuracy=accuracy(ok, truth_column) if truth_column else None,
         segments=segment_stats(table, ok) if segmented else None,
+        unfinished_relabel=unfinished_relabel(output.read_identity(), output_uri),
     )
     if examples:
         charted = stats.segments.label_seconds if stats.segments else stats.labels

@@ -8,6 +8,8 @@ from vivit_batch.report.stats import Accuracy, OutputStats, RunStats, SegmentSta
 
 def summary_text(stats: OutputStats, top: int = 10) -> str:
     lines = [f"{stats.output}: {stats.rows} rows", f"  status: {stats.status}"]
+    if stats.unfinished_relabel:
+        lines.append(f"  warning: {stats.unfinished_relabel}")
     if stats.segments:
         lines.append(f"  {segments_line(stats.segments)}")
     if stats.error_codes:
@@ -21,6 +23,7 @@ def summary_text(stats: OutputStats, top: int = 10) -> str:
             lines.append(
                 f"    {run.run_id}: relabel, {run.rows_written} rows, {run.wall_seconds:.1f} s"
             )
+            lines += [f"      warning: {warning}" for warning in run.warnings]
             continue
         lines.append(
             f"    {run.run_id}: {run.rows_written} rows, {run.wall_seconds:.1f} s"
