@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from vivit_batch.errors import UsageError
+from vivit_batch.interrupts import STOPPING
 
 LOG_FORMATS = ("text", "json")
 RAY_LOGGERS = ("ray", "ray.data")
@@ -201,9 +202,9 @@ def duration(seconds: float) -> str:
 
 NATIVE_FILTER = """
 import signal, sys
-for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-    signal.signal(number, signal.SIG_IGN)  # it ends with its input, after the command's last line
-notices = [notice.encode() for notice in sys.argv[1:]]
+for number in sys.argv[1].split(","):  # the stop signals
+    signal.signal(int(number), signal.SIG_IGN)  # it ends with its input, after the last line
+notices = [notice.encode() for notice in sys.argv[2:]]
 for line in sys.stdin.buffer:
     if not any(notice in line for notice in notices):
         sys.stdout.buffer.write(line)
@@ -224,8 +225,9 @@ def filter_native_stderr() -> None:
         return
     stderr.flush()
     real_stderr = os.dup(2)
+    stop_signals = ",".join(str(int(number)) for number in STOPPING)
     forwarder = subprocess.Popen(
-        [sys.executable, "-S", "-c", NATIVE_FILTER, *NATIVE_NOTICES],
+        [sys.executable, "-S", "-c", NATIVE_FILTER, stop_signals, *NATIVE_NOTICES],
         stdin=subprocess.PIPE,
         stdout=real_stderr,
         start_new_session=True,  # a Ctrl-C to the run does not cut its last lines short
