@@ -27,7 +27,7 @@ manifest with N/100 rows appended, which the run decodes, labels and commits). M
   *Largest Ray worker*: the most resident memory (VmRSS) sampled in any Ray worker process
   (title `ray::...`), the driver excluded, with the title it had then; *largest Ray task*: the
   same among workers running a task (not an actor, not idle): the manifest tasks (read, ids,
-  skip, versions, counts) and the write tasks. Their RssAnon (own heap, without Ray's shared
+  skip, versions, counts). Their RssAnon (own heap, without Ray's shared
   object store pages) beside. *Largest other*: the largest non-Ray process under the command
   (the manifest scan's child, the cost measurement's, Ray's GCS and raylet, decoders);
 - objects: `benchmarks.file_events.FolderEvents` counts, from the kernel (inotify), what every

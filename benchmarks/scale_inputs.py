@@ -12,7 +12,7 @@ pyarrow: no Python loop per row).
   appends rows N..1.01N (the nightly case: new videos at the end).
 - An output of rows 0..N-1 committed as one run (`GENERATED_RUN`) through the project's write
   path, as a run commits: the output's lock taken (`Output.lock`), worker processes stage files
-  of at most `output.rows_per_file` rows with `FileWriter` (what a run's write tasks call), and
+  of at most `output.rows_per_file` rows with `FileWriter` (what a run stages files with), and
   this process commits each under the lock with `RunWriter` (the run's driver), which also
   writes the identity first and the run report last. Every `ERROR_EVERY`-th row is an error row
   (`decode_error`); the others are labelled: label i % classes, top-k ranked from it, random

@@ -86,12 +86,19 @@ class ManifestSection(Section, name="manifest"):
 class OutputSection(Section, name="output"):
     uri: str = setting("", "directory (local or s3://) of the Parquet dataset")
     rows_per_file: int = setting(5000, "most rows in one Parquet file", minimum=1)
+    commit_every_s: float = setting(
+        300.0,
+        "labelled rows wait at most about this long before they are committed, in a file of "
+        "fewer than rows_per_file rows if need be: the most labelling a stop or a crash loses",
+        unit=SECONDS,
+        above=0,
+    )
     max_held_bytes: int = setting(
         2**30,
-        "temporal_views=segments: most bytes of labelled segment rows the driver holds; past "
-        "it, the whole videos in are staged at once (smaller files), and when the videos still "
-        "waiting for their last chunk alone hold more, the one holding most becomes a too_large "
-        "error row",
+        "most bytes of labelled rows the driver holds; past it, the whole videos in are staged "
+        "at once (smaller files), and in temporal_views=segments, when the videos still waiting "
+        "for their last chunk alone hold more, the one holding most becomes a too_large error "
+        "row",
         unit=BYTES,
         minimum=1,
     )

@@ -183,6 +183,24 @@ def test_predictions_match_the_stages_run_directly(
         np.testing.assert_allclose(row.embedding, expected.embedding, atol=1e-5)
 
 
+def test_rows_wait_for_a_file_at_most_commit_every_s(ray_cluster, tmp_path, checkpoint, videos):
+    """`output.commit_every_s`: rows are committed once the oldest of them has waited that long,
+    in a file of fewer than `output.rows_per_file` rows (what a stop or a crash can lose). Each
+    video is a batch of its own here, and each comes more than 1 ms after the one before."""
+    good = [videos[name] for name, *_ in GOOD_VIDEOS]
+    manifest = write_csv(tmp_path / "m.csv", [{"uri": str(p)} for p in good])
+    settings = [
+        "resources.batch_size=1",
+        "output.rows_per_file=1000",
+        "output.commit_every_s=0.001",
+    ]
+    assert run(manifest, tmp_path / "out", checkpoint, *[f"--set={s}" for s in settings]) == 0
+    files = [f.count_rows() for f in ds.dataset(tmp_path / "out").get_fragments()]
+    assert len(files) >= 2 and sum(files) == len(good)
+    [report] = Output(str(tmp_path / "out")).read_reports()
+    assert len(report.files) == len(files)
+
+
 def test_manifest_formats_and_relative_paths(ray_cluster, tmp_path, checkpoint, videos):
     video_dir = videos["a.mp4"].parent
     (video_dir / "list.jsonl").write_text(

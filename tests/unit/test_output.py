@@ -22,6 +22,7 @@ from vivit_batch.output import (
     Unlocked,
     WriteStats,
     commit_staged,
+    file_rows,
     output_schema,
 )
 from vivit_batch.output.replacing import Relabelled
@@ -296,3 +297,21 @@ def test_report_summarises_rows_runs_and_devices(tmp_path):
     assert summary.count(f"warning: {warning}") == 1
     printed = run_summary(report)
     assert "run r1: 3 rows" in printed and output.report_uri("r1") in printed
+
+
+def test_rows_wait_for_a_file_at_most_commit_every_s():
+    """`file_rows` lets out a file's worth at `rows_per_file` rows, or once the oldest rows held
+    have waited `commit_every_s`, or at the end (the clock: seconds as the batches come in)."""
+    arrivals = [(0, 3), (30, 3), (61, 2), (62, 5), (70, 6), (80, 1)]  # (second, rows)
+    now = 0.0
+
+    def completed():
+        nonlocal now
+        for second, rows in arrivals:
+            now = second
+            yield [pa.table({"video_id": [f"{second}-{i}" for i in range(rows)]})]
+
+    files = file_rows(completed(), 10, max_held_bytes=2**30, commit_every_s=60, clock=lambda: now)
+    assert [table.num_rows for table in files] == [8, 11, 1]
+    held = file_rows(completed(), 10, max_held_bytes=1, commit_every_s=60, clock=lambda: now)
+    assert [table.num_rows for table in held] == [3, 3, 2, 5, 6, 1]  # past the bytes at once

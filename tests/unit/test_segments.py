@@ -161,9 +161,9 @@ def test_whole_videos_leave_early_to_keep_the_rows_held_within_the_budget():
     budget = 10 * CAPTION  # about 10 segment rows
     videos = WholeVideos(max_held_bytes=budget)
     batches = [carrying(video, [0, 1, 2, 3], 4) for video in "abcde"]
-    files = [f["video_id"].unique().to_pylist() for f in videos.files(batches, 1000)]
+    files = [f["video_id"].unique().to_pylist() for f in videos.files(batches, 1000, 3600)]
     assert files == [["a", "b", "c"], ["d", "e"]]  # 1000 rows a file, but 12 rows are too many
-    unbounded = WholeVideos(max_held_bytes=2**40).files(batches, 1000)
+    unbounded = WholeVideos(max_held_bytes=2**40).files(batches, 1000, 3600)
     assert [f["video_id"].unique().to_pylist() for f in unbounded] == [list("abcde")]
 
 
@@ -180,7 +180,7 @@ def test_a_video_past_the_budget_becomes_one_too_large_row_and_the_others_go_on(
         yield carrying("other", [2], 3)
         yield carrying("long", [12], 13)  # its last chunk, after it was given up: dropped
 
-    files = list(videos.files(arriving(), rows_per_file=1000))
+    files = list(videos.files(arriving(), rows_per_file=1000, commit_every_s=3600))
     assert max(held) <= budget and videos.incomplete == 0
     [rows] = files
     [error] = rows.filter(pc.equal(rows["video_id"], "long")).to_pylist()
@@ -200,7 +200,7 @@ def test_a_video_past_the_budget_becomes_one_too_large_row_and_the_others_go_on(
 def test_a_video_still_unfinished_at_the_end_fails_the_run():
     videos = WholeVideos(max_held_bytes=2**30)
     with pytest.raises(RuntimeError, match="segment rows of 1 videos did not all arrive"):
-        list(videos.files([carrying("a", [0, 1], 4), carrying("b", [0], 1)], 1000))
+        list(videos.files([carrying("a", [0, 1], 4), carrying("b", [0], 1)], 1000, 3600))
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import ray
 
+from vivit_batch.config import OutputSection
 from vivit_batch.errors import UsageError
 from vivit_batch.job.cluster import decode_placement
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, read_dataset, schema_of, with_ids
-from vivit_batch.output import FileWriter, WholeVideos
+from vivit_batch.output import FileWriter, WholeVideos, file_rows
 from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
@@ -28,7 +29,7 @@ log = logging.getLogger("vivit_batch")
 
 LIGHT_TASKS = 1
 LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
-"""Reading the manifest, assigning ids, looking up versions and writing Parquet are light and
+"""Reading the manifest, assigning ids and looking up versions are light and
 short: they take no CPU slot, so that the decode and inference pools can have all of them, and
 each step runs `LIGHT_TASKS` task at a time (the version lookups of a block run on threads),
 so that they keep to a worker or two instead of starting a Python process per block (about a
@@ -254,18 +255,18 @@ def first_rows(job: PreparedJob, count: int) -> pa.Table:
 
 
 def staged_files(
-    dataset: ray.data.Dataset, writer: FileWriter, segments: bool, max_held_bytes: int
+    dataset: ray.data.Dataset, writer: FileWriter, segments: bool, output: OutputSection
 ) -> Iterator[dict]:
-    """The files `writer` stages from the labelled rows, a row each (see `FileWriter`): by write
-    tasks, or in segments mode here, once a file's worth of whole videos is in (`WholeVideos`,
-    holding at most `max_held_bytes`), so that no file, and no commit, holds a part of a video."""
+    """The files `writer` stages here from the labelled rows as they come (`file_rows`: a file
+    at `output.rows_per_file` rows, at `output.max_held_bytes`, or once its oldest rows have
+    waited `output.commit_every_s`), a row each (see `FileWriter`); in segments mode whole
+    videos only (`WholeVideos`), so that no file, and no commit, holds a part of a video."""
+    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    every_s = output.commit_every_s
     if segments:
-        batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
-        for rows in WholeVideos(max_held_bytes).files(batches, writer.rows_per_file):
-            yield from writer(rows).to_pylist()
-        return
-    staged = dataset.map_batches(
-        writer, batch_size=writer.rows_per_file, batch_format="pyarrow", **LIGHT_TASK
-    )
-    for batch in staged.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield from batch.to_pylist()
+        files = WholeVideos(output.max_held_bytes).files(batches, writer.rows_per_file, every_s)
+    else:
+        completed = ([batch] if batch.num_rows else [] for batch in batches)
+        files = file_rows(completed, writer.rows_per_file, output.max_held_bytes, every_s)
+    for rows in files:
+        yield from writer(rows).to_pylist()

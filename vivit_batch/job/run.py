@@ -273,10 +273,9 @@ def choose_work(job: PreparedJob, output: Output) -> Work:
 def write_rows(
     job: PreparedJob, labelled: Iterator[ray.data.Dataset], writer: RunWriter, to_label: int
 ) -> None:
-    """Write tasks stage the labelled rows of each part as files (in segments mode this
-    process does, once a file's worth of whole videos is in); `writer` commits each one (and,
-    when no terminal shows Ray Data's progress bars, this logs how far it got every so
-    often)."""
+    """Stage the labelled rows of each part as files as they come in (`staged_files`); `writer`
+    commits each one (and, when no terminal shows Ray Data's progress bars, this logs how far
+    it got every so often)."""
     stats = writer.stats
     progress = (
         contextlib.nullcontext()
@@ -289,15 +288,14 @@ def write_rows(
     )
     with stage_errors(), progress:
         segments = job.decode.sampling.segments
-        held = job.config.output.max_held_bytes
         for dataset in labelled:
-            for staged in staged_files(dataset, writer.files, segments, held):
+            for staged in staged_files(dataset, writer.files, segments, job.config.output):
                 with deferred():  # a signal's account of the commits is whole
                     writer.commit(staged)
 
 
 def file_writer(job: PreparedJob, output: Output, run_id: str, started: float) -> FileWriter:
-    """What write tasks call to stage this run's files."""
+    """What stages this run's files."""
     segments = job.decode.sampling.segments
     return FileWriter(
         output,

@@ -1,9 +1,9 @@
-"""A local output on a multi-node cluster must be one folder that every node sees: write tasks
-stage their files under the output on whichever node runs them, and the driver commits each by
-a rename, which on node-local storage would fail only once all the work is done. So it is
-checked before any work: the driver writes a marker file (a random name under the run's
-`_tmp/<run_id>/`) and a task pinned to each alive node looks for it. A single-node cluster
-skips the check, at no cost at start-up. Nodes that join after the check are not checked.
+"""A local output on a multi-node cluster must be one folder that every node sees: the tasks
+that read its committed files to decide the work run on whichever node Ray gives them, and on
+node-local storage they would find other files, or none. So it is checked before any work: the
+driver writes a marker file (a random name under the run's `_tmp/<run_id>/`) and a task pinned
+to each alive node looks for it. A single-node cluster skips the check, at no cost at start-up.
+Nodes that join after the check are not checked.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def require_shared_output(output: Output, run_id: str) -> None:
         raise ConfigError(
             f"output {output.uri} is a local path that not every node of this {len(nodes)}-node "
             f"Ray cluster sees: {'; '.join(blind)} did not find the file {marker} that this "
-            "process wrote there, so write tasks there would stage files where this process "
-            "cannot commit them. Put the output on a filesystem that every node shares (mounted "
-            "at the same path), or on S3"
+            "process wrote there, so the tasks there that read the output's committed files "
+            "would not find them. Put the output on a filesystem that every node shares "
+            "(mounted at the same path), or on S3"
         )
 
 

@@ -28,7 +28,7 @@ from vivit_batch.output.runs import (
     new_run_id,
 )
 from vivit_batch.output.schema import RESERVED_COLUMNS, output_schema
-from vivit_batch.output.sink import FileWriter, commit_staged
+from vivit_batch.output.sink import FileWriter, commit_staged, file_rows
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.output.writer import RunWriter
 
@@ -54,6 +54,7 @@ __all__ = [
     "commit_staged",
     "compact_output",
     "compaction_summary",
+    "file_rows",
     "first_per_video",
     "lock_state",
     "manifest_columns",

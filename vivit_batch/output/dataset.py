@@ -320,7 +320,7 @@ class Output:
 
     def stage(self, data: bytes, run_id: str, name: str) -> str:
         """Write `data` whole under `_tmp/<run_id>/` (fsync'd locally); returns its path. Runs
-        anywhere (write tasks too): nothing is visible to readers until `commit`."""
+        anywhere: nothing is visible to readers until `commit`."""
         staged = self.staging_path(run_id, name)
         self._put(staged, data)
         return staged

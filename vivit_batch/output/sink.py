@@ -1,13 +1,16 @@
-"""Writing rows: write tasks stage Parquet files, the driver commits them under the lock.
+"""Writing rows: the driver cuts the labelled rows into files, stages and commits each.
 
-`FileWriter` runs in Ray Data tasks (in segments mode in the driver, after `WholeVideos`): it
-turns a batch of labelled rows into files of at most `rows_per_file` rows, never splitting a
-video's rows (a video with more gets a file of its own), in output column order, stages each
-(`Output.stage`) and returns one row per file: where it is staged, where it goes, and what it
-holds. The driver commits each one (`commit_staged`) inside the lock's fence, so only the
-process that holds the lease ever makes rows visible; rows of videos the run relabels take the
-place of their old rows (`replacing`). File names carry the run id and a digest of the video
-ids inside, so a retried task rewrites the same file instead of adding a second copy.
+`file_rows` gathers the labelled rows as they come out of the pipeline (in segments mode the
+rows of whole videos, from `WholeVideos`) and lets out a file's worth at a time: at most
+`rows_per_file` rows, or what is in once the rows held reach `max_held_bytes`, or once the
+oldest of them has waited `commit_every_s` (so that a stop or a crash loses at most that much
+labelling). `FileWriter` turns those rows into files of at most `rows_per_file` rows, never
+splitting a video's rows (a video with more gets a file of its own), in output column order,
+stages each (`Output.stage`) and returns one row per file: where it is staged, where it goes,
+and what it holds. The driver commits each one (`commit_staged`) inside the lock's fence, so
+only the process that holds the lease ever makes rows visible; rows of videos the run relabels
+take the place of their old rows (`replacing`). File names carry the run id and a digest of
+the video ids inside, so staging the same rows again rewrites the same file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import posixpath
+import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -98,6 +103,35 @@ class FileWriter:
         having the run's values."""
         folders = [f"{name}={value}" for name, value in self.partition_values.items()]
         return self.output.path(*folders)
+
+
+def file_rows(
+    completed: Iterable[list[pa.Table]],
+    rows_per_file: int,
+    max_held_bytes: int,
+    commit_every_s: float,
+    held_elsewhere: Callable[[], int] = lambda: 0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[pa.Table]:
+    """The rows of whole videos, a file's worth at a time. `completed`: for each batch that
+    comes out of the pipeline, the rows of the videos it completes (tables of any columns'
+    order). A file's worth: `rows_per_file` rows; or what is in once the rows held, with
+    `held_elsewhere` (a video's rows still waiting for the rest), pass `max_held_bytes`; or once
+    the oldest of them came in `commit_every_s` ago (looked at as batches come in)."""
+    ready: list[pa.Table] = []
+    oldest = 0.0
+    for tables in completed:
+        if tables and not ready:
+            oldest = clock()
+        ready += tables
+        rows = sum(table.num_rows for table in ready)
+        held = held_elsewhere() + sum(table.nbytes for table in ready)
+        waited = clock() - oldest
+        if ready and (rows >= rows_per_file or held > max_held_bytes or waited >= commit_every_s):
+            yield pa.concat_tables(ready, promote_options="default")
+            ready = []
+    if ready:
+        yield pa.concat_tables(ready, promote_options="default")
 
 
 def file_name(run_id: str, video_ids: pa.ChunkedArray | pa.Array) -> str:

@@ -29,6 +29,7 @@ from vivit_batch.output.schema import (
     SEGMENTS_TOTAL,
     VIEWS,
 )
+from vivit_batch.output.sink import file_rows
 from vivit_batch.settings import BYTES, show
 
 CLEARED_ON_ERROR = {*SEGMENT_COLUMNS, *PREDICTION_COLUMNS, "embedding", *METADATA_COLUMNS} | {
@@ -61,19 +62,20 @@ class WholeVideos:
         """Videos some of whose rows are still to come."""
         return len(self._arriving)
 
-    def files(self, batches: Iterable[pa.Table], rows_per_file: int) -> Iterator[pa.Table]:
-        """Whole videos, a file's worth at a time: `rows_per_file` rows, or what is in once the
-        rows held reach `max_held_bytes`. Raises if a video is still unfinished at the end."""
-        ready: list[pa.Table] = []
-        for batch in batches:
-            ready += self.add(batch)
-            rows = sum(table.num_rows for table in ready)
-            held = self.held_bytes + sum(table.nbytes for table in ready)
-            if ready and (rows >= rows_per_file or held > self.max_held_bytes):
-                yield pa.concat_tables(ready, promote_options="default")
-                ready = []
-        if ready:
-            yield pa.concat_tables(ready, promote_options="default")
+    def files(
+        self, batches: Iterable[pa.Table], rows_per_file: int, commit_every_s: float
+    ) -> Iterator[pa.Table]:
+        """Whole videos, a file's worth at a time (`file_rows`: `rows_per_file` rows, or what
+        is in once the rows held reach `max_held_bytes` or have waited `commit_every_s`).
+        Raises if a video is still unfinished at the end."""
+        completed = (list(self.add(batch)) for batch in batches)
+        yield from file_rows(
+            completed,
+            rows_per_file,
+            self.max_held_bytes,
+            commit_every_s,
+            held_elsewhere=lambda: self.held_bytes,
+        )
         if self.incomplete:
             raise RuntimeError(
                 f"the segment rows of {self.incomplete} videos did not all arrive; nothing of "

@@ -1,6 +1,6 @@
 """`RunWriter`: one run's whole write path, in the order of Ray Data's Datasink lifecycle.
 
-- `files`: the `FileWriter` that write tasks call to stage files (anywhere, unfenced).
+- `files`: the `FileWriter` that stages files (unfenced).
 - `start()`: the changes made before the first commit, once, when the first file is ready (so
   a run refused by its stages, or with nothing to write, has changed nothing): what dead runs
   staged removed, versions archived by older layouts renamed, the previous version archived

@@ -174,6 +174,6 @@ def segment_columns(per_video: int, rows: int) -> dict[str, pa.Array]:
 
 
 def commit(writer: FileWriter, rows: pa.Table) -> None:
-    """Stage `rows` as the sink's write tasks do and commit each file."""
+    """Stage `rows` as a run does and commit each file."""
     for staged in writer(rows).to_pylist():
         commit_staged(writer.output, Unlocked(), staged)
