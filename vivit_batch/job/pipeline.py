@@ -29,11 +29,11 @@ log = logging.getLogger("vivit_batch")
 
 LIGHT_TASKS = 1
 LIGHT_TASK = {"num_cpus": 0, "compute": ray.data.TaskPoolStrategy(LIGHT_TASKS)}
-"""Reading the manifest, assigning ids and looking up versions are light and
-short: they take no CPU slot, so that the decode and inference pools can have all of them, and
-each step runs `LIGHT_TASKS` task at a time (the version lookups of a block run on threads),
-so that they keep to a worker or two instead of starting a Python process per block (about a
-CPU second each)."""
+"""Reading the manifest, assigning ids and looking up versions are light and short: they take
+no CPU slot, so that the decode and inference pools can have all of them, and each step runs
+`LIGHT_TASKS` task at a time (the version lookups of a block run on threads), so that they
+keep to a worker or two instead of starting a Python process per block (about a CPU second
+each)."""
 
 
 def labelled_parts(

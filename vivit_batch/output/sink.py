@@ -119,17 +119,19 @@ def file_rows(
     `held_elsewhere` (a video's rows still waiting for the rest), pass `max_held_bytes`; or once
     the oldest of them came in `commit_every_s` ago (looked at as batches come in)."""
     ready: list[pa.Table] = []
+    rows = nbytes = 0
     oldest = 0.0
     for tables in completed:
         if tables and not ready:
             oldest = clock()
         ready += tables
-        rows = sum(table.num_rows for table in ready)
-        held = held_elsewhere() + sum(table.nbytes for table in ready)
+        rows += sum(table.num_rows for table in tables)
+        nbytes += sum(table.nbytes for table in tables)
+        held = held_elsewhere() + nbytes
         waited = clock() - oldest
         if ready and (rows >= rows_per_file or held > max_held_bytes or waited >= commit_every_s):
             yield pa.concat_tables(ready, promote_options="default")
-            ready = []
+            ready, rows, nbytes = [], 0, 0
     if ready:
         yield pa.concat_tables(ready, promote_options="default")
 
