@@ -71,11 +71,11 @@ SWAP_SUFFIX = "._swap"
 DELETES_PER_REQUEST = 1000
 """S3's most keys in one DeleteObjects request."""
 ARCHIVED_SUFFIX = ".archived"
+"""Appended to archived data files, so that no recursive `*.parquet` glob reaches them."""
 RELABELLING = "relabelling"
 """The key of the identity that `relabel` sets before it replaces its first file and takes out
 with its last: while it is there, some files hold the head's labels and the others the labels
 before it, and whatever would add or merge rows waits for the relabel to be finished."""
-"""Appended to archived data files, so that no recursive `*.parquet` glob reaches them."""
 FENCED_ATTEMPTS = 3
 """How many fence checks a commit on S3 gets: each sends its request once."""
 

@@ -138,7 +138,7 @@ def file_rows(
 
 def file_name(run_id: str, video_ids: pa.ChunkedArray | pa.Array) -> str:
     """A data file's name: `part-<run_id>-<digest>.parquet`, the digest of the video ids in it
-    (so a retried task writes the same file again, not a second one)."""
+    (so the same rows staged again make the same file, not a second one)."""
     ids = "\n".join(sorted(video_ids.to_pylist()))
     digest = hashlib.sha256(ids.encode()).hexdigest()[:16]
     return f"part-{run_id}-{digest}.parquet"
