@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vivit_batch.output import Relabelled
+from vivit_batch.output import Output, Relabelled
 from vivit_batch.output.schema import OUTCOME_COLUMNS, SEGMENT_COLUMNS, VERSION_COLUMNS
 from vivit_batch.source_versions import changed_ids
 
@@ -95,6 +95,14 @@ def committed_side(rows: pa.Table, holder: int) -> pa.Table:
     }
     columns |= {RECORDED[name]: rows[name] for name in VERSION_COLUMNS if name in rows.column_names}
     return pa.table(columns)
+
+
+def read_committed(file: pa.Table, output: Output, schema: pa.Schema) -> pa.Table:
+    """The committed rows of one data file (`path`, `HOLDER`: its index), one per video: what
+    `job.committed_join`'s Ray tasks run (here, not in `job`, whose imports take torch: a task
+    worker would import it for nothing, about 2 CPU seconds and 250 MB)."""
+    [(path, holder)] = zip(file["path"].to_pylist(), file[HOLDER].to_pylist(), strict=True)
+    return committed_side(output.file_rows(path, schema), holder)
 
 
 def decide(

@@ -147,15 +147,20 @@ def test_two_runs_at_once_never_both_commit(ray_cluster, workspace, capsys):
     assert len(rows(workspace)) == 3
 
 
-def test_refresh_changed_relabels_only_replaced_videos(ray_cluster, workspace):
+def test_refresh_changed_relabels_only_replaced_videos(ray_cluster, workspace, capsys):
+    """Also: a run with nothing to label starts no actor."""
     assert run(workspace, ["a", "b", "c"]) == 0
     first = rows(workspace)
     assert first["a.mp4"]["source_size"] == (workspace / "a.mp4").stat().st_size
     write_video(workspace / "a.mp4", num_frames=28, content="detailed")  # re-uploaded, new size
     stamp = (workspace / "b.mp4").stat().st_mtime + 60
     os.utime(workspace / "b.mp4", (stamp, stamp))  # rewritten in place, same size
+    actors = stage_actors(ray_cluster)
+    capsys.readouterr()
     assert run(workspace, ["a", "b", "c"]) == 0
     assert last_report(workspace).rows_written == 0  # not asked to look
+    assert "0 of the manifest's 3 videos to label; no actor to start" in capsys.readouterr().err
+    assert stage_actors(ray_cluster) == actors
 
     assert run(workspace, ["a", "b", "c"], "--refresh-changed") == 0
     report = last_report(workspace)
@@ -167,6 +172,14 @@ def test_refresh_changed_relabels_only_replaced_videos(ray_cluster, workspace):
     assert after["c.mp4"]["run_id"] == first["c.mp4"]["run_id"]
     assert run(workspace, ["a", "b", "c"], "--refresh-changed") == 0
     assert last_report(workspace).rows_written == 0  # nothing changed since
+
+
+def stage_actors(ray_cluster) -> int:
+    """The decode and inference actors the cluster has started, alive or ended."""
+    from ray.util.state import list_actors
+
+    found = list_actors(address=ray_cluster.dashboard_url, limit=10_000)
+    return sum("DecodeStage" in a.class_name or "InferenceStage" in a.class_name for a in found)
 
 
 def test_partition_by_run_date(ray_cluster, workspace, capsys):

@@ -89,6 +89,27 @@ def test_modules_that_need_no_torch_do_not_import_the_device_check(module):
     assert "vivit_batch.device" not in GRAPH[module]
 
 
+def test_the_functions_of_light_tasks_import_neither_torch_nor_pyav():
+    """A Ray worker imports the module of each function it runs: torch would cost it about 2 CPU
+    seconds and 250 MB, for tasks that only move Arrow tables (the manifest's ids, the version
+    lookups, the committed join's reads and decisions, the rows to label)."""
+    from vivit_batch.job import committed_join, pipeline
+
+    functions = [
+        pipeline.with_ids,
+        pipeline.with_versions,
+        pipeline.to_label,
+        committed_join.read_committed,
+        committed_join.decide,
+        committed_join.relabelled_holders,
+        committed_join.action_counts,
+    ]
+    imports = "; ".join(f"import {name}" for name in {f.__module__ for f in functions})
+    code = f"import sys; {imports}; print(sorted(set(sys.modules) & {set(HEAVY)!r}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", (imports, result.stderr[-2000:])
+
+
 def test_the_video_layer_takes_its_sections_from_the_configuration():
     assert "vivit_batch.config" in GRAPH["vivit_batch.video.decode"]
     assert not any(name.startswith("vivit_batch.video") for name in GRAPH["vivit_batch.config"])

@@ -21,8 +21,8 @@ from vivit_batch.work import (
     Work,
     action_counts,
     committed_schema,
-    committed_side,
     decide,
+    read_committed,
     relabelled,
     relabelled_holders,
     summed,
@@ -125,9 +125,3 @@ def committed_rows(job: PreparedJob, output: Output, files: list[str]) -> ray.da
         batch_size=1,
         batch_format="pyarrow",
     ).materialize()
-
-
-def read_committed(file: pa.Table, output: Output, schema: pa.Schema) -> pa.Table:
-    """The committed rows of one data file (`path`, `HOLDER`: its index), one per video."""
-    [(path, holder)] = zip(file["path"].to_pylist(), file[HOLDER].to_pylist(), strict=True)
-    return committed_side(output.file_rows(path, schema), holder)

@@ -40,7 +40,10 @@ def labelled_parts(
     job: PreparedJob, resources: Resources, run_id: str, work: Work
 ) -> Iterator[ray.data.Dataset]:
     """The pipeline over each part of the rows `work` labels (`parts_to_label`), each made once
-    the last one is let go: a part's execution holds the driver's memory until it is."""
+    the last one is let go: a part's execution holds the driver's memory until it is. None
+    where there is nothing to label: no actor starts."""
+    if not work.to_label:
+        return
     most = job.config.run.videos_per_part
     parts = len(part_starts(work.to_label, most))
     for number, rows in enumerate(parts_to_label(job, work), 1):

@@ -79,7 +79,7 @@ def run_job(job: PreparedJob) -> RunReport:
             run_id,
             work.to_label,
             job.manifest.rows,
-            resources.describe(),
+            resources.describe() if work.to_label else "no actor to start",
         )
         writer = RunWriter(
             output,
