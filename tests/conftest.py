@@ -46,10 +46,13 @@ os.environ.update(
 
 def pytest_collection_modifyitems(items) -> None:
     """tests/e2e holds the end-to-end and slow tests, tests/unit the fast ones (no Ray; servers
-    only in this process): `-m "not slow"` selects what `pytest tests/unit` runs."""
+    only in this process): `-m "not slow"` selects what `pytest tests/unit` runs. On several
+    processes (`-n 2 --dist loadgroup`, as CI runs it) the end-to-end tests stay together on
+    one, in their order, with the one Ray cluster they share; the others spread."""
     for item in items:
         if Path(item.path).parent.name == "e2e":
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("e2e"))
         elif "ray_cluster" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} uses a Ray cluster: it belongs in tests/e2e")
 

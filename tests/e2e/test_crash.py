@@ -173,7 +173,10 @@ def test_a_relabelling_run_killed_midway_always_shows_one_row_per_video(
     assert start_run(job, ray_cluster).wait(timeout=600) == 0
     first = {r["video_id"]: r["run_id"] for r in job.committed()}
     never_ending = never_ending_manifest(job, stalling)
-    relabel = start_run(job, ray_cluster, "never-ending.txt", extra=["--force", *never_ending])
+    # A short lease: the rerun waits out the killed holder's requests (on S3: half of this)
+    lease = ["--set", "run.lock_stale_after_s=10"]
+    extra = ["--force", *never_ending, *lease]
+    relabel = start_run(job, ray_cluster, "never-ending.txt", extra=extra)
     reads = relabelled = 0
     while relabelled < kill_after:
         assert relabel.poll() is None, "the relabelling run ended"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 
 import av
 import numpy as np
 import pytest
 
+from tests.helpers.s3 import ACCESS_KEY, SECRET_KEY
 from tests.helpers.video_storage import PROCESSOR, SAMPLING
 from vivit_batch.errors import StorageError
 from vivit_batch.storage import InputFile, NotARegularFile, open_input
@@ -57,24 +57,11 @@ def test_storage_error_maps_to_its_code():
     assert "ReadTimeoutError: read timed out" in str(error)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3_options():
-    """A moto S3 server with an empty bucket `videos`; yields s3fs storage options for it."""
-    server_module = pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    port = _free_port()
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}"}
-    s3fs.S3FileSystem(**options, skip_instance_cache=True).mkdir("videos")
-    yield options
-    server.stop()
+def s3_options(s3_server):
+    """s3fs storage options for the session's S3 server, with an empty bucket `videos`."""
+    s3_server.filesystem().mkdir("videos")
+    return {"key": ACCESS_KEY, "secret": SECRET_KEY, "endpoint_url": s3_server.endpoint_url}
 
 
 def _upload(path, s3_options, key: str) -> str:
