@@ -46,15 +46,27 @@ os.environ.update(
 
 def pytest_collection_modifyitems(items) -> None:
     """tests/e2e holds the end-to-end and slow tests, tests/unit the fast ones (no Ray; servers
-    only in this process): `-m "not slow"` selects what `pytest tests/unit` runs. On several
-    processes (`-n 2 --dist loadgroup`, as CI runs it) the end-to-end tests stay together on
-    one, in their order, with the one Ray cluster they share; the others spread."""
+    only in this process): `-m "not slow"` selects what `pytest tests/unit` runs."""
     for item in items:
         if Path(item.path).parent.name == "e2e":
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("e2e"))
         elif "ray_cluster" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} uses a Ray cluster: it belongs in tests/e2e")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """On several processes (`pytest -n 2`, as CI runs it), tests/e2e go to one of them, whole
+    and in order, with the one Ray cluster they share, and tests/unit spread over the others.
+    (xdist's own `--dist loadgroup` cannot group them: it renames the tests' node ids, which
+    pytest 9.2 no longer lets it do.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else nodeid
+
+    return EndToEndTogether(config, log)
 
 
 def pytest_runtest_setup(item) -> None:
