@@ -89,7 +89,8 @@ class OutputSection(Section, name="output"):
     commit_every_s: float = setting(
         300.0,
         "labelled rows wait at most about this long before they are committed, in a file of "
-        "fewer than rows_per_file rows if need be: the most labelling a stop or a crash loses",
+        "fewer than rows_per_file rows if need be: the most labelling a crash loses (a stop "
+        "commits the rows held first)",
         unit=SECONDS,
         above=0,
     )

@@ -143,17 +143,17 @@ def interactive() -> bool:
 
 @contextmanager
 def progress_lines(
-    total: int, done: Callable[[], tuple[int, int, int]], every_s: float
+    total: int, done: Callable[[], tuple[int, int, int, int]], every_s: float
 ) -> Iterator[None]:
     """Log a progress line every `every_s` seconds while the block runs. `done()` returns
-    (videos done, clips done, error rows) so far; `total` is the videos the run labels."""
+    (videos labelled, videos committed, clips labelled, error rows) so far; `total` is the
+    videos the run labels."""
     started = time.monotonic()
     stop = threading.Event()
 
     def report() -> None:
         while not stop.wait(every_s):
-            videos, clips, errors = done()
-            line, fields = progress_line(total, videos, clips, errors, time.monotonic() - started)
+            line, fields = progress_line(total, *done(), time.monotonic() - started)
             log.info(line, extra={"fields": fields})
 
     thread = threading.Thread(target=report, name="vivit-batch-progress", daemon=True)
@@ -166,21 +166,24 @@ def progress_lines(
 
 
 def progress_line(
-    total: int, videos: int, clips: int, errors: int, elapsed_s: float
+    total: int, videos: int, committed: int, clips: int, errors: int, elapsed_s: float
 ) -> tuple[str, dict]:
-    """'progress: 120/1200 videos (10.0%), 31.5 clips/s, ETA 9m 40s, 3 errors' and its fields."""
+    """'progress: 120/1200 videos labelled (10.0%), 96 committed, 31.5 clips/s, ETA 9m 40s,
+    3 errors' and its fields. Labelled: out of the pipeline, in the driver; committed: in the
+    output (`output.commit_every_s` and `rows_per_file` set how far behind it is)."""
     clips_per_s = clips / elapsed_s if elapsed_s > 0 else 0.0
     rate = videos / elapsed_s if elapsed_s > 0 else 0.0
     eta_s = (total - videos) / rate if rate > 0 else None
     share = f" ({videos / total:.1%})" if total else ""
     eta = duration(eta_s) if eta_s is not None else "unknown"
     line = (
-        f"progress: {videos}/{total} videos{share}, {clips_per_s:.1f} clips/s, ETA {eta}, "
-        f"{errors} error{'s' if errors != 1 else ''}"
+        f"progress: {videos}/{total} videos labelled{share}, {committed} committed, "
+        f"{clips_per_s:.1f} clips/s, ETA {eta}, {errors} error{'s' if errors != 1 else ''}"
     )
     fields = {
         "progress": {
-            "videos_done": videos,
+            "videos_labelled": videos,
+            "videos_committed": committed,
             "videos_total": total,
             "clips_per_second": round(clips_per_s, 2),
             "eta_seconds": round(eta_s, 1) if eta_s is not None else None,

@@ -1,6 +1,6 @@
 """A driver killed with SIGKILL mid-run leaves a readable output, and the rerun completes it with
 exactly one row per manifest entry, keeping the rows committed before the crash; one stopped by
-SIGTERM says what it committed."""
+SIGTERM commits the rows it labelled and says what it committed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -286,29 +287,44 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("job", ["local"], indirect=True)
-def test_a_run_stopped_by_sigterm_says_what_it_committed_and_exits_143(ray_cluster, job, stalling):
-    """SIGTERM mid-run to the command and every process it started, as `ray job stop` sends it:
-    the run stops at once (it does not wait out its blocked video), says how many videos' rows
-    it committed, which stand, writes its run report marked so, releases the lock and exits
-    with 143, with one error line and no traceback (the process that forwards its stderr lives
-    on to pass the last lines)."""
-    never_ending = never_ending_manifest(job, stalling)
+def test_a_run_stopped_by_sigterm_commits_what_it_labelled(ray_cluster, job, stalling):
+    """SIGTERM mid-run to the command and every process it started, as `ray job stop` sends it,
+    once videos are labelled and none committed (no file filled, no commit due): the run stops
+    at once (it does not wait out its blocked video), commits the labelled rows it holds, says
+    so, writes its run report marked so, releases the lock and exits with 143, with one error
+    line and no traceback (the process that forwards its stderr lives on to pass the last
+    lines)."""
+    held = ["output.rows_per_file=100", "output.commit_every_s=3600", "run.progress_every_s=0.2"]
+    extra = never_ending_manifest(job, stalling) + [a for s in held for a in ("--set", s)]
     log = job.directory / "stopped.log"
-    run = start_run(job, ray_cluster, "never-ending.txt", extra=never_ending, log=log)
-    wait_for_files(job, 2)
+    run = start_run(job, ray_cluster, "never-ending.txt", extra=extra, log=log)
+    deadline = time.time() + 300
+    while not (labelled := videos_labelled(log.read_text())):
+        assert time.time() < deadline and run.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert not job.files()
     for pid in [run.pid, *descendants(run.pid)]:
         os.kill(pid, signal.SIGTERM)
     assert run.wait(timeout=120) == 128 + signal.SIGTERM
     printed = log.read_text()
-    committed = f"committing {len(job.committed())} videos' rows in {len(job.files())} files"
-    assert f"stopped by SIGTERM after {committed}" in printed
+    committed = job.committed()
+    assert labelled <= len(committed) <= VIDEOS and len(job.files()) == 1
+    assert {row["status"] for row in committed} == {"ok"}
+    stopped = f"stopped by SIGTERM after committing {len(committed)} videos' rows in 1 files"
+    assert stopped in printed
     errors = [line for line in printed.splitlines() if " ERROR " in line]
     assert [line.split(" ERROR ")[1] for line in errors] == ["run: stopped by SIGTERM"]
     assert "Traceback" not in printed
     assert job.lock_state() == "released"
     [report] = Output(job.output).read_reports()
-    assert report.stopped_by == "SIGTERM" and report.videos_written == len(job.committed())
-    assert len(report.files) == len(job.files())
+    assert report.stopped_by == "SIGTERM" and report.videos_written == len(committed)
+    assert len(report.files) == 1
+
+
+def videos_labelled(log: str) -> int:
+    """The videos labelled so far by the newest progress line in a run's `log` (0 if none)."""
+    counts = re.findall(r"progress: (\d+)/\d+ videos labelled", log)
+    return int(counts[-1]) if counts else 0
 
 
 @pytest.fixture()

@@ -145,11 +145,17 @@ def test_version_prints_the_package_version(results):
 
 
 def test_progress_line_counts_rate_eta_and_errors():
-    line, fields = progress_line(total=1200, videos=120, clips=480, errors=3, elapsed_s=60)
-    assert line == "progress: 120/1200 videos (10.0%), 8.0 clips/s, ETA 9m 00s, 3 errors"
+    line, fields = progress_line(1200, videos=120, committed=96, clips=480, errors=3, elapsed_s=60)
+    assert line == (
+        "progress: 120/1200 videos labelled (10.0%), 96 committed, 8.0 clips/s, ETA 9m 00s, "
+        "3 errors"
+    )
     assert fields["progress"]["eta_seconds"] == 540.0
-    line, fields = progress_line(total=10, videos=0, clips=0, errors=0, elapsed_s=5)
-    assert line == "progress: 0/10 videos (0.0%), 0.0 clips/s, ETA unknown, 0 errors"
+    assert fields["progress"]["videos_committed"] == 96
+    line, fields = progress_line(10, videos=0, committed=0, clips=0, errors=0, elapsed_s=5)
+    assert line == (
+        "progress: 0/10 videos labelled (0.0%), 0 committed, 0.0 clips/s, ETA unknown, 0 errors"
+    )
     assert fields["progress"]["eta_seconds"] is None
 
 

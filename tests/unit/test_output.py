@@ -5,6 +5,7 @@ step."""
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
+from vivit_batch.errors import Interrupted
 from vivit_batch.output import (
     ErrorBudget,
     FileWriter,
@@ -315,3 +317,40 @@ def test_rows_wait_for_a_file_at_most_commit_every_s():
     assert [table.num_rows for table in files] == [8, 11, 1]
     held = file_rows(completed(), 10, max_held_bytes=1, commit_every_s=60, clock=lambda: now)
     assert [table.num_rows for table in held] == [3, 3, 2, 5, 6, 1]  # past the bytes at once
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [Interrupted(signal.SIGTERM), OSError("the object store went away")],
+    ids=["signal", "failure"],
+)
+def test_rows_held_when_the_pipeline_stops_come_out_before_it_raises(stop):
+    """A stop signal's `Interrupted` or a failure from the pipeline: `file_rows` lets out the
+    whole videos it holds as a file (the run commits it), then raises the same; what came in
+    is counted into `labelled` as it comes."""
+
+    def completed():
+        yield [labelled_rows(["a", "b"], errors=("b",))]
+        yield [labelled_rows(["c"])]
+        raise stop
+
+    labelled = WriteStats()
+    files = file_rows(completed(), 100, 2**30, commit_every_s=3600, labelled=labelled)
+    assert next(files)["video_id"].to_pylist() == ["a", "b", "c"]
+    with pytest.raises(type(stop)) as raised:
+        next(files)
+    assert raised.value is stop
+    assert (labelled.videos, labelled.clips, labelled.status) == (3, 6, {"ok": 2, "error": 1})
+
+
+def test_a_lost_lock_lets_out_none_of_the_rows_held():
+    """The lost lock's interrupt (a plain KeyboardInterrupt): nothing more may be committed, so
+    the rows held stay in."""
+
+    def completed():
+        yield [labelled_rows(["a"])]
+        raise KeyboardInterrupt
+
+    files = file_rows(completed(), 100, 2**30, commit_every_s=3600)
+    with pytest.raises(KeyboardInterrupt):
+        next(files)

@@ -18,7 +18,7 @@ from vivit_batch.job.cluster import decode_placement
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, read_dataset, schema_of, with_ids
-from vivit_batch.output import FileWriter, WholeVideos, file_rows
+from vivit_batch.output import FileWriter, WholeVideos, WriteStats, file_rows
 from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
@@ -258,18 +258,26 @@ def first_rows(job: PreparedJob, count: int) -> pa.Table:
 
 
 def staged_files(
-    dataset: ray.data.Dataset, writer: FileWriter, segments: bool, output: OutputSection
+    dataset: ray.data.Dataset,
+    writer: FileWriter,
+    segments: bool,
+    output: OutputSection,
+    labelled: WriteStats,
 ) -> Iterator[dict]:
     """The files `writer` stages here from the labelled rows as they come (`file_rows`: a file
     at `output.rows_per_file` rows, at `output.max_held_bytes`, or once its oldest rows have
-    waited `output.commit_every_s`), a row each (see `FileWriter`); in segments mode whole
-    videos only (`WholeVideos`), so that no file, and no commit, holds a part of a video."""
+    waited `output.commit_every_s`; and one of the rows held when the pipeline stops or fails),
+    a row each (see `FileWriter`), the rows counted into `labelled` as they come; in segments
+    mode whole videos only (`WholeVideos`), so that no file, and no commit, holds a part of a
+    video."""
     batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     every_s = output.commit_every_s
     if segments:
-        files = WholeVideos(output.max_held_bytes).files(batches, writer.rows_per_file, every_s)
+        videos = WholeVideos(output.max_held_bytes)
+        files = videos.files(batches, writer.rows_per_file, every_s, labelled)
     else:
         completed = ([batch] if batch.num_rows else [] for batch in batches)
-        files = file_rows(completed, writer.rows_per_file, output.max_held_bytes, every_s)
+        held = output.max_held_bytes
+        files = file_rows(completed, writer.rows_per_file, held, every_s, labelled=labelled)
     for rows in files:
         yield from writer(rows).to_pylist()

@@ -273,23 +273,29 @@ def choose_work(job: PreparedJob, output: Output) -> Work:
 def write_rows(
     job: PreparedJob, labelled: Iterator[ray.data.Dataset], writer: RunWriter, to_label: int
 ) -> None:
-    """Stage the labelled rows of each part as files as they come in (`staged_files`); `writer`
-    commits each one (and, when no terminal shows Ray Data's progress bars, this logs how far
-    it got every so often)."""
-    stats = writer.stats
+    """Stage the labelled rows of each part as files as they come in (`staged_files`: when the
+    pipeline stops or fails, those held are staged first); `writer` commits each one (and, when
+    no terminal shows Ray Data's progress bars, this logs how far it got every so often)."""
+    committed, arrived = writer.stats, WriteStats()
     progress = (
         contextlib.nullcontext()
         if interactive()
         else progress_lines(
             to_label,
-            lambda: (stats.videos, stats.clips, stats.status.get("error", 0)),
+            lambda: (
+                arrived.videos,
+                committed.videos,
+                arrived.clips,
+                arrived.status.get("error", 0),
+            ),
             job.config.run.progress_every_s,
         )
     )
     with stage_errors(), progress:
         segments = job.decode.sampling.segments
         for dataset in labelled:
-            for staged in staged_files(dataset, writer.files, segments, job.config.output):
+            files = staged_files(dataset, writer.files, segments, job.config.output, arrived)
+            for staged in files:
                 with deferred():  # a signal's account of the commits is whole
                     writer.commit(staged)
 

@@ -3,8 +3,9 @@
 `file_rows` gathers the labelled rows as they come out of the pipeline (in segments mode the
 rows of whole videos, from `WholeVideos`) and lets out a file's worth at a time: at most
 `rows_per_file` rows, or what is in once the rows held reach `max_held_bytes`, or once the
-oldest of them has waited `commit_every_s` (so that a stop or a crash loses at most that much
-labelling). `FileWriter` turns those rows into files of at most `rows_per_file` rows, never
+oldest of them has waited `commit_every_s` (so that a crash loses at most that much
+labelling), and what it holds when the pipeline stops or fails (so that a stop loses none of
+it). `FileWriter` turns those rows into files of at most `rows_per_file` rows, never
 splitting a video's rows (a video with more gets a file of its own), in output column order,
 stages each (`Output.stage`) and returns one row per file: where it is staged, where it goes,
 and what it holds. The driver commits each one (`commit_staged`) inside the lock's fence, so
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vivit_batch.errors import Interrupted
 from vivit_batch.output.dataset import Fence, Output, parquet_bytes
 from vivit_batch.output.replacing import Relabelled, commit_replacing
 from vivit_batch.output.runs import WriteStats
@@ -112,28 +114,47 @@ def file_rows(
     commit_every_s: float,
     held_elsewhere: Callable[[], int] = lambda: 0,
     clock: Callable[[], float] = time.monotonic,
+    labelled: WriteStats | None = None,
 ) -> Iterator[pa.Table]:
     """The rows of whole videos, a file's worth at a time. `completed`: for each batch that
     comes out of the pipeline, the rows of the videos it completes (tables of any columns'
-    order). A file's worth: `rows_per_file` rows; or what is in once the rows held, with
-    `held_elsewhere` (a video's rows still waiting for the rest), pass `max_held_bytes`; or once
-    the oldest of them came in `commit_every_s` ago (looked at as batches come in)."""
+    order), each also counted into `labelled`. A file's worth: `rows_per_file` rows; or what is
+    in once the rows held, with `held_elsewhere` (a video's rows still waiting for the rest),
+    pass `max_held_bytes`; or once the oldest of them came in `commit_every_s` ago (looked at as
+    batches come in). When `completed` raises (a stop signal's `Interrupted`, a failure; not the
+    lost lock's KeyboardInterrupt: nothing more may be committed then), the rows held come out
+    first, then it raises again: labelled videos are not lost to a stop."""
     ready: list[pa.Table] = []
     rows = nbytes = 0
     oldest = 0.0
-    for tables in completed:
-        if tables and not ready:
-            oldest = clock()
-        ready += tables
-        rows += sum(table.num_rows for table in tables)
-        nbytes += sum(table.nbytes for table in tables)
-        held = held_elsewhere() + nbytes
-        waited = clock() - oldest
-        if ready and (rows >= rows_per_file or held > max_held_bytes or waited >= commit_every_s):
-            yield pa.concat_tables(ready, promote_options="default")
-            ready, rows, nbytes = [], 0, 0
+    try:
+        for tables in completed:
+            if tables and not ready:
+                oldest = clock()
+            ready += tables
+            rows += sum(table.num_rows for table in tables)
+            nbytes += sum(table.nbytes for table in tables)
+            if labelled is not None:
+                for table in tables:
+                    labelled.add(stats_of(table))
+            held = held_elsewhere() + nbytes
+            waited = clock() - oldest
+            if ready and (
+                rows >= rows_per_file or held > max_held_bytes or waited >= commit_every_s
+            ):
+                # let go before yielding: a signal once the caller has them finds none held
+                file, ready, rows, nbytes = _concatenated(ready), [], 0, 0
+                yield file
+    except (Interrupted, Exception):
+        if ready:
+            yield _concatenated(ready)
+        raise
     if ready:
-        yield pa.concat_tables(ready, promote_options="default")
+        yield _concatenated(ready)
+
+
+def _concatenated(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def file_name(run_id: str, video_ids: pa.ChunkedArray | pa.Array) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vivit_batch.output.runs import WriteStats
 from vivit_batch.output.schema import (
     BYTES_READ,
     METADATA_COLUMNS,
@@ -63,10 +64,15 @@ class WholeVideos:
         return len(self._arriving)
 
     def files(
-        self, batches: Iterable[pa.Table], rows_per_file: int, commit_every_s: float
+        self,
+        batches: Iterable[pa.Table],
+        rows_per_file: int,
+        commit_every_s: float,
+        labelled: WriteStats | None = None,
     ) -> Iterator[pa.Table]:
         """Whole videos, a file's worth at a time (`file_rows`: `rows_per_file` rows, or what
-        is in once the rows held reach `max_held_bytes` or have waited `commit_every_s`).
+        is in once the rows held reach `max_held_bytes` or have waited `commit_every_s`; and
+        those in when the batches stop coming), each counted into `labelled` as it completes.
         Raises if a video is still unfinished at the end."""
         completed = (list(self.add(batch)) for batch in batches)
         yield from file_rows(
@@ -75,6 +81,7 @@ class WholeVideos:
             self.max_held_bytes,
             commit_every_s,
             held_elsewhere=lambda: self.held_bytes,
+            labelled=labelled,
         )
         if self.incomplete:
             raise RuntimeError(
