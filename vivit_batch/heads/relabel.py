@@ -116,8 +116,7 @@ def write_stopped(
         "(until then `run` and `compact` refuse this output)"
     )
     log.warning("relabel %s: %s", report.run_id, said)
-    report.stopped_by = stop.signal.name
-    report.warnings.append(said)
+    report.mark_stopped(stop.signal.name, said)
     output.write_report(report, lock)
     output.clear_staging(report.run_id)
 

@@ -134,10 +134,10 @@ def finish_stopped(report: RunReport, stop: Interrupted, writer: RunWriter) -> N
     its report, marked `stopped_by` (a run stopped before its first commit changes nothing)."""
     log_what_stands(report.run_id, stop.signal.name, writer.stats)
     if report.files:
-        report.stopped_by = stop.signal.name
-        report.warnings.append(
+        report.mark_stopped(
+            stop.signal.name,
             f"stopped by {stop.signal.name} after committing {report.videos_written} videos' "
-            "rows; the other videos were not labelled"
+            "rows; the other videos were not labelled",
         )
         writer.finish(report)
 

@@ -194,6 +194,12 @@ class RunReport:
     """SIGINT, SIGTERM or SIGHUP where a signal stopped the run: its report is of what it
     committed"""
 
+    def mark_stopped(self, by: str, account: str) -> None:
+        """The report of a command that the signal named `by` stopped; `account`, what it left,
+        among its warnings."""
+        self.stopped_by = by
+        self.warnings.append(account)
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["error_budget"].update(
