@@ -115,9 +115,12 @@ def test_the_measuring_process_holds_no_credentials(job, monkeypatch, isolation)
 
 
 def test_decoding_is_timed_in_the_sandboxed_worker(job, tmp_path):
-    """decode_s is the worker's CPU seconds (and the serving thread's): about what decoding the
-    same video costs in the measuring process itself (isolation=none, as before the sandbox:
-    the first video in a fresh process either way)."""
+    """decode_s is the worker's CPU seconds (and the serving thread's): of the order of what
+    decoding the same video costs in the measuring process itself (isolation=none, as before
+    the sandbox: the first video in a fresh process either way). Not the measuring process's
+    own CPU seconds (next to nothing: the worker decodes) nor with the worker's start (Python
+    and PyAV: about 0.17 CPU seconds here, over 5x this video's 0.03); the bounds leave room
+    for a loaded machine (2.45x seen under `pytest -n 2`, the e2e tests beside it)."""
     video = str(write_video(tmp_path / "v.mp4", num_frames=90, width=640, height=480))
     config = dataclasses.replace(job.decode.config, isolation="none")
     in_process = Calibration(
@@ -128,7 +131,7 @@ def test_decoding_is_timed_in_the_sandboxed_worker(job, tmp_path):
     assert costs is not None and costs.decode_s is not None, measured.failure
     assert in_process is not None and in_process.decode_s is not None
     assert (costs.videos, costs.clips) == (in_process.videos, in_process.clips) == (1, 1)
-    assert 0.5 < costs.decode_s / in_process.decode_s < 2, (costs, in_process)
+    assert 0.2 < costs.decode_s / in_process.decode_s < 5, (costs, in_process)
 
 
 def test_without_a_centre_crop_the_forward_is_timed_on_the_decoded_clips(job):
