@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from vivit_batch.output import (
     commit_staged,
     file_rows,
     output_schema,
-    ticking,
 )
 from vivit_batch.output.replacing import Relabelled
 from vivit_batch.output.schema import (
@@ -43,7 +40,6 @@ from vivit_batch.output.schema import (
     VERSION_COLUMNS,
     VIEWS,
 )
-from vivit_batch.output.sink import TICK
 from vivit_batch.report import output_stats, run_summary, summary_text
 from vivit_batch.work import (
     committed_schema,
@@ -358,53 +354,3 @@ def test_a_lost_lock_lets_out_none_of_the_rows_held():
     files = file_rows(completed(), 100, 2**30, commit_every_s=3600)
     with pytest.raises(KeyboardInterrupt):
         next(files)
-
-
-def test_ticking_hands_on_the_batches_and_a_tick_each_time_none_comes():
-    """The batches in order, pulled by another thread; while the next is slow to come, a `TICK`
-    each `tick_s` (so that `file_rows` looks at its clock); the end when they end."""
-    pulled_by = []
-
-    def slow():
-        pulled_by.append(threading.current_thread())
-        yield labelled_rows(["a"])
-        time.sleep(0.5)
-        yield labelled_rows(["b"])
-
-    handed = list(ticking(slow(), tick_s=0.1))
-    batches = [batch for batch in handed if batch is not TICK]
-    assert [batch["video_id"].to_pylist() for batch in batches] == [["a"], ["b"]]
-    assert handed[0] is batches[0] and handed[-1] is batches[1]
-    ticks = handed[1:-1]
-    assert len(ticks) >= 2 and all(batch is TICK for batch in ticks)
-    assert pulled_by != [threading.main_thread()]
-
-
-def test_ticking_raises_what_the_batches_raise():
-    failure = OSError("the object store went away")
-
-    def failing():
-        yield labelled_rows(["a"])
-        raise failure
-
-    batches = ticking(failing(), tick_s=0.1)
-    assert next(batches)["video_id"].to_pylist() == ["a"]
-    with pytest.raises(OSError) as raised:
-        next(batches)
-    assert raised.value is failure
-
-
-def test_rows_held_are_let_out_at_a_tick_once_they_have_waited_commit_every_s():
-    """No batch after the first: the ticks' empty arrivals let its rows out on time."""
-    now = 0.0
-
-    def completed():
-        nonlocal now
-        for second, tables in [(0, [labelled_rows(["a"])]), (30, []), (61, []), (62, [])]:
-            now = second
-            yield tables
-
-    let_out = []
-    for file in file_rows(completed(), 100, 2**30, commit_every_s=60, clock=lambda: now):
-        let_out.append((now, file["video_id"].to_pylist()))
-    assert let_out == [(61, ["a"])]

@@ -18,7 +18,7 @@ from vivit_batch.job.cluster import decode_placement
 from vivit_batch.job.prepare import PreparedJob
 from vivit_batch.job.resources import Resources
 from vivit_batch.manifest import base_directory, read_dataset, schema_of, with_ids
-from vivit_batch.output import FileWriter, WholeVideos, WriteStats, file_rows, ticking
+from vivit_batch.output import FileWriter, WholeVideos, WriteStats, file_rows
 from vivit_batch.source_versions import with_versions
 from vivit_batch.stages.decode import DecodeStage
 from vivit_batch.stages.inference import InferenceStage, InferenceStageOptions
@@ -266,12 +266,11 @@ def staged_files(
 ) -> Iterator[dict]:
     """The files `writer` stages here from the labelled rows as they come (`file_rows`: a file
     at `output.rows_per_file` rows, at `output.max_held_bytes`, or once its oldest rows have
-    waited `output.commit_every_s`, looked at each second whether batches come or not
-    (`ticking`); and one of the rows held when the pipeline stops or fails),
+    waited `output.commit_every_s`; and one of the rows held when the pipeline stops or fails),
     a row each (see `FileWriter`), the rows counted into `labelled` as they come; in segments
     mode whole videos only (`WholeVideos`), so that no file, and no commit, holds a part of a
     video."""
-    batches = ticking(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     every_s = output.commit_every_s
     if segments:
         videos = WholeVideos(output.max_held_bytes)

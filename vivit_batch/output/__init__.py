@@ -28,7 +28,7 @@ from vivit_batch.output.runs import (
     new_run_id,
 )
 from vivit_batch.output.schema import RESERVED_COLUMNS, output_schema
-from vivit_batch.output.sink import FileWriter, commit_staged, file_rows, ticking
+from vivit_batch.output.sink import FileWriter, commit_staged, file_rows
 from vivit_batch.output.videos import WholeVideos
 from vivit_batch.output.writer import RunWriter
 
@@ -62,6 +62,5 @@ __all__ = [
     "output_schema",
     "parquet_bytes",
     "require_relabel_finished",
-    "ticking",
     "unfinished_relabel",
 ]

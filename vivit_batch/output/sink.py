@@ -3,16 +3,15 @@
 `file_rows` gathers the labelled rows as they come out of the pipeline (in segments mode the
 rows of whole videos, from `WholeVideos`) and lets out a file's worth at a time: at most
 `rows_per_file` rows, or what is in once the rows held reach `max_held_bytes`, or once the
-oldest of them has waited `commit_every_s` (looked at each second while no batch comes:
-`ticking`; so that a crash loses at most that much labelling), and what it holds when the
-pipeline stops or fails (so that a stop loses none of it). `FileWriter` turns those rows into
-files of at most `rows_per_file` rows, never splitting a video's rows (a video with more gets
-a file of its own), in output column order, stages each (`Output.stage`) and returns one row
-per file: where it is staged, where it goes, and what it holds. The driver commits each one
-(`commit_staged`) inside the lock's fence, so only the process that holds the lease ever
-makes rows visible; rows of videos the run relabels take the place of their old rows
-(`replacing`). File names carry the run id and a digest of the video ids inside, so staging
-the same rows again rewrites the same file.
+oldest of them has waited `commit_every_s` (so that a crash loses at most that much
+labelling), and what it holds when the pipeline stops or fails (so that a stop loses none of
+it). `FileWriter` turns those rows into files of at most `rows_per_file` rows, never
+splitting a video's rows (a video with more gets a file of its own), in output column order,
+stages each (`Output.stage`) and returns one row per file: where it is staged, where it goes,
+and what it holds. The driver commits each one (`commit_staged`) inside the lock's fence, so
+only the process that holds the lease ever makes rows visible; rows of videos the run relabels
+take the place of their old rows (`replacing`). File names carry the run id and a digest of
+the video ids inside, so staging the same rows again rewrites the same file.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import posixpath
-import queue
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -124,10 +121,9 @@ def file_rows(
     order), each also counted into `labelled`. A file's worth: `rows_per_file` rows; or what is
     in once the rows held, with `held_elsewhere` (a video's rows still waiting for the rest),
     pass `max_held_bytes`; or once the oldest of them came in `commit_every_s` ago (looked at as
-    batches come in, an empty one, `ticking`'s `TICK`, included). When `completed` raises (a
-    stop signal's `Interrupted`, a failure; not the lost lock's KeyboardInterrupt: nothing more
-    may be committed then), the rows held come out first, then it raises again: labelled
-    videos are not lost to a stop."""
+    batches come in). When `completed` raises (a stop signal's `Interrupted`, a failure; not the
+    lost lock's KeyboardInterrupt: nothing more may be committed then), the rows held come out
+    first, then it raises again: labelled videos are not lost to a stop."""
     ready: list[pa.Table] = []
     rows = nbytes = 0
     oldest = 0.0
@@ -159,43 +155,6 @@ def file_rows(
 
 def _concatenated(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
-
-
-TICK_S = 1.0
-TICK = pa.table({"video_id": pa.array([], pa.string())})
-"""The empty batch `ticking` hands on each `TICK_S` that no batch comes: `file_rows` looks at
-its clock then."""
-
-
-def ticking(batches: Iterable[pa.Table], tick_s: float = TICK_S) -> Iterator[pa.Table]:
-    """`batches` as they come, pulled by a thread of their own, and a `TICK` each `tick_s` that
-    none comes: so that rows that have waited `commit_every_s` are let out while the pipeline
-    is slow or stalled (a CPU labelling the base model, a decode waiting on a source), not at
-    the next batch. What pulling `batches` raises is raised here; a signal interrupts the wait
-    (the main thread's, which runs this)."""
-    arrived: queue.Queue = queue.Queue(maxsize=1)  # the pipeline's backpressure stands
-
-    def pull() -> None:
-        try:
-            for batch in batches:
-                arrived.put((batch, None))
-        except BaseException as error:  # raised in the caller's thread
-            arrived.put((None, error))
-        else:
-            arrived.put((None, None))
-
-    threading.Thread(target=pull, name="vivit-batch-labelled-batches", daemon=True).start()
-    while True:
-        try:
-            batch, error = arrived.get(timeout=tick_s)
-        except queue.Empty:
-            yield TICK
-            continue
-        if error is not None:
-            raise error
-        if batch is None:
-            return
-        yield batch
 
 
 def file_name(run_id: str, video_ids: pa.ChunkedArray | pa.Array) -> str:
