@@ -277,7 +277,8 @@ def staged_files(
         files = videos.files(batches, writer.rows_per_file, every_s, labelled)
     else:
         completed = ([batch] if batch.num_rows else [] for batch in batches)
-        held = output.max_held_bytes
-        files = file_rows(completed, writer.rows_per_file, held, every_s, labelled=labelled)
+        files = file_rows(
+            completed, writer.rows_per_file, output.max_held_bytes, every_s, labelled=labelled
+        )
     for rows in files:
         yield from writer(rows).to_pylist()
