@@ -1,16 +1,22 @@
 """How a command stops on a signal: SIGINT (Ctrl-C), SIGTERM (`timeout`, `ray job stop`, a
 scheduler) and SIGHUP (its terminal closed) raise `Interrupted` in the main thread, at once
 (not after the batch in flight, nor after a video that hangs), except inside a `deferred()`
-block, a commit, which ends whole first: what the run says it committed is what it did."""
+block, a commit, which ends whole first: what the run says it committed is what it did. A
+signal to the command's whole process group stops the run, not the embedded Ray it commits
+with (`spared_group_signals`)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 
 from vivit_batch.errors import Interrupted
+
+log = logging.getLogger("vivit_batch")
 
 STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -75,3 +81,39 @@ def _stop(signum: int, frame: object) -> None:
         _deferral.pending = signum
         return
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def spared_group_signals() -> Iterator[None]:
+    """The processes started in the block (an embedded Ray's GCS, raylet and agents) spared the
+    signals sent to the command's whole process group, which would end them before the
+    command's last commit (the raylet exited at once and could take the command with it,
+    nothing committed nor reported). They end with the command all the same (Ray's fate
+    sharing). In the main thread only.
+
+    - They start in a process group apart: `timeout` as its time runs out, or a scheduler's
+      kill of the group, reaches the command and not them. This process returns to its own
+      group after the block. Not where it leads its group (a shell's job): it could not leave
+      the group and come back.
+    - They start ignoring SIGHUP, which a terminal's hang-up sends the group. (SIGINT, Ctrl-C's,
+      Ray's processes block themselves.)
+    """
+    group = os.getpgrp()
+    apart = group != os.getpid()
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if apart:
+        os.setpgid(0, 0)
+    try:
+        yield
+    finally:
+        if hangup is not None:  # None: set outside Python, where Python cannot set it back
+            signal.signal(signal.SIGHUP, hangup)
+        if apart:
+            return_to_group(group)
+
+
+def return_to_group(group: int) -> None:
+    try:
+        os.setpgid(0, group)
+    except OSError as error:  # every process of the group ended meanwhile
+        log.warning("stays in a process group of its own: cannot return to %d (%s)", group, error)

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,10 @@ def start_run(
     extra: list[str] = (),
     log: Path | None = None,
 ) -> subprocess.Popen:
+    return ray_cluster.start_run(*run_arguments(job, manifest, extra), log=log)
+
+
+def run_arguments(job: Job, manifest: str, extra: list[str]) -> list[str]:
     arguments = [
         "--manifest",
         str(job.directory / manifest),
@@ -105,7 +110,7 @@ def start_run(
     ]
     if job.s3 is not None:
         arguments += ["--set", f"storage.endpoint_url={job.s3.endpoint_url}"]
-    return ray_cluster.start_run(*arguments, *extra, log=log)
+    return [*arguments, *extra]
 
 
 def write_long_manifest(job: Job, copies: int) -> list[str]:
@@ -287,25 +292,33 @@ def test_a_frozen_run_that_lost_its_lock_commits_nothing_more(ray_cluster, job, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("job", ["local"], indirect=True)
-def test_a_run_stopped_by_sigterm_commits_what_it_labelled(ray_cluster, job, stalling):
-    """SIGTERM mid-run to the command and every process it started, as `ray job stop` sends it,
-    once videos are labelled and none committed (no file filled, no commit due): the run stops
-    at once (it does not wait out its blocked video), commits the labelled rows it holds, says
-    so, writes its run report marked so, releases the lock and exits with 143, with one error
-    line and no traceback (the process that forwards its stderr lives on to pass the last
-    lines)."""
+def test_a_run_stopped_by_sigterm_commits_what_it_labelled(job, stalling):
+    """`timeout 1h vivit-batch run` with a Ray of the command's own (a cron job on one machine),
+    whose time runs out once videos are labelled and none committed (no file filled, no commit
+    due): `timeout` signals the command and then its whole process group. The run stops at once
+    (it does not wait out its blocked video), commits the labelled rows it holds, says so,
+    writes its run report marked so, releases the lock and exits with 143, with one error line
+    and no traceback. Its Ray started in a process group apart, which the signal missed: when
+    the raylet had it too, it exited at once and could take the command with it, nothing
+    committed nor reported."""
     held = ["output.rows_per_file=100", "output.commit_every_s=3600", "run.progress_every_s=0.2"]
     extra = never_ending_manifest(job, stalling) + [a for s in held for a in ("--set", s)]
     log = job.directory / "stopped.log"
-    run = start_run(job, ray_cluster, "never-ending.txt", extra=extra, log=log)
-    deadline = time.time() + 300
-    while not (labelled := videos_labelled(log.read_text())):
-        assert time.time() < deadline and run.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.2)
-    assert not job.files()
-    for pid in [run.pid, *descendants(run.pid)]:
-        os.kill(pid, signal.SIGTERM)
-    assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    run = start_under_timeout(run_arguments(job, "never-ending.txt", extra), log)
+    try:
+        deadline = time.time() + 300
+        while not (labelled := videos_labelled(log.read_text())):
+            assert time.time() < deadline and run.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert not job.files()
+        [command] = children(run.pid)
+        [raylet] = [pid for pid in descendants(command) if process_name(pid) == "raylet"]
+        assert os.getpgid(command) == os.getpgid(run.pid) != os.getpgid(raylet)
+        run.send_signal(signal.SIGTERM)  # as its time runs out
+        assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
     printed = log.read_text()
     committed = job.committed()
     assert labelled <= len(committed) <= VIDEOS and len(job.files()) == 1
@@ -318,7 +331,24 @@ def test_a_run_stopped_by_sigterm_commits_what_it_labelled(ray_cluster, job, sta
     assert job.lock_state() == "released"
     [report] = Output(job.output).read_reports()
     assert report.stopped_by == "SIGTERM" and report.videos_written == len(committed)
-    assert len(report.files) == 1
+    assert len(report.files) == 1 and report.skipped_committed == 0
+    left = VIDEOS + 1 - len(committed)  # the stalling source among them
+    assert f"the other {left} videos to label were not labelled" in report.warnings[-1]
+
+
+def start_under_timeout(arguments: list[str], log: Path) -> subprocess.Popen:
+    """`timeout --preserve-status 1h vivit-batch run ARGUMENTS`, with no RAY_ADDRESS: the command
+    starts a Ray of its own. `timeout` leads the process group they start in, as it does
+    wherever it runs."""
+    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "vivit_batch.cli", "run", *arguments]
+    with open(log, "w") as output:
+        return subprocess.Popen(
+            ["timeout", "--preserve-status", "1h", *command],
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def videos_labelled(log: str) -> int:
@@ -363,10 +393,23 @@ def test_a_run_whose_output_disk_fills_says_what_it_committed(ray_cluster, job, 
 
 def descendants(pid: int) -> list[int]:
     """The processes that `pid` started, and theirs (from /proc)."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return [found for child in children for found in (child, *descendants(child))]
+    return [found for child in children(pid) for found in (child, *descendants(child))]
+
+
+def children(pid: int) -> list[int]:
+    """The processes that `pid` started (from /proc)."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:  # it ended meanwhile
+        return ""
 
 
 def stop_outside_a_commit(process: subprocess.Popen, job: Job) -> None:

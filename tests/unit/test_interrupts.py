@@ -1,10 +1,14 @@
 """SIGINT, SIGTERM and SIGHUP stop a command by raising `Interrupted` in its main thread (exit code
-128 + the signal's number); a signal the process was started ignoring stays ignored."""
+128 + the signal's number); a signal the process was started ignoring stays ignored; the
+processes an embedded Ray starts are spared the signals sent to the command's process group."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +50,43 @@ def test_a_signal_in_a_deferred_block_is_raised_as_the_block_ends():
                 steps.append("committed")
             steps.append("next commit")
     assert steps == ["committed"] and stopped.value.signal == signal.SIGTERM
+
+
+SPARED_SCRIPT = """
+import json, os, signal, subprocess
+from pathlib import Path
+from vivit_batch.interrupts import spared_group_signals
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a foreground command starts (not under nohup)
+group = os.getpgrp()
+with spared_group_signals():
+    child = subprocess.Popen(["sleep", "30"])
+status = Path(f"/proc/{child.pid}/status").read_text()
+ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+print(json.dumps({"pid": os.getpid(), "before": group, "after": os.getpgrp(),
+                  "child": os.getpgid(child.pid), "child_ignores_sighup": bool(ignored & 1),
+                  "sighup_after": int(signal.getsignal(signal.SIGHUP))}))
+child.kill()
+"""
+
+
+@pytest.mark.parametrize("leads_its_group", [False, True], ids=["member", "leader"])
+def test_processes_started_in_the_block_are_spared_the_commands_group_signals(leads_its_group):
+    """As `timeout` (the group's leader) starts the command: a process started in the block is
+    in a group apart, and the command back in its own. A command that leads its group (a
+    shell's job) cannot leave it and come back: there the child shares its group. Either way
+    the child ignores SIGHUP, and the command's own handling of it is as before."""
+    result = subprocess.run(
+        [sys.executable, "-c", SPARED_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        process_group=0 if leads_its_group else None,
+    )
+    spared = json.loads(result.stdout)
+    assert spared["after"] == spared["before"]
+    if leads_its_group:
+        assert spared["child"] == spared["before"] == spared["pid"]
+    else:
+        assert spared["child"] == spared["pid"] != spared["before"]
+    assert spared["child_ignores_sighup"]
+    assert spared["sighup_after"] == signal.SIG_DFL

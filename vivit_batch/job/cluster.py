@@ -12,7 +12,7 @@ import ray
 import ray.data as ray_data
 from ray._private.state import state as global_state
 
-from vivit_batch.interrupts import handlers_kept
+from vivit_batch.interrupts import handlers_kept, spared_group_signals
 from vivit_batch.job.resources import ClusterShape, Resources
 from vivit_batch.logs import adopt_ray_loggers, filter_native_stderr
 from vivit_batch.video.nvdec import nvdec_installed
@@ -36,7 +36,7 @@ def connect(address: str | None, verbose: bool = False) -> None:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
         else:
-            with environment(EMBEDDED_RAY_ENVIRONMENT):
+            with environment(EMBEDDED_RAY_ENVIRONMENT), spared_group_signals():
                 ray.init(
                     address="local",
                     include_dashboard=False,

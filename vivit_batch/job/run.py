@@ -134,10 +134,11 @@ def finish_stopped(report: RunReport, stop: Interrupted, writer: RunWriter) -> N
     its report, marked `stopped_by` (a run stopped before its first commit changes nothing)."""
     log_what_stands(report.run_id, stop.signal.name, writer.stats)
     if report.files:
+        left = report.manifest_rows - report.skipped_committed - report.videos_written
         report.mark_stopped(
             stop.signal.name,
             f"stopped by {stop.signal.name} after committing {report.videos_written} videos' "
-            "rows; the other videos were not labelled",
+            f"rows; the other {left} videos to label were not labelled",
         )
         writer.finish(report)
 
@@ -341,7 +342,7 @@ def run_report(
         manifest_rows=job.manifest.rows,
         rows_written=stats.rows,
         videos_written=stats.videos,
-        skipped_committed=job.manifest.rows - stats.videos,
+        skipped_committed=job.manifest.rows - work.to_label,
         rows_replaced=stats.rows_replaced,
         counts={"status": dict(stats.status), "error_code": dict(stats.error_codes)},
         error_budget=ErrorBudget(

@@ -169,6 +169,8 @@ class RunReport:
     videos_written: int = 0
     """the videos of those rows (fewer than the rows in segments mode)"""
     skipped_committed: int = 0
+    """the manifest's videos whose committed rows the run left as they were (the error rows
+    it kept among them)"""
     rows_replaced: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     """{"status": {"ok": n, "error": m}, "error_code": {code: n}} of the rows written"""
