@@ -1,9 +1,9 @@
 """How a command stops on a signal: SIGINT (Ctrl-C), SIGTERM (`timeout`, `ray job stop`, a
 scheduler) and SIGHUP (its terminal closed) raise `Interrupted` in the main thread, at once
 (not after the batch in flight, nor after a video that hangs), except inside a `deferred()`
-block, a commit, which ends whole first: what the run says it committed is what it did. A
-signal to the command's whole process group stops the run, not the embedded Ray it commits
-with (`spared_group_signals`)."""
+block, a commit, which ends whole first: what the run says it committed is what it did. The
+same stop signalled twice (`SAME_STOP_S`) stops it once. A signal to the command's whole
+process group stops the run, not the embedded Ray it commits with (`spared_group_signals`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 from vivit_batch.errors import Interrupted
@@ -20,16 +21,24 @@ log = logging.getLogger("vivit_batch")
 
 STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+SAME_STOP_S = 2.0
+"""Signals within this many seconds of the first are that stop again, not a second one: one
+stop often comes twice (`timeout` signals the command and then its group; a wrapper such as
+`uv run` passes on the signal that the group had too, some milliseconds later)."""
 
-class _Deferral:
-    """The main thread's `deferred()` block (it alone runs signal handlers and commits)."""
 
-    active = False
+class _Stops:
+    """The main thread's stop signals (it alone runs signal handlers and commits)."""
+
+    first_at: float | None = None
+    """when the first came (`time.monotonic`)"""
+    deferring = False
+    """in a `deferred()` block"""
     pending: int | None = None
     """the last signal that came inside it"""
 
 
-_deferral = _Deferral()
+_stops = _Stops()
 
 
 @contextlib.contextmanager
@@ -51,11 +60,12 @@ def handlers_kept() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_interrupting() -> Iterator[None]:
-    """`STOPPING` signals raise `Interrupted` in the block. A signal the process was started
-    ignoring stays ignored (a shell starts background jobs ignoring SIGINT, `nohup` its command
-    ignoring SIGHUP)."""
+    """`STOPPING` signals raise `Interrupted` in the block; those within `SAME_STOP_S` of the
+    first are ignored. A signal the process was started ignoring stays ignored (a shell starts
+    background jobs ignoring SIGINT, `nohup` its command ignoring SIGHUP)."""
     with handlers_kept():
         if threading.current_thread() is threading.main_thread():
+            _stops.first_at = None
             for number in STOPPING:
                 if signal.getsignal(number) is not signal.SIG_IGN:
                     signal.signal(number, _stop)
@@ -66,19 +76,24 @@ def signals_interrupting() -> Iterator[None]:
 def deferred() -> Iterator[None]:
     """A signal that comes in the block raises `Interrupted` as the block ends (it ends whole:
     a commit and its count)."""
-    _deferral.active = True
+    _stops.deferring = True
     try:
         yield
     finally:
-        _deferral.active = False
-        pending, _deferral.pending = _deferral.pending, None  # or lost to the block's own error
+        _stops.deferring = False
+        pending, _stops.pending = _stops.pending, None  # or lost to the block's own error
     if pending is not None:
         raise Interrupted(pending)
 
 
 def _stop(signum: int, frame: object) -> None:
-    if _deferral.active:
-        _deferral.pending = signum
+    now = time.monotonic()
+    if _stops.first_at is None:
+        _stops.first_at = now
+    elif now - _stops.first_at < SAME_STOP_S:
+        return
+    if _stops.deferring:
+        _stops.pending = signum
         return
     raise Interrupted(signum)
 

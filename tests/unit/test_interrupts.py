@@ -9,9 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+from vivit_batch import interrupts
 from vivit_batch.errors import Interrupted
 from vivit_batch.interrupts import deferred, handlers_kept, signals_interrupting
 
@@ -37,6 +39,22 @@ def test_a_signal_started_ignored_stays_ignored():
         with signals_interrupting():
             os.kill(os.getpid(), signal.SIGINT)
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_the_same_stop_signalled_twice_stops_once_and_a_later_signal_again(monkeypatch):
+    """`timeout` signals the command and then its group; a wrapper passes on what the group had
+    too: within SAME_STOP_S of the first, a signal is that stop again and raises nothing (it
+    would give up the run's last file). One after it is a second stop."""
+    monkeypatch.setattr(interrupts, "SAME_STOP_S", 0.5)
+    with handlers_kept():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with signals_interrupting():
+            with pytest.raises(Interrupted):
+                os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.6)
+            with pytest.raises(Interrupted):
+                os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_a_signal_in_a_deferred_block_is_raised_as_the_block_ends():
