@@ -1,8 +1,8 @@
 """`vivit-batch run | validate | report | review | train-head | relabel | demo | lock | compact`.
 
 Exit codes: 0 run completed (per-video errors within the error budget), 2 bad configuration or
-manifest (nothing processed), 3 error budget exceeded, 1 anything else; `lock`: 75 when a live
-run holds the output.
+manifest (nothing processed), 3 error budget exceeded, 124 stopped by its time limit, 1 anything
+else; `lock`: 75 when a live run holds the output.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import sys
 import textwrap
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, NoReturn
 
 from vivit_batch import __version__
@@ -29,13 +30,13 @@ from vivit_batch.errors import (
     LockLost,
     UsageError,
 )
-from vivit_batch.interrupts import signals_interrupting
+from vivit_batch.interrupts import signals_interrupting, time_limited
 from vivit_batch.logs import LOG_FORMATS, setup_logging
 from vivit_batch.output import RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
 from vivit_batch.redact import redact
 from vivit_batch.review import FORMATS, POOL_FACTOR, TRUTH
-from vivit_batch.settings import describe, rule_of, show
+from vivit_batch.settings import SECONDS, describe, rule_of, show
 from vivit_batch.storage import job_storage_options
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ examples:
 manifest: CSV/JSONL/Parquet with a `uri` column (optional `video_id`; other columns pass
 through), a text file of URIs, or a directory/glob/prefix of videos.
 exit codes: 0 done, 2 bad config or manifest, 3 too many per-video errors, 1 other failure,
-130 / 143 / 129 stopped by SIGINT / SIGTERM / SIGHUP; `lock`: 75 when a live run holds the
-output.
+130 / 143 / 129 stopped by SIGINT / SIGTERM / SIGHUP, 124 stopped by run.time_limit_s; `lock`:
+75 when a live run holds the output.
 """
 
 
@@ -80,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_error(str(error))
         return EXIT_FAILED
     except Interrupted as stop:
-        log_error(f"{args.command}: stopped by {stop.signal.name}")
+        log_error(f"{args.command}: stopped by {stop.by}")
         return stop.exit_code
 
 
@@ -433,14 +434,26 @@ def run_command(args: argparse.Namespace) -> int:
     from vivit_batch import job
     from vivit_batch.report import run_summary
 
-    prepared = job.prepare_job(config_from(args))  # every check that needs no cluster
-    job.start_calibration(prepared)  # measured while Ray starts
-    job.connect(args.address, args.verbose)
-    report = job.run_job(prepared)
+    config = config_from(args)
+    with time_limited(config.run.time_limit_s):
+        announce_time_limit(config.run.time_limit_s)
+        prepared = job.prepare_job(config)  # every check that needs no cluster
+        job.start_calibration(prepared)  # measured while Ray starts
+        job.connect(args.address, args.verbose)
+        report = job.run_job(prepared)
     for line in run_summary(report).splitlines():
         if line.strip():
             log.info(line.strip())
     return exit_code_of(report)
+
+
+def announce_time_limit(seconds: float | None) -> None:
+    if seconds is not None:
+        ends = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        log.info(
+            f"run.time_limit_s={show(seconds, SECONDS)}: the run stops at "
+            f"{ends:%Y-%m-%d %H:%M:%S} UTC unless done before"
+        )
 
 
 def exit_code_of(report: RunReport) -> int:

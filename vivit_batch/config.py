@@ -462,6 +462,14 @@ class RunSection(Section, name="run"):
         "is given back between parts",
         minimum=1,
     )
+    time_limit_s: float | None = setting(
+        None,
+        "stop the run this long after it starts, as SIGTERM would (it commits the rows it "
+        "holds, writes its report, releases the lock) and exit 124; the next run labels the "
+        "rest. Leave the commit time under any deadline outside it (a scheduler's, KubeRay's)",
+        unit=SECONDS,
+        above=0,
+    )
     progress_every_s: float = setting(
         60.0,
         "when the output is not a terminal, log a progress line (done/total, clips/s, ETA, errors) "

@@ -10,6 +10,7 @@ import signal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
+EXIT_TIME_LIMIT = 124  # as `timeout` exits when its time runs out: `run.time_limit_s` passed
 
 
 class UsageError(ValueError):
@@ -60,9 +61,29 @@ class Interrupted(KeyboardInterrupt):
         self.signal = signal.Signals(signum)
 
     @property
+    def by(self) -> str:
+        """What stopped the command, as its messages and its report's `stopped_by` name it."""
+        return self.signal.name
+
+    @property
     def exit_code(self) -> int:
         """128 + the signal's number, as a shell reports a process that the signal ended."""
         return 128 + self.signal
+
+
+class TimeLimitReached(Interrupted):
+    """The run's `run.time_limit_s` passed (its SIGALRM came): it stops as a signal stops it."""
+
+    def __init__(self) -> None:
+        super().__init__(signal.SIGALRM)
+
+    @property
+    def by(self) -> str:
+        return "run.time_limit_s"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TIME_LIMIT
 
 
 class LockLost(RuntimeError):

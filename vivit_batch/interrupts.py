@@ -3,7 +3,8 @@ scheduler) and SIGHUP (its terminal closed) raise `Interrupted` in the main thre
 (not after the batch in flight, nor after a video that hangs), except inside a `deferred()`
 block, a commit, which ends whole first: what the run says it committed is what it did. The
 same stop signalled twice (`SAME_STOP_S`) stops it once. A signal to the command's whole
-process group stops the run, not the embedded Ray it commits with (`spared_group_signals`)."""
+process group stops the run, not the embedded Ray it commits with (`spared_group_signals`).
+A run's time limit stops it the same way (`time_limited`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from vivit_batch.errors import Interrupted
+from vivit_batch.errors import Interrupted, TimeLimitReached
 
 log = logging.getLogger("vivit_batch")
 
@@ -83,7 +84,26 @@ def deferred() -> Iterator[None]:
         _stops.deferring = False
         pending, _stops.pending = _stops.pending, None  # or lost to the block's own error
     if pending is not None:
-        raise Interrupted(pending)
+        raise _stopped_by(pending)
+
+
+@contextlib.contextmanager
+def time_limited(seconds: float | None) -> Iterator[None]:
+    """`TimeLimitReached` raised in the block once `seconds` have passed (None: never), as a
+    stop signal raises `Interrupted`: at once, or as a `deferred()` block ends; within
+    `SAME_STOP_S` of a stop signal it is that stop. It comes as SIGALRM (a timer of the
+    kernel's, so that it interrupts a wait as a signal would). In the main thread only."""
+    if seconds is None:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if previous is not None:  # None: set outside Python, left as it is
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -95,7 +115,11 @@ def _stop(signum: int, frame: object) -> None:
     if _stops.deferring:
         _stops.pending = signum
         return
-    raise Interrupted(signum)
+    raise _stopped_by(signum)
+
+
+def _stopped_by(signum: int) -> Interrupted:
+    return TimeLimitReached() if signum == signal.SIGALRM else Interrupted(signum)
 
 
 @contextlib.contextmanager

@@ -319,21 +319,59 @@ def test_a_run_stopped_by_sigterm_commits_what_it_labelled(job, stalling):
     finally:
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
-    printed = log.read_text()
+    committed = stopped_whole(job, log.read_text(), "SIGTERM")
+    assert labelled <= len(committed) <= VIDEOS
+
+
+def stopped_whole(job: Job, printed: str, by: str) -> list[dict]:
+    """The rows of a run of `never_ending_manifest` that `by` stopped, once checked: the rows it
+    held committed as one file and said so in one error line, its report marked, the lock
+    released."""
     committed = job.committed()
-    assert labelled <= len(committed) <= VIDEOS and len(job.files()) == 1
-    assert {row["status"] for row in committed} == {"ok"}
-    stopped = f"stopped by SIGTERM after committing {len(committed)} videos' rows in 1 files"
-    assert stopped in printed
+    assert len(job.files()) == 1 and {row["status"] for row in committed} == {"ok"}
+    assert f"stopped by {by} after committing {len(committed)} videos' rows in 1 files" in printed
     errors = [line for line in printed.splitlines() if " ERROR " in line]
-    assert [line.split(" ERROR ")[1] for line in errors] == ["run: stopped by SIGTERM"]
+    assert [line.split(" ERROR ")[1] for line in errors] == [f"run: stopped by {by}"]
     assert "Traceback" not in printed
     assert job.lock_state() == "released"
     [report] = Output(job.output).read_reports()
-    assert report.stopped_by == "SIGTERM" and report.videos_written == len(committed)
+    assert report.stopped_by == by and report.videos_written == len(committed)
     assert len(report.files) == 1 and report.skipped_committed == 0
     left = VIDEOS + 1 - len(committed)  # the stalling source among them
     assert f"the other {left} videos to label were not labelled" in report.warnings[-1]
+    return committed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", ["local"], indirect=True)
+def test_a_run_past_its_time_limit_commits_what_it_labelled_and_exits_124(
+    ray_cluster, job, stalling
+):
+    """`run.time_limit_s` stops a run that is still labelling (its stalled source would keep it
+    going) as SIGTERM does, with no signal from outside: it commits the rows it holds, says so,
+    writes its report marked so, releases the lock and exits with 124."""
+    held = ["output.rows_per_file=100", "output.commit_every_s=3600", "run.progress_every_s=0.2"]
+    held.append(f"run.time_limit_s={TIME_LIMIT_S}")
+    extra = never_ending_manifest(job, stalling) + [a for s in held for a in ("--set", s)]
+    log = job.directory / "limited.log"
+    started = time.monotonic()
+    run = start_run(job, ray_cluster, "never-ending.txt", extra, log)
+    try:
+        assert run.wait(timeout=300) == 124
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert time.monotonic() - started >= TIME_LIMIT_S
+    printed = log.read_text()
+    assert f"run.time_limit_s={TIME_LIMIT_S}s: the run stops at " in printed
+    committed = stopped_whole(job, printed, "run.time_limit_s")
+    labelled = videos_labelled(printed.split("stopped by run.time_limit_s")[0])
+    assert 0 < labelled <= len(committed) <= VIDEOS
+
+
+TIME_LIMIT_S = 30
+"""Well past a run's start on the shared cluster and its first labelled videos: 14 s after the
+run's start on a 2-core Intel Xeon"""
 
 
 def start_under_timeout(arguments: list[str], log: Path) -> subprocess.Popen:

@@ -171,6 +171,10 @@ def test_the_entrypoint_is_a_vivit_batch_run_whose_flags_parse():
     assert re.search(r"^WORKDIR /app$", DOCKERFILE, re.M)
     config = load_config(ROOT / config_file.relative_to("/app"), args.set)
     assert config.output.partition_by == "run_date"
+    # The run stops itself, commits and releases its lock well before KubeRay deletes its
+    # cluster without a word to it.
+    margin = RAYJOB["spec"]["activeDeadlineSeconds"] - config.run.time_limit_s
+    assert margin >= 15 * 60
 
 
 def test_the_cronjob_checks_the_lock_of_the_runs_output_before_kubectl_create():

@@ -1,6 +1,7 @@
 """SIGINT, SIGTERM and SIGHUP stop a command by raising `Interrupted` in its main thread (exit code
 128 + the signal's number); a signal the process was started ignoring stays ignored; the
-processes an embedded Ray starts are spared the signals sent to the command's process group."""
+processes an embedded Ray starts are spared the signals sent to the command's process group; a
+run's time limit stops it as they do (exit code 124)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import time
 import pytest
 
 from vivit_batch import interrupts
-from vivit_batch.errors import Interrupted
-from vivit_batch.interrupts import deferred, handlers_kept, signals_interrupting
+from vivit_batch.errors import Interrupted, TimeLimitReached
+from vivit_batch.interrupts import deferred, handlers_kept, signals_interrupting, time_limited
 
 
 @pytest.mark.parametrize(
@@ -68,6 +69,37 @@ def test_a_signal_in_a_deferred_block_is_raised_as_the_block_ends():
                 steps.append("committed")
             steps.append("next commit")
     assert steps == ["committed"] and stopped.value.signal == signal.SIGTERM
+
+
+def test_a_time_limit_interrupts_a_wait_and_leaves_no_timer_behind():
+    """`run.time_limit_s` stops a run that waits (on a batch, a hung video) when it passes, as
+    SIGTERM would, but names itself and exits with 124, as `timeout` does."""
+    handler = signal.getsignal(signal.SIGALRM)
+    started = time.monotonic()
+    with pytest.raises(TimeLimitReached) as stopped, signals_interrupting(), time_limited(0.3):
+        time.sleep(30)
+    assert 0.3 <= time.monotonic() - started < 5
+    assert stopped.value.exit_code == 124 and stopped.value.by == "run.time_limit_s"
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is handler
+
+
+def test_a_time_limit_that_passes_in_a_commit_stops_the_run_after_it():
+    steps = []
+    with pytest.raises(TimeLimitReached), signals_interrupting(), time_limited(0.1):
+        with deferred():
+            time.sleep(0.3)
+            steps.append("committed")
+        steps.append("next commit")
+    assert steps == ["committed"]
+
+
+def test_a_run_done_within_its_time_limit_is_not_stopped_after_it():
+    with signals_interrupting(), time_limited(0.2):
+        pass
+    time.sleep(0.3)  # SIGALRM's default action would end the process
+    with signals_interrupting(), time_limited(None):
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 SPARED_SCRIPT = """

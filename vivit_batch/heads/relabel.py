@@ -111,12 +111,12 @@ def write_stopped(
 ) -> None:
     """Say what a relabel stopped by `stop` left, and write its report, marked `stopped_by`."""
     said = (
-        f"stopped by {stop.signal.name} after relabelling {len(report.files)} of {files} files: "
+        f"stopped by {stop.by} after relabelling {len(report.files)} of {files} files: "
         "the others keep the labels before it; run relabel with this head again to finish it "
         "(until then `run` and `compact` refuse this output)"
     )
     log.warning("relabel %s: %s", report.run_id, said)
-    report.mark_stopped(stop.signal.name, said)
+    report.mark_stopped(stop.by, said)
     output.write_report(report, lock)
     output.clear_staging(report.run_id)
 

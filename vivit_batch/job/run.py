@@ -132,12 +132,12 @@ def log_what_stands(run_id: str, ended_by: str, stats: WriteStats) -> None:
 def finish_stopped(report: RunReport, stop: Interrupted, writer: RunWriter) -> None:
     """Say what the run stopped by `stop` committed, and where it committed anything, write
     its report, marked `stopped_by` (a run stopped before its first commit changes nothing)."""
-    log_what_stands(report.run_id, stop.signal.name, writer.stats)
+    log_what_stands(report.run_id, stop.by, writer.stats)
     if report.files:
         left = report.manifest_rows - report.skipped_committed - report.videos_written
         report.mark_stopped(
-            stop.signal.name,
-            f"stopped by {stop.signal.name} after committing {report.videos_written} videos' "
+            stop.by,
+            f"stopped by {stop.by} after committing {report.videos_written} videos' "
             f"rows; the other {left} videos to label were not labelled",
         )
         writer.finish(report)

@@ -193,12 +193,12 @@ class RunReport:
     config: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     stopped_by: str | None = None
-    """SIGINT, SIGTERM or SIGHUP where a signal stopped the run: its report is of what it
-    committed"""
+    """SIGINT, SIGTERM or SIGHUP where a signal stopped the run, `run.time_limit_s` where its
+    time limit did: its report is of what it committed"""
 
     def mark_stopped(self, by: str, account: str) -> None:
-        """The report of a command that the signal named `by` stopped; `account`, what it left,
-        among its warnings."""
+        """The report of a command that `by` stopped (a signal's name, or the time limit's key);
+        `account`, what it left, among its warnings."""
         self.stopped_by = by
         self.warnings.append(account)
 
