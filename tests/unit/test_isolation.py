@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -273,6 +274,26 @@ def test_processes_end_with_their_parent(tmp_path, videos):
     while time.monotonic() < end and any(alive(p) for p in pids):
         time.sleep(0.1)
     assert not any(alive(p) for p in pids)
+
+
+def test_a_zygote_whose_parent_left_before_it_was_ready_exits_quietly():
+    """A run stopped as it starts (its time limit, Ctrl-C) is gone before its decoding process
+    is ready: that process exits, without a traceback on the run's stderr."""
+    ours, theirs = socket.socketpair()
+    command = (
+        "from vivit_batch.video.worker import zygote_main; "
+        f"zygote_main({theirs.fileno()}, {os.getpid()}, 0, 'off')"
+    )
+    zygote = subprocess.Popen(
+        [sys.executable, "-c", command],
+        pass_fds=(theirs.fileno(),),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    theirs.close()
+    ours.close()  # before the zygote has imported torch and sent its ready message
+    _, stderr = zygote.communicate(timeout=120)
+    assert (zygote.returncode, stderr) == (0, "")
 
 
 def test_decode_stage_gives_the_same_rows_with_and_without_isolation(decoder, videos, tmp_path):

@@ -287,13 +287,22 @@ def zygote_main(
     worker = _WorkerSetup(
         max_memory_bytes, *_prepared_sandbox(sandbox, gpu), TEST_PROBE in os.environ
     )
-    exited: dict[int, int] = {}
     ready = json.dumps({"sandbox": worker.described, "missing": worker.missing}).encode()
-    control.sendall(b"R" + HEADER_LENGTH.pack(len(ready)) + ready)
+    try:
+        control.sendall(b"R" + HEADER_LENGTH.pack(len(ready)) + ready)
+        _fork_on_request(control, parent_pid, worker)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone (a run stopped as it started): nobody to tell
+    os._exit(0)  # nothing to clean up; tearing down torch & co. takes seconds
+
+
+def _fork_on_request(control: socket.socket, parent_pid: int, worker: _WorkerSetup) -> None:
+    """Fork a worker or reap one, as the parent asks, until it closes the socket or dies."""
+    exited: dict[int, int] = {}
     while True:
         command = _receive_command(control)
         if command is None or os.getppid() != parent_pid:
-            os._exit(0)  # nothing to clean up; tearing down torch & co. takes seconds
+            return
         kind, pid = command
         if kind == b"F":
             pid, fds = _fork_worker(control, worker)
