@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ SAME_STOP_S = 2.0
 """Signals within this many seconds of the first are that stop again, not a second one: one
 stop often comes twice (`timeout` signals the command and then its group; a wrapper such as
 `uv run` passes on the signal that the group had too, some milliseconds later)."""
+
+
+REDELIVER_S = 0.05
 
 
 class _Stops:
@@ -64,13 +68,41 @@ def signals_interrupting() -> Iterator[None]:
     """`STOPPING` signals raise `Interrupted` in the block; those within `SAME_STOP_S` of the
     first are ignored. A signal the process was started ignoring stays ignored (a shell starts
     background jobs ignoring SIGINT, `nohup` its command ignoring SIGHUP)."""
-    with handlers_kept():
+    with handlers_kept(), _stops_redelivered():
         if threading.current_thread() is threading.main_thread():
             _stops.first_at = None
             for number in STOPPING:
                 if signal.getsignal(number) is not signal.SIG_IGN:
                     signal.signal(number, _stop)
         yield
+
+
+@contextlib.contextmanager
+def _stops_redelivered() -> Iterator[None]:
+    """A stop raised where Python ignores exceptions (a signal handled in a `__del__`, a weakref
+    callback, a callback after `fork`: it prints "Exception ignored in") is signalled again,
+    `REDELIVER_S` later (from a thread: raised at once, it would land in the hook, ignored
+    too), to land in the code that follows. Without this a time limit could be lost for good."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            _stops.first_at = None  # that stop never reached the command
+            again = threading.Timer(REDELIVER_S, resend, (unraisable.exc_value.signal,))
+            again.daemon = True
+            again.start()
+        else:
+            previous(unraisable)
+
+    def resend(signum: int) -> None:
+        if sys.unraisablehook is hook:  # the command has not finished meanwhile
+            os.kill(os.getpid(), signum)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 @contextlib.contextmanager

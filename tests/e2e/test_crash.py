@@ -374,6 +374,54 @@ TIME_LIMIT_S = 30
 run's start on a 2-core Intel Xeon"""
 
 
+STOPPED_IN_RAY_INIT = r"""
+import glob, os, signal, threading, time, traceback
+import ray
+from vivit_batch.errors import Interrupted
+from vivit_batch.interrupts import signals_interrupting
+from vivit_batch.job.cluster import connect
+
+def started(name):
+    for status in glob.glob("/proc/[0-9]*/status"):
+        try:
+            text = open(status).read()
+        except OSError:
+            continue
+        if f"Name:\t{name}\n" in text and f"PPid:\t{os.getpid()}\n" in text:
+            return True
+
+def stop_once_ray_starts():
+    while not started("gcs_server"):
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=stop_once_ray_starts, daemon=True).start()
+try:
+    with signals_interrupting():
+        connect(None)
+except Interrupted as stop:
+    frames = [frame.name for frame in traceback.extract_tb(stop.__traceback__)]
+    print(frames[-1], ray.is_initialized(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_while_ray_starts_is_raised_once_it_has_started():
+    """A stop that cut `ray.init` short left a driver that could die of SIGSEGV as it exited
+    (Ray's core worker torn down under its own thread): 4 runs in 28 stopped by their time
+    limit about 6 s after their start. The stop now waits for Ray's start, then stops the
+    command, which exits as it should."""
+    environment = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
+    result = subprocess.run(
+        [sys.executable, "-c", STOPPED_IN_RAY_INIT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
+    assert (result.returncode, result.stdout) == (0, "deferred True\n"), result.stderr[-3000:]
+
+
 def start_under_timeout(arguments: list[str], log: Path) -> subprocess.Popen:
     """`timeout --preserve-status 1h vivit-batch run ARGUMENTS`, with no RAY_ADDRESS: the command
     starts a Ray of its own. `timeout` leads the process group they start in, as it does

@@ -71,6 +71,32 @@ def test_a_signal_in_a_deferred_block_is_raised_as_the_block_ends():
     assert steps == ["committed"] and stopped.value.signal == signal.SIGTERM
 
 
+class SignalledInDel:
+    """Sends `number` to this process from its `__del__`, whose next line runs the handler."""
+
+    def __init__(self, number: int):
+        self.number = number
+
+    def __del__(self):
+        os.kill(os.getpid(), self.number)
+        time.sleep(0.01)
+
+
+def test_a_stop_raised_where_python_ignores_exceptions_lands_after_it():
+    """A signal handled in a `__del__` (or a weakref callback, a callback after fork) raises
+    where Python prints "Exception ignored in" and goes on: the stop is signalled again, and
+    stops the command in the code that follows."""
+    steps = []
+    with handlers_kept():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with pytest.raises(Interrupted) as stopped, signals_interrupting():
+            SignalledInDel(signal.SIGTERM)  # collected at once
+            steps.append("after the __del__")
+            time.sleep(1)
+            steps.append("went on")
+    assert steps == ["after the __del__"] and stopped.value.signal == signal.SIGTERM
+
+
 def test_a_time_limit_interrupts_a_wait_and_leaves_no_timer_behind():
     """`run.time_limit_s` stops a run that waits (on a batch, a hung video) when it passes, as
     SIGTERM would, but names itself and exits with 124, as `timeout` does."""

@@ -12,7 +12,7 @@ import ray
 import ray.data as ray_data
 from ray._private.state import state as global_state
 
-from vivit_batch.interrupts import handlers_kept, spared_group_signals
+from vivit_batch.interrupts import deferred, handlers_kept, spared_group_signals
 from vivit_batch.job.resources import ClusterShape, Resources
 from vivit_batch.logs import adopt_ray_loggers, filter_native_stderr
 from vivit_batch.video.nvdec import nvdec_installed
@@ -32,7 +32,10 @@ def connect(address: str | None, verbose: bool = False) -> None:
     adopt_ray_loggers()
     if ray.is_initialized():
         return
-    with handlers_kept():  # the command's, not ray.init's (`interrupts`)
+    # The command's signal handlers, not ray.init's (`interrupts`); a stop during ray.init is
+    # raised once it returns: one that cut it short left a driver that could crash as it exited
+    # (SIGSEGV in Ray's core worker, 4 runs in 28 stopped about 6 s after their start).
+    with handlers_kept(), deferred():
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
         else:
