@@ -138,6 +138,13 @@ def time_limited(seconds: float | None) -> Iterator[None]:
             signal.signal(signal.SIGALRM, previous)
 
 
+def time_left() -> float | None:
+    """Seconds before the time limit of the `time_limited` block under way stops it (None where
+    none is set, or it has passed)."""
+    remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+    return remaining or None
+
+
 def _stop(signum: int, frame: object) -> None:
     now = time.monotonic()
     if _stops.first_at is None:

@@ -143,17 +143,22 @@ def interactive() -> bool:
 
 @contextmanager
 def progress_lines(
-    total: int, done: Callable[[], tuple[int, int, int, int]], every_s: float
+    total: int,
+    done: Callable[[], tuple[int, int, int, int]],
+    every_s: float,
+    time_left: Callable[[], float | None],
 ) -> Iterator[None]:
     """Log a progress line every `every_s` seconds while the block runs. `done()` returns
     (videos labelled, videos committed, clips labelled, error rows) so far; `total` is the
-    videos the run labels."""
+    videos the run labels; `time_left()`, the seconds before its time limit stops it (None:
+    none)."""
     started = time.monotonic()
     stop = threading.Event()
 
     def report() -> None:
         while not stop.wait(every_s):
-            line, fields = progress_line(total, *done(), time.monotonic() - started)
+            elapsed_s = time.monotonic() - started
+            line, fields = progress_line(total, *done(), elapsed_s, time_left())
             log.info(line, extra={"fields": fields})
 
     thread = threading.Thread(target=report, name="vivit-batch-progress", daemon=True)
@@ -166,16 +171,26 @@ def progress_lines(
 
 
 def progress_line(
-    total: int, videos: int, committed: int, clips: int, errors: int, elapsed_s: float
+    total: int,
+    videos: int,
+    committed: int,
+    clips: int,
+    errors: int,
+    elapsed_s: float,
+    time_left_s: float | None = None,
 ) -> tuple[str, dict]:
     """'progress: 120/1200 videos labelled (10.0%), 96 committed, 31.5 clips/s, ETA 9m 40s,
     3 errors' and its fields. Labelled: out of the pipeline, in the driver; committed: in the
-    output (`output.commit_every_s` and `rows_per_file` set how far behind it is)."""
+    output (`output.commit_every_s` and `rows_per_file` set how far behind it is). Where the
+    run's time limit (`time_left_s` away) comes first, the ETA says so: 'ETA 9h 40m (the time
+    limit stops it in 2h 10m)'."""
     clips_per_s = clips / elapsed_s if elapsed_s > 0 else 0.0
     rate = videos / elapsed_s if elapsed_s > 0 else 0.0
     eta_s = (total - videos) / rate if rate > 0 else None
     share = f" ({videos / total:.1%})" if total else ""
     eta = duration(eta_s) if eta_s is not None else "unknown"
+    if time_left_s is not None and (eta_s is None or eta_s > time_left_s):
+        eta += f" (the time limit stops it in {duration(time_left_s)})"
     line = (
         f"progress: {videos}/{total} videos labelled{share}, {committed} committed, "
         f"{clips_per_s:.1f} clips/s, ETA {eta}, {errors} error{'s' if errors != 1 else ''}"
@@ -187,6 +202,7 @@ def progress_line(
             "videos_total": total,
             "clips_per_second": round(clips_per_s, 2),
             "eta_seconds": round(eta_s, 1) if eta_s is not None else None,
+            "time_limit_in_seconds": round(time_left_s, 1) if time_left_s is not None else None,
             "errors": errors,
         }
     }

@@ -364,6 +364,7 @@ def test_a_run_past_its_time_limit_commits_what_it_labelled_and_exits_124(
     assert time.monotonic() - started >= TIME_LIMIT_S
     printed = log.read_text()
     assert f"run.time_limit_s={TIME_LIMIT_S}s: the run stops at " in printed
+    assert "ETA unknown (the time limit stops it in " in printed  # before the first video
     committed = stopped_whole(job, printed, "run.time_limit_s")
     labelled = videos_labelled(printed.split("stopped by run.time_limit_s")[0])
     assert 0 < labelled <= len(committed) <= VIDEOS

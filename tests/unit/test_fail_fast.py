@@ -159,6 +159,17 @@ def test_progress_line_counts_rate_eta_and_errors():
     assert fields["progress"]["eta_seconds"] is None
 
 
+def test_progress_line_says_when_the_time_limit_comes_before_the_end():
+    line, fields = progress_line(1200, 120, 96, 480, 0, elapsed_s=60, time_left_s=130)
+    assert "ETA 9m 00s (the time limit stops it in 2m 10s), 0 errors" in line
+    assert fields["progress"]["time_limit_in_seconds"] == 130
+    line, fields = progress_line(1200, 120, 96, 480, 0, elapsed_s=60, time_left_s=600)
+    assert "ETA 9m 00s, 0 errors" in line and fields["progress"]["time_limit_in_seconds"] == 600
+    assert progress_line(10, 0, 0, 0, 0, elapsed_s=5, time_left_s=30)[0].endswith(
+        "ETA unknown (the time limit stops it in 30s), 0 errors"
+    )
+
+
 def test_a_stage_refusal_reaches_the_command_in_its_own_words():
     """What Ray does to a stage's refusal on its way to the driver: Ray Data appends its retry
     advice to the error's text, and the error is pickled; the run raises it as raised."""

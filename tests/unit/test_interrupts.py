@@ -16,7 +16,13 @@ import pytest
 
 from vivit_batch import interrupts
 from vivit_batch.errors import Interrupted, TimeLimitReached
-from vivit_batch.interrupts import deferred, handlers_kept, signals_interrupting, time_limited
+from vivit_batch.interrupts import (
+    deferred,
+    handlers_kept,
+    signals_interrupting,
+    time_left,
+    time_limited,
+)
 
 
 @pytest.mark.parametrize(
@@ -103,6 +109,7 @@ def test_a_time_limit_interrupts_a_wait_and_leaves_no_timer_behind():
     handler = signal.getsignal(signal.SIGALRM)
     started = time.monotonic()
     with pytest.raises(TimeLimitReached) as stopped, signals_interrupting(), time_limited(0.3):
+        assert 0.2 < time_left() <= 0.3
         time.sleep(30)
     assert 0.3 <= time.monotonic() - started < 5
     assert stopped.value.exit_code == 124 and stopped.value.by == "run.time_limit_s"
@@ -125,7 +132,7 @@ def test_a_run_done_within_its_time_limit_is_not_stopped_after_it():
         pass
     time.sleep(0.3)  # SIGALRM's default action would end the process
     with signals_interrupting(), time_limited(None):
-        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert time_left() is None
 
 
 SPARED_SCRIPT = """

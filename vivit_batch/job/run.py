@@ -18,7 +18,7 @@ import ray
 
 from vivit_batch.config import RunSection
 from vivit_batch.errors import Interrupted, LockLost
-from vivit_batch.interrupts import deferred
+from vivit_batch.interrupts import deferred, time_left
 from vivit_batch.job.cluster import cluster_shape
 from vivit_batch.job.committed_join import decided_work
 from vivit_batch.job.pipeline import labelled_parts, partition_values, stage_errors, staged_files
@@ -290,6 +290,7 @@ def write_rows(
                 arrived.status.get("error", 0),
             ),
             job.config.run.progress_every_s,
+            time_left,
         )
     )
     with stage_errors(), progress:
