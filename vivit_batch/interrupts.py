@@ -30,6 +30,7 @@ stop often comes twice (`timeout` signals the command and then its group; a wrap
 
 
 REDELIVER_S = 0.05
+"""How long after a stop is lost where Python ignores exceptions it is signalled again."""
 
 
 class _Stops:
