@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -263,22 +263,27 @@ def staged_files(
     segments: bool,
     output: OutputSection,
     labelled: WriteStats,
-) -> Iterator[dict]:
+) -> Generator[dict, None, None]:
     """The files `writer` stages here from the labelled rows as they come (`file_rows`: a file
     at `output.rows_per_file` rows, at `output.max_held_bytes`, or once its oldest rows have
     waited `output.commit_every_s`; and one of the rows held when the pipeline stops or fails),
     a row each (see `FileWriter`), the rows counted into `labelled` as they come; in segments
     mode whole videos only (`WholeVideos`), so that no file, and no commit, holds a part of a
     video."""
-    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     every_s = output.commit_every_s
-    if segments:
-        videos = WholeVideos(output.max_held_bytes)
-        files = videos.files(batches, writer.rows_per_file, every_s, labelled)
-    else:
-        completed = ([batch] if batch.num_rows else [] for batch in batches)
-        files = file_rows(
-            completed, writer.rows_per_file, output.max_held_bytes, every_s, labelled=labelled
-        )
-    for rows in files:
-        yield from writer(rows).to_pylist()
+    # Ray Data's execution ends as this does, whatever ends it (a file that cannot be staged
+    # too): left to the interpreter's exit, after Ray's shutdown, it started Ray again and
+    # could hang the command for good.
+    with contextlib.closing(
+        iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    ) as batches:
+        if segments:
+            videos = WholeVideos(output.max_held_bytes)
+            files = videos.files(batches, writer.rows_per_file, every_s, labelled)
+        else:
+            completed = ([batch] if batch.num_rows else [] for batch in batches)
+            files = file_rows(
+                completed, writer.rows_per_file, output.max_held_bytes, every_s, labelled=labelled
+            )
+        for rows in files:
+            yield from writer(rows).to_pylist()

@@ -297,9 +297,10 @@ def write_rows(
         segments = job.decode.sampling.segments
         for dataset in labelled:
             files = staged_files(dataset, writer.files, segments, job.config.output, arrived)
-            for staged in files:
-                with deferred():  # a signal's account of the commits is whole
-                    writer.commit(staged)
+            with contextlib.closing(files):  # and so Ray Data's execution, a commit failing
+                for staged in files:
+                    with deferred():  # a signal's account of the commits is whole
+                        writer.commit(staged)
 
 
 def file_writer(job: PreparedJob, output: Output, run_id: str, started: float) -> FileWriter:
