@@ -372,7 +372,7 @@ def test_a_run_past_its_time_limit_commits_what_it_labelled_and_exits_124(
 
 TIME_LIMIT_S = 30
 """Well past a run's start on the shared cluster and its first labelled videos: 14 s after the
-run's start on a 2-core Intel Xeon"""
+run's start on a 2-core AMD EPYC"""
 
 
 STOPPED_IN_RAY_INIT = r"""
