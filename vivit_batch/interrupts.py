@@ -48,14 +48,14 @@ _stops = _Stops()
 
 
 @contextlib.contextmanager
-def handlers_kept() -> Iterator[None]:
-    """The `STOPPING` signals' handlers after the block as before it (`ray.init` sets one of its
-    own for SIGTERM, which exits with status 15). In the main thread only, where Python runs
-    signal handlers and lets them be set."""
+def handlers_kept(numbers: tuple[int, ...] = STOPPING) -> Iterator[None]:
+    """The handlers of the signals `numbers` after the block as before it (`ray.init` sets one
+    of its own for SIGTERM, which exits with status 15). In the main thread only, where Python
+    runs signal handlers and lets them be set."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.getsignal(number) for number in STOPPING}
+    previous = {number: signal.getsignal(number) for number in numbers}
     try:
         yield
     finally:
@@ -129,14 +129,13 @@ def time_limited(seconds: float | None) -> Iterator[None]:
     if seconds is None:
         yield
         return
-    previous = signal.signal(signal.SIGALRM, _stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        if previous is not None:  # None: set outside Python, left as it is
-            signal.signal(signal.SIGALRM, previous)
+    with handlers_kept((signal.SIGALRM,)):
+        signal.signal(signal.SIGALRM, _stop)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # before SIGALRM's own handler is back
 
 
 def time_left() -> float | None:
