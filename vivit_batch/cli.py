@@ -29,12 +29,14 @@ from vivit_batch.errors import (
     Interrupted,
     LockLost,
     UsageError,
+    advice_for,
+    from_environment,
 )
 from vivit_batch.interrupts import signals_interrupting, time_limited
 from vivit_batch.logs import LOG_FORMATS, setup_logging
 from vivit_batch.output import RunReport
 from vivit_batch.output.schema import INFERENCE_DEVICE
-from vivit_batch.redact import redact
+from vivit_batch.redact import error_text, redact
 from vivit_batch.review import FORMATS, POOL_FACTOR, TRUTH
 from vivit_batch.settings import SECONDS, describe, rule_of, show
 from vivit_batch.storage import job_storage_options
@@ -83,11 +85,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted as stop:
         log_error(f"{args.command}: stopped by {stop.by}")
         return stop.exit_code
+    except Exception as error:
+        log_failure(args.command, error, args.verbose or args.log_format == "json")
+        return EXIT_FAILED
 
 
 def log_error(message: str) -> None:
     for line in message.splitlines():
         log.error(line)
+
+
+def log_failure(command: str, error: Exception, with_traceback: bool) -> None:
+    """One line for a failure of the machine, a store or the cluster (its traceback too where
+    `with_traceback`: -v, and JSON logs, where it is a field); for any other, the line says it
+    is a bug and the traceback follows."""
+    what = error_text(error)
+    fields = {"error": {"type": type(error).__name__, "message": what}}
+    if not from_environment(error):
+        log.error(
+            f"{command}: failed on a bug in vivit-batch ({what}): please report it with the "
+            "traceback below",
+            exc_info=error,
+            extra={"fields": fields},
+        )
+        return
+    advice = advice_for(error)
+    log.error(
+        f"{command}: failed: {what}. "
+        + (f"{advice.capitalize()}, then run" if advice else "Once that is fixed, run")
+        + " the same command again",
+        exc_info=error if with_traceback else None,
+        extra={"fields": fields},
+    )
 
 
 class OneLineErrors(argparse.ArgumentParser):

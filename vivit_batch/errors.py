@@ -6,7 +6,9 @@ Imports nothing from the package, so that any module (and `cli.main`, which catc
 
 from __future__ import annotations
 
+import errno
 import signal
+import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_BUDGET = 0, 1, 2, 3
 EXIT_LOCK_HELD = 75  # EX_TEMPFAIL: `vivit-batch lock`, a live run holds the output
@@ -97,3 +99,39 @@ class StorageError(OSError):
 class SourceRefused(PermissionError):
     """An http(s) source resolved to an address the source policy refuses (`source_policy`).
     aiohttp raises it wrapped in its own connection error: look along `__cause__`."""
+
+
+ENVIRONMENT_ERRORS = (
+    ("botocore.exceptions", "BotoCoreError"),
+    ("botocore.exceptions", "ClientError"),
+    ("ray.exceptions", "RayError"),
+)
+"""Besides `OSError` and `MemoryError`: a store's and the cluster's failures, named rather than
+imported (a command that never loaded them cannot have met them)"""
+ADVICE: dict[int, str] = {
+    errno.ENOSPC: "free space there",
+    errno.EDQUOT: "free space there or raise the quota",
+    errno.EACCES: "give this user access to it",
+    errno.EPERM: "give this user access to it",
+    errno.EROFS: "make it writable",
+}
+
+
+def from_environment(error: BaseException) -> bool:
+    """Whether `error` is the machine's, the network's, a store's or the cluster's (a full disk,
+    a refused request, a lost node), rather than a bug of this tool."""
+    cause = getattr(error, "cause", None)  # Ray's RayTaskError: what the task raised
+    if isinstance(cause, BaseException) and cause is not error:
+        return from_environment(cause)
+    loaded = tuple(
+        getattr(sys.modules[module], name)
+        for module, name in ENVIRONMENT_ERRORS
+        if module in sys.modules
+    )
+    return isinstance(error, (OSError, MemoryError, *loaded))
+
+
+def advice_for(error: BaseException) -> str:
+    """What to do before running the command again, where the error says ("" where not)."""
+    number = getattr(error, "errno", None)
+    return ADVICE.get(number, "") if isinstance(number, int) else ""

@@ -40,10 +40,15 @@ NOTICES = (
 authentication on for the local cluster it starts, and says so; Ray Data calls a GPU pool's
 CPU share experimental (`resources`: each GPU actor's host work needs one)."""
 
-NATIVE_NOTICES = ("has constructor arguments in the object store and max_restarts > 0",)
-"""Lines that Ray's C++ side writes straight to this process's stderr about Ray's own choices:
-Ray Data's actor pools put their constructor arguments in the object store themselves
-(ray-project/ray#57733). Shown with -v; Ray's session logs keep them either way."""
+NATIVE_NOTICES = (
+    "has constructor arguments in the object store and max_restarts > 0",
+    "The actor is dead because it was killed by `ray.kill`",
+)
+"""Lines that Ray writes straight to this process's stderr about Ray's own choices: Ray Data's
+actor pools put their constructor arguments in the object store themselves
+(ray-project/ray#57733), and, where a run ends early, Ray Data kills its actors, which the
+raylet reports as task submissions that failed and will be retried. Shown with -v; Ray's
+session logs keep them either way."""
 
 log = logging.getLogger("vivit_batch")
 

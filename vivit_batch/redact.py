@@ -72,6 +72,11 @@ def redact(text: str) -> str:
     return _URI.sub(_redacted_match, text)
 
 
+def error_text(error: BaseException) -> str:
+    """`error` as one line, its type then its message, with `redact` applied."""
+    return redact(f"{type(error).__name__}: {error}")
+
+
 def _redacted_match(match: re.Match) -> str:
     uri = match[0]
     before = match.string[match.start() - 1] if match.start() else ""

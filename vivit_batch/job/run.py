@@ -51,7 +51,7 @@ from vivit_batch.output import (
     new_run_id,
     output_schema,
 )
-from vivit_batch.redact import redact
+from vivit_batch.redact import error_text, redact
 from vivit_batch.work import Work
 
 log = logging.getLogger("vivit_batch")
@@ -96,9 +96,10 @@ def run_job(job: PreparedJob) -> RunReport:
             report = run_report(job, run_id, started, work, writer.stats, plan, lock)
             finish_stopped(report, stop, writer)
             raise
-        except Exception:
+        except Exception as error:
             if writer.stats.files:  # a refusal comes before the first commit: it says enough
-                log_what_stands(run_id, "error", writer.stats)
+                report = run_report(job, run_id, started, work, writer.stats, plan, lock)
+                finish_failed(report, error, writer)
             raise
         writer.compact(config.output)
         report = run_report(job, run_id, started, work, writer.stats, plan, lock)
@@ -134,13 +135,27 @@ def finish_stopped(report: RunReport, stop: Interrupted, writer: RunWriter) -> N
     its report, marked `stopped_by` (a run stopped before its first commit changes nothing)."""
     log_what_stands(report.run_id, stop.by, writer.stats)
     if report.files:
-        left = report.manifest_rows - report.skipped_committed - report.videos_written
-        report.mark_stopped(
-            stop.by,
-            f"stopped by {stop.by} after committing {report.videos_written} videos' "
-            f"rows; the other {left} videos to label were not labelled",
-        )
+        report.mark_stopped(stop.by, f"stopped by {stop.by} after {what_it_left(report)}")
         writer.finish(report)
+
+
+def finish_failed(report: RunReport, error: Exception, writer: RunWriter) -> None:
+    """Say what the run that `error` ended had committed, and write its report, marked
+    `failed`, where the output still takes it (a full disk may not)."""
+    log_what_stands(report.run_id, "error", writer.stats)
+    report.mark_failed(error_text(error), f"failed after {what_it_left(report)}")
+    try:
+        writer.finish(report)
+    except Exception as unwritten:
+        log.warning("run %s: its report could not be written either: %s", report.run_id, unwritten)
+
+
+def what_it_left(report: RunReport) -> str:
+    left = report.manifest_rows - report.skipped_committed - report.videos_written
+    return (
+        f"committing {report.videos_written} videos' rows; the other {left} videos to label "
+        "were not labelled"
+    )
 
 
 def configure_ray_data() -> None:

@@ -640,11 +640,17 @@ class Unlocked:
 
 
 def write_synced(path: str, data: bytes) -> None:
-    """Write `data` to the local file `path` and fsync it."""
-    with open(path, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
+    """Write `data` to the local file `path` and fsync it (an error names the file: a full
+    disk's, raised by the write, would not)."""
+    try:
+        with open(path, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except OSError as error:
+        if error.filename is not None:
+            raise
+        raise OSError(error.errno, error.strerror, path) from error
 
 
 def link_or_copy(source: str, target: str) -> None:

@@ -378,7 +378,14 @@ class OutputLock:
                 record = self._record(RELEASED, self.generation, self._beats + 1)
                 self._write(record, Versioned({}, self._version))
             except (Conflict, OSError) as error:
-                log.warning("could not release the lock on %s: %r", self.output_uri, error)
+                log.warning(
+                    "could not release the lock on %s (%r): a run on this machine takes it "
+                    "over once this process has ended, one on another machine once the lock "
+                    "has been unchanged for %g s (run.lock_stale_after_s)",
+                    self.output_uri,
+                    error,
+                    self.stale_after_s,
+                )
 
     def _lose(self, reason: str) -> None:
         self.lost = (

@@ -196,10 +196,19 @@ class RunReport:
     """SIGINT, SIGTERM or SIGHUP where a signal stopped the run, `run.time_limit_s` where its
     time limit did: its report is of what it committed"""
 
+    failed: str | None = None
+    """the error that ended the run after it had committed files (its type and message): its
+    report is of what it committed"""
+
     def mark_stopped(self, by: str, account: str) -> None:
         """The report of a command that `by` stopped (a signal's name, or the time limit's key);
         `account`, what it left, among its warnings."""
         self.stopped_by = by
+        self.warnings.append(account)
+
+    def mark_failed(self, error: str, account: str) -> None:
+        """The report of a run that `error` ended; `account`, what it left, among its warnings."""
+        self.failed = error
         self.warnings.append(account)
 
     def to_dict(self) -> dict:
