@@ -343,6 +343,23 @@ def test_rows_held_when_the_pipeline_stops_come_out_before_it_raises(stop):
     assert (labelled.videos, labelled.clips, labelled.status) == (3, 6, {"ok": 2, "error": 1})
 
 
+def test_a_pipelines_failure_is_logged_where_committing_the_rows_held_fails_too(caplog):
+    """The run ends with the commit's error (a full disk); the pipeline's, which came first,
+    is logged before it rather than lost."""
+
+    def completed():
+        yield [labelled_rows(["a", "b"])]
+        raise ConnectionResetError("the object store went away")
+
+    files = file_rows(completed(), 100, 2**30, commit_every_s=3600)
+    assert next(files).num_rows == 2
+    files.close()  # as `write_rows` does when the commit raises
+    assert caplog.messages == [
+        "the pipeline failed (ConnectionResetError: the object store went away); committing "
+        "the 2 rows it held failed too:"
+    ]
+
+
 def test_a_lost_lock_lets_out_none_of_the_rows_held():
     """The lost lock's interrupt (a plain KeyboardInterrupt): nothing more may be committed, so
     the rows held stay in."""

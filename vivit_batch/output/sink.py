@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import posixpath
 import time
 from collections import Counter
@@ -39,7 +40,9 @@ from vivit_batch.output.schema import (
     INFERENCE_SECONDS,
     VIEWS,
 )
+from vivit_batch.redact import error_text
 
+log = logging.getLogger("vivit_batch")
 NOTHING_RELABELLED = Relabelled.none()
 STAGED_SCHEMA = pa.schema([("staged", pa.string()), ("final", pa.string()), ("stats", pa.string())])
 
@@ -145,9 +148,18 @@ def file_rows(
                 # let go before yielding: a signal once the caller has them finds none held
                 file, ready, rows, nbytes = _concatenated(ready), [], 0, 0
                 yield file
-    except (Interrupted, Exception):
+    except (Interrupted, Exception) as ended:
         if ready:
-            yield _concatenated(ready)
+            try:
+                yield _concatenated(ready)
+            except GeneratorExit:  # their commit failed: its error, not this one, ends the run
+                if not isinstance(ended, Interrupted):
+                    log.error(
+                        "the pipeline failed (%s); committing the %d rows it held failed too:",
+                        error_text(ended),
+                        rows,
+                    )
+                raise
         raise
     if ready:
         yield _concatenated(ready)
