@@ -299,4 +299,10 @@ def checkpoint(tmp_path_factory) -> Path:
 
 # Fixtures that tests in both tests/unit and tests/e2e use, imported after the environment above
 # is set (they import the package).
-from tests.helpers.fixtures import nightly_output, ours, sources, video_output  # noqa: E402, F401
+from tests.helpers.fixtures import (  # noqa: E402, F401
+    nightly_output,
+    ours,
+    sources,
+    tiny,
+    video_output,
+)

@@ -8,12 +8,13 @@ else; `lock`: 75 when a live run holds the output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, NoReturn
 
@@ -464,8 +465,7 @@ def run_command(args: argparse.Namespace) -> int:
     from vivit_batch.report import run_summary
 
     config = config_from(args)
-    with time_limited(config.run.time_limit_s):
-        announce_time_limit(config.run.time_limit_s)
+    with within_time_limit(config, "the run"):
         prepared = job.prepare_job(config)  # every check that needs no cluster
         job.start_calibration(prepared)  # measured while Ray starts
         job.connect(args.address, args.verbose)
@@ -476,13 +476,19 @@ def run_command(args: argparse.Namespace) -> int:
     return exit_code_of(report)
 
 
-def announce_time_limit(seconds: float | None) -> None:
-    if seconds is not None:
-        ends = datetime.now(timezone.utc) + timedelta(seconds=seconds)
-        log.info(
-            f"run.time_limit_s={show(seconds, SECONDS)}: the run stops at "
-            f"{ends:%Y-%m-%d %H:%M:%S} UTC unless done before"
-        )
+@contextlib.contextmanager
+def within_time_limit(config: JobConfig, what: str) -> Iterator[None]:
+    """The block stopped by `run.time_limit_s` (`TimeLimitReached`), which it says as it starts;
+    `what` the block does, for that line."""
+    seconds = config.run.time_limit_s
+    with time_limited(seconds):
+        if seconds is not None:
+            ends = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+            log.info(
+                f"run.time_limit_s={show(seconds, SECONDS)}: {what} stops at "
+                f"{ends:%Y-%m-%d %H:%M:%S} UTC unless done before"
+            )
+        yield
 
 
 def exit_code_of(report: RunReport) -> int:
@@ -619,9 +625,10 @@ def compact_command(args: argparse.Namespace) -> int:
     from vivit_batch.output import compact_output, compaction_summary
 
     config = load_config(args.config, args.set, output_uri=args.output)
-    planned = compact_output(
-        args.output, config, args.rows_per_file, dry_run=args.dry_run, offline=args.offline
-    )
+    with within_time_limit(config, "the compaction"):
+        planned = compact_output(
+            args.output, config, args.rows_per_file, dry_run=args.dry_run, offline=args.offline
+        )
     print(compaction_summary(planned, args.dry_run))
     return EXIT_OK
 
@@ -645,7 +652,9 @@ def train_head_command(args: argparse.Namespace) -> int:
 def relabel_command(args: argparse.Namespace) -> int:
     from vivit_batch.heads.relabel import relabel, relabel_summary
 
-    report = relabel(args.output, args.model, load_config(args.config, args.set))
+    config = load_config(args.config, args.set)
+    with within_time_limit(config, "the relabel"):
+        report = relabel(args.output, args.model, config)
     print(relabel_summary(report))
     return EXIT_OK
 

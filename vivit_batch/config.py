@@ -466,7 +466,8 @@ class RunSection(Section, name="run"):
         None,
         "stop the run this long after it starts, as SIGTERM would (it commits the rows it "
         "holds, writes its report, releases the lock) and exit 124; the next run labels the "
-        "rest. Leave the commit time under any deadline outside it (a scheduler's, KubeRay's)",
+        "rest. Leave the commit time under any deadline outside it (a scheduler's, KubeRay's). "
+        "relabel and compact stop by it too",
         unit=SECONDS,
         above=0,
     )

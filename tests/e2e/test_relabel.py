@@ -1,6 +1,6 @@
 """`vivit-batch relabel` end to end: relabelling with a head and `run --model HEAD` agree, and the
 run joins the relabelled output; a relabel stopped midway (by a signal, or killed) is refused by
-`run` and `compact` and finished by the next relabel."""
+`run` and `compact` and finished by the next relabel; `run.time_limit_s` stops one too."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
-from tests.helpers.relabelling import CLASSES, by_video, generate, relabel, tiny_backbone_and_head
+from tests.helpers.relabelling import CLASSES, by_video, generate, relabel
 from vivit_batch.cli import main
 from vivit_batch.fingerprint import fingerprint
 from vivit_batch.output import RELABELLING
@@ -58,10 +58,10 @@ def test_relabel_and_run_with_the_head_agree_and_the_run_joins_the_relabelled_ou
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_relabel_stopped_midway_blocks_run_and_compact_until_the_next_relabel_finishes_it(
-    tmp_path, capsys, stop
+    tiny, tmp_path, capsys, stop
 ):
-    sha256 = tiny_backbone_and_head(tmp_path)
-    head = tmp_path / "head"
+    directory, sha256 = tiny
+    head = directory / "head"
     output = generate(tmp_path / "out", sha256, rows_per_file=2, videos=200)
     before = {path: path.read_bytes() for path in output.rglob("*.parquet")}
     process = stopped_midway(output, head, stop)
@@ -89,7 +89,7 @@ def test_a_relabel_stopped_midway_blocks_run_and_compact_until_the_next_relabel_
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(f"uri\n{tmp_path / 'new.mp4'}\n")
     arguments = ["--manifest", str(manifest), "--output", str(output)]
-    assert main(["run", *arguments, "--model", str(tmp_path / "base")]) == 2
+    assert main(["run", *arguments, "--model", str(directory / "base")]) == 2
     assert main(["compact", str(output)]) == 2
     refusals = capsys.readouterr().err
     finish = f"`vivit-batch relabel {output} --model {head.resolve()}`"
@@ -115,10 +115,32 @@ def test_a_relabel_stopped_midway_blocks_run_and_compact_until_the_next_relabel_
     assert "stopped midway" not in summary_text(output_stats(str(output)))
 
 
-def stopped_midway(output: Path, head: Path, stop: signal.Signals) -> subprocess.CompletedProcess:
+def test_a_relabel_stops_at_its_time_limit_as_on_sigterm(tiny, tmp_path):
+    """`run.time_limit_s` stops a relabel as SIGTERM does (its report marked, exit 124); the
+    relabel is frozen past its limit once it has replaced a file, so that the limit comes
+    midway whatever the machine's speed."""
+    directory, sha256 = tiny
+    output = generate(tmp_path / "out", sha256, rows_per_file=2, videos=40)
+    limit_s = 3
+    process = stopped_midway(output, directory / "head", None, limit_s)
+    assert process.returncode == 124, process.stderr
+    assert f"run.time_limit_s={limit_s}s: the relabel stops at " in process.stderr
+    assert "relabel: stopped by run.time_limit_s" in process.stderr
+    [report] = [json.loads(path.read_text()) for path in (output / "_runs").glob("*.json")]
+    assert report["mode"] == "relabel" and report["stopped_by"] == "run.time_limit_s"
+    assert 0 < len(report["files"]) < 20
+    assert RELABELLING in json.loads((output / "_dataset.json").read_text())
+
+
+def stopped_midway(
+    output: Path, head: Path, stop: signal.Signals | None, time_limit_s: float | None = None
+) -> subprocess.CompletedProcess:
     """`vivit-batch relabel` in a process of its own, frozen (SIGSTOP) once it has replaced a
-    file (it keeps the next one's old version first), then sent `stop` and let go on."""
+    file (it keeps the next one's old version first), then sent `stop` (None: left frozen until
+    its `time_limit_s` has passed) and let go on."""
     arguments = [str(output), "--model", str(head)]
+    if time_limit_s is not None:
+        arguments += ["--set", f"run.time_limit_s={time_limit_s}"]
     command = [sys.executable, "-m", "vivit_batch.cli", "relabel", *arguments]
     process = subprocess.Popen(
         command,
@@ -131,7 +153,10 @@ def stopped_midway(output: Path, head: Path, stop: signal.Signals) -> subprocess
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.001)
     process.send_signal(signal.SIGSTOP)
-    process.send_signal(stop)
+    if stop is None:  # its timer started before its first file: it has passed by then
+        time.sleep(time_limit_s or 0)
+    else:
+        process.send_signal(stop)
     process.send_signal(signal.SIGCONT)
     _, stderr = process.communicate(timeout=60)
     return subprocess.CompletedProcess(command, process.returncode, None, stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from tests.helpers.outputs import (
     new_output,
     thumbnail_rows,
 )
+from tests.helpers.relabelling import tiny_backbone_and_head
 from vivit_batch.config import StorageSection
 from vivit_batch.demo import CHECKPOINT_DIR
 from vivit_batch.model import load_pretrained
@@ -26,6 +28,14 @@ from vivit_batch.output.schema import (
 )
 from vivit_batch.storage import storage_options
 from vivit_batch.testing.media import write_video
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> tuple[Path, str]:
+    """A tiny checkpoint (hidden size 32) in `base`, a head trained on it in `head` (about 10 s:
+    once per session), and the sha256 of its weights."""
+    directory = tmp_path_factory.mktemp("tiny")
+    return directory, tiny_backbone_and_head(directory)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from tests.helpers.locks import ROOT
 from tests.helpers.outputs import HIDDEN, START, commit_run, new_output, rows_of
 from vivit_batch.cli import main
 from vivit_batch.config import OutputSection, StorageSection
-from vivit_batch.errors import EXIT_OK, EXIT_USAGE
+from vivit_batch.errors import EXIT_OK, EXIT_TIME_LIMIT, EXIT_USAGE
 from vivit_batch.output import Output, RunWriter, Unlocked, output_schema, parquet_bytes
 from vivit_batch.output.compaction import TEST_STOP, plan
 from vivit_batch.output.exchange import ExchangeUnsupported, exchange, system_call
@@ -280,6 +281,25 @@ def test_a_compaction_killed_midway_leaves_each_video_once_and_the_next_one_fini
     assert compact(output, "--rows-per-file", "10") == EXIT_OK
     assert rows(str(out)) == before and len(data_files(out)) == 4
     assert not swap.exists() and not list((out / "_tmp").iterdir())
+
+
+def test_a_compaction_stops_at_its_time_limit_leaving_each_video_once(tmp_path):
+    """`run.time_limit_s` passes while the compaction is frozen midway: it stops as on SIGTERM
+    (exit 124) and the next compaction finishes the work."""
+    out = tmp_path / "out"
+    build(new_output(out), days=2)
+    before = rows(str(out))
+    process = start_compaction(str(out), "rebuilt", "--set", "run.time_limit_s=1")
+    time.sleep(1)  # its timer started before it froze: it has passed by now
+    process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=60) == EXIT_TIME_LIMIT
+    printed = process.stderr.read().decode()
+    process.stderr.close()
+    assert "run.time_limit_s=1s: the compaction stops at " in printed
+    assert "compact: stopped by run.time_limit_s" in printed and "Traceback" not in printed
+    assert rows(str(out)) == before
+    assert compact(str(out), "--rows-per-file", "10") == EXIT_OK
+    assert rows(str(out)) == before and len(data_files(out)) == 4
 
 
 def s3_output(s3_server) -> tuple[Output, list[str]]:

@@ -15,10 +15,9 @@ import duckdb
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pytest
 import torch
 
-from tests.helpers.relabelling import CLASSES, by_video, generate, relabel, tiny_backbone_and_head
+from tests.helpers.relabelling import CLASSES, by_video, generate, relabel
 from tests.helpers.s3 import ACCESS_KEY, SECRET_KEY
 from vivit_batch.cli import main
 from vivit_batch.config import load_config
@@ -32,13 +31,6 @@ from vivit_batch.report import output_stats, summary_text
 from vivit_batch.report.html import render_html
 from vivit_batch.testing.checkpoints import make_checkpoint
 from vivit_batch.testing.outputs import label_in_process
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, str]:
-    """A tiny checkpoint (hidden size 32), the sha256 of its weights, and a head trained on it."""
-    directory = tmp_path_factory.mktemp("tiny")
-    return directory, tiny_backbone_and_head(directory)
 
 
 def test_relabel_recomputes_predictions_and_leaves_every_other_column_unchanged(
