@@ -44,27 +44,56 @@ os.environ.update(
 )
 
 
+RAY_FREE_E2E = tuple(
+    f"tests/e2e/test_{name}.py"
+    for name in ("demo_model", "lock", "model", "report", "segments", "style", "video_storage")
+)
+"""The tests/e2e modules that start no Ray (slow for other reasons: the base-size model, the
+demo training, mypy, a browser, stalled stores): on several processes they run beside the
+tests that share the Ray cluster, with tests/unit. Like a unit test, a test of theirs that
+starts Ray fails."""
+
+
 def pytest_collection_modifyitems(items) -> None:
     """tests/e2e holds the end-to-end and slow tests, tests/unit the fast ones (no Ray; servers
     only in this process): `-m "not slow"` selects what `pytest tests/unit` runs."""
     for item in items:
         if Path(item.path).parent.name == "e2e":
             item.add_marker(pytest.mark.slow)
-        elif "ray_cluster" in getattr(item, "fixturenames", ()):
+        if ray_free(item.nodeid) and "ray_cluster" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(f"{item.nodeid} uses a Ray cluster: it belongs in tests/e2e")
+
+
+def ray_free(nodeid: str) -> bool:
+    return nodeid.startswith(("tests/unit/", *RAY_FREE_E2E))
+
+
+@pytest.fixture(autouse=True)
+def no_ray(request):
+    """A test of tests/unit or `RAY_FREE_E2E` that starts Ray fails (in a one-process run of
+    the whole suite, tests before it may have joined the session's cluster already: then there
+    is nothing to tell)."""
+    before = not ray_free(request.node.nodeid) or _ray_initialized()
+    yield
+    assert before or not _ray_initialized(), "this test started Ray: move it to tests/e2e"
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """On several processes (`pytest -n 2`, as CI runs it), tests/e2e go to one of them, whole
-    and in order, with the one Ray cluster they share, and tests/unit spread over the others.
-    (xdist's own `--dist loadgroup` cannot group them: it renames the tests' node ids, which
-    pytest 9.2 no longer lets it do.)"""
+    """On several processes (`pytest -n 2`, as CI runs it), the tests/e2e that use Ray go to
+    one of them, whole and in order, with the one Ray cluster they share, and the others
+    (tests/unit, `RAY_FREE_E2E`) spread over the others. (xdist's own `--dist loadgroup` cannot
+    group them: it renames the tests' node ids, which pytest 9.2 no longer lets it do.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class EndToEndTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "tests/e2e" if nodeid.startswith("tests/e2e/") else nodeid
+            return nodeid if ray_free(nodeid) else "tests/e2e"
 
     return EndToEndTogether(config, log)
 
