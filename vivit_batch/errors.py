@@ -105,9 +105,11 @@ ENVIRONMENT_ERRORS = (
     ("botocore.exceptions", "BotoCoreError"),
     ("botocore.exceptions", "ClientError"),
     ("ray.exceptions", "RayError"),
+    ("torch", "AcceleratorError"),
+    ("torch", "OutOfMemoryError"),
 )
-"""Besides `OSError` and `MemoryError`: a store's and the cluster's failures, named rather than
-imported (a command that never loaded them cannot have met them)"""
+"""Besides `OSError` and `MemoryError`: a store's, the cluster's and a GPU's failures, named
+rather than imported (a command that never loaded them cannot have met them)"""
 ADVICE: dict[int, str] = {
     errno.ENOSPC: "free space there",
     errno.EDQUOT: "free space there or raise the quota",
@@ -119,7 +121,7 @@ ADVICE: dict[int, str] = {
 
 def from_environment(error: BaseException) -> bool:
     """Whether `error` is the machine's, the network's, a store's or the cluster's (a full disk,
-    a refused request, a lost node), rather than a bug of this tool."""
+    a refused request, a lost node, a GPU fault), rather than a bug of this tool."""
     cause = getattr(error, "cause", None)  # Ray's RayTaskError: what the task raised
     if isinstance(cause, BaseException) and cause is not error:
         return from_environment(cause)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 import ray.exceptions
+import torch
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from tests.helpers.outputs import HIDDEN, rows_of
@@ -89,6 +90,8 @@ def ray_task_error(cause: Exception) -> ray.exceptions.RayTaskError:
         (EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), True),
         (ray.exceptions.ActorDiedError(), True),
         (ray_task_error(ConnectionResetError()), True),
+        (torch.AcceleratorError("CUDA error: an illegal memory access was encountered"), True),
+        (torch.OutOfMemoryError("CUDA out of memory"), True),
         (ray_task_error(TypeError("a bug in a stage")), False),
         (ValueError("a bug"), False),
     ],
